@@ -1,0 +1,169 @@
+"""Small process helpers for the local topology: run as the database user, ports, pid files."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class TopologyError(RuntimeError):
+    """A local topology step failed; the message says what to do about it."""
+
+
+def service_user() -> str:
+    """The user that owns and runs PostgreSQL and PgBouncer.
+
+    initdb and PgBouncer both refuse to run as root, so as root we switch to the
+    `postgres` user Debian's packages create; as anyone else we run as ourselves.
+    """
+    if os.geteuid() != 0:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    name = os.environ.get("SHARDSVC_PG_USER", "postgres")
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise TopologyError(
+            f"user {name!r} does not exist; install postgresql-15 (it creates it) or set "
+            "SHARDSVC_PG_USER to an unprivileged user that may run PostgreSQL"
+        ) from None
+    return name
+
+
+def as_service_user(argv: Sequence[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return ["runuser", "-u", service_user(), "--", *argv]
+    return list(argv)
+
+
+def chown_to_service_user(path: Path) -> None:
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(service_user())
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+
+
+def make_dir(path: Path, *, service_owned: bool = False) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o755 if not service_owned else 0o700)
+    if service_owned:
+        chown_to_service_user(path)
+    return path
+
+
+def check_reachable_by_service_user(path: Path) -> None:
+    """Fail early, with the fix, when the service user cannot reach our folder.
+
+    A clone under a 0700 folder (mktemp -d, a home directory) is the usual cause; PostgreSQL
+    would otherwise fail later with a bare "Permission denied".
+    """
+    if os.geteuid() != 0:
+        return
+    probe = subprocess.run(
+        as_service_user(["test", "-x", str(path)]),
+        capture_output=True,
+        check=False,
+    )
+    if probe.returncode != 0:
+        raise TopologyError(
+            f"user {service_user()!r} cannot enter {path}: a parent folder is private. "
+            "Give the data folder elsewhere (--dir /srv/shardsvc or SHARDSVC_DIR) or "
+            "`chmod o+x` its parents"
+        )
+
+
+def run(argv: Sequence[str], *, what: str, log: Path | None = None, **kwargs) -> str:
+    """Run a command; on failure raise TopologyError with its output and the log's tail."""
+    result = subprocess.run(list(argv), capture_output=True, text=True, check=False, **kwargs)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip()[-2000:]
+        raise TopologyError(f"{what} failed (exit {result.returncode}): {detail}{log_tail(log)}")
+    return result.stdout
+
+
+def log_tail(log: Path | None, lines: int = 20) -> str:
+    if log is None or not log.exists():
+        return ""
+    tail = log.read_text(errors="replace").splitlines()[-lines:]
+    return f"\n--- last lines of {log} ---\n" + "\n".join(tail)
+
+
+def require_binary(path_or_name: str, package: str) -> str:
+    found = path_or_name if os.path.isabs(path_or_name) else shutil.which(path_or_name)
+    if not found or not os.access(found, os.X_OK):
+        raise TopologyError(
+            f"{path_or_name} not found; install it with `apt-get install {package}` "
+            "(deploy/setup.sh does this)"
+        )
+    return found
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def require_free_port(port: int, what: str) -> None:
+    if port_in_use(port):
+        raise TopologyError(
+            f"port {port} (for {what}) is already in use by another process; stop it or pick "
+            "other ports with --base-port / SHARDSVC_BASE_PORT"
+        )
+
+
+def wait_for_port(port: int, *, timeout: float, what: str, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_in_use(port):
+            return
+        time.sleep(0.05)
+    raise TopologyError(f"{what} did not start listening on port {port} in {timeout:.0f} s"
+                        f"{log_tail(log)}")
+
+
+def read_pid(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+def stop_pid(pidfile: Path, *, timeout: float = 15.0, sig: int = signal.SIGTERM) -> bool:
+    """Stop the process named by a pid file; SIGKILL after the timeout. True if one was running."""
+    pid = read_pid(pidfile)
+    if pid is None:
+        return False
+    os.kill(pid, sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if read_pid(pidfile) is None or not _alive(pid):
+            return True
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child still answers kill(0); reap it if it is ours.
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Set up everything on a Debian 12 machine and run the service on a local topology.
+#   bash deploy/setup.sh              # packages, virtualenv, topology, migrations, service
+#   bash deploy/setup.sh --deps-only  # packages and virtualenv only (the test command uses this)
+# Extra arguments go to `python -m deploy.topology up` (e.g. --shards 3 --base-port 16400).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+deps_only=0
+if [ "${1:-}" = "--deps-only" ]; then deps_only=1; shift; fi
+
+need_apt=()
+[ -x /usr/lib/postgresql/15/bin/postgres ] || need_apt+=(postgresql-15)
+command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need_apt+=(pgbouncer)
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v wrk >/dev/null || need_apt+=(wrk)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing packages: ${need_apt[*]}; run this script as root or install them" >&2
+    exit 1
+  fi
+  echo "installing ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# Debian's packages start their own PostgreSQL/PgBouncer/Redis services on the standard ports;
+# the project's topology uses its own ports and folder and never touches those.
+export PATH="$PATH:/usr/sbin"
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.deps-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  .venv/bin/pip install --quiet --upgrade pip
+  .venv/bin/pip install --quiet -e '.[dev]'
+  rm -f .venv/.deps-* && touch "$stamp"
+fi
+
+if [ "$deps_only" = 1 ]; then exit 0; fi
+
+.venv/bin/python -m deploy.topology up "$@"
+echo
+echo "The service runs at http://127.0.0.1:${SHARDSVC_BASE_PORT:-15400}+2 (see the table above)."
+echo "Stop it with: .venv/bin/python -m deploy.topology down"

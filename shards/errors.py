@@ -1,0 +1,16 @@
+"""Errors raised by the shards package.
+
+Each subclasses the standard error a caller would already catch, and its message states the fix.
+A bad topology file is reported as Django's ``ImproperlyConfigured`` (see ``shards.topology``),
+not as a class of its own: it is a settings problem and Django callers already expect that type.
+"""
+
+from __future__ import annotations
+
+
+class UnknownShard(LookupError):
+    """A shard name that the topology file does not define."""
+
+
+class UnknownAlias(LookupError):
+    """A database alias that no server in the topology file derives."""
