@@ -457,8 +457,10 @@ class LocalTopology:
         )
 
     def migrate(self) -> None:
-        self.echo("migrating the control database")
-        self.manage("migrate", "--database", "default", "--no-input")
+        # Control first: shards take their global id generator from its registry.
+        for cluster in self.layout.cluster_names:
+            self.echo(f"migrating {cluster}")
+            self.manage("migrate", "--database", cluster, "--no-input")
 
     def start_service(
         self, *, name: str = "service", port: int | None = None, **env: str

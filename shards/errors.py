@@ -14,3 +14,15 @@ class UnknownShard(LookupError):
 
 class UnknownAlias(LookupError):
     """A database alias that no server in the topology file derives."""
+
+
+class UnknownTenant(LookupError):
+    """No tenant with that slug or id exists in the directory."""
+
+    def __init__(self, key: str | int) -> None:
+        super().__init__(f"no tenant {key!r} in the directory")
+        self.key = key
+
+
+class MalformedTenantKey(ValueError):
+    """A tenant slug or id that cannot name any tenant (caught before any lookup)."""

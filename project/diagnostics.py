@@ -1,0 +1,100 @@
+"""Endpoints the test suite uses to drive the pool through the real service.
+
+Mounted only when settings.DIAGNOSTICS_ENABLED: they let a caller hold database connections.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from django.conf import settings
+from django.db import connections
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+
+def _alias(request: HttpRequest) -> str:
+    alias = request.GET.get("alias", "default")
+    if alias not in settings.DATABASES:
+        raise KeyError(alias)
+    return alias
+
+
+def sleep(request: HttpRequest) -> JsonResponse:
+    try:
+        alias = _alias(request)
+        seconds = min(float(request.GET.get("seconds", "0.2")), 10.0)
+    except (KeyError, ValueError):
+        return JsonResponse({"error": "bad alias or seconds"}, status=400)
+    with connections[alias].cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid(), pg_sleep(%s)", [seconds])
+        pid = cursor.fetchone()[0]
+    return JsonResponse({"alias": alias, "backend_pid": pid, "slept": seconds})
+
+
+def session(request: HttpRequest) -> JsonResponse:
+    try:
+        alias = _alias(request)
+    except KeyError:
+        return JsonResponse({"error": "bad alias"}, status=400)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT current_setting('TimeZone'), current_user, now()::text, "
+            "current_setting('transaction_isolation')"
+        )
+        timezone, user, now, isolation = cursor.fetchone()
+    return JsonResponse({"alias": alias, "timezone": timezone, "user": user, "now": now,
+                         "isolation": isolation})
+
+
+def _served_by() -> dict[str, str | int]:
+    from routers.context import current_routing
+
+    routing = current_routing()
+    reads = dict(routing.reads) if routing is not None else {}
+    last = next(reversed(reads), ("", "")) if reads else ("", "")
+    return {"served_by": last[0], "reason": last[1], "pid": os.getpid()}
+
+
+@csrf_exempt
+def threads(request: HttpRequest, tenant: str) -> JsonResponse:
+    """POST: create a thread for the current tenant. Used by routing tests and benchmarks."""
+    from comments.models import Thread
+
+    if request.method != "POST":
+        return JsonResponse({"error": "POST only"}, status=405)
+    url = request.GET.get("url") or f"/page/{uuid.uuid4().hex}"
+    thread = Thread.objects.create(url=url, title=request.GET.get("title", ""))
+    return JsonResponse({"id": thread.id, "tenant_id": thread.tenant_id, "url": thread.url},
+                        status=201)
+
+
+def thread(request: HttpRequest, tenant: str, thread_id: int) -> JsonResponse:
+    """GET one thread through the router; says which database served the read."""
+    from comments.models import Thread
+
+    found = Thread.objects.filter(id=thread_id).values("id", "tenant_id", "url").first()
+    body = {"thread": found, **_served_by()}
+    return JsonResponse(body, status=200 if found else 404)
+
+
+def thread_plain(request: HttpRequest, alias: str, thread_id: int) -> JsonResponse:
+    """The same query on one fixed database, bypassing tenant lookup and router: the baseline
+    the routing benchmark compares against."""
+    if alias not in settings.DATABASES:
+        return JsonResponse({"error": "bad alias"}, status=400)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            'SELECT id, tenant_id, url FROM comments_thread WHERE id = %s', [thread_id]
+        )
+        row = cursor.fetchone()
+    found = dict(zip(("id", "tenant_id", "url"), row, strict=True)) if row else None
+    return JsonResponse({"thread": found}, status=200 if found else 404)
+
+
+def where(request: HttpRequest, tenant: str) -> JsonResponse:
+    """The current tenant's directory entry as this worker sees it."""
+    entry = request.tenant  # type: ignore[attr-defined]
+    return JsonResponse({"slug": entry.slug, "shard": entry.shard, "version": entry.version,
+                         "pid": os.getpid()})

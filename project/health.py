@@ -1,0 +1,82 @@
+"""Liveness and readiness endpoints."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, connections, transaction
+from django.http import HttpRequest, JsonResponse
+
+# A health check must answer fast even when a server hangs.
+CHECK_STATEMENT_TIMEOUT = "2s"
+
+PRIMARY_SQL = "SELECT pg_is_in_recovery(), current_setting('transaction_read_only') = 'on'"
+REPLICA_SQL = (
+    "SELECT pg_is_in_recovery(), "
+    "CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
+    "ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END, "
+    "pg_last_wal_replay_lsn()::text"
+)
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """The process is alive and serving; touches no database."""
+    return JsonResponse({"status": "ok"})
+
+
+def check_alias(alias: str, role: str) -> dict[str, Any]:
+    """One database's readiness, seen through the same pool and PgBouncer as requests."""
+    entry: dict[str, Any] = {"role": role, "reachable": False}
+    try:
+        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+            cursor.execute(f"SET LOCAL statement_timeout = '{CHECK_STATEMENT_TIMEOUT}'")
+            if role == "primary":
+                cursor.execute(PRIMARY_SQL)
+                in_recovery, read_only = cursor.fetchone()
+                entry.update(reachable=True, writable=not in_recovery and not read_only)
+            else:
+                cursor.execute(REPLICA_SQL)
+                in_recovery, lag, replay_lsn = cursor.fetchone()
+                entry.update(
+                    reachable=True,
+                    in_recovery=in_recovery,
+                    lag_seconds=round(float(lag or 0), 3),
+                    replay_lsn=replay_lsn,
+                )
+    except DatabaseError as exc:
+        text = str(exc).strip()
+        entry["error"] = text.splitlines()[0] if text else type(exc).__name__
+    finally:
+        connections[alias].close()
+    return entry
+
+
+def readyz(request: HttpRequest) -> JsonResponse:
+    """Per-alias readiness; 503 when any primary is unreachable or not writable.
+
+    A replica that is down only degrades reads (they fall back to the primary), so it is
+    reported but does not make the service unready.
+    """
+    servers = list(settings.SHARD_MAP.servers())
+    # Threads are greenlets under the gevent worker: the checks overlap, and each runs on its
+    # own Django connection.
+    with ThreadPoolExecutor(max_workers=len(servers)) as executor:
+        results = dict(
+            zip(
+                (s.alias for s in servers),
+                executor.map(lambda s: check_alias(s.alias, s.role), servers),
+                strict=True,
+            )
+        )
+    primaries_ok = all(
+        r.get("writable") for r in results.values() if r["role"] == "primary"
+    )
+    replicas_ok = all(
+        r["reachable"] and r.get("in_recovery") for r in results.values() if r["role"] == "replica"
+    )
+    status = "ok" if primaries_ok and replicas_ok else "degraded" if primaries_ok else "unavailable"
+    return JsonResponse(
+        {"status": status, "databases": results}, status=200 if primaries_ok else 503
+    )

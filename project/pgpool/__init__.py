@@ -1,0 +1,13 @@
+"""A Django database backend: ``ENGINE = "project.pgpool"``.
+
+django-db-geventpool's psycopg 3 backend with a hard-capped, fair, leak-proof pool. OPTIONS keys
+(all optional): ``MAX_CONNS`` (10), ``REUSE_CONNS`` (MAX_CONNS), ``POOL_TIMEOUT`` (5.0 s),
+``CHECK_IDLE_AFTER`` (30.0 s), ``POOLER`` (None, or "direct", "pgbouncer-session",
+"pgbouncer-transaction"). Call ``close_all_pools()`` at worker exit; read ``pool_stats()`` for
+metrics.
+"""
+
+from .errors import PoolTimeout
+from .pool import PoolKey, PoolStats, close_all_pools, pool_stats
+
+__all__ = ["PoolKey", "PoolStats", "PoolTimeout", "close_all_pools", "pool_stats"]

@@ -1,0 +1,150 @@
+"""``ENGINE = "project.pgpool"``: django-db-geventpool's psycopg 3 backend with its defects fixed.
+
+What changes against geventpool (see ``pool.py`` for the pool itself):
+- pools are keyed by what they connect to (``PoolKey``), not by alias alone, so a settings change
+  or Django's test databases never reuse a pool that points at another database;
+- each new physical connection gets Django's session setup (time zone, role, isolation level);
+- ``close()`` always hands the connection back, rolled back, at the end of each request;
+- the no-database wrapper Django uses for CREATE/DROP DATABASE is not pooled at all, like with
+  Django's own pool: an idle pooled connection to ``postgres`` would serve nobody.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS
+from django.db.backends.base.base import NO_DB_ALIAS
+from django.db.backends.postgresql.base import DatabaseWrapper as DjangoDatabaseWrapper
+from django_db_geventpool.backends.postgresql_psycopg3.base import (
+    DatabaseWrapper as GeventpoolDatabaseWrapper,
+)
+from psycopg import IsolationLevel
+
+from .options import POOL_KEYS, PoolOptions
+from .pool import Connection, ConnectionPool, PoolKey, close_all_pools, get_pool, retire_pool
+from .session import SessionSetup
+
+
+class DatabaseWrapper(GeventpoolDatabaseWrapper):
+    # Declared for mypy, which cannot see Django's untyped attributes without django-stubs.
+    connection: Connection | None
+    closed_in_transaction: bool
+    run_on_commit: list[Any]
+
+    def __init__(self, settings_dict: dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
+        super().__init__(settings_dict, alias)
+        self.pool_options = PoolOptions.from_settings(alias, settings_dict.get("OPTIONS") or {})
+        # The pool the current connection came from: settings may change while it is out.
+        self._checkout_pool: ConnectionPool | None = None
+
+    # -- pool lookup ---------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> ConnectionPool | None:
+        if self.alias == NO_DB_ALIAS:
+            return None
+        # Looked up on every access, not cached: test setup rewrites NAME on a live wrapper.
+        return get_pool(self.pool_key(), self._new_pool)
+
+    def pool_key(self) -> PoolKey:
+        s = self.settings_dict
+        options = s.get("OPTIONS") or {}
+        name = s["NAME"]
+        if name is None:
+            dbname = "postgres"  # what Django connects to for NAME=None
+        else:
+            dbname = name or options.get("dbname") or f"service={options.get('service', '')}"
+        return PoolKey(
+            alias=self.alias,
+            host=str(s["HOST"] or options.get("host", "")),
+            port=str(s["PORT"] or options.get("port", "")),
+            dbname=str(dbname),
+            user=str(s["USER"] or options.get("user", "")),
+        )
+
+    def _new_pool(self) -> ConnectionPool:
+        params = self.get_connection_params()
+        # Like Django's own pool: Django sets autocommit itself on every checkout.
+        params["autocommit"] = True
+        opts = self.pool_options
+        setup = SessionSetup(
+            timezone_name=self.timezone_name,
+            set_time_zone_sql=self.ops.set_time_zone_sql(),
+            assume_role=opts.assume_role,
+            isolation_level=opts.isolation_level,
+        )
+        return ConnectionPool(
+            name=self.alias,
+            connect=functools.partial(self.Database.connect, **params),
+            configure=setup,
+            max_size=opts.max_conns,
+            reuse=opts.reuse_conns,
+            timeout=opts.pool_timeout,
+            check_idle_after=opts.check_idle_after,
+        )
+
+    def get_connection_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = super().get_connection_params()
+        # Django copies all OPTIONS into the connect kwargs and geventpool adds some back;
+        # psycopg.connect() would reject ours as unknown connection parameters.
+        for key in POOL_KEYS:
+            params.pop(key, None)
+        return params
+
+    # -- checkout and return -------------------------------------------------------------------
+
+    def get_new_connection(self, conn_params: dict[str, Any]) -> Connection:
+        pool = self.pool
+        if pool is None:
+            return DjangoDatabaseWrapper.get_new_connection(self, conn_params)
+        # Django sets this per checkout in its get_new_connection, which geventpool replaced;
+        # the connection itself got its isolation level once, in SessionSetup.
+        level = self.pool_options.isolation_level
+        self.isolation_level = IsolationLevel.READ_COMMITTED if level is None else level
+        conn = pool.getconn()
+        self._checkout_pool = pool
+        return conn
+
+    def close(self) -> None:
+        """Hand the connection back to its pool; Django calls this at the end of each request."""
+        self.validate_thread_sharing()
+        self.run_on_commit = []
+        if self.closed_in_transaction or self.connection is None:
+            return
+        try:
+            self._close()
+        finally:
+            if self.in_atomic_block:
+                # As Django does: the enclosing atomic() must fail rather than reconnect.
+                self.closed_in_transaction = True
+                self.needs_rollback = True
+            # Unlike Django, never keep the object: it may already serve another greenlet.
+            self.connection = None
+
+    def _close(self) -> None:
+        conn, pool = self.connection, self._checkout_pool
+        self.connection = None
+        self._checkout_pool = None
+        if conn is None:
+            return
+        if pool is None:
+            with self.wrap_database_errors:
+                conn.close()
+            return
+        # Rolls back an open transaction; a connection that is broken or fails the rollback is
+        # closed and its slot freed, so returning never raises into request teardown.
+        pool.putconn(conn)
+
+    # -- pool lifecycle ------------------------------------------------------------------------
+
+    def close_pool(self) -> None:
+        # Django calls this when TIME_ZONE/USE_TZ change and before cloning or dropping a
+        # test database: new connections must come from a pool built from current settings.
+        if self.alias != NO_DB_ALIAS:
+            retire_pool(self.pool_key())
+
+    def closeall(self) -> None:
+        # geventpool's test-database teardown calls this.
+        close_all_pools()

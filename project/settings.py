@@ -1,0 +1,150 @@
+"""Settings built from the topology file. Nothing else reads that file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from shards.topology import databases_setting, load_shard_map
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ImproperlyConfigured(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+SHARD_MAP = load_shard_map(os.environ.get("SHARDSVC_TOPOLOGY", BASE_DIR / ".var" / "topology.toml"))
+
+SECRET_KEY = os.environ.get("SHARDSVC_SECRET_KEY", "insecure-local-topology-key-change-me")
+DEBUG = os.environ.get("SHARDSVC_DEBUG") == "1"
+ALLOWED_HOSTS = os.environ.get("SHARDSVC_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
+
+# Per database alias, per worker process: the pool's hard cap and how long a request waits
+# for a connection before it gets a 503.
+DB_POOL_MAX_CONNS = int(_env_float("SHARDSVC_POOL_MAX_CONNS", 20))
+DB_POOL_TIMEOUT = _env_float("SHARDSVC_POOL_TIMEOUT", 5.0)
+
+# Admin processes (DDL, moves) may bypass PgBouncer; the service never does.
+DIRECT_DB = os.environ.get("SHARDSVC_DIRECT_DB") == "1"
+DATABASES = databases_setting(
+    SHARD_MAP,
+    options={
+        "MAX_CONNS": DB_POOL_MAX_CONNS,
+        "POOL_TIMEOUT": DB_POOL_TIMEOUT,
+        "POOLER": "direct" if DIRECT_DB else "pgbouncer-transaction",
+        "connect_timeout": 5,
+    },
+    use_direct=DIRECT_DB,
+)
+for _entry in DATABASES.values():
+    # Held server-side cursors (.iterator()) are session state: PgBouncer's transaction
+    # pooling would hand them to other clients.
+    _entry["DISABLE_SERVER_SIDE_CURSORS"] = True
+
+CACHES = {
+    "default": {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": SHARD_MAP.redis_url,
+        "KEY_PREFIX": "shardsvc",
+        "OPTIONS": {
+            # redis-py's default pool raises past 100 connections under gevent load; a blocking
+            # pool makes callers wait (bounded) instead.
+            "CONNECTION_POOL_CLASS": "redis.BlockingConnectionPool",
+            "CONNECTION_POOL_KWARGS": {"max_connections": 200, "timeout": 5},
+            "SOCKET_CONNECT_TIMEOUT": 2,
+            "SOCKET_TIMEOUT": 2,
+        },
+    }
+}
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "shards",
+    "comments",
+]
+
+# Apps whose models live on the shards (ShardedModel); every other app lives on `default`.
+SHARDED_APPS = ["comments"]
+DATABASE_ROUTERS = ["routers.router.ShardRouter"]
+
+# Replicas lagging more than this (seconds) are skipped; checked every REPLICA_CHECK_INTERVAL.
+REPLICA_MAX_LAG = _env_float("SHARDSVC_REPLICA_MAX_LAG", 5.0)
+REPLICA_CHECK_INTERVAL = _env_float("SHARDSVC_REPLICA_CHECK_INTERVAL", 0.5)
+# Tenant directory caches: per worker (seconds) and in Redis (seconds).
+DIRECTORY_LOCAL_TTL = _env_float("SHARDSVC_DIRECTORY_LOCAL_TTL", 1.0)
+DIRECTORY_REDIS_TTL = int(_env_float("SHARDSVC_DIRECTORY_REDIS_TTL", 30))
+PLACEMENT_POLICY = "shards.placement.least_loaded"
+# Where a request names its tenant, tried in order: "path", "header", "host".
+TENANT_SOURCES = ["path", "header"]
+TENANT_PATH_PATTERN = r"^/(?:t|api/sites)/(?P<tenant>[^/]+)/"
+TENANT_HEADER = "X-Tenant"
+
+MIDDLEWARE = [
+    "routers.middleware.CausalConsistencyMiddleware",
+    "project.middleware.DatabaseUnavailableMiddleware",
+    "routers.middleware.TenantMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+SESSION_ENGINE = "django.contrib.sessions.backends.cache"
+USE_TZ = True
+TIME_ZONE = "UTC"
+LANGUAGE_CODE = "en-us"
+USE_I18N = False
+STATIC_URL = "static/"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Endpoints that let the test suite drive the pool (slow queries on a chosen alias). Off unless
+# the harness turns them on: they would let anyone hold database connections.
+DIAGNOSTICS_ENABLED = os.environ.get("SHARDSVC_DIAGNOSTICS") == "1"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {
+        "handlers": ["console"],
+        "level": os.environ.get("SHARDSVC_LOG_LEVEL", "INFO").upper(),
+    },
+}

@@ -1,0 +1,21 @@
+from django.conf import settings
+from django.contrib import admin
+from django.urls import path
+
+from project import diagnostics, health
+
+urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("admin/", admin.site.urls),
+]
+
+if settings.DIAGNOSTICS_ENABLED:
+    urlpatterns += [
+        path("_diag/sleep", diagnostics.sleep),
+        path("_diag/session", diagnostics.session),
+        path("_diag/plain/<str:alias>/threads/<int:thread_id>", diagnostics.thread_plain),
+        path("t/<str:tenant>/_diag/threads", diagnostics.threads),
+        path("t/<str:tenant>/_diag/threads/<int:thread_id>", diagnostics.thread),
+        path("t/<str:tenant>/_diag/where", diagnostics.where),
+    ]

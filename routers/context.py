@@ -1,0 +1,96 @@
+"""The current tenant and the request's routing state, as context variables.
+
+A ContextVar is per greenlet under gevent and per task under asyncio, so concurrent requests in
+one worker never see each other's tenant. A greenlet made by `gevent.spawn` (or a thread) starts
+with an EMPTY context: fan-out code must carry it (`contextvars.copy_context().run`) or set the
+tenant itself.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from shards.directory import TenantEntry, lookup
+
+
+@dataclass
+class RequestRouting:
+    """Per-request routing facts the router reads: causal tokens in, shards written so far."""
+
+    # shard name -> primary WAL position (int) the client has seen written
+    tokens: dict[str, int] = field(default_factory=dict)
+    # a token was present but malformed or forged: send every read of the request to primaries
+    distrust_replicas: bool = False
+    # shards written in this request: later reads of the request go to their primary
+    written: set[str] = field(default_factory=set)
+    # (alias, reason) -> reads routed there in this request: for metrics and tests
+    reads: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+_tenant: ContextVar[TenantEntry | None] = ContextVar("shardsvc_tenant", default=None)
+_routing: ContextVar[RequestRouting | None] = ContextVar("shardsvc_routing", default=None)
+
+
+def current_tenant() -> TenantEntry | None:
+    return _tenant.get()
+
+
+@contextmanager
+def tenant(which: TenantEntry | str | int) -> Iterator[TenantEntry]:
+    """Make `which` (an entry, a slug or a tenant id) the current tenant inside the block.
+
+    Nestable: the outer tenant (or none) is restored on exit, also on error.
+    """
+    entry = which if isinstance(which, TenantEntry) else lookup(which)
+    token = _tenant.set(entry)
+    try:
+        yield entry
+    finally:
+        _tenant.reset(token)
+
+
+@contextmanager
+def no_tenant() -> Iterator[None]:
+    """Clear the current tenant inside the block (control-only work in a tenant's request)."""
+    token = _tenant.set(None)
+    try:
+        yield
+    finally:
+        _tenant.reset(token)
+
+
+def current_routing() -> RequestRouting | None:
+    return _routing.get()
+
+
+@contextmanager
+def request_routing(state: RequestRouting | None = None) -> Iterator[RequestRouting]:
+    """Routing state for one request (set by middleware) or one unit of background work."""
+    state = state if state is not None else RequestRouting()
+    token = _routing.set(state)
+    try:
+        yield state
+    finally:
+        _routing.reset(token)
+
+
+_pinned: ContextVar[int] = ContextVar("shardsvc_primary_pinned", default=0)
+
+
+def primary_pinned() -> bool:
+    return _pinned.get() > 0
+
+
+@contextmanager
+def use_primary() -> Iterator[None]:
+    """Send every read inside the block to primaries (read-modify-write code, checks that must
+    not see replica lag). Nestable; only the outermost exit unpins."""
+    token = _pinned.set(_pinned.get() + 1)
+    try:
+        yield
+    finally:
+        _pinned.reset(token)

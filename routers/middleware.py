@@ -1,0 +1,113 @@
+"""Request middleware: routing state (causal tokens in and out) and the tenant of the request."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+
+from django.conf import settings
+from django.db import OperationalError
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from routers import causal
+from routers.context import RequestRouting, request_routing, tenant
+from shards.directory import lookup
+from shards.errors import MalformedTenantKey, UnknownTenant
+from shards.topology import get_shard_map
+
+GetResponse = Callable[[HttpRequest], HttpResponse]
+logger = logging.getLogger("shardsvc.requests")
+RETRY_AFTER_SECONDS = 2
+
+
+def database_unavailable(request: HttpRequest, exc: Exception) -> JsonResponse:
+    """503 with Retry-After for a database that cannot serve the request right now."""
+    from project.pgpool.errors import PoolTimeout
+
+    if isinstance(exc, PoolTimeout):
+        message = str(exc)
+    else:
+        # The driver's text can carry host names and ports: log it, answer plainly.
+        message = "a database needed for this request is unavailable; retry shortly"
+    logger.warning("503 for %s: %s", request.path, exc)
+    response = JsonResponse({"error": "database_unavailable", "message": message}, status=503)
+    response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+class CausalConsistencyMiddleware:
+    """Outermost: sets up the request's routing state and hands out causal tokens."""
+
+    def __init__(self, get_response: GetResponse) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        state = RequestRouting()
+        seen: list[dict[str, int]] = []
+        for raw in (request.COOKIES.get(causal.COOKIE), request.headers.get(causal.HEADER)):
+            if raw:
+                tokens = causal.decode(raw)
+                if tokens is None:
+                    state.distrust_replicas = True
+                else:
+                    seen.append(tokens)
+        known = {c.name for c in get_shard_map().clusters} if seen else set()
+        state.tokens = {k: v for k, v in causal.merge(*seen).items() if k in known}
+        with request_routing(state):
+            response = self.get_response(request)
+            written = {
+                name: lsn for name in sorted(state.written)
+                if (lsn := causal.primary_position(name)) is not None
+            }
+        if written:
+            value = causal.encode(causal.merge(state.tokens, written))
+            response[causal.HEADER] = value
+            response.set_cookie(causal.COOKIE, value, max_age=causal.MAX_AGE_SECONDS,
+                                httponly=True, samesite="Lax")
+        return response
+
+
+class TenantMiddleware:
+    """Sets the current tenant from the request: a path segment, a header or the host name,
+    tried in the order of settings.TENANT_SOURCES. A request that names no tenant runs without
+    one (control endpoints); one that names a bad or unknown tenant gets 400 or 404."""
+
+    def __init__(self, get_response: GetResponse) -> None:
+        self.get_response = get_response
+        self.sources = tuple(getattr(settings, "TENANT_SOURCES", ("path", "header")))
+        self.path_re = re.compile(
+            getattr(settings, "TENANT_PATH_PATTERN", r"^/t/(?P<tenant>[^/]+)/")
+        )
+        self.header = getattr(settings, "TENANT_HEADER", "X-Tenant")
+        self.host_suffix = getattr(settings, "TENANT_HOST_SUFFIX", None)
+
+    def tenant_key(self, request: HttpRequest) -> str | None:
+        for source in self.sources:
+            if source == "path" and (match := self.path_re.match(request.path_info)):
+                return match.group("tenant")
+            if source == "header" and (value := request.headers.get(self.header)):
+                return value
+            if source == "host" and self.host_suffix:
+                host = request.get_host().split(":")[0]
+                if host.endswith(self.host_suffix) and host != self.host_suffix.lstrip("."):
+                    return host[: -len(self.host_suffix)]
+        return None
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        key = self.tenant_key(request)
+        if key is None:
+            return self.get_response(request)
+        try:
+            entry = lookup(key)
+        except MalformedTenantKey as exc:
+            return JsonResponse({"error": "malformed_tenant", "message": str(exc)}, status=400)
+        except UnknownTenant:
+            return JsonResponse(
+                {"error": "unknown_tenant", "message": f"no tenant {key!r}"}, status=404
+            )
+        except OperationalError as exc:
+            return database_unavailable(request, exc)
+        request.tenant = entry  # type: ignore[attr-defined]
+        with tenant(entry):
+            return self.get_response(request)

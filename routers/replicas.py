@@ -1,0 +1,623 @@
+"""Per-worker replica health: which replicas of a cluster may serve a read right now.
+
+A background thread checks every replica of every cluster concurrently, over its *direct* DSN:
+when a server dies, PgBouncer keeps already-connected clients queued for `query_wait_timeout`,
+so a check through it would hang where a direct connection fails at once. Routers then call
+`usable_replicas()`, which only reads in-memory state: no SQL, no settings, no I/O per query.
+
+    health = get_replica_health()                    # built and started on first use
+    health.usable_replicas("shard_0", min_lsn=token)  # ["shard_0_replica_1"] or []
+    health.mark_failed("shard_0_replica_1", str(exc)) # a request saw it fail: skip it now
+
+LSNs are 64-bit ints here (`parse_lsn("16/B374D848")`), so causal tokens compare as numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import socket
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from django.core.signals import setting_changed
+from psycopg import sql
+
+from shards import pg
+from shards.errors import UnknownShard
+from shards.topology import Server, ShardMap, get_shard_map
+
+logger = logging.getLogger("shardsvc.replicas")
+
+APPLICATION_NAME = "shardsvc-replica-health"
+DEFAULT_MAX_LAG = 5.0
+DEFAULT_INTERVAL = 0.5
+
+# Lag is 0 when everything received is replayed: an idle primary sends no commits, so
+# `now() - pg_last_xact_replay_timestamp()` alone would grow forever on a caught-up replica.
+# `<=`, not `=`: after a standby restarts, the receive LSN restarts at the segment boundary,
+# BEHIND replay (measured: receive 0/3000000, replay 0/3001628), and stays there until the
+# primary writes; with `=` an idle shard's restarted replica read as lagging for ever.
+# NULL (-> math.inf) while streaming has not started and nothing was replayed since startup.
+CHECK_QUERY = (
+    "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
+    "CASE WHEN pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 "
+    "ELSE extract(epoch from now() - pg_last_xact_replay_timestamp()) END"
+)
+
+_LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
+_LSN_MAX = (1 << 64) - 1
+
+
+def parse_lsn(text: str) -> int:
+    """A pg_lsn as PostgreSQL prints it ("16/B374D848") -> a 64-bit int ((X << 32) + Y)."""
+    match = _LSN_RE.match(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(
+            f"invalid LSN {text!r}: expected two hex numbers of up to 8 digits as X/Y, "
+            "as pg_current_wal_lsn()::text prints it (e.g. '16/B374D848')"
+        )
+    return (int(match[1], 16) << 32) + int(match[2], 16)
+
+
+def format_lsn(value: int) -> str:
+    """A 64-bit int -> the pg_lsn text PostgreSQL prints ("16/B374D848")."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _LSN_MAX:
+        raise ValueError(f"invalid LSN {value!r}: expected an int from 0 to 2**64 - 1")
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """One check of one replica. Immutable: each check replaces the previous state whole."""
+
+    alias: str
+    cluster: str
+    reachable: bool
+    in_recovery: bool
+    replay_lsn: int
+    lag_seconds: float  # math.inf when the server cannot tell (see CHECK_QUERY)
+    checked_at: float  # time.monotonic() when the answer (or the failure) came
+    error: str | None = None
+
+
+def _describe_unhealthy(state: ReplicaState, max_lag: float) -> str | None:
+    """Why this state is unhealthy (apart from min_lsn and staleness), or None if healthy."""
+    if not state.reachable:
+        return state.error or "unreachable"
+    if not state.in_recovery:
+        return "not in recovery (promoted?): it no longer follows its primary"
+    if not state.lag_seconds <= max_lag:
+        return f"lag {state.lag_seconds:.2f} s > max_lag {max_lag:g} s"
+    return None
+
+
+def _error_text(exc: BaseException) -> str:
+    # psycopg messages span lines ("... failed: Connection refused\n\tIs the server running");
+    # one line keeps logs and states greppable. Messages name host and port, never a password.
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass(eq=False)
+class _Check:
+    """One in-flight check of one replica, shared by the thread doing it and whoever waits."""
+
+    server: Server
+    cluster: str
+    started: float
+    pid: int
+    thread: threading.Thread | None = None
+    # The connection the thread is using, so a waiter that gives up can shut its socket down.
+    conn: psycopg.Connection[Any] | None = None
+    # Guards `conn` against being closed (and its fd reused) while a waiter shuts it down.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    done: bool = False
+
+
+class _Resources:
+    """What the background thread and the finalizer share, without a reference to the owner."""
+
+    def __init__(self) -> None:
+        self.conns: dict[str, psycopg.Connection[Any]] = {}
+        self.stop = threading.Event()
+
+    def close(self) -> None:
+        self.stop.set()
+        for conn in list(self.conns.values()):
+            with contextlib.suppress(Exception):
+                conn.close()
+        self.conns.clear()
+
+
+class ReplicaHealth:
+    """Tracks reachability, recovery, replay LSN and lag of every replica in a ShardMap.
+
+    One per worker process (see `get_replica_health()`). `usable_replicas()` is safe to call from
+    any thread or greenlet: states are immutable and replaced whole, so readers take no lock.
+    """
+
+    def __init__(
+        self,
+        shard_map: ShardMap,
+        *,
+        interval: float = DEFAULT_INTERVAL,
+        max_lag: float = DEFAULT_MAX_LAG,
+        stale_after: float = 3.0,
+        check_timeout: float = 1.0,
+    ) -> None:
+        if not isinstance(shard_map, ShardMap):
+            raise TypeError(f"shard_map must be a ShardMap, got {type(shard_map).__name__}")
+        _check_number("interval", interval, minimum=0.0, inclusive=False)
+        _check_number("max_lag", max_lag, minimum=0.0, inclusive=True)
+        _check_number("stale_after", stale_after, minimum=0.0, inclusive=False)
+        _check_number("check_timeout", check_timeout, minimum=0.0, inclusive=False)
+        if stale_after <= interval:
+            raise ValueError(
+                f"stale_after ({stale_after:g} s) must be longer than interval ({interval:g} s), "
+                "else every replica reads as stale between two checks"
+            )
+        self.shard_map = shard_map
+        self.interval = float(interval)
+        self.max_lag = float(max_lag)
+        self.stale_after = float(stale_after)
+        self.check_timeout = float(check_timeout)
+
+        self._replicas: dict[str, tuple[Server, ...]] = {
+            c.name: c.replicas for c in shard_map.clusters
+        }
+        self._cluster_of: dict[str, str] = {
+            s.alias: c.name for c in shard_map.clusters for s in c.replicas
+        }
+        self._states: dict[str, ReplicaState] = {}
+        # alias -> monotonic time of the last mark_failed(): checks begun before it cannot
+        # restore the replica, since they may have read it just before the failure.
+        self._failed_at: dict[str, float] = {}
+        self._inflight: dict[str, _Check] = {}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._thread: threading.Thread | None = None
+        self._thread_pid: int | None = None
+        self._res = _Resources()
+        # Closes the connections and stops the thread when the object is dropped without stop().
+        self._finalizer = weakref.finalize(self, self._res.close)
+        _instances.add(self)
+
+    def __repr__(self) -> str:
+        running = self._thread is not None and self._thread_pid == os.getpid()
+        return (
+            f"<ReplicaHealth {len(self._cluster_of)} replicas interval={self.interval:g}s "
+            f"max_lag={self.max_lag:g}s {'running' if running else 'stopped'}>"
+        )
+
+    # ----- reads: the routers' hot path, no I/O ------------------------------------------------
+
+    def state(self, alias: str) -> ReplicaState | None:
+        """The latest state of a replica, or None if it was never checked (or is not a replica)."""
+        return self._states.get(alias)
+
+    def states(self) -> dict[str, ReplicaState]:
+        """A snapshot of every replica's latest state, by alias."""
+        return dict(self._states)
+
+    def usable_replicas(self, cluster: str, *, min_lsn: int = 0) -> list[str]:
+        """Aliases of `cluster`'s replicas fit to serve a read that must see `min_lsn`.
+
+        Fit: reachable, in recovery, lag <= max_lag, replayed past min_lsn, and checked within
+        stale_after seconds (a checker that stopped running must not keep vouching for them).
+        Topology order; an empty list means "read from the primary".
+        """
+        try:
+            replicas = self._replicas[cluster]
+        except KeyError:
+            raise UnknownShard(
+                f"unknown cluster {cluster!r}: the shard map has "
+                f"{', '.join(self._replicas)}. Pass a cluster name, not a replica alias."
+            ) from None
+        oldest = time.monotonic() - self.stale_after
+        usable = []
+        for server in replicas:
+            state = self._states.get(server.alias)
+            if (
+                state is not None
+                and state.reachable
+                and state.in_recovery
+                and state.lag_seconds <= self.max_lag
+                and state.replay_lsn >= min_lsn
+                and state.checked_at >= oldest
+            ):
+                usable.append(server.alias)
+        return usable
+
+    def mark_failed(self, alias: str, error: str) -> None:
+        """A request saw a connection error on `alias`: skip it until a check started later passes.
+
+        Primaries are not tracked here (a primary has no fallback), so their aliases are ignored.
+        """
+        cluster = self._cluster_of.get(alias)
+        if cluster is None:
+            self.shard_map.server(alias)  # an unknown alias raises UnknownAlias, naming the known
+            return
+        now = time.monotonic()
+        state = ReplicaState(
+            alias=alias,
+            cluster=cluster,
+            reachable=False,
+            in_recovery=False,
+            replay_lsn=0,
+            lag_seconds=math.inf,
+            checked_at=now,
+            error=error,
+        )
+        with self._lock:
+            self._failed_at[alias] = now
+            previous = self._states.get(alias)
+            self._states[alias] = state
+        self._log_change(previous, state)
+
+    # ----- checks ---------------------------------------------------------------------------------
+
+    def check_once(self) -> None:
+        """Check every replica concurrently; return within about check_timeout. Never raises.
+
+        A replica whose previous check is still running is not checked twice: that check is
+        awaited instead, so a hung server never piles up threads.
+        """
+        self._forget_if_forked()
+        now = time.monotonic()
+        pid = os.getpid()
+        checks: list[_Check] = []
+        # Critical section: decide, per replica, to join the running check or start a new one,
+        # so two callers (the loop and a request or test) never run two checks of one replica.
+        with self._lock:
+            for cluster, replicas in self._replicas.items():
+                for server in replicas:
+                    check = self._inflight.get(server.alias)
+                    if check is None:
+                        check = _Check(server=server, cluster=cluster, started=now, pid=pid)
+                        check.thread = threading.Thread(
+                            target=self._run_check,
+                            args=(check,),
+                            name=f"replica-check-{server.alias}",
+                            daemon=True,
+                        )
+                        self._inflight[server.alias] = check
+                        check.thread.start()
+                    checks.append(check)
+        for check in checks:
+            assert check.thread is not None
+            check.thread.join(max(0.0, check.started + self.check_timeout - time.monotonic()))
+        for check in checks:
+            if not check.done:
+                self._give_up(check)
+
+    def _run_check(self, check: _Check) -> None:
+        alias = check.server.alias
+        try:
+            state = self._query(check)
+        except Exception as exc:  # never raise: any failure is an unreachable replica
+            state = self._failed_state(check, _error_text(exc))
+        finally:
+            with self._lock:
+                if self._inflight.get(alias) is check:
+                    del self._inflight[alias]
+            check.done = True
+        if check.pid != os.getpid():
+            _exit_copied_greenlet()
+            return
+        self._record(check, state)
+
+    def _query(self, check: _Check) -> ReplicaState:
+        alias = check.server.alias
+        conn = self._res.conns.get(alias)
+        try:
+            if conn is None or conn.closed or conn.broken:
+                self._res.conns.pop(alias, None)
+                # psycopg rounds connect_timeout up to 2 s (as libpq does); check_once stops
+                # waiting after check_timeout anyway, the thread just finishes in the background.
+                conn = pg.connect(
+                    check.server.direct_dsn,
+                    autocommit=True,
+                    connect_timeout=max(1, math.ceil(self.check_timeout)),
+                    application_name=APPLICATION_NAME,
+                )
+                self._res.conns[alias] = conn
+            with check.lock:
+                check.conn = conn
+            # SET LOCAL: the timeout ends with the transaction, so nothing lingers on the session.
+            timeout = sql.SQL("SET LOCAL statement_timeout = {}").format(
+                sql.Literal(max(1, int(self.check_timeout * 1000)))
+            )
+            with conn.transaction():
+                conn.execute(timeout)
+                row = conn.execute(CHECK_QUERY).fetchone()
+        except BaseException:
+            # Reconnect next time: the session may be broken or mid-protocol. (Compare before
+            # popping: a greenlet copied by a fork must not drop the child's new connection.)
+            if conn is not None and self._res.conns.get(alias) is conn:
+                del self._res.conns[alias]
+            if conn is not None:
+                with check.lock:
+                    check.conn = None
+                    with contextlib.suppress(Exception):
+                        conn.close()
+            raise
+        with check.lock:
+            check.conn = None
+        assert row is not None
+        in_recovery, replay, lag = row
+        return ReplicaState(
+            alias=alias,
+            cluster=check.cluster,
+            reachable=True,
+            in_recovery=bool(in_recovery),
+            replay_lsn=parse_lsn(replay) if replay else 0,
+            lag_seconds=max(0.0, float(lag)) if lag is not None else math.inf,
+            checked_at=time.monotonic(),
+        )
+
+    def _failed_state(self, check: _Check, error: str) -> ReplicaState:
+        return ReplicaState(
+            alias=check.server.alias,
+            cluster=check.cluster,
+            reachable=False,
+            in_recovery=False,
+            replay_lsn=0,
+            lag_seconds=math.inf,
+            checked_at=time.monotonic(),
+            error=error,
+        )
+
+    def _give_up(self, check: _Check) -> None:
+        """The check outlived check_timeout: report the replica unreachable and unstick it."""
+        if check.done:
+            return  # finished just now: its own result is recorded
+        elapsed = time.monotonic() - check.started
+        self._record(check, self._failed_state(
+            check, f"no answer within {self.check_timeout:g} s (check running for {elapsed:.1f} s)"
+        ))
+        # A stopped or partitioned server never answers and TCP may take minutes to notice.
+        # Shutting the socket down (not closing it: the thread still owns the fd) makes the
+        # thread's read fail now, so it drops the connection and the next check reconnects.
+        with check.lock:
+            conn = check.conn
+            if check.done or conn is None or conn.closed:
+                return
+            with contextlib.suppress(OSError, psycopg.Error):
+                sock = socket.socket(fileno=os.dup(conn.fileno()))
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                finally:
+                    sock.close()
+
+    def _record(self, check: _Check, state: ReplicaState) -> None:
+        alias = state.alias
+        with self._lock:
+            if check.pid != os.getpid():
+                return  # a check the parent started before a fork: not this process's data
+            if state.reachable and check.started < self._failed_at.get(alias, -math.inf):
+                return  # began before a request saw it fail: cannot vouch for it
+            previous = self._states.get(alias)
+            newer = previous is not None and previous.checked_at > state.checked_at
+            if newer and not state.reachable:
+                return  # an older failure must not overwrite a newer answer
+            self._states[alias] = state
+        self._log_change(previous, state)
+
+    def _log_change(self, previous: ReplicaState | None, state: ReplicaState) -> None:
+        # Log transitions only: a replica down for an hour is one warning, not 7,200 lines.
+        was = None if previous is None else _describe_unhealthy(previous, self.max_lag)
+        now = _describe_unhealthy(state, self.max_lag)
+        if now is not None and (previous is None or was is None):
+            logger.warning("replica %s unhealthy: %s", state.alias, now)
+        elif now is None and was is not None:
+            logger.info(
+                "replica %s healthy again: replay %s, lag %.2f s",
+                state.alias, format_lsn(state.replay_lsn), state.lag_seconds,
+            )
+
+    # ----- background thread ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background checks in this process. Idempotent; after a fork, starts anew."""
+        self._forget_if_forked()
+        with self._lock:
+            pid = os.getpid()
+            if self._thread is not None and self._thread_pid == pid and self._thread.is_alive():
+                return
+            if self._res.stop.is_set():
+                self._res.stop = threading.Event()
+            # The thread gets a weak reference: a dropped ReplicaHealth stops its own thread.
+            thread = threading.Thread(
+                target=_check_loop,
+                args=(weakref.ref(self), self._res.stop, pid),
+                name="shardsvc-replica-health",
+                daemon=True,
+            )
+            self._thread, self._thread_pid = thread, pid
+            thread.start()
+
+    def stop(self) -> None:
+        """Stop the background checks and close the check connections."""
+        self._forget_if_forked()
+        with self._lock:
+            thread, pid = self._thread, self._thread_pid
+            self._thread = self._thread_pid = None
+            self._res.stop.set()
+        if thread is not None and pid == os.getpid() and thread is not threading.current_thread():
+            thread.join(self.interval + self.check_timeout + 1.0)
+        with self._lock:
+            inflight = list(self._inflight.values())
+        for check in inflight:
+            assert check.thread is not None
+            check.thread.join(max(0.0, check.started + self.check_timeout - time.monotonic()))
+            if not check.done:
+                self._give_up(check)
+        # Never close a connection a check thread is still using (freeing it under a running
+        # libpq call is a use-after-free); after _give_up that thread fails and closes it itself.
+        with self._lock:
+            busy = set(self._inflight)
+        for alias, conn in list(self._res.conns.items()):
+            if alias not in busy:
+                self._res.conns.pop(alias, None)
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and self._thread_pid == os.getpid() and thread.is_alive()
+
+    # ----- fork safety ----------------------------------------------------------------------------
+
+    def _forget_if_forked(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork_in_child()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: drop everything shared with the parent without touching it.
+
+        Runs right after fork (os.register_at_fork), with the pid check in start() as a backstop.
+        """
+        # Locks may have been copied while held by a parent thread that does not exist here.
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._inflight = {}
+        self._thread = self._thread_pid = None
+        inherited, self._res = self._res, _Resources()
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, self._res.close)
+        # The inherited sockets are the parent's sessions. Closing them normally would send
+        # the server a Terminate and end the parent's session, and merely forgetting them does
+        # the same once they are garbage collected. Pointing the fd at /dev/null first makes
+        # that Terminate harmless while freeing the fd number.
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            for conn in inherited.conns.values():
+                with contextlib.suppress(Exception):
+                    if not conn.closed:
+                        os.dup2(devnull, conn.fileno())
+                    conn.close()
+        finally:
+            os.close(devnull)
+
+
+def _check_loop(ref: weakref.ref[ReplicaHealth], stop: threading.Event, pid: int) -> None:
+    """The background loop: holds its owner only while checking, so dropping it ends the loop."""
+    while not stop.is_set():
+        health = ref()
+        if os.getpid() != pid:
+            _exit_copied_greenlet()
+            return
+        if health is None:
+            return
+        try:
+            health.check_once()
+        except Exception:  # check_once never raises; if it ever does, keep checking
+            logger.exception("replica health check failed")
+        interval = health.interval
+        del health
+        stop.wait(interval)
+
+
+def _exit_copied_greenlet() -> None:
+    """Let a thread that a fork copied into this process end quietly.
+
+    Real threads do not survive fork, but under gevent our "threads" are greenlets and do:
+    the parent's loop wakes up in the child (a Gunicorn worker forked from a preloaded master).
+    threading already forgot it there, so its exit would die in threading._delete with a
+    KeyError traceback in every worker; current_thread() registers this ident again first.
+    """
+    threading.current_thread()
+
+
+def _check_number(name: str, value: float, *, minimum: float, inclusive: bool) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < minimum or (value == minimum and not inclusive):
+        bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+
+
+_instances: weakref.WeakSet[ReplicaHealth] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    global _health_lock
+    # A parent thread may have held it at fork time; that thread does not exist in the child.
+    _health_lock = threading.Lock()
+    for health in list(_instances):
+        health._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# --- process-wide accessor -------------------------------------------------------------------
+
+_health: ReplicaHealth | None = None
+_health_lock = threading.Lock()
+
+
+def get_replica_health() -> ReplicaHealth:
+    """This process's ReplicaHealth, built from settings and started on first use.
+
+    Settings (read once): SHARD_MAP, REPLICA_MAX_LAG (seconds, default 5.0) and
+    REPLICA_CHECK_INTERVAL (seconds, default 0.5). The first call in a process (also in a
+    worker forked from a preloaded master) checks once synchronously, so the first request
+    already has data.
+    """
+    global _health
+    health = _health
+    if health is not None and health.running:
+        return health
+    # Critical section: one build and one first check per process, even when many greenlets
+    # of a fresh worker ask at once; the others wait here for the data they need anyway.
+    with _health_lock:
+        health = _health
+        if health is None:
+            from django.conf import settings
+
+            health = ReplicaHealth(
+                get_shard_map(),
+                max_lag=getattr(settings, "REPLICA_MAX_LAG", DEFAULT_MAX_LAG),
+                interval=getattr(settings, "REPLICA_CHECK_INTERVAL", DEFAULT_INTERVAL),
+            )
+            _health = health
+        if not health.running:
+            health.check_once()
+            health.start()
+        return health
+
+
+def reset_replica_health() -> None:
+    """Stop and drop this process's ReplicaHealth; the next get_replica_health() builds anew."""
+    global _health
+    with _health_lock:
+        health, _health = _health, None
+    if health is not None:
+        health.stop()
+
+
+def _reset_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting in {"SHARD_MAP", "REPLICA_MAX_LAG", "REPLICA_CHECK_INTERVAL"}:
+        reset_replica_health()
+
+
+# So override_settings(REPLICA_MAX_LAG=...) takes effect, as shards.topology does for SHARD_MAP.
+setting_changed.connect(_reset_on_setting_changed, dispatch_uid="routers.replicas.reset")
+
+__all__ = [
+    "ReplicaHealth",
+    "ReplicaState",
+    "format_lsn",
+    "get_replica_health",
+    "parse_lsn",
+    "reset_replica_health",
+]

@@ -1,0 +1,112 @@
+"""The database router: where every query goes. No SQL here, no settings reads per call: the
+shard map, the current tenant and the replica health are all in memory.
+
+    write                              -> the tenant's shard primary (control models: default)
+    read inside atomic() on the primary -> that primary
+    read after a write in this request  -> that primary
+    read with a causal token            -> a replica that replayed past it, else the primary
+    read                                -> a healthy replica within the lag bound, else primary
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from django.db import connections
+
+from routers.context import current_routing, current_tenant, primary_pinned
+from routers.errors import CrossShardRelation, NoTenantContext, WrongTenant
+from shards.topology import CONTROL_ALIAS, get_shard_map
+
+
+def is_sharded(model: type) -> bool:
+    from shards.sharded import ShardedModel
+
+    return issubclass(model, ShardedModel)
+
+
+class ShardRouter:
+    def _cluster(self, model: type, hints: dict[str, Any]) -> tuple[str, int]:
+        """(cluster name, the tenant's minimum WAL position) for a query on `model`."""
+        if not is_sharded(model):
+            return CONTROL_ALIAS, 0
+        entry = current_tenant()
+        instance = hints.get("instance")
+        owner = getattr(instance, "tenant_id", None) if instance is not None else None
+        if entry is None:
+            # A row loaded earlier (e.g. a related object) knows its shard; anything else is a
+            # query nobody scoped, and guessing a shard would be a silent wrong answer.
+            loaded_from = getattr(getattr(instance, "_state", None), "db", None)
+            if owner is not None and loaded_from:
+                return get_shard_map().cluster_of(loaded_from).name, 0
+            raise NoTenantContext(model._meta.label)
+        if owner is not None and owner != entry.id:
+            raise WrongTenant(
+                f"{model._meta.label} of tenant {owner} used while tenant {entry.slug} "
+                f"({entry.id}) is current"
+            )
+        return entry.shard, entry.min_lsn
+
+    def db_for_write(self, model: type, **hints: Any) -> str:
+        cluster, _ = self._cluster(model, hints)
+        routing = current_routing()
+        if routing is not None:
+            routing.written.add(cluster)
+        return cluster  # a cluster's name is its primary's alias
+
+    def db_for_read(self, model: type, **hints: Any) -> str:
+        cluster, min_lsn = self._cluster(model, hints)
+        return choose_read_alias(cluster, min_lsn=min_lsn)
+
+    def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
+        db1, db2 = obj1._state.db, obj2._state.db
+        if not db1 or not db2:
+            return None
+        shard_map = get_shard_map()
+        if shard_map.cluster_of(db1).name != shard_map.cluster_of(db2).name:
+            raise CrossShardRelation(
+                f"{obj1._meta.label} on {db1} and {obj2._meta.label} on {db2} are on different "
+                "databases: relations never cross shards"
+            )
+        return True
+
+    def allow_migrate(self, db: str, app_label: str, model_name: str | None = None,
+                      **hints: Any) -> bool:
+        from shards.preparation import sharded_apps
+
+        server = get_shard_map().server(db)
+        if server.role != "primary":
+            return False
+        if app_label in sharded_apps():
+            return db != CONTROL_ALIAS
+        return db == CONTROL_ALIAS
+
+
+def choose_read_alias(cluster: str, *, min_lsn: int = 0) -> str:
+    """The alias a read on `cluster` should use, and the reason, recorded for metrics."""
+    alias, reason = explain_read_choice(cluster, min_lsn=min_lsn)
+    routing = current_routing()
+    if routing is not None:
+        routing.reads[(alias, reason)] += 1
+    return alias
+
+
+def explain_read_choice(cluster: str, *, min_lsn: int = 0) -> tuple[str, str]:
+    if primary_pinned():
+        return cluster, "pinned"
+    if connections[cluster].in_atomic_block:
+        return cluster, "in_transaction"
+    routing = current_routing()
+    if routing is not None:
+        if cluster in routing.written:
+            return cluster, "wrote_in_request"
+        if routing.distrust_replicas:
+            return cluster, "bad_token"
+        min_lsn = max(min_lsn, routing.tokens.get(cluster, 0))
+    from routers.replicas import get_replica_health
+
+    replicas = get_replica_health().usable_replicas(cluster, min_lsn=min_lsn)
+    if not replicas:
+        return cluster, "no_replica_caught_up" if min_lsn else "no_healthy_replica"
+    return random.choice(replicas), "replica"

@@ -1,0 +1,246 @@
+"""The tenant directory: tenant -> shard, read through two caches.
+
+Authoritative rows live in the control database (`shards.models.Tenant`). Lookups go through an
+in-process cache (per worker, `DIRECTORY_LOCAL_TTL` seconds, default 1) and Redis
+(`DIRECTORY_REDIS_TTL`, default 30), and only then to a control replica (the primary only for a
+slug the replica does not know yet). Every change made through this module or a `Tenant.save()`
+is written through to Redis with its version, and Redis keeps the higher version, so a stale
+replica read can never overwrite a newer placement.
+
+Bound: a placement change made through Django is seen by every worker within DIRECTORY_LOCAL_TTL;
+one made with raw SQL within DIRECTORY_LOCAL_TTL + DIRECTORY_REDIS_TTL. Routing correctness does
+not depend on that bound: a tenant's old shard refuses its writes once it moves (fencing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+
+from shards.errors import MalformedTenantKey, UnknownShard, UnknownTenant
+
+logger = logging.getLogger("shardsvc.directory")
+
+SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+MAX_TENANT_ID = (1 << 63) - 1
+_LOCAL_MAX_ENTRIES = 100_000
+
+# Set the value only if Redis holds nothing or an older version of it.
+_SET_IF_NEWER = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local version = tonumber(string.match(current, '"version": (%d+)'))
+  if version and version > tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class TenantEntry:
+    """What routing needs to know about a tenant; immutable, safe to share between greenlets."""
+
+    id: int
+    slug: str
+    shard: str
+    state: str
+    version: int
+    min_lsn: int
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> TenantEntry:
+        return cls(**json.loads(raw))
+
+    @classmethod
+    def from_model(cls, row: Any) -> TenantEntry:
+        return cls(id=row.id, slug=row.slug, shard=row.shard, state=row.state,
+                   version=row.version, min_lsn=row.min_lsn)
+
+
+def parse_key(key: str | int) -> tuple[str, str | int]:
+    """("id", 123) or ("slug", "acme"); MalformedTenantKey for anything else."""
+    if isinstance(key, int) and not isinstance(key, bool):
+        if 0 < key <= MAX_TENANT_ID:
+            return "id", key
+        raise MalformedTenantKey(f"tenant id {key} is out of range")
+    if isinstance(key, str) and SLUG_RE.match(key):
+        return "slug", key
+    raise MalformedTenantKey(
+        f"{key!r} is not a tenant slug: use 1-63 lowercase letters, digits and inner hyphens"
+    )
+
+
+class TenantDirectory:
+    def __init__(self, *, local_ttl: float = 1.0, redis_ttl: int = 30,
+                 negative_ttl: float = 1.0) -> None:
+        if local_ttl < 0 or redis_ttl < 1 or negative_ttl < 0:
+            raise ValueError("directory TTLs must be positive")
+        self.local_ttl = local_ttl
+        self.redis_ttl = redis_ttl
+        self.negative_ttl = negative_ttl
+        self._local: dict[tuple[str, str | int], tuple[float, TenantEntry | None]] = {}
+        self._lock = threading.Lock()
+
+    # --- reads ---
+    def lookup(self, key: str | int) -> TenantEntry:
+        parsed = parse_key(key)
+        now = time.monotonic()
+        hit = self._local.get(parsed)
+        if hit is not None and hit[0] > now:
+            if hit[1] is None:
+                raise UnknownTenant(key)
+            return hit[1]
+        entry = self._from_redis(parsed) or self._from_database(parsed)
+        self._remember(parsed, entry, now)
+        if entry is None:
+            raise UnknownTenant(key)
+        return entry
+
+    def _remember(self, parsed: tuple[str, str | int], entry: TenantEntry | None,
+                  now: float) -> None:
+        ttl = self.local_ttl if entry is not None else self.negative_ttl
+        with self._lock:
+            if len(self._local) >= _LOCAL_MAX_ENTRIES:
+                self._local.clear()  # crude bound; a miss only costs a Redis read
+            self._local[parsed] = (now + ttl, entry)
+
+    def _from_redis(self, parsed: tuple[str, str | int]) -> TenantEntry | None:
+        try:
+            raw = _redis().get(_redis_key(parsed))
+        except Exception as exc:  # Redis down must not take routing down with it
+            logger.warning("directory: Redis read failed, reading the database: %s", exc)
+            return None
+        return TenantEntry.from_json(raw) if raw else None
+
+    def _from_database(self, parsed: tuple[str, str | int]) -> TenantEntry | None:
+        from shards.models import Tenant
+
+        kind, value = parsed
+        lookup = {"id": value} if kind == "id" else {"slug": value}
+        # Replica first (the router picks a caught-up one); a tenant created a moment ago may
+        # not be there yet, so ask the primary before calling it unknown.
+        row = Tenant.objects.filter(**lookup).first()
+        if row is None:
+            row = Tenant.objects.using("default").filter(**lookup).first()
+        if row is None:
+            return None
+        entry = TenantEntry.from_model(row)
+        self._publish_redis(entry)
+        return entry
+
+    # --- writes ---
+    def publish(self, entry: TenantEntry) -> None:
+        """Make a changed entry visible: Redis (if newer) and this worker's cache at once."""
+        self._publish_redis(entry)
+        now = time.monotonic()
+        self._remember(("id", entry.id), entry, now)
+        self._remember(("slug", entry.slug), entry, now)
+
+    def _publish_redis(self, entry: TenantEntry) -> None:
+        try:
+            client = _redis()
+            for parsed in (("id", entry.id), ("slug", entry.slug)):
+                client.eval(_SET_IF_NEWER, 1, _redis_key(parsed), entry.version,
+                            entry.to_json(), self.redis_ttl)
+        except Exception as exc:
+            logger.warning("directory: Redis write failed for tenant %s: %s", entry.slug, exc)
+
+    def clear_local(self) -> None:
+        with self._lock:
+            self._local.clear()
+
+
+def _redis_key(parsed: tuple[str, str | int]) -> str:
+    return f"shardsvc:tenant:{parsed[0]}:{parsed[1]}"
+
+
+def _redis():  # type: ignore[no-untyped-def]
+    from django_redis import get_redis_connection
+
+    return get_redis_connection("default")
+
+
+_directory: TenantDirectory | None = None
+_directory_lock = threading.Lock()
+
+
+def get_directory() -> TenantDirectory:
+    global _directory
+    if _directory is None:
+        with _directory_lock:
+            if _directory is None:
+                _directory = TenantDirectory(
+                    local_ttl=float(getattr(settings, "DIRECTORY_LOCAL_TTL", 1.0)),
+                    redis_ttl=int(getattr(settings, "DIRECTORY_REDIS_TTL", 30)),
+                )
+    return _directory
+
+
+def reset_directory() -> None:
+    global _directory
+    _directory = None
+
+
+def lookup(key: str | int) -> TenantEntry:
+    return get_directory().lookup(key)
+
+
+def create_tenant(slug: str, *, shard: str | None = None) -> TenantEntry:
+    """Register a new tenant on `shard`, or on the one the placement policy picks."""
+    from shards.models import Tenant
+    from shards.placement import choose_shard
+    from shards.topology import get_shard_map
+
+    parse_key(slug)
+    if shard is None:
+        shard = choose_shard()
+    else:
+        get_shard_map().shard(shard)  # UnknownShard for a name not in the topology
+    row = Tenant.objects.using("default").create(slug=slug, shard=shard)
+    row.refresh_from_db(using="default")  # the id comes from the database default
+    entry = TenantEntry.from_model(row)
+    get_directory().publish(entry)
+    return entry
+
+
+def set_placement(tenant_id: int, shard: str, *, min_lsn: int | None = None,
+                  state: str | None = None) -> TenantEntry:
+    """Move a tenant in the directory: new shard, version + 1. Returns the new entry."""
+    from shards.models import Tenant
+    from shards.topology import get_shard_map
+
+    try:
+        get_shard_map().shard(shard)
+    except UnknownShard:
+        raise
+    with transaction.atomic(using="default"):
+        row = Tenant.objects.using("default").select_for_update().get(id=tenant_id)
+        row.shard = shard
+        if min_lsn is not None:
+            row.min_lsn = min_lsn
+        if state is not None:
+            row.state = state
+        row.save()  # bumps the version when the shard changes
+    entry = TenantEntry.from_model(row)
+    get_directory().publish(entry)
+    return entry
+
+
+def on_tenant_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """Write every saved placement through to the caches, also from the admin or a shell."""
+    transaction.on_commit(
+        lambda: get_directory().publish(TenantEntry.from_model(instance)),
+        using=kwargs.get("using") or "default",
+    )

@@ -1,0 +1,65 @@
+"""Control-database models: the shard registry and the tenant directory."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from shards.global_ids import NextGlobalId
+
+
+class Shard(models.Model):
+    """A shard known to the control database. Its servers come from the topology file; this row
+    holds what must never change for it, above all its global id generator."""
+
+    name = models.CharField(max_length=40, unique=True)
+    generator_id = models.PositiveSmallIntegerField(unique=True)
+    accepts_tenants = models.BooleanField(
+        default=True, help_text="New tenants may be placed here."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Tenant(models.Model):
+    """Which shard holds a tenant's rows. Authoritative; read through the directory cache."""
+
+    class State(models.TextChoices):
+        ACTIVE = "active", "active"
+        MOVING = "moving", "moving"
+
+    id = models.BigIntegerField(primary_key=True, db_default=NextGlobalId(), editable=False)
+    slug = models.SlugField(max_length=63, unique=True)
+    shard = models.CharField(max_length=40, db_index=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.ACTIVE)
+    # Bumped on every placement change; caches keyed by it can never serve an old placement.
+    version = models.PositiveIntegerField(default=1)
+    # WAL position (as an integer) that a replica of `shard` must have replayed before it may
+    # serve this tenant: set when a move lands, so target replicas that lag the copy are skipped.
+    min_lsn = models.BigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return f"{self.slug} ({self.shard})"
+
+    @classmethod
+    def from_db(cls, db, field_names, values):  # type: ignore[no-untyped-def]
+        instance = super().from_db(db, field_names, values)
+        instance._loaded_shard = instance.__dict__.get("shard")
+        return instance
+
+    def save(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        # A placement edited by hand (admin, shell) must bump the version like a move does.
+        loaded = getattr(self, "_loaded_shard", None)
+        if loaded is not None and loaded != self.shard:
+            self.version += 1
+        super().save(*args, **kwargs)
+        self._loaded_shard = self.shard

@@ -1,0 +1,137 @@
+"""The base of every sharded model: a tenant key, a global id, tenant-scoped managers, and reads
+that survive a replica dying under them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from django.db import OperationalError, connections, models
+
+from routers.context import current_tenant
+from routers.errors import NoTenantContext, WrongTenant
+from shards.global_ids import NextGlobalId
+
+logger = logging.getLogger("shardsvc.routing")
+T = TypeVar("T")
+
+# A read that fails on a replica is tried again (the failed replica is excluded at once), then
+# lands on the primary at the latest: one replica plus the primary, with a spare attempt.
+READ_ATTEMPTS = 3
+
+
+def _is_replica(alias: str) -> bool:
+    from shards.topology import get_shard_map
+
+    return get_shard_map().server(alias).role == "replica"
+
+
+class ShardedQuerySet(models.QuerySet):
+    """Reads routed to a replica are retried elsewhere when the replica fails mid-request."""
+
+    def _retrying_read(self, operation: Callable[[], T]) -> T:
+        if self._db is not None or self._for_write:
+            return operation()  # the caller chose the database: no second guessing
+        try:
+            for attempt in range(READ_ATTEMPTS):
+                alias = self.db  # the router's choice, pinned for this attempt
+                self._db = alias
+                try:
+                    return operation()
+                except OperationalError as exc:
+                    if not _is_replica(alias) or attempt == READ_ATTEMPTS - 1:
+                        raise
+                    _drop_replica(alias, exc)
+                finally:
+                    self._db = None
+        finally:
+            self._db = None
+        raise AssertionError("unreachable")
+
+    def _fetch_all(self) -> None:
+        if self._result_cache is None:
+            self._retrying_read(super()._fetch_all)
+
+    def count(self) -> int:
+        if self._result_cache is not None:
+            return len(self._result_cache)
+        return self._retrying_read(super().count)
+
+    def exists(self) -> bool:
+        if self._result_cache is not None:
+            return bool(self._result_cache)
+        return self._retrying_read(super().exists)
+
+    def aggregate(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self._retrying_read(lambda: super(ShardedQuerySet, self).aggregate(*args, **kwargs))
+
+    def bulk_create(self, objs: Iterable[Any], *args: Any, **kwargs: Any) -> list[Any]:
+        objs = list(objs)
+        for obj in objs:
+            obj.claim_for_current_tenant()
+        return super().bulk_create(objs, *args, **kwargs)
+
+
+def _drop_replica(alias: str, exc: Exception) -> None:
+    from routers.replicas import get_replica_health
+
+    logger.warning("read on %s failed, retrying elsewhere: %s", alias, exc)
+    get_replica_health().mark_failed(alias, str(exc))
+    try:
+        connections[alias].close()
+    except Exception:  # the connection is already broken; the pool frees its slot
+        logger.debug("closing the failed connection to %s", alias, exc_info=True)
+
+
+class ShardedManager(models.Manager.from_queryset(ShardedQuerySet)):  # type: ignore[misc]
+    """The default manager: every query is scoped to the current tenant."""
+
+    def get_queryset(self) -> ShardedQuerySet:
+        entry = current_tenant()
+        if entry is None:
+            raise NoTenantContext(self.model._meta.label)
+        return super().get_queryset().filter(tenant_id=entry.id)
+
+
+class UnscopedManager(models.Manager.from_queryset(ShardedQuerySet)):  # type: ignore[misc]
+    """All tenants' rows of one shard: for admin and fan-out, with an explicit `.using()`."""
+
+
+class ShardedModel(models.Model):
+    id = models.BigIntegerField(primary_key=True, db_default=NextGlobalId(), editable=False)
+    tenant_id = models.BigIntegerField(editable=False)
+
+    objects = ShardedManager()
+    unscoped = UnscopedManager()
+
+    class Meta:
+        abstract = True
+        # The replica identity for logical replication (tenant moves): unique, over NOT NULL
+        # columns, and covering tenant_id, which the publication's row filter uses.
+        constraints = [
+            models.UniqueConstraint(
+                fields=["tenant_id", "id"], name="%(app_label)s_%(class)s_tenant_uniq"
+            )
+        ]
+
+    def claim_for_current_tenant(self) -> None:
+        """Stamp a new row with the current tenant, or refuse a row of another tenant."""
+        entry = current_tenant()
+        if entry is None:
+            raise NoTenantContext(self._meta.label)
+        if self.tenant_id is None:
+            self.tenant_id = entry.id
+        elif self.tenant_id != entry.id:
+            raise WrongTenant(
+                f"{self._meta.label} {self.pk} belongs to tenant {self.tenant_id}, but the "
+                f"current tenant is {entry.slug} ({entry.id}): switch with `with tenant(...)`"
+            )
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.claim_for_current_tenant()
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        self.claim_for_current_tenant()
+        return super().delete(*args, **kwargs)

@@ -1,0 +1,136 @@
+"""The real-topology test harness.
+
+One throwaway topology per test session: PostgreSQL primaries with streaming replicas,
+PgBouncer in transaction mode and Redis, started by the project's own manager in a temporary
+folder on ports of its own (never the ones `up` uses), migrated, and destroyed at the end, also
+when tests fail. Django's test-database creation is not used: it cannot create databases through
+PgBouncer, so the harness provisions real databases instead and tests clean up what they write.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.processes import port_in_use
+from deploy.topology import LocalLayout, LocalTopology, ServiceProcess
+
+# A non-UTC server default, so a test can tell whether the app set UTC on its connections.
+SERVER_TIME_ZONE = "Pacific/Chatham"
+PORTS_PER_TOPOLOGY = 40
+
+
+def free_base_port(start: int) -> int:
+    """The first block of ports at or after `start` where nothing listens."""
+    for base in range(start, 60000, 100):
+        if not any(port_in_use(port) for port in range(base, base + PORTS_PER_TOPOLOGY)):
+            return base
+    raise RuntimeError(f"no free block of {PORTS_PER_TOPOLOGY} ports from {start}")
+
+
+def make_topology(prefix: str, *, shards: int = 2, replicas: int = 1,
+                  start_port: int | None = None) -> LocalTopology:
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    # mkdtemp makes 0700 folders; the PostgreSQL user must be able to enter it.
+    root.chmod(0o755)
+    start = start_port or int(os.environ.get("SHARDSVC_TEST_BASE_PORT", "25400"))
+    layout = LocalLayout(
+        root=root,
+        base_port=free_base_port(start),
+        shards=shards,
+        replicas=replicas,
+        durable=False,  # throwaway data: skip fsync
+        workers=2,
+        pg_settings={"timezone": f"'{SERVER_TIME_ZONE}'"},
+    )
+    return LocalTopology(layout, echo=lambda message: print(f"[topology] {message}"))
+
+
+_session_topology: LocalTopology | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Choose the session topology's folder and ports and write its topology file before
+    collection, so Django (and test modules importing models) can be set up; the servers
+    themselves start only when a test asks for the `topology` fixture."""
+    global _session_topology
+    import django
+
+    _session_topology = make_topology("shardsvc-test-")
+    _session_topology.layout.root.mkdir(parents=True, exist_ok=True)
+    _session_topology.write_topology_file()
+    os.environ["SHARDSVC_TOPOLOGY"] = str(_session_topology.layout.topology_file)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
+    django.setup()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _session_topology is not None:
+        _session_topology.destroy()  # also when no test started it: removes the folder
+
+
+@pytest.fixture(scope="session")
+def topology() -> Iterator[LocalTopology]:
+    assert _session_topology is not None
+    try:
+        _session_topology.up(service=False, migrate=True)
+        yield _session_topology
+    finally:
+        _session_topology.destroy()
+
+
+@pytest.fixture(scope="session")
+def django_db(topology: LocalTopology) -> Iterator[None]:
+    """Django in the test process, against the harness topology (through PgBouncer)."""
+    yield
+    from django.db import connections
+
+    from project.pgpool.pool import close_all_pools
+
+    connections.close_all()
+    close_all_pools()
+
+
+@pytest.fixture(scope="session")
+def service(topology: LocalTopology) -> Iterator[ServiceProcess]:
+    """The service under Gunicorn with gevent workers, diagnostics on."""
+    svc = topology.start_service(name="service", SHARDSVC_DIAGNOSTICS="1")
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture
+def admin(topology: LocalTopology):
+    """Open a direct admin connection to a server of the harness topology by alias."""
+    opened = []
+
+    def connect(alias: str):
+        conn = topology.admin_connect(topology.node(alias))
+        opened.append(conn)
+        return conn
+
+    yield connect
+    for conn in opened:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def tenants(django_db) -> dict[str, object]:
+    """Three tenants over two shards, two of them sharing shard_0: a, c on shard_0; b on
+    shard_1. Slugs are unique per session."""
+    import uuid
+
+    from shards.directory import create_tenant
+
+    suffix = uuid.uuid4().hex[:8]
+    return {
+        "a": create_tenant(f"alpha-{suffix}", shard="shard_0"),
+        "b": create_tenant(f"bravo-{suffix}", shard="shard_1"),
+        "c": create_tenant(f"charlie-{suffix}", shard="shard_0"),
+    }
