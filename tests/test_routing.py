@@ -87,7 +87,7 @@ def test_orm_reads_and_writes_land_on_the_tenant_shard(tenants) -> None:
 
 def test_no_tenant_context_is_a_clear_error() -> None:
     assert current_tenant() is None
-    with pytest.raises(NoTenantContext, match="comments.Thread is sharded.*with tenant"):
+    with pytest.raises(NoTenantContext, match=r"comments.Thread is sharded.*with tenant"):
         list(Thread.objects.all())
     with pytest.raises(NoTenantContext):
         Thread(url="/nowhere").save()

@@ -78,7 +78,7 @@ def test_a_folder_the_postgres_user_cannot_enter_is_a_clear_error(tmp_path: Path
     private = tmp_path / "private"
     private.mkdir(mode=0o700)
     topo = LocalTopology(LocalLayout(root=private / "data", base_port=28900), echo=print)
-    with pytest.raises(TopologyError, match="cannot enter .*--dir"):
+    with pytest.raises(TopologyError, match=r"cannot enter .*--dir"):
         topo.up(service=False, migrate=False)
 
 
