@@ -18,8 +18,22 @@ class Response:
     headers: dict[str, str]
 
 
-def get(url: str, *, timeout: float = 30.0) -> Response:
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+def get(url: str, *, timeout: float = 30.0, headers: dict[str, str] | None = None) -> Response:
+    return request("GET", url, timeout=timeout, headers=headers)
+
+
+def post(url: str, body: Any = None, *, timeout: float = 30.0,
+         headers: dict[str, str] | None = None) -> Response:
+    return request("POST", url, body=body, timeout=timeout, headers=headers)
+
+
+def request(method: str, url: str, *, body: Any = None, timeout: float = 30.0,
+            headers: dict[str, str] | None = None) -> Response:
+    data = None if body is None else json.dumps(body).encode()
+    all_headers = {"Accept": "application/json", **(headers or {})}
+    if data is not None:
+        all_headers.setdefault("Content-Type", "application/json")
+    request = urllib.request.Request(url, data=data, headers=all_headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             return Response(answer.status, _decode(answer.read()), dict(answer.headers))

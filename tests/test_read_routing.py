@@ -1,0 +1,174 @@
+"""Read routing through the real service: read-your-writes with lagging replicas, replica
+share, replica failure mid-run, bad tokens, and directory changes reaching every worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.core import signing
+
+from deploy.topology import LocalTopology, ServiceProcess
+from routers import causal
+from tests.client import get, post, wait_until
+
+pytestmark = pytest.mark.usefixtures("django_db")
+
+
+def set_apply_delay(topology: LocalTopology, alias: str, delay: str | None) -> None:
+    with topology.admin_connect(topology.node(alias)) as conn:
+        if delay is None:
+            conn.execute("ALTER SYSTEM RESET recovery_min_apply_delay")
+        else:
+            conn.execute(f"ALTER SYSTEM SET recovery_min_apply_delay = '{delay}'")
+        conn.execute("SELECT pg_reload_conf()")
+
+
+@pytest.fixture
+def delayed_replica(topology: LocalTopology) -> Iterator[str]:
+    set_apply_delay(topology, "shard_0_replica_1", "2s")
+    try:
+        yield "shard_0_replica_1"
+    finally:
+        set_apply_delay(topology, "shard_0_replica_1", None)
+
+
+def create_thread(service: ServiceProcess, slug: str, headers=None):
+    answer = post(f"{service.url}/t/{slug}/_diag/threads", headers=headers)
+    assert answer.status == 201, answer.body
+    return answer
+
+
+def test_write_then_read_with_token_always_sees_the_write(service, tenants, delayed_replica):
+    slug = tenants["a"].slug
+    served = Counter()
+    for _ in range(500):
+        written = create_thread(service, slug)
+        token = written.headers[causal.HEADER]
+        read = get(f"{service.url}/t/{slug}/_diag/threads/{written.body['id']}",
+                   headers={causal.HEADER: token})
+        assert read.status == 200, read.body
+        assert read.body["thread"]["id"] == written.body["id"]
+        served[read.body["served_by"]] += 1
+    # The replica applies WAL 2 s late, so every read here needed the primary.
+    assert served == {"shard_0": 500}
+
+
+def test_the_causal_cookie_works_like_the_header(service, tenants, delayed_replica) -> None:
+    slug = tenants["a"].slug
+    written = create_thread(service, slug)
+    cookie = written.headers["Set-Cookie"].split(";")[0]
+    assert cookie.startswith(f"{causal.COOKIE}=")
+    read = get(f"{service.url}/t/{slug}/_diag/threads/{written.body['id']}",
+               headers={"Cookie": cookie})
+    assert read.status == 200 and read.body["served_by"] == "shard_0"
+
+
+def test_without_tokens_most_reads_go_to_replicas(service, tenants) -> None:
+    slug = tenants["b"].slug
+    ids = [create_thread(service, slug).body["id"] for _ in range(20)]
+    wait_until(lambda: get(f"{service.url}/t/{slug}/_diag/threads/{ids[-1]}").status == 200,
+               timeout=10, what="the replica to catch up")
+    served = Counter()
+    for i in range(300):
+        read = get(f"{service.url}/t/{slug}/_diag/threads/{ids[i % len(ids)]}")
+        assert read.status == 200
+        served[read.body["served_by"]] += 1
+    assert served["shard_1_replica_1"] >= 0.9 * 300, served
+
+
+@pytest.mark.parametrize("token", [
+    "garbage",
+    "eyJzaGFyZF8wIjoiZmZmZiJ9:1tXyZ:forged-signature",
+    causal.encode({"shard_0": 5})[:-3] + "abc",
+    signing.dumps({"shard_0": "not-hex"}, salt="shardsvc.causal"),  # signed, wrong shape
+    signing.dumps(["shard_0"], salt="shardsvc.causal"),
+])
+def test_a_malformed_or_forged_token_reads_from_the_primary(service, tenants, token) -> None:
+    slug = tenants["a"].slug
+    thread_id = create_thread(service, slug).body["id"]
+    read = get(f"{service.url}/t/{slug}/_diag/threads/{thread_id}",
+               headers={causal.HEADER: token, "Cookie": f"{causal.COOKIE}={token}"})
+    assert read.status == 200
+    assert read.body["served_by"] == "shard_0"
+    assert read.body["reason"] == "bad_token"
+
+
+def test_reads_survive_a_replica_stopped_mid_run(service, tenants, topology) -> None:
+    slug = tenants["b"].slug
+    ids = [create_thread(service, slug).body["id"] for _ in range(10)]
+    wait_until(lambda: get(f"{service.url}/t/{slug}/_diag/threads/{ids[-1]}").status == 200,
+               timeout=10, what="the replica to catch up")
+    failures: list[object] = []
+    served: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def reader() -> None:
+        i = 0
+        while not stop.is_set():
+            read = get(f"{service.url}/t/{slug}/_diag/threads/{ids[i % len(ids)]}")
+            if read.status != 200:
+                failures.append((read.status, read.body))
+            else:
+                served[read.body["served_by"]] += 1
+            i += 1
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for _ in range(8):
+            pool.submit(reader)
+        time.sleep(1)
+        topology.stop_node("shard_1_replica_1", mode="immediate")
+        try:
+            time.sleep(4)
+            during = served.copy()
+        finally:
+            topology.start_node("shard_1_replica_1")
+        time.sleep(1)
+        stop.set()
+    assert failures == []
+    assert during["shard_1"] > 0  # the primary took over
+    # Back on the replica once it is healthy again.
+    def replica_serves() -> bool:
+        read = get(f"{service.url}/t/{slug}/_diag/threads/{ids[0]}")
+        return read.status == 200 and read.body["served_by"] == "shard_1_replica_1"
+
+    wait_until(replica_serves, timeout=30, what="reads to return to the replica")
+
+
+def test_directory_change_reaches_every_worker(service, tenants) -> None:
+    from django.conf import settings
+
+    from shards.models import Tenant
+
+    slug = tenants["c"].slug
+    url = f"{service.url}/t/{slug}/_diag/where"
+
+    def views() -> dict[int, tuple[str, int]]:
+        seen: dict[int, tuple[str, int]] = {}
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for answer in pool.map(lambda _: get(url), range(64)):
+                seen[answer.body["pid"]] = (answer.body["shard"], answer.body["version"])
+        return seen
+
+    before = views()
+    assert len(before) == 2, "expected answers from both workers"
+    assert {shard for shard, _ in before.values()} == {"shard_0"}
+    row = Tenant.objects.using("default").get(slug=slug)
+    row.shard = "shard_1"  # moved by hand, as in the admin
+    started = time.monotonic()
+    row.save()
+    try:
+        wait_until(
+            lambda: {v for v in views().values()} == {("shard_1", row.version)},
+            timeout=settings.DIRECTORY_LOCAL_TTL + 5, interval=0.05,
+            what="every worker to see the new placement",
+        )
+        elapsed = time.monotonic() - started
+        print(f"directory change seen by every worker after {elapsed:.2f} s")
+    finally:
+        row.shard = "shard_0"
+        row.save()
