@@ -9,6 +9,7 @@ PgBouncer, so the harness provisions real databases instead and tests clean up w
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from collections.abc import Iterator
@@ -24,11 +25,27 @@ SERVER_TIME_ZONE = "Pacific/Chatham"
 PORTS_PER_TOPOLOGY = 40
 
 
+_port_locks: list[object] = []
+
+
 def free_base_port(start: int) -> int:
-    """The first block of ports at or after `start` where nothing listens."""
+    """The first block of ports at or after `start` where nothing listens and that no other
+    test process has claimed. The claim is an flock held until this process exits: two test
+    runs on one machine choose their ports before either starts a server."""
+    lock_dir = Path(tempfile.gettempdir()) / "shardsvc-port-locks"
+    lock_dir.mkdir(exist_ok=True)
     for base in range(start, 60000, 100):
-        if not any(port_in_use(port) for port in range(base, base + PORTS_PER_TOPOLOGY)):
-            return base
+        handle = (lock_dir / f"{base}.lock").open("w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        if any(port_in_use(port) for port in range(base, base + PORTS_PER_TOPOLOGY)):
+            handle.close()
+            continue
+        _port_locks.append(handle)
+        return base
     raise RuntimeError(f"no free block of {PORTS_PER_TOPOLOGY} ports from {start}")
 
 

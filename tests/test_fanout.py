@@ -1,0 +1,45 @@
+"""Fan-out reads over every shard, with per-shard errors reported."""
+
+from __future__ import annotations
+
+import pytest
+
+from comments.models import Thread
+from routers.context import tenant
+from shards.fanout import FanoutError, on_every_shard
+
+pytestmark = pytest.mark.usefixtures("django_db")
+
+
+def count_fanout_rows(alias: str) -> int:
+    return Thread.unscoped.using(alias).filter(url__startswith="/fanout/").count()
+
+
+def test_fanout_reads_every_shard_concurrently(tenants) -> None:
+    for key, n in (("a", 2), ("b", 3)):
+        with tenant(tenants[key]):
+            for i in range(n):
+                Thread.objects.create(url=f"/fanout/{i}")
+    outcome = on_every_shard(count_fanout_rows, primary=True)
+    assert outcome.complete
+    assert outcome.results == {"shard_0": 2, "shard_1": 3}
+
+
+def test_a_failing_shard_is_reported_not_swallowed(topology, tenants) -> None:
+    topology.stop_node("shard_1", mode="fast")
+    try:
+        outcome = on_every_shard(count_fanout_rows, primary=True)
+    finally:
+        topology.start_node("shard_1")
+    assert set(outcome.results) == {"shard_0"}
+    assert set(outcome.errors) == {"shard_1"}
+    with pytest.raises(FanoutError, match="1 shard\\(s\\) failed: shard_1"):
+        outcome.raise_for_errors()
+
+
+def test_fanout_without_a_tenant_runs_without_one(tenants) -> None:
+    from routers.context import current_tenant
+
+    with tenant(tenants["a"]):
+        outcome = on_every_shard(lambda alias: current_tenant())
+    assert outcome.results == {"shard_0": None, "shard_1": None}
