@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -151,3 +153,68 @@ def tenants(django_db) -> dict[str, object]:
         "b": create_tenant(f"bravo-{suffix}", shard="shard_1"),
         "c": create_tenant(f"charlie-{suffix}", shard="shard_0"),
     }
+
+
+@pytest.fixture(autouse=True)
+def _close_connections_after_test() -> Iterator[None]:
+    """Give Django's connections back after each test, as the end of a request does, so a
+    connection broken by one test's fault injection is not reused by the next."""
+    yield
+    if "django" in sys.modules:
+        from django.db import connections
+
+        connections.close_all()
+
+
+def wait_until_serving(topology: LocalTopology, timeout: float = 30.0) -> None:
+    """Every server answers through PgBouncer and every replica streams again."""
+    from shards import pg
+
+    deadline = time.monotonic() + timeout
+    pending = {n.alias for n in topology.layout.nodes()}
+    while pending and time.monotonic() < deadline:
+        for alias in sorted(pending):
+            dsn = f"postgresql://app@127.0.0.1:{topology.layout.pgbouncer_port}/{alias}"
+            try:
+                with pg.connect(dsn, connect_timeout=2) as conn:
+                    conn.execute("SELECT 1")
+                pending.discard(alias)
+            except Exception:
+                pass
+        if pending:
+            time.sleep(0.2)
+    while time.monotonic() < deadline:
+        if all_streaming(topology):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"topology not serving after {timeout} s: {sorted(pending)}")
+
+
+def all_streaming(topology: LocalTopology) -> bool:
+    for node in topology.layout.nodes():
+        if node.role != "primary":
+            continue
+        with topology.admin_connect(node) as conn:
+            streaming = conn.execute(
+                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
+            ).fetchone()[0]
+        if streaming < topology.layout.replicas:
+            return False
+    return True
+
+
+@pytest.fixture
+def stopped(topology: LocalTopology) -> Iterator:
+    """Stop servers by alias for one test; after it they are started again and the test waits
+    until everything serves and streams, since later tests share the topology."""
+    down: list[str] = []
+
+    def stop(alias: str, mode: str = "immediate") -> None:
+        topology.stop_node(alias, mode=mode)
+        down.append(alias)
+
+    yield stop
+    for alias in down:
+        if not topology.postgres_running(topology.node(alias)):
+            topology.start_node(alias)
+    wait_until_serving(topology)

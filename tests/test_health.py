@@ -2,40 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-
-from deploy.topology import LocalTopology
 from tests.client import get, wait_until
-
-
-@pytest.fixture
-def stopped(topology: LocalTopology) -> Iterator:
-    """Stop servers by alias for one test; they are started again (and caught up) after it."""
-    down: list[str] = []
-
-    def stop(alias: str) -> None:
-        topology.stop_node(alias, mode="immediate")
-        down.append(alias)
-
-    yield stop
-    for alias in down:
-        topology.start_node(alias)
-    wait_until(lambda: all_streaming(topology), timeout=30, what="replicas streaming again")
-
-
-def all_streaming(topology: LocalTopology) -> bool:
-    for node in topology.layout.nodes():
-        if node.role != "primary":
-            continue
-        with topology.admin_connect(node) as conn:
-            streaming = conn.execute(
-                "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
-            ).fetchone()[0]
-        if streaming < topology.layout.replicas:
-            return False
-    return True
 
 
 def test_readyz_reports_every_alias_healthy(topology, service) -> None:

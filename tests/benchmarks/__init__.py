@@ -1,0 +1,1 @@
+"""Benchmarks: run as modules (`python -m tests.benchmarks.bench_...`), not collected by pytest."""
