@@ -43,5 +43,5 @@ if [ "$deps_only" = 1 ]; then exit 0; fi
 
 .venv/bin/python -m deploy.topology up "$@"
 echo
-echo "The service runs at http://127.0.0.1:${SHARDSVC_BASE_PORT:-15400}+2 (see the table above)."
+echo "The service runs on the port in the table above (base port + 2, 15402 by default)."
 echo "Stop it with: .venv/bin/python -m deploy.topology down"
