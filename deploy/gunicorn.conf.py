@@ -8,6 +8,17 @@ from gevent import monkey
 monkey.patch_all()
 
 import os  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+# Prometheus multiprocess mode: every worker writes its samples to files in this folder and
+# /metrics merges them. It must be set before prometheus_client is imported (the app, below) and
+# be empty when the service starts: `deploy.topology` gives each service folder its own and
+# empties it. Started some other way, the service gets a fresh folder, removed on exit.
+_own_metrics_dir = None
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _own_metrics_dir = tempfile.mkdtemp(prefix="shardsvc-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir
 
 bind = os.environ.get("SHARDSVC_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("SHARDSVC_WORKERS", "2"))
@@ -31,3 +42,16 @@ def worker_exit(server, worker):
     from project.pgpool.pool import close_all_pools
 
     close_all_pools()
+
+
+def child_exit(server, worker):
+    # Runs in the master: drop the dead worker's live gauges (pool use, replica lag) so they no
+    # longer count; its counters stay, so totals never go backwards.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _own_metrics_dir is not None:
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)

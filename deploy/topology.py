@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -438,7 +439,11 @@ class LocalTopology:
     # ----- the service
     def service_env(self, **overrides: str) -> dict[str, str]:
         env = dict(os.environ)
+        # Only a service gets a Prometheus folder (start_service): a management command writing
+        # its samples into a running service's folder would show up in that service's /metrics.
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         env.update(
+            SHARDSVC_OPS_TOKEN=self.ops_token(),
             DJANGO_SETTINGS_MODULE="project.settings",
             SHARDSVC_TOPOLOGY=str(self.layout.topology_file),
             SHARDSVC_BIND=f"127.0.0.1:{self.layout.http_port}",
@@ -447,6 +452,14 @@ class LocalTopology:
         )
         env.update(overrides)
         return env
+
+    def ops_token(self) -> str:
+        """The token of the ops API for this topology, made once and kept in its folder."""
+        path = self.layout.root / "ops-token"
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(24) + "\n")
+            path.chmod(0o600)
+        return path.read_text().strip()
 
     def manage(self, *args: str, **env: str) -> str:
         return proc.run(
@@ -457,10 +470,14 @@ class LocalTopology:
         )
 
     def migrate(self) -> None:
-        # Control first: shards take their global id generator from its registry.
-        for cluster in self.layout.cluster_names:
-            self.echo(f"migrating {cluster}")
-            self.manage("migrate", "--database", cluster, "--no-input")
+        # migrate_shards migrates control first (shards take their global id generator from its
+        # registry), then every shard primary in parallel, over direct connections, under the
+        # cluster lock; it exits non-zero (TopologyError here) unless everything is migrated.
+        self.echo("migrating control and shards (manage.py migrate_shards)")
+        output = self.manage("migrate_shards")
+        # The summary table: a header, one row per database, and the timing line.
+        for line in output.splitlines()[-(len(self.layout.cluster_names) + 2):]:
+            self.echo(line)
 
     def start_service(
         self, *, name: str = "service", port: int | None = None, **env: str
@@ -473,6 +490,11 @@ class LocalTopology:
         (folder / "port").write_text(f"{port}\n")
         proc.require_free_port(port, f"the service ({name})")
         env.setdefault("SHARDSVC_BIND", f"127.0.0.1:{port}")
+        # Prometheus multiprocess files of this service's workers, emptied before it starts:
+        # files of an earlier run would add their counts to this one's.
+        metrics_dir = Path(env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(folder / "metrics")))
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
         with (folder / "gunicorn.log").open("ab") as log:
             subprocess.Popen(
                 [

@@ -77,7 +77,9 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "shards",
+    "sites",
     "comments",
+    "migrations_tools",
 ]
 
 # Apps whose models live on the shards (ShardedModel); every other app lives on `default`.
@@ -97,8 +99,12 @@ TENANT_PATH_PATTERN = r"^/(?:t|api/sites)/(?P<tenant>[^/]+)/"
 TENANT_HEADER = "X-Tenant"
 
 MIDDLEWARE = [
+    # Outermost: request id and access log, then request metrics (both see every answer).
+    "project.request_log.RequestLogMiddleware",
+    "project.metrics.MetricsMiddleware",
     "routers.middleware.CausalConsistencyMiddleware",
     "project.middleware.DatabaseUnavailableMiddleware",
+    "project.limits.RequestSizeLimitMiddleware",
     "routers.middleware.TenantMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -127,6 +133,8 @@ TEMPLATES = [
 ]
 
 SESSION_ENGINE = "django.contrib.sessions.backends.cache"
+# Messages ride in the session (Redis), not a cookie: a rotated API key is shown once that way.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 USE_TZ = True
 TIME_ZONE = "UTC"
 LANGUAGE_CODE = "en-us"
@@ -134,15 +142,35 @@ USE_I18N = False
 STATIC_URL = "static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# The ops API (create and list sites) answers only to this token; unset, it answers no one.
+OPS_TOKEN = os.environ.get("SHARDSVC_OPS_TOKEN", "")
+# Bodies past this size get a 413 before they are read.
+MAX_REQUEST_BYTES = 64 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
+
 # Endpoints that let the test suite drive the pool (slow queries on a chosen alias). Off unless
 # the harness turns them on: they would let anyone hold database connections.
 DIAGNOSTICS_ENABLED = os.environ.get("SHARDSVC_DIAGNOSTICS") == "1"
 
+# JSON lines on stderr, each carrying the request id, site and shard of the request it belongs to
+# (project/request_log.py). SHARDSVC_LOG_FORMAT=plain for a human-readable console.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_context": {"()": "project.request_log.RequestContextFilter"}},
+    "formatters": {
+        "json": {"()": "project.request_log.JsonFormatter"},
+        "plain": {
+            "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s %(site)s] %(message)s"
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["request_context"],
+            "formatter": "plain" if os.environ.get("SHARDSVC_LOG_FORMAT") == "plain" else "json",
+        }
+    },
     "root": {
         "handlers": ["console"],
         "level": os.environ.get("SHARDSVC_LOG_LEVEL", "INFO").upper(),

@@ -2,12 +2,15 @@ from django.conf import settings
 from django.contrib import admin
 from django.urls import path
 
-from project import diagnostics, health
+from project import diagnostics, health, metrics
+from project.api import api
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
+    path("api/", api.urls),
 ]
 
 if settings.DIAGNOSTICS_ENABLED:

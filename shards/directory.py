@@ -25,7 +25,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 
-from shards.errors import MalformedTenantKey, UnknownShard, UnknownTenant
+from shards.errors import MalformedTenantKey, UnknownTenant
 
 logger = logging.getLogger("shardsvc.directory")
 
@@ -208,11 +208,10 @@ def create_tenant(slug: str, *, shard: str | None = None) -> TenantEntry:
         shard = choose_shard()
     else:
         get_shard_map().shard(shard)  # UnknownShard for a name not in the topology
+    # The id comes back from the database default (RETURNING); the post_save signal publishes
+    # the entry to the caches once the transaction commits.
     row = Tenant.objects.using("default").create(slug=slug, shard=shard)
-    row.refresh_from_db(using="default")  # the id comes from the database default
-    entry = TenantEntry.from_model(row)
-    get_directory().publish(entry)
-    return entry
+    return TenantEntry.from_model(row)
 
 
 def set_placement(tenant_id: int, shard: str, *, min_lsn: int | None = None,
@@ -221,10 +220,7 @@ def set_placement(tenant_id: int, shard: str, *, min_lsn: int | None = None,
     from shards.models import Tenant
     from shards.topology import get_shard_map
 
-    try:
-        get_shard_map().shard(shard)
-    except UnknownShard:
-        raise
+    get_shard_map().shard(shard)  # UnknownShard for a name not in the topology
     with transaction.atomic(using="default"):
         row = Tenant.objects.using("default").select_for_update().get(id=tenant_id)
         row.shard = shard
@@ -232,10 +228,8 @@ def set_placement(tenant_id: int, shard: str, *, min_lsn: int | None = None,
             row.min_lsn = min_lsn
         if state is not None:
             row.state = state
-        row.save()  # bumps the version when the shard changes
-    entry = TenantEntry.from_model(row)
-    get_directory().publish(entry)
-    return entry
+        row.save()  # bumps the version when the shard changes; published on commit
+    return TenantEntry.from_model(row)
 
 
 def on_tenant_saved(sender: Any, instance: Any, **kwargs: Any) -> None:

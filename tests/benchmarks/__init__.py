@@ -1,1 +1,1 @@
-"""Benchmarks: run as modules (`python -m tests.benchmarks.bench_...`), not collected by pytest."""
+"""Benchmarks: not tests. Each measures and reports ratios side by side in one run."""

@@ -215,7 +215,8 @@ def wait_replicated(tenant_id: int, expected: int, timeout: float = 30.0) -> Non
 
 def print_table(headers: list[str], rows: list[list[str]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    print("  ".join((h.rjust(w) if i else h.ljust(w))
+                    for i, (h, w) in enumerate(zip(headers, widths, strict=True))))
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(
@@ -352,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=100, help="threads the wrk runs cycle over")
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per endpoint")
-    parser.add_argument("--rounds", type=int, default=2, help="sharded/plain pairs (A, B, A, B)")
+    parser.add_argument("--rounds", type=int, default=3, help="sharded/plain pairs (A, B, A, B)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn gevent workers")

@@ -1,0 +1,104 @@
+"""End-user endpoints, scoped to one site: /api/sites/<site>/..."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from django.http import HttpRequest, HttpResponse
+from ninja import Path, Query, Router
+
+from comments import service
+from comments.auth import SiteKey, end_user, issue_user_token
+from comments.schemas import (
+    CommentEdit,
+    CommentIn,
+    CommentOut,
+    CommentPageOut,
+    CountsOut,
+    ErrorOut,
+    Order,
+    ThreadIn,
+    ThreadOut,
+    UserTokenIn,
+    UserTokenOut,
+    VoteIn,
+    VoteOut,
+)
+
+MAX_ID = 2**63 - 1
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
+Site = Annotated[str, Path(max_length=63, description="The site's slug.")]
+ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 413: ErrorOut,
+          422: ErrorOut, 503: ErrorOut}
+
+router = Router(auth=SiteKey(), tags=["site"])
+
+
+@router.post("/users/token", response={200: UserTokenOut, **ERRORS})
+def user_token(request: HttpRequest, site: Site, payload: UserTokenIn):
+    """Sign an end-user identity for this site (call from the site's backend)."""
+    return {"token": issue_user_token(request.tenant, payload.user_id, payload.name)}
+
+
+@router.put("/threads", response={200: ThreadOut, 201: ThreadOut, **ERRORS})
+def put_thread(request: HttpRequest, site: Site, payload: ThreadIn):
+    """Get or create the thread of a page URL."""
+    thread, created = service.get_or_create_thread(payload.url, payload.title)
+    return (201 if created else 200), thread
+
+
+@router.get("/threads/counts", response={200: CountsOut, **ERRORS})
+def thread_counts(
+    request: HttpRequest, site: Site,
+    ids: Annotated[list[Annotated[int, Query(ge=1, le=MAX_ID)]], Query(max_length=100)],
+):
+    """Comment counts of up to 100 threads; unknown ids are left out."""
+    return {"counts": service.comment_counts(ids)}
+
+
+@router.get("/threads/{thread_id}", response={200: ThreadOut, **ERRORS})
+def get_thread(request: HttpRequest, site: Site, thread_id: Id):
+    return service.get_thread(thread_id)
+
+
+@router.get("/threads/{thread_id}/comments", response={200: CommentPageOut, **ERRORS})
+def list_comments(
+    request: HttpRequest, response: HttpResponse, site: Site, thread_id: Id,
+    order: Order = "newest",
+    cursor: Annotated[str | None, Query(max_length=300)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+):
+    """Top-level comments, paginated, each with its reply tree."""
+    page, how = service.cached_comment_page(thread_id, order, cursor, limit)
+    response["X-Cache"] = how
+    return page
+
+
+@router.post("/threads/{thread_id}/comments", response={201: CommentOut, **ERRORS})
+def post_comment(request: HttpRequest, site: Site, thread_id: Id, payload: CommentIn):
+    """Post a comment, or a reply with parent_id."""
+    user = end_user(request)
+    comment = service.post_comment(thread_id, author=user.id, author_name=user.name,
+                                   body=payload.body, parent_id=payload.parent_id)
+    return 201, service.comment_dict(comment)
+
+
+@router.patch("/comments/{comment_id}", response={200: CommentOut, **ERRORS})
+def edit_comment(request: HttpRequest, site: Site, comment_id: Id, payload: CommentEdit):
+    """Edit one's own comment."""
+    comment = service.edit_comment(comment_id, user=end_user(request).id, body=payload.body)
+    return service.comment_dict(comment)
+
+
+@router.delete("/comments/{comment_id}", response={204: None, **ERRORS})
+def delete_comment(request: HttpRequest, site: Site, comment_id: Id):
+    """Delete one's own comment (soft: replies stay, the body is removed)."""
+    service.delete_comment(comment_id, user=end_user(request).id)
+    return 204, None
+
+
+@router.put("/comments/{comment_id}/vote", response={200: VoteOut, **ERRORS})
+def vote(request: HttpRequest, site: Site, comment_id: Id, payload: VoteIn):
+    """Vote a comment up (1) or down (-1), or take the vote back (0). Idempotent."""
+    value, score = service.vote(comment_id, user=end_user(request).id, value=payload.value)
+    return {"comment_id": comment_id, "value": value, "score": score}

@@ -1,0 +1,65 @@
+"""Who is calling: a site's API key, and optionally one of its end users.
+
+End-user identities are issued by the service (`POST /users/token`, called by the site's backend
+with its API key) and signed with the service's secret, bound to the site: a token of one site is
+worthless on another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.core import signing
+from django.http import HttpRequest
+from ninja.errors import HttpError
+from ninja.security import APIKeyHeader
+
+from shards.directory import TenantEntry
+from sites.keys import tenant_for_key
+
+USER_HEADER = "X-User-Token"
+_SALT = "shardsvc.user"
+USER_TOKEN_MAX_AGE = 30 * 86400
+
+
+class SiteKey(APIKeyHeader):
+    param_name = "X-Api-Key"
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> TenantEntry | None:
+        entry = getattr(request, "tenant", None)
+        if entry is None or not key or len(key) > 200:
+            return None
+        owner = tenant_for_key(key)
+        if owner == entry.id:
+            return entry
+        if owner is not None:
+            # A real key of another site probing this one: answer as if nothing were here,
+            # so ids and URLs of other sites leak nothing.
+            raise HttpError(404, "no such resource on this site")
+        return None
+
+
+@dataclass(frozen=True)
+class EndUser:
+    id: str
+    name: str
+
+
+def issue_user_token(entry: TenantEntry, user_id: str, name: str) -> str:
+    return signing.dumps({"t": entry.id, "u": user_id, "n": name}, salt=_SALT, compress=True)
+
+
+def end_user(request: HttpRequest) -> EndUser:
+    """The signed end user of this request, or a 401 that says how to get one."""
+    raw = request.headers.get(USER_HEADER)
+    entry: TenantEntry = request.tenant  # type: ignore[attr-defined]
+    if not raw:
+        raise HttpError(401, f"this action needs an end user: send {USER_HEADER} "
+                             "(issued by POST /api/sites/<site>/users/token)")
+    try:
+        payload = signing.loads(raw, salt=_SALT, max_age=USER_TOKEN_MAX_AGE)
+    except signing.BadSignature:
+        raise HttpError(401, f"{USER_HEADER} is invalid or expired") from None
+    if not isinstance(payload, dict) or payload.get("t") != entry.id:
+        raise HttpError(401, f"{USER_HEADER} was issued for another site")
+    return EndUser(id=str(payload["u"]), name=str(payload.get("n", "")))

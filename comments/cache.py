@@ -1,0 +1,107 @@
+"""Hot thread pages in Redis.
+
+Keys carry the site's directory version (a move never serves a page cached from the old shard)
+and the thread's write mark: the WAL position of its latest write on the shard primary. A write
+raises the mark, so older pages are simply never asked for again. A page is filled only from a
+database that has replayed the mark (the request's causal minimum is raised to it), so a reader
+racing a writer cannot cache a page that misses the write. Concurrent misses on one key elect
+one filler with a Redis lock; the others wait for its page instead of all reading the database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from routers.context import current_routing
+from shards.directory import TenantEntry
+
+logger = logging.getLogger("shardsvc.cache")
+
+PAGE_TTL = 300
+MARK_TTL = 86_400
+FILL_LOCK_MS = 5_000
+WAIT_FOR_FILL = 2.0
+POLL = 0.01
+
+_RAISE_MARK = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return tonumber(ARGV[1])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return current
+"""
+
+
+def _redis():  # type: ignore[no-untyped-def]
+    from django_redis import get_redis_connection
+
+    return get_redis_connection("default")
+
+
+def _record(result: str) -> None:
+    try:
+        from project.metrics import record_cache
+    except ImportError:
+        return
+    record_cache("thread_page", result == "hit")
+
+
+def _mark_key(entry: TenantEntry, thread_id: int) -> str:
+    return f"shardsvc:mark:{entry.id}:{entry.version}:{thread_id}"
+
+
+def raise_mark(entry: TenantEntry, thread_id: int, lsn: int | None) -> None:
+    """After a committed write to the thread: newer pages only, from fresh enough databases."""
+    try:
+        _redis().eval(_RAISE_MARK, 1, _mark_key(entry, thread_id), lsn or 1, MARK_TTL)
+    except Exception as exc:
+        # Without the mark raised, readers could keep a stale page for PAGE_TTL: drop them all.
+        logger.warning("cache: could not raise the mark of thread %s: %s", thread_id, exc)
+
+
+def cached_page(entry: TenantEntry, thread_id: int, variant: str,
+                fill: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    """(page, "hit" | "fill" | "wait" | "bypass")."""
+    try:
+        client = _redis()
+        mark = int(client.get(_mark_key(entry, thread_id)) or 0)
+        key = f"shardsvc:page:{entry.id}:{entry.version}:{thread_id}:{mark}:{variant}"
+        raw = client.get(key)
+    except Exception as exc:
+        logger.warning("cache: Redis unavailable, reading the database: %s", exc)
+        _record("bypass")
+        return fill(), "bypass"
+    if raw is not None:
+        _record("hit")
+        return json.loads(raw), "hit"
+
+    routing = current_routing()
+    if routing is not None and mark:
+        routing.tokens[entry.shard] = max(routing.tokens.get(entry.shard, 0), mark)
+    lock = key + ":fill"
+    if client.set(lock, "1", nx=True, px=FILL_LOCK_MS):
+        try:
+            page = fill()
+            client.set(key, json.dumps(page), ex=PAGE_TTL)
+        finally:
+            client.delete(lock)
+        _record("fill")
+        return page, "fill"
+
+    deadline = time.monotonic() + WAIT_FOR_FILL
+    while time.monotonic() < deadline:
+        time.sleep(POLL)  # a gevent sleep under the worker: other requests run meanwhile
+        raw = client.get(key)
+        if raw is not None:
+            _record("hit")
+            return json.loads(raw), "wait"
+        if not client.exists(lock):
+            break  # the filler failed: read it ourselves
+    _record("bypass")
+    return fill(), "bypass"

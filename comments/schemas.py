@@ -1,0 +1,129 @@
+"""Request and response shapes of the API (validated by django-ninja / pydantic)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from ninja import Field, Schema
+from pydantic import AfterValidator
+
+from comments.models import MAX_BODY, MAX_URL
+
+Order = Literal["newest", "oldest", "top"]
+
+
+def _storable(value: str) -> str:
+    # PostgreSQL text cannot hold NUL, and lone surrogates cannot be encoded as UTF-8: refuse
+    # them here with a 422 rather than fail in the database.
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text") from None
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or only whitespace")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable)]
+Body = Annotated[str, AfterValidator(_storable), AfterValidator(_not_blank)]
+
+
+class ErrorOut(Schema):
+    error: str
+    message: str
+
+
+class SiteIn(Schema):
+    slug: str = Field(
+        ..., min_length=1, max_length=63, pattern=r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$"
+    )
+    name: Body = Field(..., min_length=1, max_length=200)
+    shard: Text | None = Field(None, max_length=40, description="Omit to let placement decide.")
+
+
+class SiteOut(Schema):
+    slug: str
+    name: str
+    shard: str
+    created_at: datetime
+
+
+class SiteCreatedOut(SiteOut):
+    api_key: str = Field(..., description="Shown once; only its hash is stored.")
+
+
+class SitePageOut(Schema):
+    items: list[SiteOut]
+    next_cursor: str | None
+
+
+class UserTokenIn(Schema):
+    user_id: Body = Field(..., min_length=1, max_length=150)
+    name: Text = Field("", max_length=150)
+
+
+class UserTokenOut(Schema):
+    token: str
+
+
+class ThreadIn(Schema):
+    url: Body = Field(..., min_length=1, max_length=MAX_URL)
+    title: Text = Field("", max_length=300)
+
+
+class ThreadOut(Schema):
+    id: int
+    url: str
+    title: str
+    comment_count: int
+    created_at: datetime
+
+
+class CommentIn(Schema):
+    body: Body = Field(..., min_length=1, max_length=MAX_BODY)
+    parent_id: int | None = Field(None, ge=1)
+
+
+class CommentEdit(Schema):
+    body: Body = Field(..., min_length=1, max_length=MAX_BODY)
+
+
+class CommentOut(Schema):
+    id: int
+    thread_id: int
+    parent_id: int | None
+    author: str
+    author_name: str
+    body: str
+    deleted: bool
+    score: int
+    depth: int
+    created_at: datetime
+    edited_at: datetime | None
+    replies: list[CommentOut] = []
+
+
+class CommentPageOut(Schema):
+    items: list[CommentOut]
+    next_cursor: str | None
+
+
+class VoteIn(Schema):
+    value: Literal[-1, 0, 1] = Field(..., description="1 up, -1 down, 0 removes the vote.")
+
+
+class VoteOut(Schema):
+    comment_id: int
+    value: int
+    score: int
+
+
+class CountsOut(Schema):
+    counts: dict[str, int]

@@ -1,0 +1,207 @@
+"""What the API does, as plain functions over the current tenant's shard."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from comments import cache, cursors
+from comments.models import MAX_DEPTH, Comment, Thread, Vote
+from comments.schemas import Order
+from routers import causal
+from routers.context import current_tenant
+
+MAX_REPLIES_PER_PAGE = 500
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Forbidden(PermissionError):
+    pass
+
+
+class Invalid(ValueError):
+    pass
+
+
+def _shard() -> str:
+    entry = current_tenant()
+    assert entry is not None, "the API only runs with a tenant"
+    return entry.shard
+
+
+def _after_write(thread_id: int) -> None:
+    entry = current_tenant()
+    assert entry is not None
+    cache.raise_mark(entry, thread_id, causal.primary_position(entry.shard))
+
+
+def get_or_create_thread(url: str, title: str) -> tuple[Thread, bool]:
+    try:
+        with transaction.atomic(using=_shard()):
+            return Thread.objects.get_or_create(url=url, defaults={"title": title})
+    except IntegrityError:
+        # Another request created it between our read and insert.
+        return Thread.objects.db_manager(_shard()).get(url=url), False
+
+
+def get_thread(thread_id: int) -> Thread:
+    thread = Thread.objects.filter(id=thread_id).first()
+    if thread is None:
+        raise NotFound(f"no thread {thread_id} on this site")
+    return thread
+
+
+def comment_dict(comment: Comment) -> dict[str, Any]:
+    return {
+        "id": comment.id,
+        "thread_id": comment.thread_id,
+        "parent_id": comment.parent_id,
+        "author": comment.author,
+        "author_name": comment.author_name,
+        "body": "" if comment.deleted else comment.body,
+        "deleted": comment.deleted,
+        "score": comment.score,
+        "depth": comment.depth,
+        "created_at": comment.created_at.isoformat(),
+        "edited_at": comment.edited_at.isoformat() if comment.edited_at else None,
+        "replies": [],
+    }
+
+
+def comment_page(thread_id: int, order: Order, cursor: str | None, limit: int) -> dict[str, Any]:
+    """One page of top-level comments with their whole reply trees (replies oldest first)."""
+    roots = Comment.objects.filter(thread_id=thread_id, parent__isnull=True)
+    if order == "newest":
+        roots = roots.order_by("-id")
+        if cursor:
+            (last_id,) = cursors.decode(cursor, order)
+            roots = roots.filter(id__lt=last_id)
+    elif order == "oldest":
+        roots = roots.order_by("id")
+        if cursor:
+            (last_id,) = cursors.decode(cursor, order)
+            roots = roots.filter(id__gt=last_id)
+    else:
+        roots = roots.order_by("-score", "-id")
+        if cursor:
+            score, last_id = cursors.decode(cursor, order)
+            roots = roots.filter(Q(score__lt=score) | Q(score=score, id__lt=last_id))
+    page = list(roots[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    items = [comment_dict(c) for c in page]
+    by_id = {item["id"]: item for item in items}
+    if page:
+        replies = Comment.objects.filter(root_id__in=list(by_id)).order_by("id")
+        for reply in replies[:MAX_REPLIES_PER_PAGE]:
+            node = comment_dict(reply)
+            by_id[node["id"]] = node
+            parent = by_id.get(reply.parent_id)
+            if parent is not None:
+                parent["replies"].append(node)
+    next_cursor = None
+    if more and page:
+        last = page[-1]
+        key = [last.score, last.id] if order == "top" else [last.id]
+        next_cursor = cursors.encode(order, key)
+    return {"items": items, "next_cursor": next_cursor}
+
+
+def cached_comment_page(thread_id: int, order: Order, cursor: str | None,
+                        limit: int) -> tuple[dict[str, Any], str]:
+    entry = current_tenant()
+    assert entry is not None
+    if cursor:
+        cursors.decode(cursor, order)  # refuse garbage before it becomes a cache key
+
+    def fill() -> dict[str, Any]:
+        get_thread(thread_id)  # from the same fresh-enough database as the page
+        return comment_page(thread_id, order, cursor, limit)
+
+    return cache.cached_page(entry, thread_id, f"{order}:{cursor or ''}:{limit}", fill)
+
+
+def post_comment(thread_id: int, *, author: str, author_name: str, body: str,
+                 parent_id: int | None) -> Comment:
+    with transaction.atomic(using=_shard()):
+        thread = Thread.objects.select_for_update().filter(id=thread_id).first()
+        if thread is None:
+            raise NotFound(f"no thread {thread_id} on this site")
+        parent = None
+        if parent_id is not None:
+            parent = Comment.objects.filter(id=parent_id, thread_id=thread_id).first()
+            if parent is None:
+                raise NotFound(f"no comment {parent_id} in thread {thread_id}")
+            if parent.depth >= MAX_DEPTH:
+                raise Invalid(f"replies nest at most {MAX_DEPTH} levels deep")
+        comment = Comment.objects.create(
+            thread=thread, parent=parent,
+            root_id=(parent.root_id or parent.id) if parent else None,
+            depth=parent.depth + 1 if parent else 0,
+            author=author, author_name=author_name, body=body,
+        )
+        Thread.objects.filter(id=thread_id).update(comment_count=F("comment_count") + 1)
+    _after_write(thread_id)
+    return comment
+
+
+def _own_comment(comment_id: int, user: str) -> Comment:
+    comment = Comment.objects.select_for_update().filter(id=comment_id).first()
+    if comment is None or comment.deleted:
+        raise NotFound(f"no comment {comment_id} on this site")
+    if comment.author != user:
+        raise Forbidden("only the author may change this comment")
+    return comment
+
+
+def edit_comment(comment_id: int, *, user: str, body: str) -> Comment:
+    with transaction.atomic(using=_shard()):
+        comment = _own_comment(comment_id, user)
+        comment.body = body
+        comment.edited_at = timezone.now()
+        comment.save(update_fields=["body", "edited_at"])
+    _after_write(comment.thread_id)
+    return comment
+
+
+def delete_comment(comment_id: int, *, user: str) -> None:
+    with transaction.atomic(using=_shard()):
+        comment = _own_comment(comment_id, user)
+        comment.deleted = True
+        comment.save(update_fields=["deleted"])
+        Thread.objects.filter(id=comment.thread_id).update(comment_count=F("comment_count") - 1)
+    _after_write(comment.thread_id)
+
+
+def vote(comment_id: int, *, user: str, value: int) -> tuple[int, int]:
+    """Set the user's vote (1, -1, or 0 to remove); idempotent. Returns (value, new score)."""
+    with transaction.atomic(using=_shard()):
+        comment = Comment.objects.select_for_update().filter(id=comment_id).first()
+        if comment is None or comment.deleted:
+            raise NotFound(f"no comment {comment_id} on this site")
+        existing = Vote.objects.filter(comment_id=comment_id, voter=user).first()
+        before = existing.value if existing else 0
+        if value == 0 and existing:
+            existing.delete()
+        elif value != 0 and existing and existing.value != value:
+            existing.value = value
+            existing.save(update_fields=["value"])
+        elif value != 0 and not existing:
+            Vote.objects.create(comment=comment, voter=user, value=value)
+        if value != before:
+            comment.score += value - before
+            Comment.objects.filter(id=comment_id).update(score=F("score") + (value - before))
+    if value != before:
+        _after_write(comment.thread_id)
+    return value, comment.score
+
+
+def comment_counts(thread_ids: list[int]) -> dict[str, int]:
+    rows = Thread.objects.filter(id__in=thread_ids).values_list("id", "comment_count")
+    return {str(thread_id): count for thread_id, count in rows}

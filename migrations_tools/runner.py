@@ -1,0 +1,499 @@
+"""Migrating the fleet: the control database first, then every selected shard primary in parallel.
+
+Control goes first and alone: a shard's `pre_migrate` takes the shard's global id generator from
+the registry in the control database, and control's `post_migrate` registers the shards.
+
+Each database runs in a thread of this process with its own direct connection (see
+`connections.py`), rather than in a subprocess per shard. A subprocess would pay Django's start-up
+(about 0.4 s of CPU here) for every shard, more than the Python side of migrating a new shard
+(about 0.1 s: loading the graph, rendering model states); in threads that Python share is
+serialised by the GIL, while the database's share (DDL, commits, lock waits and retries, network
+round trips) overlaps, and it is the share that grows on a real fleet with real tables.
+tests/benchmarks/bench_migrate.py measures both. One process also loads the migration files
+once, keeps results as plain objects (no output parsing), and holds the cluster lock's session
+next to the work it guards.
+
+Per database this does what Django's `migrate` does (consistency checks, `pre_migrate`, apply
+the plan, `post_migrate`), except that migrations are applied one at a time so each gets the
+lock_timeout retries of `safety.py`. Migrations are never unapplied here: the target is always
+every app's latest migration.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, TypeVar
+
+from django.apps import apps as global_apps
+from django.core.management.sql import emit_post_migrate_signal, emit_pre_migrate_signal
+from django.db import connections, router
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.migrations.executor import MigrationExecutor
+from django.db.migrations.migration import Migration
+from django.db.migrations.state import ModelState, ProjectState
+
+from migrations_tools.connections import direct_connections
+from migrations_tools.errors import ClusterLockLost, MigrationFailed
+from migrations_tools.lint import Finding, lint_plan
+from migrations_tools.lock import ClusterLock
+from migrations_tools.safety import (
+    QUERY_CANCELED,
+    ExecutionPolicy,
+    describe_old_transactions,
+    error_summary,
+    format_duration,
+    is_retryable,
+    parse_duration,
+    sqlstate,
+)
+from shards.topology import CONTROL_ALIAS, get_shard_map
+
+Status = Literal["ok", "failed", "stopped", "skipped"]
+T = TypeVar("T")
+
+# Building a MigrationLoader reloads each app's `migrations` package (importlib.reload), which
+# is not safe to run from several threads at once; the rest of the work is per connection.
+LOADER_LOCK = threading.Lock()
+MAX_DEFAULT_JOBS = 16
+
+
+def migration_label(migration: Migration) -> str:
+    return f"{migration.app_label}.{migration.name}"
+
+
+def runs_here(alias: str, migration: Migration) -> bool:
+    """Whether any of the migration's operations runs on `alias` (Django records every
+    migration on every database, the others as no-ops). Asked per operation, with the model
+    name and hints Django's own operations pass to the router."""
+    return any(_operation_runs_here(alias, migration.app_label, op)
+               for op in migration.operations)
+
+
+def _operation_runs_here(alias: str, app_label: str, operation: Any) -> bool:
+    inner = getattr(operation, "database_operations", None)  # SeparateDatabaseAndState
+    if inner is not None:
+        return any(_operation_runs_here(alias, app_label, op) for op in inner)
+    hints = dict(getattr(operation, "hints", None) or {})
+    model_name = getattr(operation, "model_name_lower", None) or getattr(
+        operation, "name_lower", None
+    )
+    if model_name is not None:
+        hints.setdefault("model_name", model_name)
+    return bool(router.allow_migrate(alias, app_label, **hints))
+
+
+def selected_aliases(shards: Sequence[str] | None = None) -> list[str]:
+    """Control, then the selected shards (all by default), in topology order."""
+    shard_map = get_shard_map()
+    wanted = set(shards or shard_map.shard_names)
+    for name in wanted:
+        shard_map.shard(name)  # raises UnknownShard with the known names
+    return [CONTROL_ALIAS, *(name for name in shard_map.shard_names if name in wanted)]
+
+
+def default_jobs(shard_count: int) -> int:
+    return max(1, min(shard_count, MAX_DEFAULT_JOBS))
+
+
+class Reporter(Protocol):
+    def line(self, alias: str, text: str) -> None:
+        """A line of output for `alias` (the caller prefixes it)."""
+
+    def status(self, alias: str, text: str | None) -> None:
+        """What `alias` is doing now, for a live display; None when it is done."""
+
+
+class SilentReporter:
+    def line(self, alias: str, text: str) -> None:
+        pass
+
+    def status(self, alias: str, text: str | None) -> None:
+        pass
+
+
+# --- plans --------------------------------------------------------------------------------------
+
+
+@dataclass
+class DatabasePlan:
+    alias: str
+    pending: list[str] = field(default_factory=list)  # run SQL on this database
+    recorded_only: list[str] = field(default_factory=list)  # other databases' apps
+    findings: list[Finding] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def up_to_date(self) -> bool:
+        return self.error is None and not self.pending and not self.recorded_only
+
+
+def _executor(connection: BaseDatabaseWrapper) -> MigrationExecutor:
+    with LOADER_LOCK:
+        return MigrationExecutor(connection)
+
+
+def applied_state(executor: MigrationExecutor) -> ProjectState:
+    """The project state of the migrations applied on the executor's database (not rendered).
+    Django's migrate command builds it with this same private method."""
+    state: ProjectState = executor._create_project_state(  # type: ignore[attr-defined]
+        with_applied_migrations=True
+    )
+    return state
+
+
+def _reload(executor: MigrationExecutor) -> None:
+    with LOADER_LOCK:
+        executor.loader.build_graph()
+
+
+def _full_plan(executor: MigrationExecutor, connection: BaseDatabaseWrapper
+               ) -> list[tuple[Migration, bool]]:
+    executor.loader.check_consistent_history(connection)
+    conflicts = executor.loader.detect_conflicts()
+    if conflicts:
+        names = "; ".join(f"{', '.join(n)} in {app}" for app, n in conflicts.items())
+        raise MigrationFailed(
+            "graph", f"conflicting migrations ({names}): run makemigrations --merge"
+        )
+    plan = executor.migration_plan(executor.loader.graph.leaf_nodes())
+    return list(plan)
+
+
+def plan_database(alias: str, *, lint: bool = False) -> DatabasePlan:
+    """What migrate_shards would apply on `alias` now; changes nothing."""
+    result = DatabasePlan(alias=alias)
+    try:
+        with direct_connections(alias, application_name="shardsvc migrate_shards --plan"):
+            connection = connections[alias]
+            executor = _executor(connection)
+            plan = _full_plan(executor, connection)
+            for migration, _ in plan:
+                bucket = result.pending if runs_here(alias, migration) else result.recorded_only
+                bucket.append(migration_label(migration))
+            if lint and result.pending:
+                state = applied_state(executor)
+                result.findings = lint_plan(
+                    [(m, runs_here(alias, m)) for m, _ in plan], state, connection
+                )
+    except Exception as exc:  # reported per database; the others still get planned
+        result.error = error_summary(exc)
+    return result
+
+
+def plan_fleet(aliases: Sequence[str], *, jobs: int, lint: bool = False) -> list[DatabasePlan]:
+    return fan_out(aliases, lambda alias: plan_database(alias, lint=lint), jobs=jobs)
+
+
+def fan_out(aliases: Sequence[str], work: Callable[[str], T], *, jobs: int) -> list[T]:
+    """`work(alias)` for each alias, up to `jobs` at a time, results in the given order."""
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="shards") as pool:
+        return list(pool.map(work, aliases))
+
+
+# --- migrating ----------------------------------------------------------------------------------
+
+
+@dataclass
+class DatabaseResult:
+    alias: str
+    status: Status = "ok"
+    applied: list[str] = field(default_factory=list)  # ran SQL here
+    recorded: int = 0  # other databases' migrations Django recorded here
+    remaining: list[str] = field(default_factory=list)  # still unapplied, after this run
+    duration: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class FleetResult:
+    results: list[DatabaseResult]
+    jobs: int
+    control_seconds: float = 0.0
+    shards_seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[DatabaseResult]:
+        return [r for r in self.results if not r.ok]
+
+
+def migrate_database(alias: str, *, policy: ExecutionPolicy, reporter: Reporter,
+                     stop: threading.Event | None = None,
+                     lock: ClusterLock | None = None) -> DatabaseResult:
+    """Apply every unapplied migration on one primary; never raises, the result says how it
+    went. `stop` (set by --fail-fast or Ctrl-C) ends the run between two migrations."""
+    stop = stop or threading.Event()
+    result = DatabaseResult(alias=alias)
+    started = time.monotonic()
+    # A shard's pre_migrate reads the shard registry on control: give it a direct session too.
+    aliases = (alias,) if alias == CONTROL_ALIAS else (alias, CONTROL_ALIAS)
+    try:
+        reporter.status(alias, "connecting")
+        with direct_connections(*aliases, policy=policy):
+            _migrate_connected(alias, connections[alias], result, policy, reporter, stop, lock)
+    except ClusterLockLost as exc:
+        stop.set()  # nothing more may start without the lock
+        result.status, result.error = "failed", str(exc)
+    except MigrationFailed as exc:
+        result.status, result.error = "failed", str(exc)
+    except Exception as exc:  # one database's failure must not stop the others
+        result.status, result.error = "failed", error_summary(exc)
+    finally:
+        result.duration = time.monotonic() - started
+        reporter.status(alias, None)
+    if result.status == "failed":
+        reporter.line(alias, f"FAILED: {result.error}")
+    return result
+
+
+def _migrate_connected(alias: str, connection: BaseDatabaseWrapper, result: DatabaseResult,
+                       policy: ExecutionPolicy, reporter: Reporter, stop: threading.Event,
+                       lock: ClusterLock | None) -> None:
+    connection.prepare_database()
+    executor = _executor(connection)
+    plan = _full_plan(executor, connection)
+    result.remaining = [migration_label(m) for m, _ in plan]
+    if plan:
+        executor.recorder.ensure_schema()
+    state = applied_state(executor)
+    quiet = io.StringIO()  # handlers print only at verbosity >= 2
+    emit_pre_migrate_signal(0, False, alias, stdout=quiet, apps=state.apps, plan=plan)
+    try:
+        for migration, _ in plan:
+            if stop.is_set():
+                result.status = "stopped"
+                break
+            label = migration_label(migration)
+            if runs_here(alias, migration):
+                if lock is not None:
+                    lock.ensure_held()
+                state = _apply(executor, state, migration, alias, policy, reporter, stop)
+                result.applied.append(label)
+            else:
+                state = _record_only(executor, state, migration)
+                result.recorded += 1
+            result.remaining.remove(label)
+    finally:
+        if result.recorded:
+            reporter.line(
+                alias,
+                f"Recorded {result.recorded} migration(s) of apps that live on other databases "
+                "(no SQL here)",
+            )
+    # Like Django's migrate, post_migrate runs only when no migration failed: its handlers
+    # (replica identity on a shard's tables, the shard registry on control) assume the schema
+    # the applied migrations describe, which a failure leaves in doubt. The rerun runs them.
+    reporter.status(alias, "post_migrate")
+    executor.check_replacements()
+    _emit_post_migrate(alias, state, plan)
+    if result.status == "stopped":
+        result.error = (
+            f"stopped before {result.remaining[0]} (another database failed and --fail-fast "
+            "is on, or the run was interrupted)"
+        )
+
+
+def _record_only(executor: MigrationExecutor, state: ProjectState, migration: Migration
+                 ) -> ProjectState:
+    """Advance the state and record a migration none of whose operations runs here.
+
+    Django's executor would run each operation (a no-op here) against a rendered state,
+    re-rendering the affected models at every step: on a new shard, where every control app's
+    migration is such a no-op, that was most of the time spent. A plain state advances in
+    microseconds and is rendered again only when a migration that runs here needs it.
+    """
+    state.__dict__.pop("apps", None)  # drop the rendered models (a cached property)
+    migration.mutate_state(state, preserve=False)
+    # As MigrationExecutor.record_migration: a squashed migration records what it replaces.
+    for app_label, name in migration.replaces or [(migration.app_label, migration.name)]:
+        executor.recorder.record_applied(app_label, name)
+    return state
+
+
+def _apply(executor: MigrationExecutor, state: ProjectState, migration: Migration, alias: str,
+           policy: ExecutionPolicy, reporter: Reporter, stop: threading.Event) -> ProjectState:
+    label = migration_label(migration)
+    first_try = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        suffix = f" (attempt {attempt})" if attempt > 1 else ""
+        reporter.status(alias, f"applying {label}{suffix}")
+        started = time.monotonic()
+        try:
+            if "apps" not in state.__dict__:
+                state.apps  # noqa: B018 - render once up front, as Django's executor does
+            state = executor.apply_migration(state, migration)
+        except Exception as exc:
+            retryable = is_retryable(exc) and migration.atomic
+            if not retryable or attempt > policy.retries or stop.is_set():
+                raise MigrationFailed(
+                    label,
+                    _explain(exc, executor.connection, migration, policy, attempt,
+                             time.monotonic() - first_try),
+                    attempts=attempt,
+                ) from exc
+            delay = policy.delay(attempt)
+            reporter.line(
+                alias,
+                f"{label}: {error_summary(exc)} after {time.monotonic() - started:.1f}s; "
+                f"rolled back, retry {attempt}/{policy.retries} in {delay:.1f}s",
+            )
+            reporter.status(alias, f"waiting {delay:.1f}s to retry {label}")
+            if stop.wait(delay):
+                raise MigrationFailed(
+                    label, "stopped while waiting to retry (--fail-fast or interrupted)",
+                    attempts=attempt,
+                ) from exc
+            # The failed attempt rolled back in the database but advanced `state` in memory.
+            _reload(executor)
+            state = applied_state(executor)
+            continue
+        took = time.monotonic() - started
+        retried = f", after {attempt - 1} retries" if attempt > 1 else ""
+        reporter.line(alias, f"Applying {label}... OK ({took:.2f}s{retried})")
+        return state
+
+
+def _explain(exc: BaseException, connection: BaseDatabaseWrapper, migration: Migration,
+             policy: ExecutionPolicy, attempts: int, elapsed: float) -> str:
+    message = error_summary(exc)
+    if is_retryable(exc) and not migration.atomic:
+        return (
+            f"{message}; not retried: the migration is not atomic (atomic = False), so part of "
+            "it may be applied. Check what exists, make it idempotent, then rerun"
+        )
+    if is_retryable(exc):
+        blockers = ""
+        try:
+            with connection.cursor() as cursor:
+                blockers = describe_old_transactions(cursor, policy.lock_timeout)
+        except Exception:  # diagnostics only: the connection may be gone
+            blockers = ""
+        detail = f" ({blockers})" if blockers else ""
+        return (
+            f"{message}: could not take its locks within lock_timeout "
+            f"{format_duration(policy.lock_timeout)} in {attempts} attempt(s) over "
+            f"{elapsed:.1f}s; each attempt was rolled back, nothing of it is applied{detail}. "
+            "End or wait out the long transaction on that table, then rerun"
+        )
+    if sqlstate(exc) == QUERY_CANCELED:
+        return (
+            f"{message} (statement_timeout {format_duration(policy.statement_timeout)}); "
+            "the migration was rolled back. Raise --statement-timeout, or split the work "
+            "(batches, CONCURRENTLY)"
+        )
+    return message
+
+
+def _emit_post_migrate(alias: str, state: ProjectState, plan: list[tuple[Migration, bool]]
+                       ) -> None:
+    # As Django's migrate command: handlers get the final state with real apps re-rendered
+    # from the installed models, relationships included.
+    state.clear_delayed_apps_cache()
+    post_apps = state.apps
+    with post_apps.bulk_update():
+        model_keys = []
+        for model_state in post_apps.real_models:
+            key = model_state.app_label, model_state.name_lower
+            model_keys.append(key)
+            post_apps.unregister_model(*key)
+    post_apps.render_multiple(
+        [ModelState.from_model(global_apps.get_model(*key)) for key in model_keys]
+    )
+    emit_post_migrate_signal(0, False, alias, stdout=io.StringIO(), apps=post_apps, plan=plan)
+
+
+def migrate_fleet(shards: Sequence[str], *, jobs: int, policy: ExecutionPolicy,
+                  reporter: Reporter, fail_fast: bool = False,
+                  lock: ClusterLock | None = None) -> FleetResult:
+    """Control, then `shards` with up to `jobs` at a time. Never raises for a database's
+    failure: each result says what happened; rerunning finishes what is left."""
+    stop = threading.Event()
+    fleet = FleetResult(results=[], jobs=jobs)
+    started = time.monotonic()
+    control = migrate_database(CONTROL_ALIAS, policy=policy, reporter=reporter, stop=stop,
+                               lock=lock)
+    fleet.control_seconds = time.monotonic() - started
+    by_alias: dict[str, DatabaseResult] = {CONTROL_ALIAS: control}
+    if not control.ok:
+        for name in shards:
+            by_alias[name] = DatabaseResult(
+                alias=name, status="skipped",
+                error="not started: the control database failed, and shards take their "
+                "global id generator from its registry",
+            )
+    else:
+        by_alias.update(_migrate_shards(shards, jobs, policy, reporter, fail_fast, lock, stop,
+                                        fleet))
+    fleet.results = [by_alias[alias] for alias in (CONTROL_ALIAS, *shards)]
+    return fleet
+
+
+def _migrate_shards(shards: Sequence[str], jobs: int, policy: ExecutionPolicy,
+                    reporter: Reporter, fail_fast: bool, lock: ClusterLock | None,
+                    stop: threading.Event, fleet: FleetResult) -> dict[str, DatabaseResult]:
+    def run(alias: str) -> DatabaseResult:
+        if stop.is_set():
+            return DatabaseResult(
+                alias=alias, status="skipped",
+                error="not started: another database failed (--fail-fast) or interrupted",
+            )
+        return migrate_database(alias, policy=policy, reporter=reporter, stop=stop, lock=lock)
+
+    results: dict[str, DatabaseResult] = {}
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="migrate") as pool:
+        futures = {pool.submit(run, alias): alias for alias in shards}
+        pending = set(futures)
+        while pending:
+            try:
+                for future in as_completed(pending):
+                    pending.discard(future)
+                    result = future.result()
+                    results[result.alias] = result
+                    if fail_fast and result.status == "failed":
+                        stop.set()
+            except KeyboardInterrupt:
+                # Never abandon a migration half way: let running ones finish their current
+                # migration (each is one transaction), start nothing new, then report.
+                fleet.interrupted = True
+                stop.set()
+                for alias in {futures[f] for f in pending}:
+                    reporter.line(alias, "interrupted: stopping after the current migration")
+    fleet.shards_seconds = time.monotonic() - started
+    return results
+
+
+def outstanding(plans: Sequence[DatabasePlan]) -> list[DatabasePlan]:
+    """Databases that are not fully migrated (or could not be checked)."""
+    return [p for p in plans if not p.up_to_date]
+
+
+def describe_plan(plan: DatabasePlan) -> str:
+    if plan.error is not None:
+        return f"could not be planned: {plan.error}"
+    if plan.up_to_date:
+        return "up to date"
+    parts = [f"{len(plan.pending)} to apply"]
+    if plan.recorded_only:
+        parts.append(f"{len(plan.recorded_only)} to record only (apps of other databases)")
+    return ", ".join(parts)
+
+
+def policy_from_options(options: dict[str, Any]) -> ExecutionPolicy:
+    return ExecutionPolicy(
+        lock_timeout=parse_duration(options["lock_timeout"]),
+        statement_timeout=parse_duration(options["statement_timeout"]),
+        retries=int(options["retries"]),
+        retry_delay=parse_duration(options["retry_delay"]),
+    )

@@ -1,0 +1,133 @@
+"""The HTTP API: one NinjaAPI, its OpenAPI schema at /api/openapi.json, and one place that turns
+every error into a JSON answer with a status and a message (never a stack trace)."""
+
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import RequestDataTooBig
+from django.db import DataError, OperationalError
+from django.http import HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from comments.api import router as site_router
+from comments.cursors import BadCursor
+from comments.service import Forbidden, Invalid, NotFound
+from routers.errors import RoutingError
+from routers.middleware import database_unavailable
+from shards.errors import UnknownShard
+from shards.placement import NoShardAcceptsTenants
+from sites.api import router as ops_router
+from sites.service import SiteExists
+
+logger = logging.getLogger("shardsvc.api")
+
+api = NinjaAPI(
+    title="shardsvc comments API",
+    version="1.0",
+    description=(
+        "A multi-tenant comments service: each site is a tenant on one PostgreSQL shard. "
+        "Site endpoints need the site's X-Api-Key; writes also an X-User-Token."
+    ),
+    urls_namespace="api",
+)
+api.add_router("/ops", ops_router)
+api.add_router("/sites/{site}", site_router)
+
+
+def error(request: HttpRequest, status: int, code: str, message: str) -> HttpResponse:
+    return api.create_response(request, {"error": code, "message": message}, status=status)
+
+
+_STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+                 405: "method_not_allowed", 409: "conflict", 413: "too_large",
+                 422: "invalid", 503: "unavailable"}
+
+
+@api.exception_handler(HttpError)
+def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
+    return error(request, exc.status_code, _STATUS_CODES.get(exc.status_code, "error"), str(exc))
+
+
+@api.exception_handler(AuthenticationError)
+def on_auth_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    return error(request, 401, "unauthorized",
+                 "missing or wrong credentials: send the site's X-Api-Key (ops: X-Ops-Token)")
+
+
+@api.exception_handler(ValidationError)
+def on_validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    details = [
+        f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+        for e in exc.errors
+    ]
+    return api.create_response(
+        request,
+        {"error": "invalid", "message": "; ".join(details)[:2000] or "invalid request"},
+        status=422,
+    )
+
+
+@api.exception_handler(NotFound)
+def on_not_found(request: HttpRequest, exc: NotFound) -> HttpResponse:
+    return error(request, 404, "not_found", str(exc))
+
+
+@api.exception_handler(Forbidden)
+def on_forbidden(request: HttpRequest, exc: Forbidden) -> HttpResponse:
+    return error(request, 403, "forbidden", str(exc))
+
+
+@api.exception_handler(Invalid)
+def on_invalid(request: HttpRequest, exc: Invalid) -> HttpResponse:
+    return error(request, 422, "invalid", str(exc))
+
+
+@api.exception_handler(BadCursor)
+def on_bad_cursor(request: HttpRequest, exc: BadCursor) -> HttpResponse:
+    return error(request, 400, "bad_cursor", str(exc))
+
+
+@api.exception_handler(SiteExists)
+def on_site_exists(request: HttpRequest, exc: SiteExists) -> HttpResponse:
+    return error(request, 409, "conflict", str(exc))
+
+
+@api.exception_handler(UnknownShard)
+def on_unknown_shard(request: HttpRequest, exc: UnknownShard) -> HttpResponse:
+    return error(request, 422, "invalid", str(exc))
+
+
+@api.exception_handler(NoShardAcceptsTenants)
+def on_no_shard(request: HttpRequest, exc: NoShardAcceptsTenants) -> HttpResponse:
+    return error(request, 503, "unavailable", str(exc))
+
+
+@api.exception_handler(RequestDataTooBig)
+def on_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    return error(request, 413, "too_large", "request body too large")
+
+
+@api.exception_handler(OperationalError)
+def on_database_down(request: HttpRequest, exc: OperationalError) -> HttpResponse:
+    return database_unavailable(request, exc)
+
+
+@api.exception_handler(DataError)
+def on_data_error(request: HttpRequest, exc: DataError) -> HttpResponse:
+    # Validation should catch these first; the database is the last line.
+    logger.warning("data error on %s: %s", request.path, exc)
+    return error(request, 422, "invalid", "a value was not accepted by the database")
+
+
+@api.exception_handler(RoutingError)
+def on_routing_error(request: HttpRequest, exc: RoutingError) -> HttpResponse:
+    logger.error("routing error on %s: %s", request.path, exc)
+    return error(request, 404, "not_found", "no such resource on this site")
+
+
+@api.exception_handler(Exception)
+def on_unexpected(request: HttpRequest, exc: Exception) -> HttpResponse:
+    logger.exception("unhandled error on %s", request.path)
+    return error(request, 500, "internal", "internal error; it has been logged")

@@ -1,0 +1,28 @@
+"""Refuse oversized requests before anything reads them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+
+class RequestSizeLimitMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        self.limit = int(settings.MAX_REQUEST_BYTES)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return JsonResponse({"error": "bad_request", "message": "bad Content-Length"},
+                                status=400)
+        if length > self.limit:
+            return JsonResponse(
+                {"error": "too_large",
+                 "message": f"request body of {length} bytes exceeds {self.limit} bytes"},
+                status=413,
+            )
+        return self.get_response(request)

@@ -1,0 +1,341 @@
+"""Prometheus metrics, correct under several Gunicorn workers.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (deploy/topology.py sets one per service folder and empties
+it before the service starts), every worker writes its samples to mmaped files there and
+``/metrics`` merges the files of all workers: a scrape answered by any worker shows counters
+summed over every worker. Without it (tests in-process, ``runserver``) the default registry of
+this process is served.
+
+    shardsvc_requests_total{route,method,status}      route = URL pattern, never the raw path
+    shardsvc_request_seconds{route,method}            histogram
+    shardsvc_db_queries_total{cluster,role}           every query Django runs, by cluster/role
+    shardsvc_db_query_seconds{cluster,role}           histogram
+    shardsvc_read_routing_total{cluster,target,reason}  where the router sent reads, and why
+    shardsvc_cache_total{cache,result}                ``record_cache(cache, hit)``
+    shardsvc_pool_connections{alias,state}            in_use / idle / waiting, summed over workers
+    shardsvc_pool_max_connections{alias}              the cap, summed over workers
+    shardsvc_pool_timeouts_total{alias}               checkouts that gave up (503s)
+    shardsvc_replica_lag_seconds{alias}               as the workers' health checkers see it
+    shardsvc_replica_healthy{alias}                   1 if reads may go there now
+
+Gauges are sampled by each worker in the background (``SAMPLE_INTERVAL``) and by the worker that
+answers a scrape just before it answers, since in multiprocess mode a scrape reads files and never
+runs code in the other workers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.db import connections
+from django.db.backends.signals import connection_created
+from django.http import HttpRequest, HttpResponse
+from django.urls import Resolver404, resolve
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+logger = logging.getLogger("shardsvc.metrics")
+
+SAMPLE_INTERVAL = 1.0
+UNMATCHED_ROUTE = "<unmatched>"
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Queries through PgBouncer on one box take ~0.1-1 ms; requests a few ms.
+_QUERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+REQUESTS = Counter(
+    "shardsvc_requests", "HTTP requests by URL pattern, method and status.",
+    ["route", "method", "status"],
+)
+REQUEST_SECONDS = Histogram(
+    "shardsvc_request_seconds", "Time to answer a request, by URL pattern and method.",
+    ["route", "method"], buckets=_REQUEST_BUCKETS,
+)
+DB_QUERIES = Counter(
+    "shardsvc_db_queries", "Queries run through Django, by cluster and server role.",
+    ["cluster", "role"],
+)
+DB_QUERY_SECONDS = Histogram(
+    "shardsvc_db_query_seconds", "Query time as Django sees it, by cluster and server role.",
+    ["cluster", "role"], buckets=_QUERY_BUCKETS,
+)
+READ_ROUTING = Counter(
+    "shardsvc_read_routing",
+    "Reads the router placed: cluster, role of the chosen server, and why it was chosen.",
+    ["cluster", "target", "reason"],
+)
+CACHE = Counter("shardsvc_cache", "Cache lookups by cache and result.", ["cache", "result"])
+POOL_CONNECTIONS = Gauge(
+    "shardsvc_pool_connections",
+    "Pooled connections by alias and state (in_use, idle, waiting callers), all workers.",
+    ["alias", "state"], multiprocess_mode="livesum",
+)
+POOL_MAX = Gauge(
+    "shardsvc_pool_max_connections", "Connection cap per alias, summed over live workers.",
+    ["alias"], multiprocess_mode="livesum",
+)
+POOL_TIMEOUTS = Counter(
+    "shardsvc_pool_timeouts", "Checkouts that waited POOL_TIMEOUT and gave up.", ["alias"],
+)
+REPLICA_LAG = Gauge(
+    "shardsvc_replica_lag_seconds",
+    "Replica replay lag from the latest health check (+Inf when unreachable).",
+    ["alias"], multiprocess_mode="livemostrecent",
+)
+REPLICA_HEALTHY = Gauge(
+    "shardsvc_replica_healthy",
+    "1 if the replica may serve reads now (reachable, in recovery, within the lag bound).",
+    ["alias"], multiprocess_mode="livemostrecent",
+)
+
+
+def record_cache(cache: str, hit: bool) -> None:
+    """Count one cache lookup. Keep `cache` to a few fixed names (e.g. "thread_page")."""
+    CACHE.labels(cache, "hit" if hit else "miss").inc()
+
+
+# ----- queries ------------------------------------------------------------------------------
+
+
+@functools.cache
+def _query_children(alias: str) -> tuple[Any, Any]:
+    """The (counter, histogram) children of one alias, resolved once: no label lookup per query."""
+    from shards.errors import UnknownAlias
+    from shards.topology import get_shard_map
+
+    labels: tuple[str, str]
+    try:
+        shard_map = get_shard_map()
+        labels = (shard_map.cluster_of(alias).name, shard_map.server(alias).role)
+    except UnknownAlias:
+        labels = (alias, "unknown")
+    return DB_QUERIES.labels(*labels), DB_QUERY_SECONDS.labels(*labels)
+
+
+def _count_query(execute: Callable[..., Any], sql: str, params: Any, many: bool,
+                 context: dict[str, Any]) -> Any:
+    counter, seconds = _query_children(context["connection"].alias)
+    started = time.perf_counter()
+    try:
+        return execute(sql, params, many, context)
+    finally:
+        seconds.observe(time.perf_counter() - started)
+        counter.inc()
+
+
+def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
+    # Fires on every checkout from the pool, on a DatabaseWrapper that lives per greenlet: add
+    # the wrapper once per wrapper object. First in the list (outermost), so a
+    # `with connection.execute_wrapper(...)` block that is open now still pops its own wrapper.
+    if _count_query not in connection.execute_wrappers:
+        connection.execute_wrappers.insert(0, _count_query)
+
+
+def _count_pool_timeouts() -> None:
+    """Count PoolTimeout per alias. The pool has no hook of its own, so its checkout is wrapped
+    once per process: one extra frame per checkout, nothing per query."""
+    from project.pgpool.errors import PoolTimeout
+    from project.pgpool.pool import ConnectionPool
+
+    getconn = ConnectionPool.getconn
+    if getattr(getconn, "_shardsvc_counted", False):
+        return
+
+    @functools.wraps(getconn)
+    def counted_getconn(self: ConnectionPool) -> Any:
+        try:
+            return getconn(self)
+        except PoolTimeout:
+            POOL_TIMEOUTS.labels(self.name).inc()
+            raise
+
+    counted_getconn._shardsvc_counted = True  # type: ignore[attr-defined]
+    ConnectionPool.getconn = counted_getconn  # type: ignore[method-assign]
+
+
+_installed = False
+_install_lock = threading.Lock()
+
+
+def install() -> None:
+    """Hook query and pool counting into this process. Idempotent; the middleware calls it."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        connection_created.connect(_on_connection_created, dispatch_uid="shardsvc.metrics")
+        # Connections opened before the hook (e.g. at import with preload) get it now.
+        for conn in connections.all(initialized_only=True):
+            _on_connection_created(type(conn), conn)
+        _count_pool_timeouts()
+        _installed = True
+
+
+# ----- gauges -------------------------------------------------------------------------------
+
+
+def sample() -> None:
+    """Set this worker's pool and replica gauges from its in-memory state (no I/O)."""
+    from project.pgpool import pool_stats
+    from routers.replicas import get_replica_health
+    from shards.topology import get_shard_map
+
+    shard_map = get_shard_map()
+    totals = {s.alias: [0, 0, 0, 0] for s in shard_map.servers()}
+    for key, stats in pool_stats().items():
+        row = totals.setdefault(key.alias, [0, 0, 0, 0])
+        row[0] += stats.in_use
+        row[1] += stats.idle
+        row[2] += stats.waiting
+        row[3] += stats.max_size
+    for alias, (in_use, idle, waiting, max_size) in totals.items():
+        POOL_CONNECTIONS.labels(alias, "in_use").set(in_use)
+        POOL_CONNECTIONS.labels(alias, "idle").set(idle)
+        POOL_CONNECTIONS.labels(alias, "waiting").set(waiting)
+        POOL_MAX.labels(alias).set(max_size)
+
+    health = get_replica_health()
+    states = health.states()
+    for cluster in shard_map.clusters:
+        usable = set(health.usable_replicas(cluster.name))
+        for server in cluster.replicas:
+            state = states.get(server.alias)
+            if state is None:
+                continue  # not checked yet: no sample beats a made-up one
+            REPLICA_LAG.labels(server.alias).set(
+                state.lag_seconds if state.reachable else float("inf")
+            )
+            REPLICA_HEALTHY.labels(server.alias).set(1 if server.alias in usable else 0)
+
+
+class _Sampler:
+    """One background loop per worker process; started by the first request it serves."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.lock = threading.Lock()
+
+    def ensure_running(self) -> None:
+        if self.pid == os.getpid():
+            return
+        with self.lock:
+            if self.pid == os.getpid():
+                return
+            self.pid = os.getpid()
+            # A greenlet under the gevent worker (threading is patched), a thread elsewhere.
+            threading.Thread(target=self._loop, args=(self.pid,), name="shardsvc-metrics",
+                             daemon=True).start()
+
+    @staticmethod
+    def _loop(pid: int) -> None:
+        while os.getpid() == pid:
+            try:
+                sample()
+            except Exception:  # a metrics bug must never take the worker down
+                logger.exception("metrics sampling failed")
+            time.sleep(SAMPLE_INTERVAL)
+
+
+_sampler = _Sampler()
+
+
+# ----- requests -----------------------------------------------------------------------------
+
+
+def route_of(request: HttpRequest) -> str:
+    """The URL pattern that serves `request` (bounded cardinality), or UNMATCHED_ROUTE."""
+    match = getattr(request, "resolver_match", None)
+    if match is None:
+        # Answered before URL resolution (e.g. unknown tenant 404): resolve it now.
+        try:
+            match = resolve(request.path_info)
+        except Resolver404:
+            return UNMATCHED_ROUTE
+    return match.route or UNMATCHED_ROUTE
+
+
+class MetricsMiddleware:
+    """Near-outermost: times every request and counts it, and its reads, once it is answered."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        install()
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        _sampler.ensure_running()
+        if request.path_info == "/metrics":
+            return self.get_response(request)
+        started = time.perf_counter()
+        response = self.get_response(request)
+        elapsed = time.perf_counter() - started
+        route = route_of(request)
+        method = request.method if request.method in _METHODS else "other"
+        REQUESTS.labels(route, method, str(response.status_code)).inc()
+        REQUEST_SECONDS.labels(route, method).observe(elapsed)
+        routing = getattr(request, "_shardsvc_routing", None)
+        if routing is not None and routing.reads:
+            _count_reads(routing.reads)
+        return response
+
+    def process_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
+        # Runs inside every middleware's __call__, so the routing state set by
+        # CausalConsistencyMiddleware is current here; its counter keeps filling until the
+        # response is made, and stays readable after the context is reset.
+        from routers.context import current_routing
+
+        request._shardsvc_routing = current_routing()  # type: ignore[attr-defined]
+
+
+@functools.cache
+def _read_labels(alias: str) -> tuple[str, str]:
+    from shards.errors import UnknownAlias
+    from shards.topology import get_shard_map
+
+    try:
+        shard_map = get_shard_map()
+        return shard_map.cluster_of(alias).name, shard_map.server(alias).role
+    except UnknownAlias:
+        return alias, "unknown"
+
+
+def _count_reads(reads: Any) -> None:
+    for (alias, reason), count in reads.items():
+        cluster, target = _read_labels(alias)
+        READ_ROUTING.labels(cluster, target, reason).inc(count)
+
+
+# ----- the endpoint -------------------------------------------------------------------------
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus text format: every worker's samples merged (multiprocess mode), or this
+    process's registry."""
+    try:
+        sample()
+    except Exception:
+        logger.exception("metrics sampling failed")
+    path = multiprocess_dir()
+    if path is not None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=path)
+    else:
+        registry = REGISTRY
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

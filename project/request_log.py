@@ -1,0 +1,168 @@
+"""Structured logs: one JSON object per line on stderr, carrying the request's id, site and shard.
+
+    {"timestamp": "2025-01-01T12:00:00.123Z", "level": "INFO", "logger": "shardsvc.access",
+     "message": "GET /api/sites/acme/threads 200 4.1 ms", "request_id": "9f0c...", "site": "acme",
+     "shard": "shard_0", "route": "api/sites/<site>/threads", "method": "GET", "status": 200,
+     "duration_ms": 4.1}
+
+`RequestLogMiddleware` (outermost) takes the request id from `X-Request-Id` when it is
+well-formed, else makes one, and echoes it in the response. The id lives in a context variable,
+so `RequestContextFilter` adds it, and the current tenant's slug and shard, to every record logged
+while the request runs, by any logger. It writes one access line per request to
+`shardsvc.access`. Under gevent a context variable is per greenlet: greenlets spawned by a
+request start without it unless the spawner copies the context (see routers.context).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from django.core.signals import request_finished
+from django.http import HttpRequest, HttpResponse
+
+REQUEST_ID_HEADER = "X-Request-Id"
+# Accepted as given: what tracing systems send (UUIDs, hex, base64url ids), short enough to log.
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+access_logger = logging.getLogger("shardsvc.access")
+
+
+@dataclass
+class RequestLogContext:
+    request_id: str
+    route: str | None = None
+    # Filled once the request knows its tenant, for lines logged after the tenant context ended
+    # (Django logs 4xx/5xx responses after every middleware has returned).
+    site: str | None = None
+    shard: str | None = None
+
+
+_context: ContextVar[RequestLogContext | None] = ContextVar("shardsvc_request_log", default=None)
+
+
+def current_request_id() -> str | None:
+    ctx = _context.get()
+    return ctx.request_id if ctx is not None else None
+
+
+def request_id_from(raw: str | None) -> str:
+    """The caller's id if well-formed, else a new one: ids end up in logs, so never trust them."""
+    if raw and _REQUEST_ID_RE.match(raw):
+        return raw
+    return uuid.uuid4().hex
+
+
+def _tenant_of(request: HttpRequest) -> tuple[str | None, str | None]:
+    entry = getattr(request, "tenant", None)
+    if entry is None:
+        return None, None
+    return getattr(entry, "slug", None), getattr(entry, "shard", None)
+
+
+class RequestLogMiddleware:
+    """Outermost: the request id, the log context, and the access line."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        ctx = RequestLogContext(request_id=request_id_from(request.headers.get(REQUEST_ID_HEADER)))
+        # Set, not reset on return: Django logs error responses after the middleware chain has
+        # returned, and those lines must carry the id too. The next request (same greenlet on a
+        # keep-alive connection) replaces it; request_finished clears it.
+        _context.set(ctx)
+        request.request_id = ctx.request_id  # type: ignore[attr-defined]
+        started = time.perf_counter()
+        response = self.get_response(request)
+        duration_ms = round((time.perf_counter() - started) * 1000, 2)
+        from project.metrics import route_of
+
+        ctx.route = route_of(request)
+        ctx.site, ctx.shard = _tenant_of(request)
+        response[REQUEST_ID_HEADER] = ctx.request_id
+        access_logger.info(
+            "%s %s %s %.1f ms", request.method, request.path, response.status_code, duration_ms,
+            extra={"method": request.method, "path": request.path,
+                   "status": response.status_code, "duration_ms": duration_ms},
+        )
+        return response
+
+
+def _clear_context(**kwargs: Any) -> None:
+    _context.set(None)
+
+
+request_finished.connect(_clear_context, dispatch_uid="shardsvc.request_log.clear")
+
+
+_current_tenant: Callable[[], Any] | None = None
+
+
+def _tenant_now() -> Any:
+    global _current_tenant
+    if _current_tenant is None:
+        # Imported on first use: logging is configured before the apps are loaded.
+        from routers.context import current_tenant
+
+        _current_tenant = current_tenant
+    return _current_tenant()
+
+
+class RequestContextFilter(logging.Filter):
+    """Adds request_id, site, shard and route to every record; values given in `extra` win."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = _context.get()
+        try:
+            entry = _tenant_now()
+        except Exception:  # never lose a log line over its decoration
+            entry = None
+        site = entry.slug if entry is not None else (ctx.site if ctx else None)
+        shard = entry.shard if entry is not None else (ctx.shard if ctx else None)
+        for name, value in (
+            ("request_id", ctx.request_id if ctx else None),
+            ("route", ctx.route if ctx else None),
+            ("site", site),
+            ("shard", shard),
+        ):
+            if not hasattr(record, name):
+                setattr(record, name, value)
+        return True
+
+
+# Attributes every LogRecord has; anything else on a record came from `extra` or a filter.
+_STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# Objects Django passes in `extra` that say nothing a JSON line needs.
+_DROP = frozenset({"request", "server_time"})
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: timestamp (UTC, ms), level, logger, message, then context
+    (request_id, site, shard, route) and any `extra` fields; exc/stack as text."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key in _STANDARD or key in _DROP or key.startswith("_") or value is None:
+                continue
+            payload[key] = value
+        if record.exc_info:
+            payload["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            payload["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(payload, default=str, ensure_ascii=False)

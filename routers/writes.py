@@ -1,0 +1,54 @@
+"""Notice every write on a primary, however it was issued (ORM with an explicit `.using()`,
+`update()`, raw SQL), so read-your-writes never depends on the router having been asked.
+
+An execute wrapper on each connection looks at the statement's first word: a string check,
+no SQL of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from routers.context import current_routing
+
+_WRITES = ("INSERT", "UPDATE", "DELETE", "MERGE", "CREATE", "ALTER", "DROP", "TRUNCATE", "COPY")
+
+
+def is_write(sql: str) -> bool:
+    head = sql.lstrip()[:8].upper()
+    if head.startswith(_WRITES):
+        return True
+    if head.startswith("WITH"):
+        upper = sql.upper()
+        return any(f" {word} " in upper for word in ("INSERT", "UPDATE", "DELETE"))
+    return False
+
+
+def _primary_clusters() -> frozenset[str]:
+    from shards.topology import get_shard_map
+
+    return frozenset(c.name for c in get_shard_map().clusters)
+
+
+class WriteTracker:
+    def __init__(self, cluster: str) -> None:
+        self.cluster = cluster
+
+    def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool,
+                 context: dict[str, Any]) -> Any:
+        result = execute(sql, params, many, context)
+        if is_write(sql):
+            routing = current_routing()
+            if routing is not None:
+                routing.written.add(self.cluster)
+        return result
+
+
+def install(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """connection_created handler: track writes on primaries (a cluster's primary alias is the
+    cluster's name). Runs on every checkout from the pool, so it must not stack wrappers."""
+    if connection.alias not in _primary_clusters():
+        return
+    if not any(isinstance(w, WriteTracker) for w in connection.execute_wrappers):
+        connection.execute_wrappers.append(WriteTracker(connection.alias))

@@ -1,0 +1,55 @@
+"""Ops endpoints: create and list sites. Authenticated by the ops token."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from django.conf import settings
+from django.http import HttpRequest
+from ninja import Query, Router
+from ninja.security import APIKeyHeader
+
+from comments.schemas import ErrorOut, SiteCreatedOut, SiteIn, SitePageOut
+from shards.models import Tenant
+from sites.models import Site
+from sites.service import create_site
+
+
+class OpsToken(APIKeyHeader):
+    param_name = "X-Ops-Token"
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> bool:
+        expected = settings.OPS_TOKEN
+        return bool(expected and key and hmac.compare_digest(expected, key))
+
+
+router = Router(auth=OpsToken(), tags=["ops"])
+ERRORS = {400: ErrorOut, 401: ErrorOut, 409: ErrorOut, 413: ErrorOut, 422: ErrorOut,
+          503: ErrorOut}
+
+
+@router.post("/sites", response={201: SiteCreatedOut, **ERRORS})
+def create(request: HttpRequest, payload: SiteIn):
+    """Create a site: placed on a shard by the placement policy unless `shard` is given."""
+    made = create_site(payload.slug, payload.name, shard=payload.shard)
+    created = Tenant.objects.using("default").get(id=made.entry.id).created_at
+    return 201, {"slug": made.entry.slug, "name": made.name, "shard": made.entry.shard,
+                 "created_at": created, "api_key": made.api_key}
+
+
+@router.get("/sites", response={200: SitePageOut, **ERRORS})
+def list_sites(
+    request: HttpRequest,
+    after: Annotated[str | None, Query(max_length=63, description="next_cursor")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+):
+    """Sites with their shard, by slug."""
+    rows = Site.objects.select_related("tenant").order_by("tenant__slug")
+    if after:
+        rows = rows.filter(tenant__slug__gt=after)
+    page = list(rows[: limit + 1])
+    items = [{"slug": s.tenant.slug, "name": s.name, "shard": s.tenant.shard,
+              "created_at": s.tenant.created_at} for s in page[:limit]]
+    next_cursor = items[-1]["slug"] if len(page) > limit else None
+    return {"items": items, "next_cursor": next_cursor}

@@ -1,0 +1,17 @@
+from django.apps import AppConfig
+
+
+class SitesConfig(AppConfig):
+    """Sites (the tenants of the comments service) and their API keys: control data."""
+
+    name = "sites"
+    label = "sites"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_save
+
+        from sites import keys
+        from sites.models import Site
+
+        post_save.connect(keys.forget, sender=Site, dispatch_uid="shardsvc.site_key_saved")

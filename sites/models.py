@@ -1,0 +1,43 @@
+"""A site is a tenant of the comments service. Its row lives on control; its data on a shard."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from django.db import models
+
+from shards.models import Tenant
+
+KEY_PREFIX = "sk_"
+
+
+def hash_key(raw: str) -> str:
+    # Keys are 256 random bits: a fast hash is enough, no password-style stretching needed.
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class Site(models.Model):
+    tenant = models.OneToOneField(Tenant, primary_key=True, on_delete=models.CASCADE,
+                                  related_name="site")
+    name = models.CharField(max_length=200)
+    api_key_hash = models.CharField(max_length=64, editable=False, unique=True)
+    # The first characters of the key, to recognise it in the admin; never enough to use it.
+    api_key_hint = models.CharField(max_length=12, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["tenant__slug"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @staticmethod
+    def new_key() -> str:
+        return KEY_PREFIX + secrets.token_urlsafe(32)
+
+    def set_key(self, raw: str) -> None:
+        self._previous_hash = self.api_key_hash
+        self.api_key_hash = hash_key(raw)
+        self.api_key_hint = raw[:10]
+

@@ -1,0 +1,113 @@
+"""Benchmark (not a test): migrating 8 shards with --jobs 8 against migrating 1 shard.
+
+    .venv/bin/python -m tests.benchmarks.bench_migrate [--repeat 3]
+
+Starts its own throwaway topology (control + 8 shards, no replicas), migrates control once, then
+measures `manage.py migrate_shards` as a DBA runs it, in one run:
+
+- 1 shard:            --shard shard_0
+- 8 shards, --jobs 1: one after the other (what a loop of `migrate --database` does)
+- 8 shards, --jobs 8: all at once
+
+Before each measurement every shard is emptied (DROP SCHEMA public CASCADE), so each run applies
+the same migrations from scratch; control stays migrated and is not part of the measured time.
+The time is the command's own "N shard(s) in X s" (the shard phase), median of --repeat runs;
+the command's wall time (Django start-up included) is shown next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from deploy.topology import LocalTopology
+from tests.conftest import make_topology
+
+PROJECT_DIR = Path(__file__).resolve().parents[2]
+SHARDS = 8
+RESET_SQL = (
+    "DROP SCHEMA public CASCADE; "
+    "CREATE SCHEMA public AUTHORIZATION pg_database_owner; "
+    "GRANT USAGE ON SCHEMA public TO PUBLIC"
+)
+SHARD_PHASE = re.compile(r"and (\d+) shard\(s\) in ([\d.]+)s \(jobs (\d+)\)")
+
+
+def migrate_shards(topo: LocalTopology, *args: str) -> tuple[float, float]:
+    """(shard phase seconds, wall seconds) of one migrate_shards run."""
+    started = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "manage.py", "migrate_shards", *args], cwd=PROJECT_DIR,
+        env=topo.service_env(), capture_output=True, text=True, check=False,
+    )
+    wall = time.monotonic() - started
+    if run.returncode != 0:
+        raise SystemExit(f"migrate_shards {' '.join(args)} failed:\n{run.stdout}\n{run.stderr}")
+    match = SHARD_PHASE.search(run.stdout)
+    if match is None:
+        raise SystemExit(f"no timing line in the output:\n{run.stdout}")
+    return float(match.group(2)), wall
+
+
+def reset_shards(topo: LocalTopology) -> None:
+    for node in topo.layout.nodes():
+        if node.role == "primary" and node.cluster != "default":
+            with topo.admin_connect(node) as conn:
+                conn.execute(RESET_SQL)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (median)")
+    parser.add_argument("--no-fsync", dest="durable", action="store_false",
+                        help="run PostgreSQL with fsync off, as the tests do")
+    args = parser.parse_args(argv)
+    base = make_topology("shardsvc-bench-migrate-", shards=SHARDS, replicas=0, start_port=26600)
+    # Durable like production (the test harness turns fsync off): every commit of a migration
+    # and of each django_migrations row waits for the disk, as it does on a real fleet.
+    topo = LocalTopology(dataclasses.replace(base.layout, durable=args.durable),
+                         echo=lambda message: None)
+    scenarios = [
+        ("1 shard", ["--shard", "shard_0"]),
+        (f"{SHARDS} shards, --jobs 1", ["--jobs", "1"]),
+        (f"{SHARDS} shards, --jobs {SHARDS}", ["--jobs", str(SHARDS)]),
+    ]
+    try:
+        topo.up(service=False, migrate=False)
+        migrate_shards(topo, "--shard", "shard_0")  # control, once; warms caches
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in scenarios}
+        for _ in range(args.repeat):
+            for name, extra in scenarios:  # interleaved: drift over time hits all alike
+                reset_shards(topo)
+                results[name].append(migrate_shards(topo, *extra))
+    finally:
+        topo.destroy()
+
+    medians = {
+        name: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+        for name, runs in results.items()
+    }
+    print(f"migrate_shards, control + {SHARDS} shards (no replicas, fsync "
+          f"{'on' if args.durable else 'off'}, {os.cpu_count()} CPU core(s)), median of "
+          f"{args.repeat} run(s) each; shard phase = the command's own timing line")
+    print(f"{'scenario':<22} {'shard phase':>12} {'command wall':>13}")
+    for name, (phase, wall) in medians.items():
+        print(f"{name:<22} {phase:>11.2f}s {wall:>12.2f}s")
+    one = medians["1 shard"][0]
+    sequential = medians[f"{SHARDS} shards, --jobs 1"][0]
+    parallel = medians[f"{SHARDS} shards, --jobs {SHARDS}"][0]
+    print(f"ratio {SHARDS} shards --jobs {SHARDS} / 1 shard: {parallel / one:.2f}x "
+          f"(--jobs 1: {sequential / one:.2f}x; speed-up of --jobs {SHARDS} over --jobs 1: "
+          f"{sequential / parallel:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""check_shard_schema and shard_showmigrations against a real fleet: control + 3 shards, each with
+a streaming replica, migrated by the topology manager (which runs migrate_shards).
+
+Like a DBA, the tests run the commands as subprocesses with the topology's environment; the
+pytest process's own Django settings belong to the session topology.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.topology import LocalTopology
+from migrations_tools.drift import Fingerprint, compare
+from tests.conftest import make_topology
+
+pytestmark = pytest.mark.slow
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[LocalTopology]:
+    topo = make_topology("shardsvc-drift-", shards=3, replicas=1, start_port=26500)
+    try:
+        topo.up(service=False, migrate=True)  # migrate() runs migrate_shards
+        yield topo
+    finally:
+        topo.destroy()
+
+
+def manage(topo: LocalTopology, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=PROJECT_DIR, env=topo.service_env(),
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
+# --- comparison rules, no database ------------------------------------------------------------
+
+
+def _print(alias: str, items: dict[str, str], role: str = "primary",
+           cluster: str | None = None) -> Fingerprint:
+    cluster = cluster or alias.split("_replica_")[0]
+    return Fingerprint(alias=alias, role=role, cluster=cluster, items=items)
+
+
+def test_reference_is_the_majority_of_shard_primaries_then_the_first() -> None:
+    base = {"table t": "table", "column t.a": "integer NOT NULL"}
+    odd = {**base, "column t.a": "bigint NOT NULL"}
+    report = compare([
+        _print("shard_0", odd),
+        _print("shard_1", base),
+        _print("shard_2", base),
+        _print("shard_2_replica_1", base, role="replica"),
+    ])
+    (shards,) = report.groups
+    assert shards.reference is not None and shards.reference.alias == "shard_1"
+    assert shards.reason == "2 of 3 primaries share it"
+    assert list(shards.drift) == ["shard_0"]
+    (difference,) = shards.drift["shard_0"]
+    assert difference.describe("shard_1") == (
+        "~ column t.a: bigint NOT NULL (on shard_1: integer NOT NULL)"
+    )
+    tie = compare([_print("shard_0", odd), _print("shard_1", base)])
+    assert tie.groups[0].reference.alias == "shard_0"  # a tie goes to the first shard
+    assert tie.drifted == ["shard_1"]
+
+
+# --- the fleet --------------------------------------------------------------------------------
+
+
+def test_a_clean_fleet_is_reported_clean(fleet: LocalTopology) -> None:
+    check = manage(fleet, "check_shard_schema")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "no drift: 8 server(s) checked." in check.stdout
+    assert "reference for shards (3 of 3 primaries share it)" in check.stdout
+    for alias in ("shard_0_replica_1", "shard_1", "shard_2_replica_1", "default_replica_1"):
+        line = next(x for x in check.stdout.splitlines() if x.startswith(f"{alias} "))
+        assert line.rstrip().endswith("same"), line
+
+    matrix = manage(fleet, "shard_showmigrations")
+    assert matrix.returncode == 0, matrix.stdout + matrix.stderr
+    assert "No drift: every database has the same migrations applied." in matrix.stdout
+    header = matrix.stdout.splitlines()[0].split()
+    assert header == ["MIGRATION", "default", "shard_0", "shard_1", "shard_2"]
+
+
+def test_a_manual_alter_and_a_dropped_index_are_drift(fleet: LocalTopology) -> None:
+    shard_1 = fleet.admin_connect(fleet.node("shard_1"))
+    shard_2 = fleet.admin_connect(fleet.node("shard_2"))
+    # Any plain (non-unique) index of the comments app: the test does not depend on its name.
+    index, definition = shard_2.execute(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' "
+        "AND tablename LIKE 'comments\\_%' AND indexdef NOT LIKE 'CREATE UNIQUE%' "
+        "ORDER BY indexname LIMIT 1"
+    ).fetchone()
+    try:
+        shard_1.execute("ALTER TABLE comments_thread ADD COLUMN dba_extra integer")
+        shard_2.execute(f'DROP INDEX "{index}"')
+
+        check = manage(fleet, "check_shard_schema")
+        assert check.returncode == 1, check.stdout + check.stderr
+        out = check.stdout
+        assert "reference for shards (1 of 3 primaries share it)" in out
+        assert "Differences in shards, against shard_0:" in out
+        after_alter = out.split("shard_1, shard_1_replica_1:\n", 1)[1]
+        assert after_alter.splitlines()[0] == (
+            "  + column comments_thread.dba_extra: integer NULL (not on shard_0)"
+        )
+        after_drop = out.split("shard_2, shard_2_replica_1:\n", 1)[1]
+        assert after_drop.splitlines()[0] == (
+            f"  - index {index}: missing (on shard_0: {definition})"
+        )
+        for alias in ("shard_1", "shard_1_replica_1", "shard_2", "shard_2_replica_1"):
+            line = next(x for x in out.splitlines() if x.startswith(f"{alias} "))
+            assert "DRIFT: 1 difference(s)" in line, line
+        line = next(x for x in out.splitlines() if x.startswith("shard_0_replica_1 "))
+        assert line.rstrip().endswith("same")
+        assert ("schema drift on shard_1, shard_1_replica_1, shard_2, shard_2_replica_1."
+                in check.stderr)
+    finally:
+        shard_1.execute("ALTER TABLE comments_thread DROP COLUMN IF EXISTS dba_extra")
+        shard_2.execute(definition.replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS", 1))
+        shard_1.close()
+        shard_2.close()
+
+    check = manage(fleet, "check_shard_schema")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "no drift" in check.stdout
