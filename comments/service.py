@@ -13,6 +13,7 @@ from comments.models import MAX_DEPTH, Comment, Thread, Vote
 from comments.schemas import Order
 from routers import causal
 from routers.context import current_tenant
+from shards.fence import retry_fenced_writes
 
 MAX_REPLIES_PER_PAGE = 500
 
@@ -41,6 +42,7 @@ def _after_write(thread_id: int) -> None:
     cache.raise_mark(entry, thread_id, causal.primary_position(entry.shard))
 
 
+@retry_fenced_writes
 def get_or_create_thread(url: str, title: str) -> tuple[Thread, bool]:
     try:
         with transaction.atomic(using=_shard()):
@@ -127,6 +129,7 @@ def cached_comment_page(thread_id: int, order: Order, cursor: str | None,
     return cache.cached_page(entry, thread_id, f"{order}:{cursor or ''}:{limit}", fill)
 
 
+@retry_fenced_writes
 def post_comment(thread_id: int, *, author: str, author_name: str, body: str,
                  parent_id: int | None) -> Comment:
     with transaction.atomic(using=_shard()):
@@ -160,6 +163,7 @@ def _own_comment(comment_id: int, user: str) -> Comment:
     return comment
 
 
+@retry_fenced_writes
 def edit_comment(comment_id: int, *, user: str, body: str) -> Comment:
     with transaction.atomic(using=_shard()):
         comment = _own_comment(comment_id, user)
@@ -170,6 +174,7 @@ def edit_comment(comment_id: int, *, user: str, body: str) -> Comment:
     return comment
 
 
+@retry_fenced_writes
 def delete_comment(comment_id: int, *, user: str) -> None:
     with transaction.atomic(using=_shard()):
         comment = _own_comment(comment_id, user)
@@ -179,6 +184,7 @@ def delete_comment(comment_id: int, *, user: str) -> None:
     _after_write(comment.thread_id)
 
 
+@retry_fenced_writes
 def vote(comment_id: int, *, user: str, value: int) -> tuple[int, int]:
     """Set the user's vote (1, -1, or 0 to remove); idempotent. Returns (value, new score)."""
     with transaction.atomic(using=_shard()):

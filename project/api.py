@@ -17,6 +17,7 @@ from comments.service import Forbidden, Invalid, NotFound
 from routers.errors import RoutingError
 from routers.middleware import database_unavailable
 from shards.errors import UnknownShard
+from shards.fence import TenantStillFenced
 from shards.placement import NoShardAcceptsTenants
 from sites.api import router as ops_router
 from sites.service import SiteExists
@@ -111,6 +112,11 @@ def on_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
 
 @api.exception_handler(OperationalError)
 def on_database_down(request: HttpRequest, exc: OperationalError) -> HttpResponse:
+    return database_unavailable(request, exc)
+
+
+@api.exception_handler(TenantStillFenced)
+def on_still_fenced(request: HttpRequest, exc: TenantStillFenced) -> HttpResponse:
     return database_unavailable(request, exc)
 
 

@@ -144,6 +144,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The ops API (create and list sites) answers only to this token; unset, it answers no one.
 OPS_TOKEN = os.environ.get("SHARDSVC_OPS_TOKEN", "")
+# A write that hits a moving tenant's fence waits (retrying) this long for the move to flip.
+FENCE_RETRY_SECONDS = _env_float("SHARDSVC_FENCE_RETRY_SECONDS", 10.0)
 # Bodies past this size get a 413 before they are read.
 MAX_REQUEST_BYTES = 64 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES

@@ -24,8 +24,9 @@ RETRY_AFTER_SECONDS = 2
 def database_unavailable(request: HttpRequest, exc: Exception) -> JsonResponse:
     """503 with Retry-After for a database that cannot serve the request right now."""
     from project.pgpool.errors import PoolTimeout
+    from shards.fence import TenantStillFenced
 
-    if isinstance(exc, PoolTimeout):
+    if isinstance(exc, PoolTimeout | TenantStillFenced):
         message = str(exc)
     else:
         # The driver's text can carry host names and ports: log it, answer plainly.

@@ -94,10 +94,11 @@ class TenantDirectory:
         self._lock = threading.Lock()
 
     # --- reads ---
-    def lookup(self, key: str | int) -> TenantEntry:
+    def lookup(self, key: str | int, *, fresh: bool = False) -> TenantEntry:
+        """The tenant's entry; `fresh` skips this worker's cache (after a write hit a fence)."""
         parsed = parse_key(key)
         now = time.monotonic()
-        hit = self._local.get(parsed)
+        hit = None if fresh else self._local.get(parsed)
         if hit is not None and hit[0] > now:
             if hit[1] is None:
                 raise UnknownTenant(key)

@@ -63,3 +63,60 @@ class Tenant(models.Model):
             self.version += 1
         super().save(*args, **kwargs)
         self._loaded_shard = self.shard
+
+
+class MoveJob(models.Model):
+    """One online move of a tenant between shards: a state machine that survives a crash of
+    the command driving it (rerun `move_tenant` to resume, or `--abort`)."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "pending"
+        COPYING = "copying", "copying"  # subscription created, initial copy running
+        CATCHING_UP = "catching_up", "catching up"
+        CUTOVER = "cutover", "cutover"  # fenced on the source, waiting to flip
+        FLIPPED = "flipped", "flipped"  # directory points at the target
+        CLEANUP = "cleanup", "cleanup"  # replication objects and source rows being removed
+        DONE = "done", "done"
+        ABORTED = "aborted", "aborted"
+        FAILED = "failed", "failed"  # flipped, but verification found a difference
+
+    ACTIVE_STATES = (State.PENDING, State.COPYING, State.CATCHING_UP, State.CUTOVER,
+                     State.FLIPPED, State.CLEANUP)
+
+    tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="moves")
+    source = models.CharField(max_length=40)
+    target = models.CharField(max_length=40)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    reason = models.CharField(max_length=200, blank=True, default="",
+                              help_text="Who asked: a person, the rebalancer, the admin.")
+    rows_total = models.BigIntegerField(default=0)
+    rows_copied = models.BigIntegerField(default=0)
+    lag_bytes = models.BigIntegerField(default=0)
+    write_pause_ms = models.FloatField(null=True, blank=True)
+    flip_lsn = models.BigIntegerField(null=True, blank=True)
+    verified = models.BooleanField(null=True, blank=True)
+    report = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            # At most one unfinished move per tenant.
+            models.UniqueConstraint(
+                fields=["tenant"],
+                condition=models.Q(state__in=["pending", "copying", "catching_up", "cutover",
+                                              "flipped", "cleanup"]),
+                name="shards_one_active_move_per_tenant",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"move {self.tenant_id} {self.source}->{self.target} ({self.state})"
+
+    @property
+    def replication_name(self) -> str:
+        """Publication, subscription and slot name on the shards for this job."""
+        return f"shardsvc_move_{self.pk}"

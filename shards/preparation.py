@@ -75,8 +75,12 @@ def after_migrate(sender: Any, using: str, **kwargs: Any) -> None:
         for name in get_shard_map().shard_names:
             ensure_registered(name)
         return
-    for model in sharded_models():
+    models = sharded_models()
+    for model in models:
         set_replica_identity(using, model)
+    from shards import fence
+
+    fence.install(using, [m._meta.db_table for m in models])
 
 
 def sharded_models() -> list[Any]:

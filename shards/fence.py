@@ -1,0 +1,114 @@
+"""The write fence: during a move's cutover, the source shard itself refuses the moving
+tenant's writes, so no write can land on the old shard whatever a worker's cache says.
+
+Every sharded table carries a row trigger (installed after migrations) that looks the row's
+tenant up in `shardsvc_fence`, a table that is empty except during a cutover. A fenced write
+fails with SQLSTATE SV001. The service catches it, refreshes the tenant's placement, waits
+(bounded) and retries on the new shard: writers see a pause, not an error.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from django.conf import settings
+from django.db import DatabaseError, connections
+
+logger = logging.getLogger("shardsvc.fence")
+
+FENCE_SQLSTATE = "SV001"
+T = TypeVar("T")
+
+INSTALL_SQL = f"""
+CREATE TABLE IF NOT EXISTS shardsvc_fence (
+    tenant_id bigint PRIMARY KEY,
+    job_id bigint NOT NULL,
+    fenced_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE OR REPLACE FUNCTION shardsvc_fence_check() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF coalesce(current_setting('shardsvc.fence_bypass', true), '') = 'on' THEN
+        RETURN coalesce(NEW, OLD);
+    END IF;
+    IF (TG_OP <> 'DELETE'
+            AND EXISTS (SELECT 1 FROM shardsvc_fence f WHERE f.tenant_id = NEW.tenant_id))
+       OR (TG_OP <> 'INSERT'
+            AND EXISTS (SELECT 1 FROM shardsvc_fence f WHERE f.tenant_id = OLD.tenant_id))
+    THEN
+        RAISE EXCEPTION 'tenant % is moving to another shard',
+            coalesce(NEW.tenant_id, OLD.tenant_id)
+            USING ERRCODE = '{FENCE_SQLSTATE}',
+                  HINT = 'refresh the tenant''s placement and retry the write';
+    END IF;
+    RETURN coalesce(NEW, OLD);
+END
+$$;
+"""
+
+
+def install(alias: str, tables: list[str]) -> None:
+    """The fence table, function and one trigger per sharded table (idempotent)."""
+    quote = connections[alias].ops.quote_name
+    with connections[alias].cursor() as cursor:
+        cursor.execute(INSTALL_SQL)
+        for table in tables:
+            cursor.execute(
+                f"CREATE OR REPLACE TRIGGER shardsvc_fence BEFORE INSERT OR UPDATE OR DELETE "
+                f"ON {quote(table)} FOR EACH ROW EXECUTE FUNCTION shardsvc_fence_check()"
+            )
+
+
+def is_fence_error(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if getattr(cause, "sqlstate", None) == FENCE_SQLSTATE:
+            return True
+        cause = cause.__cause__
+    return False
+
+
+class TenantStillFenced(DatabaseError):
+    """The tenant stayed fenced longer than FENCE_RETRY_SECONDS: its move is stuck."""
+
+
+def retry_fenced_writes(function: Callable[..., T]) -> Callable[..., T]:
+    """Run a write of the current tenant; when it hits the fence (the tenant is being moved),
+    reload the tenant's placement and try again until the move flips it, for at most
+    settings.FENCE_RETRY_SECONDS. The write must be one transaction (it is rolled back whole
+    by the fence error), so running it again is safe."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        from routers.context import current_tenant, tenant
+        from shards.directory import get_directory
+
+        budget = float(getattr(settings, "FENCE_RETRY_SECONDS", 10.0))
+        deadline = time.monotonic() + budget
+        delay = 0.01
+        entry = current_tenant()
+        while True:
+            try:
+                if entry is None:
+                    return function(*args, **kwargs)
+                with tenant(entry):
+                    return function(*args, **kwargs)
+            except DatabaseError as exc:
+                if not is_fence_error(exc) or entry is None:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise TenantStillFenced(
+                        f"tenant {entry.slug} has been fenced for {budget:.0f} s; its move may "
+                        "be stuck: see shard_status"
+                    ) from exc
+                logger.info("write of %s fenced on %s; waiting for the move", entry.slug,
+                            entry.shard)
+                time.sleep(delay)  # cooperative under gevent
+                delay = min(delay * 2, 0.2)
+                entry = get_directory().lookup(entry.id, fresh=True)
+
+    return wrapper

@@ -1,0 +1,396 @@
+"""Online tenant moves: copy with logical replication, fence, flip, verify, clean up.
+
+    pending -> copying -> catching_up -> cutover -> flipped -> cleanup -> done
+         \\_________ abort (any state before flipped) __________/-> aborted
+
+Every state is recorded in the control database (`shards.models.MoveJob`) before its work
+starts, and every step can run again, so a move whose command died resumes where it stopped
+(`move_tenant` again) or is rolled back (`move_tenant --abort`). Until the flip the tenant is
+served from the source; after it, from the target. Why each wait is the one it is:
+
+- initial copy done: every `pg_subscription_rel.srsubstate` is 'r';
+- applied on the target: the source slot's `confirmed_flush_lsn` has passed the position
+  (the subscriber's received/latest_end positions run ahead of what is applied);
+- transactions that began before the fence: the fence trigger stops READ COMMITTED writers at
+  once, but a REPEATABLE READ or SERIALIZABLE transaction whose snapshot predates the fence does
+  not see the fence row, so we wait until no client backend of the source database has an
+  `xact_start` before the fence committed;
+- verification compares the frozen source with a snapshot of the target taken at the flip, so it
+  costs the writers no pause.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from django.db import transaction
+from django.utils import timezone
+
+from shards import replication, verify
+from shards.directory import lookup, set_placement
+from shards.models import MoveJob, Tenant
+from shards.topology import get_shard_map
+
+logger = logging.getLogger("shardsvc.moves")
+State = MoveJob.State
+Progress = Callable[[str], None]
+
+
+class MoveError(RuntimeError):
+    """A move cannot start or go on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class MoveSettings:
+    grace_seconds: float = 2.0  # source rows are kept (fenced) this long after the flip
+    cutover_timeout: float = 10.0  # fenced longer than this: give up, unfence, retry later
+    catchup_lag_bytes: int = 1 << 20  # cut over once the target is this close
+    copy_timeout: float = 3600.0
+    delete_batch: int = 5000
+    delete_pause: float = 0.01  # between batches: leave the source room for its other tenants
+    poll: float = 0.05
+
+
+def sharded_tables() -> list[str]:
+    """Tables of sharded models, those that reference others first (the order to delete in)."""
+    from shards.preparation import sharded_models
+
+    models = sharded_models()
+    tables = {m._meta.db_table: m for m in models}
+
+    def depth(model: Any, seen: frozenset[str] = frozenset()) -> int:
+        parents = [f.related_model for f in model._meta.get_fields()
+                   if f.many_to_one and f.concrete and f.related_model is not model
+                   and f.related_model._meta.db_table in tables
+                   and f.related_model._meta.db_table not in seen]
+        return 1 + max((depth(p, seen | {model._meta.db_table}) for p in parents), default=0)
+
+    return sorted(tables, key=lambda t: (-depth(tables[t]), t))
+
+
+def tenant_rows(conn: psycopg.Connection[Any], tables: list[str], tenant_id: int) -> int:
+    from psycopg import sql
+
+    total = 0
+    for table in tables:
+        total += conn.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(sql.Identifier(table)),
+            [tenant_id],
+        ).fetchone()[0]
+    return total
+
+
+def delete_tenant_rows(conn: psycopg.Connection[Any], tables: list[str], tenant_id: int, *,
+                       batch: int, pause: float, progress: Progress | None = None) -> int:
+    """Delete a tenant's rows in small transactions, children first and newest first (a reply's
+    id is always above its parent's), past the fence of a moved tenant."""
+    from psycopg import sql
+
+    deleted = 0
+    for table in tables:
+        query = sql.SQL(
+            "DELETE FROM {t} WHERE tenant_id = %s AND id IN "
+            "(SELECT id FROM {t} WHERE tenant_id = %s ORDER BY id DESC LIMIT %s)"
+        ).format(t=sql.Identifier(table))
+        while True:
+            with conn.transaction():
+                conn.execute("SET LOCAL shardsvc.fence_bypass = 'on'")
+                count = conn.execute(query, [tenant_id, tenant_id, batch]).rowcount
+            deleted += count
+            if count < batch:
+                break
+            if progress:
+                progress(f"deleted {deleted} rows")
+            time.sleep(pause)
+    return deleted
+
+
+def start_move(tenant_key: str | int, target: str, *, reason: str = "") -> MoveJob:
+    """The job for moving a tenant to `target`: a new one, or the unfinished one to resume."""
+    shard_map = get_shard_map()
+    if target not in shard_map.shard_names:
+        raise MoveError(f"unknown shard {target!r}; known shards: "
+                        f"{', '.join(shard_map.shard_names)}")
+    entry = lookup(tenant_key)
+    active = MoveJob.objects.using("default").filter(
+        tenant_id=entry.id, state__in=MoveJob.ACTIVE_STATES).first()
+    if active is not None:
+        if active.target != target:
+            raise MoveError(f"tenant {entry.slug} is already moving to {active.target} (job "
+                            f"{active.pk}, {active.state}): finish it or abort it first")
+        return active
+    tenant_row = Tenant.objects.using("default").get(id=entry.id)
+    if tenant_row.shard == target:
+        raise MoveError(f"tenant {entry.slug} is already on {target}")
+    with transaction.atomic(using="default"):
+        job = MoveJob.objects.using("default").create(
+            tenant_id=entry.id, source=tenant_row.shard, target=target, reason=reason)
+        Tenant.objects.using("default").filter(id=entry.id).update(state=Tenant.State.MOVING)
+    return job
+
+
+class Mover:
+    def __init__(self, job: MoveJob, *, settings: MoveSettings | None = None,
+                 progress: Progress | None = None,
+                 still_locked: Callable[[], None] | None = None) -> None:
+        self.job = job
+        self.settings = settings or MoveSettings()
+        self.progress = progress or (lambda message: logger.info("%s", message))
+        self.still_locked = still_locked or (lambda: None)
+        shard_map = get_shard_map()
+        self.source_dsn = shard_map.shard(job.source).primary.direct_dsn
+        self.target_dsn = shard_map.shard(job.target).primary.direct_dsn
+        self.tables = sharded_tables()
+        self.name = job.replication_name
+        self._source: psycopg.Connection[Any] | None = None
+        self._target: psycopg.Connection[Any] | None = None
+        self._target_snapshot: psycopg.Connection[Any] | None = None
+
+    # --- connections
+    @property
+    def source(self) -> psycopg.Connection[Any]:
+        if self._source is None or self._source.closed:
+            self._source = replication.connect(self.source_dsn, purpose=f"move {self.job.pk}")
+        return self._source
+
+    @property
+    def target(self) -> psycopg.Connection[Any]:
+        if self._target is None or self._target.closed:
+            self._target = replication.connect(self.target_dsn, purpose=f"move {self.job.pk}")
+        return self._target
+
+    def close(self) -> None:
+        for conn in (self._source, self._target, self._target_snapshot):
+            if conn is not None and not conn.closed:
+                conn.close()
+
+    # --- bookkeeping
+    def _set(self, state: str | None = None, **fields: Any) -> None:
+        if state is not None:
+            fields["state"] = state
+        for key, value in fields.items():
+            setattr(self.job, key, value)
+        MoveJob.objects.using("default").filter(pk=self.job.pk).update(
+            updated_at=timezone.now(), **fields)
+        if state is not None:
+            self.progress(f"[{self.job.state}]")
+
+    def _report(self, **items: Any) -> None:
+        self.job.report = {**self.job.report, **items}
+        self._set(report=self.job.report)
+
+    # --- the state machine
+    def run(self) -> MoveJob:
+        steps = {
+            State.PENDING: self._begin,
+            State.COPYING: self._wait_for_copy,
+            State.CATCHING_UP: self._catch_up,
+            State.CUTOVER: self._cutover,
+            State.FLIPPED: self._verify,
+            State.CLEANUP: self._cleanup,
+        }
+        started = time.monotonic()
+        try:
+            while self.job.state in steps:
+                self.still_locked()
+                if os.environ.get("SHARDSVC_MOVE_CRASH_AT") == self.job.state:
+                    # Fault injection for the crash tests: die at the start of this state's
+                    # work, like a killed process, with no cleanup of any kind.
+                    os._exit(70)
+                steps[State(self.job.state)]()
+        finally:
+            self.close()
+        self._report(total_seconds=round(time.monotonic() - started, 3))
+        return self.job
+
+    def _begin(self) -> None:
+        for table in self.tables:
+            if self.target.execute("SELECT to_regclass(%s)", [table]).fetchone()[0] is None:
+                raise MoveError(f"{self.job.target} has no table {table}: run migrate_shards")
+        already = tenant_rows(self.target, self.tables, self.job.tenant_id)
+        if already:
+            raise MoveError(
+                f"{self.job.target} already holds {already} rows of this tenant (left by an "
+                "earlier move?): run `move_tenant --abort` for it, which removes them")
+        total = tenant_rows(self.source, self.tables, self.job.tenant_id)
+        self._set(rows_total=total)
+        self.progress(f"copying {total} rows of tenant {self.job.tenant_id} from "
+                      f"{self.job.source} to {self.job.target} ({', '.join(self.tables)})")
+        replication.create_publication(self.source, self.name, self.tables, self.job.tenant_id)
+        self._set(State.COPYING)
+        replication.create_subscription(self.target, self.name, self.source_dsn)
+
+    def _wait_for_copy(self) -> None:
+        deadline = time.monotonic() + self.settings.copy_timeout
+        last_print = 0.0
+        started = time.monotonic()
+        while not replication.initial_sync_done(self.target, self.name):
+            if time.monotonic() > deadline:
+                raise MoveError("the initial copy did not finish within "
+                                f"{self.settings.copy_timeout:.0f} s; see the target's log")
+            if time.monotonic() - last_print > 1.0:
+                copied = tenant_rows(self.target, self.tables, self.job.tenant_id)
+                self._set(rows_copied=copied)
+                self.progress(f"copied {copied}/{self.job.rows_total} rows")
+                last_print = time.monotonic()
+            time.sleep(self.settings.poll)
+        copied = tenant_rows(self.target, self.tables, self.job.tenant_id)
+        seconds = time.monotonic() - started
+        self._report(copy_seconds=round(seconds, 3),
+                     copy_rows_per_second=round(copied / seconds) if seconds > 0 else None)
+        self._set(State.CATCHING_UP, rows_copied=copied)
+
+    def _lag(self) -> int:
+        applied = replication.confirmed_lsn(self.source, self.name)
+        if applied is None:
+            raise MoveError(f"replication slot {self.name} vanished from {self.job.source}: "
+                            "abort the move and start it again")
+        return max(replication.current_lsn(self.source) - applied, 0)
+
+    def _catch_up(self) -> None:
+        deadline = time.monotonic() + self.settings.copy_timeout
+        while (lag := self._lag()) > self.settings.catchup_lag_bytes:
+            self._set(lag_bytes=lag)
+            self.progress(f"catching up: {lag} bytes behind")
+            if time.monotonic() > deadline:
+                raise MoveError("the target does not catch up with the source")
+            time.sleep(0.2)
+        self._set(State.CUTOVER, lag_bytes=lag)
+
+    def _wait_applied(self, lsn: int, deadline: float) -> None:
+        while (replication.confirmed_lsn(self.source, self.name) or 0) < lsn:
+            if time.monotonic() > deadline:
+                raise MoveError("the target did not apply the source's last writes in time")
+            time.sleep(0.005)
+
+    def _cutover(self) -> None:
+        tenant_row = Tenant.objects.using("default").get(id=self.job.tenant_id)
+        if tenant_row.shard == self.job.target:  # flipped before a crash
+            self._set(State.FLIPPED)
+            return
+        timeout = self.settings.cutover_timeout
+        deadline = time.monotonic() + timeout
+        with self.source.transaction():
+            self.source.execute(
+                "INSERT INTO shardsvc_fence (tenant_id, job_id) VALUES (%s, %s) "
+                "ON CONFLICT (tenant_id) DO NOTHING", [self.job.tenant_id, self.job.pk])
+        fenced = time.monotonic()
+        fence_time = self.source.execute("SELECT clock_timestamp()").fetchone()[0]
+        try:
+            # Transactions whose snapshot predates the fence may still write: wait them out.
+            while self.source.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid() "
+                "AND xact_start < %s", [fence_time],
+            ).fetchone()[0]:
+                if time.monotonic() > deadline:
+                    raise MoveError(f"transactions older than the fence ran past {timeout:.0f} "
+                                    "s on the source; the move stays on the source, retry it")
+                time.sleep(0.002)
+            last_write = replication.current_lsn(self.source)
+            self._wait_applied(last_write, deadline)
+            # Snapshot of the target as the copy left it, for verification after the flip.
+            snapshot = replication.connect(self.target_dsn, purpose=f"verify {self.job.pk}")
+            snapshot.autocommit = False
+            snapshot.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            snapshot.execute("SELECT 1")
+            self._target_snapshot = snapshot
+            min_lsn = replication.insert_lsn(self.target)
+            with transaction.atomic(using="default"):
+                set_placement(self.job.tenant_id, self.job.target, min_lsn=min_lsn,
+                              state=Tenant.State.ACTIVE)
+                pause_ms = (time.monotonic() - fenced) * 1000
+                self._set(State.FLIPPED, flip_lsn=min_lsn, write_pause_ms=round(pause_ms, 2))
+        except BaseException:
+            if self.job.state == State.CUTOVER:
+                # Not flipped: lift the fence so the tenant keeps writing on the source.
+                self.source.execute("DELETE FROM shardsvc_fence WHERE tenant_id = %s",
+                                    [self.job.tenant_id])
+                self._set(State.CATCHING_UP)
+            raise
+        self.progress(f"flipped to {self.job.target}: writes paused {pause_ms:.1f} ms")
+
+    def _verify(self) -> None:
+        snapshot = self._target_snapshot
+        note = "against the target's snapshot at the flip"
+        if snapshot is None:
+            # The command died after the flip: the snapshot is gone and the target has taken
+            # writes since. Count and checksum can then only be compared for the rows the
+            # source had; report it, do not fail.
+            note = "snapshot lost (resumed after the flip): compared the current target"
+        diffs = verify.compare(self.source, snapshot or self.target, self.tables,
+                               self.job.tenant_id)
+        if snapshot is not None:
+            snapshot.rollback()
+            snapshot.close()
+            self._target_snapshot = None
+        clean = all(d.clean for d in diffs)
+        self._report(verification={"note": note, "tables": [
+            {"table": d.table, "source_rows": d.source_rows, "target_rows": d.target_rows,
+             "bad_buckets": d.bad_buckets} for d in diffs]})
+        self.progress("verified: " + ", ".join(
+            f"{d.table} {d.source_rows}={d.target_rows}" if d.clean
+            else f"{d.table} {d.source_rows}!={d.target_rows} buckets {d.bad_buckets}"
+            for d in diffs))
+        if not clean and snapshot is not None:
+            self._set(State.FAILED, verified=False, finished_at=timezone.now(),
+                      error="verification found differences; source rows kept (fenced)")
+            raise MoveError(f"verification failed for job {self.job.pk}: the tenant serves "
+                            "from the target; the source rows are kept for inspection")
+        self._set(State.CLEANUP, verified=clean if snapshot is not None else None)
+
+    def _cleanup(self) -> None:
+        self.drop_replication()
+        flipped_at = self.job.updated_at
+        wait = self.settings.grace_seconds - (timezone.now() - flipped_at).total_seconds()
+        if wait > 0:
+            self.progress(f"grace period: keeping the source rows {wait:.1f} s more")
+            time.sleep(wait)
+        deleted = delete_tenant_rows(self.source, self.tables, self.job.tenant_id,
+                                     batch=self.settings.delete_batch,
+                                     pause=self.settings.delete_pause, progress=self.progress)
+        self.source.execute("DELETE FROM shardsvc_fence WHERE tenant_id = %s",
+                            [self.job.tenant_id])
+        self._report(source_rows_deleted=deleted)
+        self._set(State.DONE, finished_at=timezone.now())
+        self.progress(f"done: {deleted} source rows removed")
+
+    def drop_replication(self) -> None:
+        oid_row = self.target.execute("SELECT oid FROM pg_subscription WHERE subname = %s",
+                                      [self.name]).fetchone()
+        replication.drop_subscription(self.target, self.name)
+        replication.drop_publication(self.source, self.name)
+        replication.drop_slots(self.source, self.name, oid_row[0] if oid_row else None)
+
+    def abort(self) -> MoveJob:
+        """Back to the source, serving, with every replication object and copied row gone."""
+        if self.job.state in (State.FLIPPED, State.CLEANUP, State.DONE, State.FAILED):
+            raise MoveError(f"job {self.job.pk} already flipped {self.job.source} -> "
+                            f"{self.job.target}; to undo it, move the tenant back")
+        if self.job.state == State.ABORTED:
+            return self.job
+        try:
+            self.drop_replication()
+            delete_tenant_rows(self.target, self.tables, self.job.tenant_id,
+                               batch=self.settings.delete_batch, pause=0)
+            self.source.execute("DELETE FROM shardsvc_fence WHERE tenant_id = %s",
+                                [self.job.tenant_id])
+            with transaction.atomic(using="default"):
+                Tenant.objects.using("default").filter(id=self.job.tenant_id).update(
+                    state=Tenant.State.ACTIVE)
+                self._set(State.ABORTED, finished_at=timezone.now())
+            # The update() above sends no signal: publish the entry ourselves.
+            from shards.directory import TenantEntry, get_directory
+
+            row = Tenant.objects.using("default").get(id=self.job.tenant_id)
+            get_directory().publish(TenantEntry.from_model(row))
+        finally:
+            self.close()
+        self.progress(f"aborted: tenant {self.job.tenant_id} stays on {self.job.source}")
+        return self.job
