@@ -27,8 +27,13 @@ INSTALL_SQL = f"""
 CREATE TABLE IF NOT EXISTS shardsvc_fence (
     tenant_id bigint PRIMARY KEY,
     job_id bigint NOT NULL,
-    fenced_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    fenced_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- A lease: a mover that dies mid-cutover does not leave its tenant unwritable forever.
+    -- Made permanent ('infinity') just before the flip, and kept until the source rows are gone.
+    expires_at timestamptz NOT NULL DEFAULT 'infinity'
 );
+ALTER TABLE shardsvc_fence
+    ADD COLUMN IF NOT EXISTS expires_at timestamptz NOT NULL DEFAULT 'infinity';
 CREATE OR REPLACE FUNCTION shardsvc_fence_check() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -36,9 +41,11 @@ BEGIN
         RETURN coalesce(NEW, OLD);
     END IF;
     IF (TG_OP <> 'DELETE'
-            AND EXISTS (SELECT 1 FROM shardsvc_fence f WHERE f.tenant_id = NEW.tenant_id))
+            AND EXISTS (SELECT 1 FROM shardsvc_fence f WHERE f.tenant_id = NEW.tenant_id
+                        AND f.expires_at > clock_timestamp()))
        OR (TG_OP <> 'INSERT'
-            AND EXISTS (SELECT 1 FROM shardsvc_fence f WHERE f.tenant_id = OLD.tenant_id))
+            AND EXISTS (SELECT 1 FROM shardsvc_fence f WHERE f.tenant_id = OLD.tenant_id
+                        AND f.expires_at > clock_timestamp()))
     THEN
         RAISE EXCEPTION 'tenant % is moving to another shard',
             coalesce(NEW.tenant_id, OLD.tenant_id)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from django.conf import settings as django_settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -50,6 +51,9 @@ class MoveError(RuntimeError):
 class MoveSettings:
     grace_seconds: float = 2.0  # source rows are kept (fenced) this long after the flip
     cutover_timeout: float = 10.0  # fenced longer than this: give up, unfence, retry later
+    # The fence expires by itself after this long if the mover dies before the flip; the
+    # mover only flips well inside it (cutover_timeout is much shorter).
+    fence_lease: float = 60.0
     catchup_lag_bytes: int = 1 << 20  # cut over once the target is this close
     copy_timeout: float = 3600.0
     delete_batch: int = 5000
@@ -276,12 +280,20 @@ class Mover:
             return
         timeout = self.settings.cutover_timeout
         deadline = time.monotonic() + timeout
+        if timeout >= self.settings.fence_lease / 2:
+            raise MoveError("cutover_timeout must stay well below the fence lease")
         with self.source.transaction():
+            self.source.execute("SET LOCAL synchronous_commit = on")
             self.source.execute(
-                "INSERT INTO shardsvc_fence (tenant_id, job_id) VALUES (%s, %s) "
-                "ON CONFLICT (tenant_id) DO NOTHING", [self.job.tenant_id, self.job.pk])
+                "INSERT INTO shardsvc_fence (tenant_id, job_id, expires_at) "
+                "VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s)) "
+                "ON CONFLICT (tenant_id) DO UPDATE SET job_id = EXCLUDED.job_id, "
+                "fenced_at = clock_timestamp(), expires_at = EXCLUDED.expires_at",
+                [self.job.tenant_id, self.job.pk, self.settings.fence_lease])
         fenced = time.monotonic()
         fence_time = self.source.execute("SELECT clock_timestamp()").fetchone()[0]
+        if os.environ.get("SHARDSVC_MOVE_CRASH_AT") == "fenced":
+            os._exit(70)  # fault injection: die holding the fence (see run())
         try:
             # Transactions whose snapshot predates the fence may still write: wait them out.
             while self.source.execute(
@@ -293,7 +305,7 @@ class Mover:
                     raise MoveError(f"transactions older than the fence ran past {timeout:.0f} "
                                     "s on the source; the move stays on the source, retry it")
                 time.sleep(0.002)
-            last_write = replication.current_lsn(self.source)
+            last_write = self._flush_source()
             self._wait_applied(last_write, deadline)
             # Snapshot of the target as the copy left it, for verification after the flip.
             snapshot = replication.connect(self.target_dsn, purpose=f"verify {self.job.pk}")
@@ -302,6 +314,15 @@ class Mover:
             snapshot.execute("SELECT 1")
             self._target_snapshot = snapshot
             min_lsn = replication.insert_lsn(self.target)
+            # From here on the fence must outlive any crash: writers with a stale placement
+            # must never write to the source again. Checked to still be ours first.
+            kept = self.source.execute(
+                "UPDATE shardsvc_fence SET expires_at = 'infinity' WHERE tenant_id = %s "
+                "AND job_id = %s AND expires_at > clock_timestamp() + make_interval(secs => %s)",
+                [self.job.tenant_id, self.job.pk, self.settings.fence_lease / 2],
+            ).rowcount
+            if not kept:
+                raise MoveError("the fence lease ran out before the flip; retry the move")
             with transaction.atomic(using="default"):
                 set_placement(self.job.tenant_id, self.job.target, min_lsn=min_lsn,
                               state=Tenant.State.ACTIVE)
@@ -309,12 +330,37 @@ class Mover:
                 self._set(State.FLIPPED, flip_lsn=min_lsn, write_pause_ms=round(pause_ms, 2))
         except BaseException:
             if self.job.state == State.CUTOVER:
-                # Not flipped: lift the fence so the tenant keeps writing on the source.
-                self.source.execute("DELETE FROM shardsvc_fence WHERE tenant_id = %s",
-                                    [self.job.tenant_id])
-                self._set(State.CATCHING_UP)
+                self._after_failed_cutover()
             raise
+        self._report(flipped_at=time.time())
         self.progress(f"flipped to {self.job.target}: writes paused {pause_ms:.1f} ms")
+
+    def _flush_source(self) -> int:
+        """The source's WAL position past every commit so far, flushed so the walsender can
+        send it. Commits made with synchronous_commit=off may sit unflushed for up to
+        wal_writer_delay; one synchronous commit of ours flushes everything before it."""
+        with self.source.transaction():
+            self.source.execute("SET LOCAL synchronous_commit = on")
+            self.source.execute("UPDATE shardsvc_fence SET fenced_at = fenced_at "
+                                "WHERE tenant_id = %s", [self.job.tenant_id])
+        return replication.insert_lsn(self.source)
+
+    def _after_failed_cutover(self) -> None:
+        """Lift the fence only when the directory certainly still names the source: if the
+        flip's commit was lost in flight it may have happened, and lifting the fence then would
+        let stale writers write to the old shard. Unsure: keep the fence; a rerun settles it."""
+        try:
+            shard = Tenant.objects.using("default").values_list("shard", flat=True).get(
+                id=self.job.tenant_id)
+        except Exception:
+            logger.exception("cutover failed and the directory cannot be read: fence kept")
+            return
+        if shard == self.job.target:
+            self._set(State.FLIPPED)
+            return
+        self.source.execute("DELETE FROM shardsvc_fence WHERE tenant_id = %s",
+                            [self.job.tenant_id])
+        self._set(State.CATCHING_UP)
 
     def _verify(self) -> None:
         snapshot = self._target_snapshot
@@ -347,8 +393,12 @@ class Mover:
 
     def _cleanup(self) -> None:
         self.drop_replication()
-        flipped_at = self.job.updated_at
-        wait = self.settings.grace_seconds - (timezone.now() - flipped_at).total_seconds()
+        # Workers may route by a placement cached before the flip for DIRECTORY_LOCAL_TTL; their
+        # reads must still find the rows (their writes hit the fence and retry on the target).
+        grace = max(self.settings.grace_seconds,
+                    float(getattr(django_settings, "DIRECTORY_LOCAL_TTL", 1.0)) + 1.0)
+        flipped_at = float(self.job.report.get("flipped_at", time.time()))
+        wait = grace - (time.time() - flipped_at)
         if wait > 0:
             self.progress(f"grace period: keeping the source rows {wait:.1f} s more")
             time.sleep(wait)
