@@ -97,11 +97,13 @@ def cached_page(entry: TenantEntry, thread_id: int, variant: str,
     deadline = time.monotonic() + WAIT_FOR_FILL
     while time.monotonic() < deadline:
         time.sleep(POLL)  # a gevent sleep under the worker: other requests run meanwhile
+        filling = client.exists(lock)
+        # Read after the lock check: a filler stores the page before it drops the lock.
         raw = client.get(key)
         if raw is not None:
             _record("hit")
             return json.loads(raw), "wait"
-        if not client.exists(lock):
+        if not filling:
             break  # the filler failed: read it ourselves
     _record("bypass")
     return fill(), "bypass"

@@ -18,13 +18,17 @@ _SALT = "shardsvc.causal"
 MAX_AGE_SECONDS = 3600
 
 
-def encode(tokens: dict[str, int]) -> str:
-    return signing.dumps({name: format(lsn, "x") for name, lsn in sorted(tokens.items())},
-                         salt=_SALT, compress=True)
+def encode(tokens: dict[str, int], versions: dict[int, int] | None = None) -> str:
+    """Shard -> WAL position written, plus tenant id -> directory version seen when writing
+    (a worker holding an older placement of that tenant then reloads it)."""
+    payload = {name: format(lsn, "x") for name, lsn in sorted(tokens.items())}
+    for tenant_id, version in sorted((versions or {}).items()):
+        payload[f"t:{tenant_id}"] = format(version, "x")
+    return signing.dumps(payload, salt=_SALT, compress=True)
 
 
-def decode(raw: str) -> dict[str, int] | None:
-    """The tokens, or None when the value is not a valid, unexpired token of ours."""
+def decode(raw: str) -> tuple[dict[str, int], dict[int, int]] | None:
+    """(positions, tenant versions), or None when the value is not a valid, unexpired token."""
     try:
         payload = signing.loads(raw, salt=_SALT, max_age=MAX_AGE_SECONDS)
     except (signing.BadSignature, ValueError, TypeError, OverflowError):
@@ -32,14 +36,19 @@ def decode(raw: str) -> dict[str, int] | None:
     if not isinstance(payload, dict):
         return None
     tokens: dict[str, int] = {}
-    for name, lsn in payload.items():
-        if not isinstance(name, str) or not isinstance(lsn, str):
+    versions: dict[int, int] = {}
+    for name, value in payload.items():
+        if not isinstance(name, str) or not isinstance(value, str):
             return None
         try:
-            tokens[name] = int(lsn, 16)
+            number = int(value, 16)
+            if name.startswith("t:"):
+                versions[int(name[2:])] = number
+            else:
+                tokens[name] = number
         except ValueError:
             return None
-    return tokens
+    return tokens, versions
 
 
 def merge(*sources: dict[str, int]) -> dict[str, int]:

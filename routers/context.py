@@ -25,6 +25,9 @@ class RequestRouting:
     tokens: dict[str, int] = field(default_factory=dict)
     # a token was present but malformed or forged: send every read of the request to primaries
     distrust_replicas: bool = False
+    # tenant id -> directory version the client saw when it last wrote: a worker caching an
+    # older placement reloads it, so a moved tenant's reads follow its writes
+    tenant_versions: dict[int, int] = field(default_factory=dict)
     # shards written in this request: later reads of the request go to their primary
     written: set[str] = field(default_factory=set)
     # (alias, reason) -> reads routed there in this request: for metrics and tests

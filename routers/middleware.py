@@ -11,7 +11,7 @@ from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from routers import causal
-from routers.context import RequestRouting, request_routing, tenant
+from routers.context import RequestRouting, current_routing, request_routing, tenant
 from shards.directory import lookup
 from shards.errors import MalformedTenantKey, UnknownTenant
 from shards.topology import get_shard_map
@@ -48,11 +48,14 @@ class CausalConsistencyMiddleware:
         seen: list[dict[str, int]] = []
         for raw in (request.COOKIES.get(causal.COOKIE), request.headers.get(causal.HEADER)):
             if raw:
-                tokens = causal.decode(raw)
-                if tokens is None:
+                decoded = causal.decode(raw)
+                if decoded is None:
                     state.distrust_replicas = True
                 else:
-                    seen.append(tokens)
+                    seen.append(decoded[0])
+                    for tenant_id, version in decoded[1].items():
+                        state.tenant_versions[tenant_id] = max(
+                            version, state.tenant_versions.get(tenant_id, 0))
         known = {c.name for c in get_shard_map().clusters} if seen else set()
         state.tokens = {k: v for k, v in causal.merge(*seen).items() if k in known}
         with request_routing(state):
@@ -62,7 +65,7 @@ class CausalConsistencyMiddleware:
                 if (lsn := causal.primary_position(name)) is not None
             }
         if written:
-            value = causal.encode(causal.merge(state.tokens, written))
+            value = causal.encode(causal.merge(state.tokens, written), state.tenant_versions)
             response[causal.HEADER] = value
             response.set_cookie(causal.COOKIE, value, max_age=causal.MAX_AGE_SECONDS,
                                 httponly=True, samesite="Lax")
@@ -109,6 +112,16 @@ class TenantMiddleware:
             )
         except OperationalError as exc:
             return database_unavailable(request, exc)
+        routing = current_routing()
+        if routing is not None and routing.tenant_versions.get(entry.id, 0) > entry.version:
+            # The client wrote after a placement change this worker has not seen yet.
+            entry = lookup(key, fresh=True)
         request.tenant = entry  # type: ignore[attr-defined]
         with tenant(entry):
-            return self.get_response(request)
+            response = self.get_response(request)
+        if routing is not None and routing.written:
+            # The version the write was made under (a fenced write may have reloaded it).
+            latest = lookup(entry.id).version
+            routing.tenant_versions[entry.id] = max(
+                latest, routing.tenant_versions.get(entry.id, 0))
+        return response

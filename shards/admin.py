@@ -6,22 +6,44 @@ and its writes (and reads inside the change views' transactions) to the control 
 Editing a tenant's shard here is the "move by hand" path: `Tenant.save()` bumps the version and
 the saved entry is written through to the directory caches. It moves no rows: use it only for a
 tenant whose rows already are on the new shard (or that has none).
+
+The tenant list's action "Move to another shard" is the online move: it asks for the target,
+then starts `manage.py move_tenant <id> <target>` in the background (a detached process with
+this process's environment, output in a log file next to the topology file), and the move jobs
+(`MoveJob`, read-only here) show its state and progress.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import logging
 import math
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils.html import format_html_join
+from django.template import engines
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from shards.errors import UnknownShard
-from shards.models import Shard, Tenant
+from shards.models import MoveJob, Shard, Tenant
 from shards.topology import Cluster, get_shard_map
+
+logger = logging.getLogger("shardsvc.admin")
+PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def _shard_choices() -> list[tuple[str, str]]:
@@ -50,6 +72,7 @@ class TenantAdmin(admin.ModelAdmin):
     readonly_fields = ["id", "version", "created_at", "updated_at"]
     fields = ["id", "slug", "shard", "state", "version", "min_lsn", "created_at", "updated_at"]
     ordering = ["slug"]
+    actions = ["move_to_another_shard"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # New tenants need placement and a global id: create them through the API.
@@ -64,6 +87,65 @@ class TenantAdmin(admin.ModelAdmin):
         if obj is not None:
             fields.append("slug")  # URLs, cache keys and API clients know the tenant by it
         return fields
+
+    @admin.action(description="Move to another shard (online, in the background)")
+    def move_to_another_shard(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> Any:
+        tenants = list(queryset.using("default").order_by("slug"))
+        applying = "apply" in request.POST
+        form = MoveTargetForm(request.POST if applying else None)
+        if applying and form.is_valid():
+            self._start_moves(request, tenants, form.cleaned_data["target"])
+            return None  # back to the tenant list, with the messages
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Move tenants to another shard",
+            "subtitle": None,
+            "opts": self.model._meta,
+            "tenants": tenants,
+            "form": form,
+            "action": "move_to_another_shard",
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "jobs_url": reverse("admin:shards_movejob_changelist"),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, _move_form_template(), context)
+
+    def _start_moves(self, request: HttpRequest, tenants: list[Tenant], target: str) -> None:
+        from migrations_tools.lock import current_holder
+
+        active = {job.tenant_id: job for job in MoveJob.objects.using("default").filter(
+            tenant__in=tenants, state__in=MoveJob.ACTIVE_STATES)}
+        chosen = []
+        for tenant in tenants:
+            job = active.get(tenant.pk)
+            if job is not None and job.target != target:
+                messages.warning(request, f"{tenant.slug} is already moving to {job.target} "
+                                          f"(job {job.pk}, {job.state}): not started")
+            elif job is None and tenant.shard == target:
+                messages.warning(request, f"{tenant.slug} is already on {target}: not moved")
+            else:
+                chosen.append(tenant)
+        if not chosen:
+            return
+        holder = current_holder()
+        if holder is not None:
+            messages.error(request, f"the cluster lock is held by {holder.describe()}: a move "
+                                    "would fail at once. Try again when it is free.")
+            return
+        user = getattr(request.user, "get_username", lambda: "?")()
+        try:
+            pid, log = launch_moves([(t.pk, t.slug) for t in chosen], target,
+                                    reason=f"admin: {user}")
+        except OSError as exc:
+            messages.error(request, f"could not start the move: {exc}")
+            return
+        for tenant in chosen:
+            self.log_change(request, tenant, f"Started an online move to {target}.")
+        slugs = ", ".join(t.slug for t in chosen)
+        messages.success(request, format_html(
+            "Started moving {} to {} in the background (pid {}, log {}). Follow it in "
+            '<a href="{}">move jobs</a>.', slugs, target, pid, log,
+            reverse("admin:shards_movejob_changelist")))
 
 
 def _cluster(shard: Shard) -> Cluster | None:
@@ -163,3 +245,151 @@ class ShardAdmin(admin.ModelAdmin):
     @admin.display(description="tenants", ordering="tenant_count")
     def tenants(self, obj: Shard) -> int:
         return getattr(obj, "tenant_count", None) or 0
+
+
+# --- the online move: the action's form, the background process, the jobs ----------------------
+
+
+def _open_shard_choices() -> list[tuple[str, str]]:
+    closed = set(Shard.objects.using("default").filter(accepts_tenants=False)
+                 .values_list("name", flat=True))
+    return [(name, name) for name in get_shard_map().shard_names if name not in closed]
+
+
+class MoveTargetForm(forms.Form):
+    target = forms.ChoiceField(
+        label="Target shard", choices=_open_shard_choices,
+        help_text="Shards closed to new tenants are not offered. The tenant keeps serving; "
+                  "its writes pause briefly at the cutover.",
+    )
+
+
+_MOVE_FORM = """{% extends "admin/base_site.html" %}{% load admin_urls %}
+{% block breadcrumbs %}<div class="breadcrumbs"><a href="{% url 'admin:index' %}">Home</a>
+&rsaquo; <a href="{% url 'admin:app_list' app_label=opts.app_label %}">
+{{ opts.app_config.verbose_name }}</a>
+&rsaquo; <a href="{% url opts|admin_urlname:'changelist' %}">
+{{ opts.verbose_name_plural|capfirst }}</a>
+&rsaquo; Move to another shard</div>{% endblock %}
+{% block content %}
+<p>Move online, one after the other (each under the cluster lock): copy with logical
+replication, catch up, fence and flip, verify, clean up. Follow them in
+<a href="{{ jobs_url }}">move jobs</a>.</p>
+<ul>{% for t in tenants %}<li>{{ t.slug }} (id {{ t.pk }}, on {{ t.shard }}, {{ t.state }})</li>
+{% endfor %}</ul>
+<form method="post">{% csrf_token %}
+{{ form.as_p }}
+{% for t in tenants %}<input type="hidden" name="{{ action_checkbox_name }}" value="{{ t.pk }}">
+{% endfor %}<input type="hidden" name="action" value="{{ action }}">
+<input type="hidden" name="apply" value="yes">
+<input type="submit" value="Start the move">
+<a href="{% url opts|admin_urlname:'changelist' %}" class="button cancel-link">Cancel</a>
+</form>
+{% endblock %}
+"""
+
+
+def _move_form_template() -> Any:
+    # An inline template: this page is the only one the shards admin adds.
+    return engines["django"].from_string(_MOVE_FORM)
+
+
+def move_log_dir() -> Path:
+    """`moves/` next to the topology file, or a temporary folder if that is not writable."""
+    for folder in (get_shard_map().source.parent / "moves",
+                   Path(tempfile.gettempdir()) / "shardsvc-moves"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+        except OSError:
+            continue
+    raise OSError("no writable folder for the move log")
+
+
+def launch_moves(tenants: list[tuple[int, str]], target: str, *,
+                 reason: str) -> tuple[int, Path]:
+    """Start `manage.py move_tenant <id> <target>` for each tenant, one after the other, in a
+    detached process (its own session: it outlives this worker) with this process's
+    environment; stdout and stderr go to a log file. Returns (pid, log path)."""
+    env = dict(os.environ)
+    # A command must not write its metrics into the running service's multiprocess folder.
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    env["SHARDSVC_TOPOLOGY"] = str(get_shard_map().source)
+    env.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+    commands = [[sys.executable, str(PROJECT_DIR / "manage.py"), "move_tenant", str(tenant_id),
+                 target, "--reason", reason] for tenant_id, _slug in tenants]
+    if len(commands) == 1:
+        argv = commands[0]
+    else:  # sequential: every move takes the cluster lock
+        argv = ["/bin/sh", "-c", " ; ".join(shlex.join(c) for c in commands)]
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    name = tenants[0][1] if len(tenants) == 1 else f"{len(tenants)}-tenants"
+    log = move_log_dir() / f"move-{name}-{target}-{stamp}-{os.getpid()}.log"
+    with log.open("ab") as handle:
+        handle.write(f"# {stamp} {reason}: {shlex.join(argv)}\n".encode())
+        handle.flush()
+        process = subprocess.Popen(
+            argv, cwd=PROJECT_DIR, env=env, stdin=subprocess.DEVNULL, stdout=handle,
+            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+        )
+    # Reap it when it ends (no zombie while this worker lives); under gevent a greenlet.
+    threading.Thread(target=process.wait, name=f"move-reaper-{process.pid}",
+                     daemon=True).start()
+    logger.info("started move of %s to %s: pid %s, log %s",
+                ", ".join(slug for _id, slug in tenants), target, process.pid, log)
+    return process.pid, log
+
+
+@admin.register(MoveJob)
+class MoveJobAdmin(admin.ModelAdmin):
+    """Online moves (run by move_tenant, rebalance or the tenant action): read-only."""
+
+    list_display = ["id", "tenant_slug", "source", "target", "state", "progress", "lag",
+                    "write_pause", "verified", "created_at", "finished_at"]
+    list_display_links = ["id", "tenant_slug"]
+    list_filter = ["state", "source", "target"]
+    list_select_related = ["tenant"]
+    search_fields = ["tenant__slug"]
+    ordering = ["-created_at"]
+    fields = ["id", "tenant", "source", "target", "state", "reason", "progress", "rows_total",
+              "rows_copied", "lag", "write_pause", "flip_lsn", "verified", "error",
+              "created_at", "updated_at", "finished_at", "replication_name", "report_json"]
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # moves are started with move_tenant, rebalance or the tenant action
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # the state machine owns these rows
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # the history of moves; unique names of replication objects
+
+    @admin.display(description="tenant", ordering="tenant__slug")
+    def tenant_slug(self, obj: MoveJob) -> str:
+        return obj.tenant.slug
+
+    @admin.display(description="progress")
+    def progress(self, obj: MoveJob) -> str:
+        if obj.rows_total:
+            share = min(obj.rows_copied / obj.rows_total, 1.0)
+            return f"{obj.rows_copied}/{obj.rows_total} rows ({share:.0%})"
+        return f"{obj.rows_copied} rows"
+
+    @admin.display(description="lag")
+    def lag(self, obj: MoveJob) -> str:
+        return f"{obj.lag_bytes} bytes"
+
+    @admin.display(description="write pause", ordering="write_pause_ms")
+    def write_pause(self, obj: MoveJob) -> str:
+        return "-" if obj.write_pause_ms is None else f"{obj.write_pause_ms:.1f} ms"
+
+    @admin.display(description="replication objects")
+    def replication_name(self, obj: MoveJob) -> str:
+        return obj.replication_name
+
+    @admin.display(description="report")
+    def report_json(self, obj: MoveJob) -> str:
+        return format_html("<pre>{}</pre>", json.dumps(obj.report or {}, indent=2,
+                                                       sort_keys=True))

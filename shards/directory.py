@@ -194,8 +194,8 @@ def reset_directory() -> None:
     _directory = None
 
 
-def lookup(key: str | int) -> TenantEntry:
-    return get_directory().lookup(key)
+def lookup(key: str | int, *, fresh: bool = False) -> TenantEntry:
+    return get_directory().lookup(key, fresh=fresh)
 
 
 def create_tenant(slug: str, *, shard: str | None = None) -> TenantEntry:

@@ -82,7 +82,7 @@ class Plan:
     moves: list[PlannedMove]
     before: dict[str, ShardLoad]
     after: dict[str, ShardLoad]
-    mean: float
+    mean: float  # the target level (see target_level): the mean, unless closed shards are light
     outcome: str  # why planning stopped
 
     def balanced(self, loads: Mapping[str, ShardLoad]) -> bool:
@@ -91,20 +91,41 @@ class Plan:
                                 self.mean, self.tolerance)
 
     def spread(self, loads: Mapping[str, ShardLoad]) -> int:
+        """Most loaded shard minus least loaded shard open to tenants."""
         values = [load.weight(self.by) for load in loads.values()]
-        return max(values) - min(values) if values else 0
+        lows = [loads[s.name].weight(self.by) for s in self.shards if s.accepts_tenants]
+        return max(values) - min(lows) if values and lows else 0
 
 
 def within_tolerance(weights: Mapping[str, int], open_shards: Iterable[str], mean: float,
                      tolerance: float) -> bool:
     """No shard above mean * (1 + tolerance) and no shard open to tenants below
-    mean * (1 - tolerance). (A closed shard below the mean cannot be filled: ignored.)"""
+    mean * (1 - tolerance) (`mean`: the target level). A closed shard below it cannot be
+    filled: ignored."""
     if not weights or mean <= 0:
         return True
     lows = [weights[s] for s in open_shards if s in weights]
     high_ok = max(weights.values()) <= mean * (1 + tolerance)
     low_ok = not lows or min(lows) >= mean * (1 - tolerance)
     return high_ok and low_ok
+
+
+def target_level(weights: Mapping[str, int], open_shards: Iterable[str]) -> float:
+    """The load every shard should end at: the mean, except that a shard closed to tenants
+    below it cannot be filled, so it keeps its load and the others share the rest (water
+    filling). A closed shard above the level may still shed tenants."""
+    open_set = set(open_shards)
+    total = sum(weights.values())
+    fixed: set[str] = set()
+    while True:
+        free = [s for s in weights if s not in fixed]
+        if not free:
+            return 0.0
+        level = (total - sum(weights[s] for s in fixed)) / len(free)
+        newly = {s for s in free if s not in open_set and weights[s] < level}
+        if not newly:
+            return level
+        fixed |= newly
 
 
 def _loads(tenants: Iterable[TenantLoad], shard_names: Iterable[str]) -> dict[str, ShardLoad]:
@@ -120,13 +141,14 @@ def _loads(tenants: Iterable[TenantLoad], shard_names: Iterable[str]) -> dict[st
 def plan_rebalance(tenants: Iterable[TenantLoad], shards: Iterable[ShardInfo], *,
                    tolerance: float = 0.1, max_moves: int | None = None,
                    by: str = "rows") -> Plan:
-    """Greedy: take the most loaded shard and the least loaded shard open to tenants; move the
-    tenant of the former that best halves their difference (the largest one that does not
-    overshoot; never one as large as the difference, which would not reduce the spread);
-    repeat until every shard is within `tolerance` of the mean, no move helps, or `max_moves`.
-    When the most loaded shard has no tenant that fits, the next pairs (more loaded -> less
-    loaded) are tried. Each move strictly lowers the sum of squared deviations from the mean,
-    so planning ends; a tenant is moved at most once per plan."""
+    """Greedy: take the most loaded shard and the least loaded shard open to tenants, and move
+    the source's largest tenant that does not overshoot what the pair needs (the smaller of
+    the source's excess over the target level and the target's shortfall), or if none, the
+    smallest that overshoots, among those lighter than the pair's difference (a move as large
+    as the difference would not reduce the spread). Repeat until every shard is within `tolerance` of the mean, no move
+    helps, or `max_moves`. When the most loaded shard has no tenant that fits, the next pairs
+    (above the mean -> below it) are tried. Every move strictly lowers the sum of squared
+    deviations from the mean, so planning ends; a tenant is moved at most once per plan."""
     if by not in WEIGHTS:
         raise ValueError(f"unknown weight {by!r}: use one of {', '.join(WEIGHTS)}")
     if not 0 <= tolerance < 1:
@@ -142,7 +164,7 @@ def plan_rebalance(tenants: Iterable[TenantLoad], shards: Iterable[ShardInfo], *
     open_names = [s.name for s in shard_list if s.accepts_tenants]
     before = _loads(tenants, names)
     total = sum(t.weight(by) for t in tenants)
-    mean = total / len(names) if names else 0.0
+    mean = target_level({name: before[name].weight(by) for name in names}, open_names)
 
     placement = {t.tenant_id: t.shard for t in tenants}
     weights = {name: before[name].weight(by) for name in names}
@@ -164,14 +186,18 @@ def plan_rebalance(tenants: Iterable[TenantLoad], shards: Iterable[ShardInfo], *
         for source in sources:
             for target in targets:
                 diff = weights[source] - weights[target]
-                if diff <= 0:
+                want = min(weights[source] - mean, mean - weights[target])
+                if diff <= 0 or want <= 0:
                     break  # targets are sorted: no lighter one follows
                 fits = [t for t in tenants
                         if placement[t.tenant_id] == source and t.movable
                         and t.tenant_id not in moved and 0 < t.weight(by) < diff]
                 if fits:
-                    best = min(fits, key=lambda t: (abs(diff - 2 * t.weight(by)),
-                                                    -t.weight(by), t.tenant_id))
+                    under = [t for t in fits if t.weight(by) <= want]
+                    if under:  # the largest that does not overshoot the need
+                        best = max(under, key=lambda t: (t.weight(by), -t.tenant_id))
+                    else:  # else the smallest overshoot
+                        best = min(fits, key=lambda t: (t.weight(by), t.tenant_id))
                     choice = (best, source, target)
                     break
             if choice:
@@ -205,7 +231,7 @@ def format_plan(plan: Plan) -> list[str]:
                          f"{m.rows} rows, {m.recent} recent inserts")
     else:
         lines.append("no moves")
-    lines.append(f"({plan.outcome}; balancing {plan.by}, mean {plan.mean:.0f} per shard, "
+    lines.append(f"({plan.outcome}; balancing {plan.by}: target {plan.mean:.0f} per shard, "
                  f"tolerance {plan.tolerance:.0%})")
     lines.append("")
     return lines + format_table(plan, "expected result:")
@@ -215,7 +241,7 @@ def format_table(plan: Plan, title: str) -> list[str]:
     """Per shard: tenants, rows and recent inserts before -> after the plan."""
     lines = [title]
     header = (f"  {'SHARD':<12} {'OPEN':<5} {'TENANTS':>12} {'ROWS':>21} {'RECENT':>17} "
-              f"{'VS MEAN':>8}")
+              f"{'VS TARGET':>9}")
     lines.append(header)
     for shard in plan.shards:
         b, a = plan.before[shard.name], plan.after[shard.name]
@@ -223,7 +249,7 @@ def format_table(plan: Plan, title: str) -> list[str]:
         lines.append(
             f"  {shard.name:<12} {'yes' if shard.accepts_tenants else 'no':<5} "
             f"{_arrow(b.tenants, a.tenants):>12} {_arrow(b.rows, a.rows):>21} "
-            f"{_arrow(b.recent, a.recent):>17} {deviation:>+8.0%}"
+            f"{_arrow(b.recent, a.recent):>17} {deviation:>+9.0%}"
             + (f"  {shard.note}" if shard.note else "")
         )
     lines.append(f"  spread ({plan.by}): {plan.spread(plan.before)} -> {plan.spread(plan.after)}"

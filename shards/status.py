@@ -398,9 +398,11 @@ def progress_text(job: Any) -> str:
 def human_bytes(value: int | None) -> str:
     if value is None:
         return "-"
-    size = float(value)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TB"
+    if value < 1024:
+        return f"{value} B"
+    size, unit = value / 1024, "kB"
+    for bigger in ("MB", "GB"):
+        if size < 1024:
+            break
+        size, unit = size / 1024, bigger
+    return f"{size:.1f} {unit}"

@@ -1,0 +1,182 @@
+"""The fleet at a glance: `manage.py shard_status [--tenants] [--sweep]`.
+
+Exit status 1 when leaked replication objects are found (or a shard primary cannot be checked
+for them), so ops can alert on it; `--sweep` drops the leaks and exits 0 once none is left.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from migrations_tools.safety import parse_duration
+from shards import status
+
+
+def table(rows: list[list[str]], header: list[str], indent: str = "  ") -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    lines = [indent + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append(indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True))
+                     .rstrip())
+    return lines
+
+
+class Command(BaseCommand):
+    help = ("Shards with their primaries and replicas (lag), tenants, rows and sizes, moves in "
+            "progress and recent, the cluster lock, and leaked replication objects (exit 1 if "
+            "any; --sweep drops them).")
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--tenants", action="store_true",
+                            help="also list every tenant with its shard, state and rows")
+        parser.add_argument("--sweep", action="store_true",
+                            help="drop leaked replication objects (under the cluster lock)")
+        parser.add_argument("--lock-wait", default="0s",
+                            help="with --sweep: how long to wait for the cluster lock")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        out = self.stdout.write
+        self.servers()
+        summaries = self.shards()
+        if options["tenants"]:
+            self.tenants(summaries)
+        self.moves()
+        if options["sweep"]:
+            try:
+                wait = parse_duration(options["lock_wait"])
+            except ValueError as exc:
+                raise CommandError(str(exc)) from exc
+            out("")
+            out("sweeping leaked replication objects:")
+            report = status.sweep(progress=lambda m: out(f"  {m}"), lock_wait=wait)
+        else:
+            report = status.check_leaks()
+        self.leaks(report, swept=options["sweep"])
+
+    def servers(self) -> None:
+        from shards.topology import get_shard_map
+
+        self.stdout.write(f"servers (topology {get_shard_map().source}):")
+        rows = []
+        for s in status.check_servers():
+            if not s.up:
+                state = "DOWN"
+            elif s.role == "replica":
+                state = "streaming" if s.in_recovery else "NOT IN RECOVERY"
+            else:
+                state = "up"
+            rows.append([s.alias, s.role, s.cluster, state, s.describe_lag(),
+                         status.human_bytes(s.behind_bytes) if s.role == "replica" else "-",
+                         s.error])
+        for line in table(rows, ["SERVER", "ROLE", "CLUSTER", "STATE", "LAG", "BEHIND",
+                                 "ERROR"]):
+            self.stdout.write(line)
+
+    def shards(self) -> list[status.ShardSummary]:
+        summaries = status.summarize_shards()
+        self.stdout.write("")
+        self.stdout.write("shards:")
+        rows = []
+        for s in summaries:
+            accepts = {True: "yes", False: "no", None: "unregistered"}[s.accepts_tenants]
+            rows.append([
+                s.name, accepts, s.name, ", ".join(s.replicas) or "none", str(s.tenants),
+                "?" if s.error else str(s.rows), "?" if s.error else status.human_bytes(
+                    s.size_bytes),
+                "?" if s.error else str(s.stray_rows), s.error,
+            ])
+        for line in table(rows, ["SHARD", "OPEN", "PRIMARY", "REPLICAS", "TENANTS", "ROWS",
+                                 "SIZE", "STRAY ROWS", "ERROR"]):
+            self.stdout.write(line)
+        if any(s.stray_rows for s in summaries):
+            self.stdout.write("  (stray rows: rows of tenants placed on another shard: a move's "
+                              "copy in progress, or source rows awaiting cleanup)")
+        return summaries
+
+    def tenants(self, summaries: list[status.ShardSummary]) -> None:
+        from shards.models import Tenant
+
+        rows_of = {s.name: s for s in summaries}
+        rows = []
+        for t in Tenant.objects.using("default").order_by("shard", "slug"):
+            summary = rows_of.get(t.shard)
+            count = "?" if summary is None or summary.error else str(
+                summary.rows_by_tenant.get(t.id, 0))
+            rows.append([t.slug, str(t.id), t.shard, t.state, str(t.version), count])
+        self.stdout.write("")
+        self.stdout.write(f"tenants ({len(rows)}):")
+        for line in table(rows, ["TENANT", "ID", "SHARD", "STATE", "VERSION", "ROWS"]):
+            self.stdout.write(line)
+
+    def moves(self) -> None:
+        from migrations_tools.lock import current_holder
+
+        out = self.stdout.write
+        holder = current_holder()
+        active, recent = status.moves()
+        out("")
+        if active:
+            out(f"moves in progress ({len(active)}):")
+            rows = []
+            for job in active:
+                mine = f"move_tenant {job.tenant.slug}"
+                running = holder is not None and (holder.purpose == mine
+                                                  or holder.purpose.startswith(mine + " "))
+                note = "running" if running else (
+                    f"NOT RUNNING: resume with `move_tenant {job.tenant.slug} {job.target}` "
+                    f"or roll back with `move_tenant {job.tenant.slug} --abort`")
+                rows.append([str(job.pk), job.tenant.slug, f"{job.source} -> {job.target}",
+                             job.state, status.progress_text(job),
+                             status.human_bytes(job.lag_bytes), status.ago(job.updated_at),
+                             note])
+            for line in table(rows, ["JOB", "TENANT", "MOVE", "STATE", "PROGRESS", "LAG",
+                                     "UPDATED", "NOTE"]):
+                out(line)
+        else:
+            out("moves in progress: none")
+        if recent:
+            out(f"recent moves (last {len(recent)}):")
+            rows = []
+            for job in recent:
+                pause = "-" if job.write_pause_ms is None else f"{job.write_pause_ms:.1f} ms"
+                verified = {True: "yes", False: "NO", None: "-"}[job.verified]
+                rows.append([str(job.pk), job.tenant.slug, f"{job.source} -> {job.target}",
+                             job.state, pause, verified, status.ago(job.finished_at
+                                                                    or job.updated_at),
+                             job.reason, job.error[:80]])
+            for line in table(rows, ["JOB", "TENANT", "MOVE", "STATE", "WRITE PAUSE",
+                                     "VERIFIED", "FINISHED", "REASON", "ERROR"]):
+                out(line)
+        else:
+            out("recent moves: none")
+        out(f"cluster lock: {'held by ' + holder.describe() if holder else 'free'}")
+
+    def leaks(self, report: status.LeakReport, *, swept: bool) -> None:
+        out = self.stdout.write
+        out("")
+        for shard, error in sorted(report.unchecked.items()):
+            out(f"leaked replication objects on {shard}: NOT CHECKED ({error})")
+        if not report.leaks:
+            out("leaked replication objects: none")
+        else:
+            out(f"leaked replication objects ({len(report.leaks)}):")
+            rows = [[leak.shard, leak.kind, leak.name, leak.detail] for leak in report.leaks]
+            for line in table(rows, ["SHARD", "KIND", "NAME", "DETAIL"]):
+                out(line)
+            out("  a leaked slot keeps WAL on its server until it is dropped. Fix: "
+                "`manage.py shard_status --sweep` drops them (under the cluster lock); objects "
+                "of an unfinished move are not leaks: `move_tenant <tenant> --abort` removes "
+                "those")
+        problems = []
+        if report.leaks:
+            problems.append(f"{len(report.leaks)} leaked replication object(s)"
+                            + (" left after the sweep" if swept else "") + ": "
+                            + ", ".join(leak.describe() for leak in report.leaks))
+        if report.unchecked:
+            problems.append("could not check " + ", ".join(sorted(report.unchecked))
+                            + " for leaked replication objects")
+        if problems:
+            raise CommandError("; ".join(problems), returncode=1)
