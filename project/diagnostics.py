@@ -80,16 +80,14 @@ def thread(request: HttpRequest, tenant: str, thread_id: int) -> JsonResponse:
 
 
 def thread_plain(request: HttpRequest, alias: str, thread_id: int) -> JsonResponse:
-    """The same query on one fixed database, bypassing tenant lookup and router: the baseline
-    the routing benchmark compares against."""
+    """The same ORM query on one fixed database, with no tenant lookup and no router: the
+    baseline the routing benchmark compares against, so the ratio prices routing alone."""
+    from comments.models import Thread
+
     if alias not in settings.DATABASES:
         return JsonResponse({"error": "bad alias"}, status=400)
-    with connections[alias].cursor() as cursor:
-        cursor.execute(
-            'SELECT id, tenant_id, url FROM comments_thread WHERE id = %s', [thread_id]
-        )
-        row = cursor.fetchone()
-    found = dict(zip(("id", "tenant_id", "url"), row, strict=True)) if row else None
+    found = Thread.unscoped.using(alias).filter(id=thread_id).values(
+        "id", "tenant_id", "url").first()
     return JsonResponse({"thread": found}, status=200 if found else 404)
 
 
@@ -98,3 +96,41 @@ def where(request: HttpRequest, tenant: str) -> JsonResponse:
     entry = request.tenant  # type: ignore[attr-defined]
     return JsonResponse({"slug": entry.slug, "shard": entry.shard, "version": entry.version,
                          "pid": os.getpid()})
+
+
+def comments_plain(request: HttpRequest, alias: str, tenant_id: int,
+                   thread_id: int) -> JsonResponse:
+    """The read of `GET /api/sites/<site>/threads/<id>/comments` (the thread, a page of
+    top-level comments newest first, their replies) with the same SQL on one fixed database:
+    no tenant lookup, no API key, no router, no cache, no API framework. The load benchmark's
+    baseline (tests/benchmarks/bench_load.py)."""
+    from comments import cursors
+    from comments.models import Comment, Thread
+    from comments.service import MAX_REPLIES_PER_PAGE, comment_dict
+
+    if alias not in settings.DATABASES:
+        return JsonResponse({"error": "bad alias"}, status=400)
+    try:
+        limit = min(max(int(request.GET.get("limit", "20")), 1), 100)
+    except ValueError:
+        return JsonResponse({"error": "bad limit"}, status=400)
+    own = {"tenant_id": tenant_id}
+    if Thread.unscoped.using(alias).filter(**own, id=thread_id).first() is None:
+        return JsonResponse({"error": "not_found"}, status=404)
+    roots = Comment.unscoped.using(alias).filter(
+        **own, thread_id=thread_id, parent__isnull=True).order_by("-id")
+    page = list(roots[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    items = [comment_dict(c) for c in page]
+    by_id = {item["id"]: item for item in items}
+    if page:
+        replies = Comment.unscoped.using(alias).filter(**own, root_id__in=list(by_id))
+        for reply in replies.order_by("id")[:MAX_REPLIES_PER_PAGE]:
+            node = comment_dict(reply)
+            by_id[node["id"]] = node
+            parent = by_id.get(reply.parent_id)
+            if parent is not None:
+                parent["replies"].append(node)
+    next_cursor = cursors.encode("newest", [page[-1].id]) if more and page else None
+    return JsonResponse({"items": items, "next_cursor": next_cursor})
