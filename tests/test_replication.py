@@ -55,9 +55,11 @@ def test_write_on_primary_reaches_its_replica(topology: LocalTopology, admin) ->
     from tests.client import wait_until
 
     primary = admin("shard_1")
-    primary.execute("CREATE TABLE IF NOT EXISTS replication_probe (v text)")
-    primary.execute("GRANT SELECT ON replication_probe TO app")
-    primary.execute("INSERT INTO replication_probe VALUES ('hello')")
+    # One transaction: the replica must never see the table without its grant.
+    with primary.transaction():
+        primary.execute("CREATE TABLE IF NOT EXISTS replication_probe (v text)")
+        primary.execute("GRANT SELECT ON replication_probe TO app")
+        primary.execute("INSERT INTO replication_probe VALUES ('hello')")
     try:
         def seen() -> bool:
             with connections["shard_1_replica_1"].cursor() as cursor:

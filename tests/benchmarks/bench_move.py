@@ -1,0 +1,166 @@
+"""Benchmark: move a tenant of one million rows while 200 writes/s hit it.
+
+    .venv/bin/python -m tests.benchmarks.bench_move [--rows 1000000] [--rate 200]
+
+Starts its own throwaway topology (ports from 32400), loads the tenant's rows with COPY straight
+into its shard, starts the service, drives paced writes (comments) at the moving site through
+the API, runs `manage.py move_tenant`, and prints the copy rate, the total time, and the write
+pause as the clients saw it: the latency of every acknowledged write during the move (p50, p99,
+max), beside the same writes' latency before the move. Exits 1 if any write failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from deploy.topology import PROJECT_DIR
+from tests.conftest import make_topology
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def load_rows(topology, tenant_id: int, rows: int) -> None:
+    """One thread and `rows - 1` comments for the tenant, with COPY (ids from the database)."""
+    from shards import pg
+
+    node = topology.node("shard_0")
+    with pg.connect(node.direct_dsn) as conn:
+        thread_id = conn.execute(
+            "INSERT INTO comments_thread (tenant_id, url, title, created_at, comment_count) "
+            "VALUES (%s, '/big', 'big', now(), %s) RETURNING id", [tenant_id, rows - 1]
+        ).fetchone()[0]
+        started = time.monotonic()
+        batch = 100_000
+        done = 0
+        while done < rows - 1:
+            n = min(batch, rows - 1 - done)
+            buf = io.StringIO()
+            for i in range(n):
+                buf.write(f"{tenant_id}\t{thread_id}\tu{i % 500}\tUser\tcomment {done + i} "
+                          "lorem ipsum dolor sit amet\t2026-01-01 00:00:00+00\tf\t0\t0\n")
+            with conn.cursor() as cur, cur.copy(
+                "COPY comments_comment (tenant_id, thread_id, author, author_name, body, "
+                "created_at, deleted, score, depth) FROM STDIN"
+            ) as copy:
+                copy.write(buf.getvalue())
+            done += n
+            print(f"  loaded {done + 1}/{rows} rows", flush=True)
+        conn.execute("ANALYZE comments_comment")
+        print(f"  load: {rows / (time.monotonic() - started):,.0f} rows/s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--rate", type=float, default=200.0, help="writes per second")
+    args = parser.parse_args()
+
+    topology = make_topology("shardsvc-bench-move-", shards=2, replicas=1, start_port=32400)
+    os.environ["SHARDSVC_TOPOLOGY"] = str(topology.layout.topology_file)
+    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
+    try:
+        topology.up(service=False, migrate=True)
+        import django
+
+        django.setup()
+        from tests.api_client import create_site
+
+        service = topology.start_service(name="bench", SHARDSVC_WORKERS="2")
+        site = create_site(service, topology, prefix="big", shard="shard_0").as_user("w")
+        from shards.models import Tenant
+
+        tenant_id = Tenant.objects.using("default").get(slug=site.slug).id
+        print(f"loading {args.rows:,} rows for {site.slug} on shard_0")
+        load_rows(topology, tenant_id, args.rows)
+        # One page per writer: writers of one page queue on its comment counter's row lock.
+        pages = [site.thread(f"https://bench.test/writes/{n}") for n in range(8)]
+
+        latencies: list[tuple[float, float]] = []  # (start time, seconds)
+        failures: list[str] = []
+        stop = threading.Event()
+        writers = 8
+        interval = writers / args.rate
+
+        def writer(n: int) -> None:
+            me = site.as_user(f"bench-{n}")
+            next_at = time.monotonic() + n * interval / writers
+            while not stop.is_set():
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                next_at += interval
+                start = time.monotonic()
+                answer = me.call("POST", f"/threads/{pages[n]}/comments", {"body": "x"},
+                                 user=True)
+                if answer.status != 201:
+                    failures.append(f"{answer.status} {answer.body}")
+                else:
+                    latencies.append((start, time.monotonic() - start))
+
+        threads = [threading.Thread(target=writer, args=(n,), daemon=True)
+                   for n in range(writers)]
+        for t in threads:
+            t.start()
+        time.sleep(5)
+        move_started = time.monotonic()
+        move = subprocess.run(
+            [sys.executable, "manage.py", "move_tenant", site.slug, "shard_1"],
+            cwd=PROJECT_DIR, env=topology.service_env(), capture_output=True, text=True,
+            check=False,
+        )
+        move_ended = time.monotonic()
+        time.sleep(3)
+        stop.set()
+        for t in threads:
+            t.join()
+        print(move.stdout[-3000:])
+        if move.returncode != 0:
+            print(move.stderr[-3000:])
+            return 1
+        from shards.models import MoveJob
+
+        job = MoveJob.objects.using("default").latest("created_at")
+        before = [s for t, s in latencies if t < move_started]
+        during = [s for t, s in latencies if move_started <= t <= move_ended]
+        total = move_ended - move_started
+        rows_per_s = job.report.get("copy_rows_per_second")
+        print()
+        print(f"{'rows moved':<34}{job.rows_copied:>14,}")
+        print(f"{'copy rate (rows/s)':<34}{rows_per_s:>14,}")
+        print(f"{'move total (s)':<34}{total:>14.1f}")
+        print(f"{'server-side write pause (ms)':<34}{job.write_pause_ms:>14.1f}")
+        print(f"{'writes acknowledged':<34}{len(latencies):>14,}")
+        print(f"{'writes failed':<34}{len(failures):>14,}")
+        rate = len(latencies) / (time.monotonic() - move_started + 5)
+        print(f"{'achieved write rate (/s)':<34}{rate:>14.1f}")
+        print()
+        print(f"{'client write latency (ms)':<30}{'p50':>10}{'p99':>10}{'max':>10}")
+        for name, values in (("before the move", before), ("during the move", during)):
+            ms = [v * 1000 for v in values]
+            print(f"{name:<30}{percentile(ms, 0.5):>10.1f}{percentile(ms, 0.99):>10.1f}"
+                  f"{max(ms, default=float('nan')):>10.1f}")
+        if during and before:
+            print(f"{'p50 ratio during/before':<30}"
+                  f"{statistics.median(during) / statistics.median(before):>10.2f}")
+        return 1 if failures else 0
+    finally:
+        topology.destroy()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    sys.exit(main())
