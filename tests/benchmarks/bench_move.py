@@ -86,13 +86,13 @@ def main() -> int:
         tenant_id = Tenant.objects.using("default").get(slug=site.slug).id
         print(f"loading {args.rows:,} rows for {site.slug} on shard_0")
         load_rows(topology, tenant_id, args.rows)
+        writers = 32
         # One page per writer: writers of one page queue on its comment counter's row lock.
-        pages = [site.thread(f"https://bench.test/writes/{n}") for n in range(8)]
+        pages = [site.thread(f"https://bench.test/writes/{n}") for n in range(writers)]
 
         latencies: list[tuple[float, float]] = []  # (start time, seconds)
         failures: list[str] = []
         stop = threading.Event()
-        writers = 8
         interval = writers / args.rate
 
         def writer(n: int) -> None:
