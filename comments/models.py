@@ -49,9 +49,10 @@ class Comment(ShardedModel):
 
     class Meta(ShardedModel.Meta):
         indexes = [
-            models.Index(fields=["tenant_id", "thread", "created_at"],
-                         name="comments_thread_created"),
-            models.Index(fields=["tenant_id", "thread", "score"], name="comments_thread_score"),
+            # Pages sort by id (time-ordered) or by score then id.
+            models.Index(fields=["tenant_id", "thread", "id"], name="comments_thread_newest"),
+            models.Index(fields=["tenant_id", "thread", "score", "id"],
+                         name="comments_thread_top"),
             models.Index(fields=["tenant_id", "root"], name="comments_root"),
         ]
 

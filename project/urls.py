@@ -18,6 +18,8 @@ if settings.DIAGNOSTICS_ENABLED:
         path("_diag/sleep", diagnostics.sleep),
         path("_diag/session", diagnostics.session),
         path("_diag/plain/<str:alias>/threads/<int:thread_id>", diagnostics.thread_plain),
+        path("_diag/plain/<str:alias>/sites/<int:tenant_id>/threads/<int:thread_id>/comments",
+             diagnostics.comments_plain),
         path("t/<str:tenant>/_diag/threads", diagnostics.threads),
         path("t/<str:tenant>/_diag/threads/<int:thread_id>", diagnostics.thread),
         path("t/<str:tenant>/_diag/where", diagnostics.where),
