@@ -180,10 +180,15 @@ class LocalTopology:
                 self._ensure_replica(node)
         self._ensure_pgbouncer()
         self._ensure_redis()
+        before = layout.topology_file.read_text() if layout.topology_file.exists() else None
         self.write_topology_file()
+        changed = before is not None and before != layout.topology_file.read_text()
         self.echo(f"topology file: {layout.topology_file}")
         if migrate:
             self.migrate()
+        if changed:
+            # Workers load the shard map once (preload_app): a new shard needs new workers.
+            self.restart_services()
         if service:
             self.start_service()
 
@@ -196,30 +201,22 @@ class LocalTopology:
         self._provision(node)
 
     def _init_datadir(self, node: Node) -> None:
-        # initdb once, then copy: a copy takes a fraction of initdb's seconds.
-        template = self.layout.root / "pg" / "_template"
-        if not (template / "PG_VERSION").exists():
-            proc.make_dir(template.parent, service_owned=False)
-            shutil.rmtree(template, ignore_errors=True)
-            proc.make_dir(template, service_owned=True)
-            proc.run(
-                proc.as_service_user(
-                    [
-                        pg_bin("initdb"),
-                        "-D", str(template),
-                        "-U", ADMIN_USER,
-                        "--auth=trust",
-                        "-E", "UTF8",
-                        "--no-locale",
-                        "--no-sync",
-                    ]
-                ),
-                what="initdb",
-            )
+        # One initdb per primary (not a copy of one): every cluster then has its own system
+        # identifier, which logical replication puts in its table-sync slot names.
         proc.make_dir(node.datadir.parent, service_owned=True)
         proc.run(
-            proc.as_service_user(["cp", "-a", str(template), str(node.datadir)]),
-            what=f"copying the cluster template for {node.alias}",
+            proc.as_service_user(
+                [
+                    pg_bin("initdb"),
+                    "-D", str(node.datadir),
+                    "-U", ADMIN_USER,
+                    "--auth=trust",
+                    "-E", "UTF8",
+                    "--no-locale",
+                    "--no-sync",
+                ]
+            ),
+            what=f"initdb for {node.alias}",
         )
         conf = node.datadir / "postgresql.conf"
         self._append_as_service_user(conf, "\ninclude_if_exists = 'shardsvc.conf'\n")
@@ -249,6 +246,9 @@ class LocalTopology:
             "wal_keep_size": "256MB",
             # Last guard against a leaked replication slot holding WAL forever.
             "max_slot_wal_keep_size": "4GB",
+            # A new subscription's apply worker starts this long after the last one was
+            # dropped (5 s by default): back-to-back moves wait for it.
+            "wal_retrieve_retry_interval": "'1s'",
             "hot_standby": "on",
             "hot_standby_feedback": "on",
             "log_min_messages": "warning",
@@ -488,6 +488,7 @@ class LocalTopology:
         if service.running():
             return service
         (folder / "port").write_text(f"{port}\n")
+        (folder / "env.json").write_text(json.dumps(env))  # for restart_services
         proc.require_free_port(port, f"the service ({name})")
         env.setdefault("SHARDSVC_BIND", f"127.0.0.1:{port}")
         # Prometheus multiprocess files of this service's workers, emptied before it starts:
@@ -513,6 +514,18 @@ class LocalTopology:
         service.wait_ready(timeout=60)
         self.echo(f"service: http://127.0.0.1:{port}/ (log {folder / 'gunicorn.log'})")
         return service
+
+    def restart_services(self) -> None:
+        """Stop and start every running service with the settings it was started with."""
+        for pidfile in sorted(self.layout.root.glob("*/gunicorn.pid")):
+            service = ServiceProcess.in_folder(pidfile.parent)
+            if not service.running():
+                continue
+            env_file = pidfile.parent / "env.json"
+            env = json.loads(env_file.read_text()) if env_file.exists() else {}
+            service.stop()
+            self.echo(f"restarting service {pidfile.parent.name} for the new topology")
+            self.start_service(name=pidfile.parent.name, port=service.port, **env)
 
     # ----- status, down, destroy ----------------------------------------------------------------
     def admin_connect(self, node: Node, *, dbname: str = APP_DB) -> psycopg.Connection:

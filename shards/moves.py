@@ -129,6 +129,11 @@ def start_move(tenant_key: str | int, target: str, *, reason: str = "") -> MoveJ
             raise MoveError(f"tenant {entry.slug} is already moving to {active.target} (job "
                             f"{active.pk}, {active.state}): finish it or abort it first")
         return active
+    from shards.models import Shard
+
+    if Shard.objects.using("default").filter(name=target, accepts_tenants=False).exists():
+        raise MoveError(f"shard {target} is closed to new tenants (Shard.accepts_tenants); "
+                        "open it in the admin first")
     tenant_row = Tenant.objects.using("default").get(id=entry.id)
     if tenant_row.shard == target:
         raise MoveError(f"tenant {entry.slug} is already on {target}")
@@ -231,6 +236,9 @@ class Mover:
         replication.create_subscription(self.target, self.name, self.source_dsn)
 
     def _wait_for_copy(self) -> None:
+        # A command that died between recording this state and creating the subscription
+        # resumes here: creating it is idempotent.
+        replication.create_subscription(self.target, self.name, self.source_dsn)
         deadline = time.monotonic() + self.settings.copy_timeout
         last_print = 0.0
         started = time.monotonic()
@@ -416,7 +424,8 @@ class Mover:
                                       [self.name]).fetchone()
         replication.drop_subscription(self.target, self.name)
         replication.drop_publication(self.source, self.name)
-        replication.drop_slots(self.source, self.name, oid_row[0] if oid_row else None)
+        replication.drop_slots(self.source, self.name, oid_row[0] if oid_row else None,
+                               replication.system_identifier(self.target))
 
     def abort(self) -> MoveJob:
         """Back to the source, serving, with every replication object and copied row gone."""

@@ -145,10 +145,11 @@ def plan_rebalance(tenants: Iterable[TenantLoad], shards: Iterable[ShardInfo], *
     the source's largest tenant that does not overshoot what the pair needs (the smaller of
     the source's excess over the target level and the target's shortfall), or if none, the
     smallest that overshoots, among those lighter than the pair's difference (a move as large
-    as the difference would not reduce the spread). Repeat until every shard is within `tolerance` of the mean, no move
-    helps, or `max_moves`. When the most loaded shard has no tenant that fits, the next pairs
-    (above the mean -> below it) are tried. Every move strictly lowers the sum of squared
-    deviations from the mean, so planning ends; a tenant is moved at most once per plan."""
+    as the difference would not reduce the spread). Repeat until every shard is within
+    `tolerance` of the target level, no move helps, or `max_moves`. When the most loaded shard
+    has no tenant that fits, the next pairs (above the level -> below it) are tried. Every move
+    strictly lowers the sum of squared deviations, so planning ends; a tenant is moved at most
+    once per plan."""
     if by not in WEIGHTS:
         raise ValueError(f"unknown weight {by!r}: use one of {', '.join(WEIGHTS)}")
     if not 0 <= tolerance < 1:

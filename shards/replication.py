@@ -1,13 +1,12 @@
 """Logical replication of one tenant's rows between two shard primaries, over direct DSNs.
 
 Names: publication, subscription and slot of a move all share `shardsvc_move_<job id>`, so
-anything left behind by a crash can be found and removed by name (`leaked_objects`, `sweep`).
+anything left behind by a crash can be found and removed by name (see shards.status).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -94,6 +93,10 @@ def drop_subscription(target: psycopg.Connection[Any], name: str, *,
     return True
 
 
+def system_identifier(conn: psycopg.Connection[Any]) -> int:
+    return int(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+
+
 def drop_publication(source: psycopg.Connection[Any], name: str) -> bool:
     row = source.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", [name]).fetchone()
     if row is None:
@@ -102,11 +105,15 @@ def drop_publication(source: psycopg.Connection[Any], name: str) -> bool:
     return True
 
 
-def drop_slots(source: psycopg.Connection[Any], name: str, subscription_oid: int | None) -> int:
+def drop_slots(source: psycopg.Connection[Any], name: str, subscription_oid: int | None,
+               subscriber_sysid: int | None = None) -> int:
     """The move's slot and any table-sync slots an aborted initial copy left
-    (`pg_<subscription oid>_sync_<relid>_<sysid>`). An orphan slot holds WAL forever."""
+    (`pg_<subscription oid>_sync_<relid>_<subscriber system id>`). An orphan slot holds WAL
+    forever."""
     patterns = [name]
-    like = f"pg_{subscription_oid}_sync_%" if subscription_oid else None
+    like = None
+    if subscription_oid and subscriber_sysid:
+        like = f"pg_{subscription_oid}_sync_%_{subscriber_sysid}"
     rows = source.execute(
         "SELECT slot_name, active_pid FROM pg_replication_slots "
         "WHERE slot_name = %s OR (%s::text IS NOT NULL AND slot_name LIKE %s)",
@@ -117,27 +124,3 @@ def drop_slots(source: psycopg.Connection[Any], name: str, subscription_oid: int
             source.execute("SELECT pg_terminate_backend(%s)", [active_pid])
         source.execute("SELECT pg_drop_replication_slot(%s)", [slot])
     return len(rows)
-
-
-@dataclass(frozen=True)
-class Leak:
-    shard: str
-    kind: str  # publication | subscription | slot
-    name: str
-
-
-def leaked_objects(conn: psycopg.Connection[Any], shard: str,
-                   active_names: set[str]) -> list[Leak]:
-    """Replication objects of moves that are no longer running on one shard primary."""
-    found: list[Leak] = []
-    queries = {
-        "publication": "SELECT pubname FROM pg_publication WHERE pubname LIKE %s",
-        "subscription": "SELECT subname FROM pg_subscription WHERE subname LIKE %s",
-        "slot": "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE %s "
-                "OR slot_name ~ '^pg_[0-9]+_sync_'",
-    }
-    for kind, query in queries.items():
-        for (name,) in conn.execute(query, [PREFIX + "%"]).fetchall():
-            if name not in active_names:
-                found.append(Leak(shard, kind, name))
-    return found

@@ -11,12 +11,13 @@
 Leaks. A move's publication, subscription and slot are all named `shardsvc_move_<job id>`; any
 of them whose job is not unfinished is a leak. A subscription's initial copy also makes table
 sync slots on the source, `pg_<subscription oid>_sync_<relid>_<subscriber system id>`: such a
-slot is a leak unless the subscriber (found by its system id among the shard primaries) still
-has that subscription and it belongs to an unfinished move. A leaked slot holds WAL on its
-server forever (up to max_slot_wal_keep_size). Unfinished jobs are read before and after the
-scan, so a move that starts during the scan is never reported (a job row exists before its
-objects are made); `sweep()` runs under the cluster lock, so no move runs while it drops.
-Objects of an unfinished move whose command died are not leaks: resume or abort that move.
+slot is a leak unless a subscriber (found by its system id among the shard primaries; clones of
+one initdb share it) still has that subscription and it belongs to an unfinished move. A leaked
+slot holds WAL on its server forever (up to max_slot_wal_keep_size). Unfinished jobs are read
+before and after the scan, so a move that starts during the scan is never reported (a job row
+exists before its objects are made); `sweep()` runs under the cluster lock, so no move runs
+while it drops. Objects of an unfinished move whose command died are not leaks: resume or
+abort that move.
 """
 
 from __future__ import annotations
@@ -259,8 +260,14 @@ def active_move_names() -> set[str]:
 
 def find_leaks(objects: dict[str, ReplicationObjects], active: set[str]) -> list[Leak]:
     """Pure: the leaks among the scanned objects, given the names of unfinished moves."""
-    subscription_of = {(o.system_id, oid): name for o in objects.values() if not o.error
-                       for name, oid in o.subscriptions.items()}
+    # Keyed by (system id, oid) but possibly ambiguous: the local topology clones every
+    # primary from one initdb, so they all share one system id, and their oid counters start
+    # alike. A sync slot is kept if ANY subscription it may belong to is an unfinished move.
+    subscription_of: dict[tuple[int, int], set[str]] = {}
+    for o in objects.values():
+        if not o.error:
+            for name, oid in o.subscriptions.items():
+                subscription_of.setdefault((o.system_id, oid), set()).add(name)
     known_systems = {o.system_id for o in objects.values() if not o.error}
     complete = all(not o.error for o in objects.values())
     leaks: list[Leak] = []
@@ -280,14 +287,14 @@ def find_leaks(objects: dict[str, ReplicationObjects], active: set[str]) -> list
             if match is None:
                 continue
             oid, system = int(match[1]), int(match[3])
-            owner = subscription_of.get((system, oid))
-            if owner is None:
+            owners = subscription_of.get((system, oid), set())
+            if not owners:
                 if system in known_systems or complete:
                     leaks.append(Leak(shard, "slot", name,
                                       f"table-sync slot of subscription {oid}, which is gone"))
-            elif owner not in active:
-                leaks.append(Leak(shard, "slot", name,
-                                  f"table-sync slot of subscription {owner}, no unfinished move"))
+            elif not owners & active:
+                leaks.append(Leak(shard, "slot", name, "table-sync slot of subscription "
+                                  f"{', '.join(sorted(owners))}, no unfinished move"))
     return leaks
 
 
