@@ -87,6 +87,12 @@ def cached_page(entry: TenantEntry, thread_id: int, variant: str,
     lock = key + ":fill"
     if client.set(lock, "1", nx=True, px=FILL_LOCK_MS):
         try:
+            # Another filler may have stored the page and dropped its lock between our read
+            # and our lock: look once more before reading the database.
+            raw = client.get(key)
+            if raw is not None:
+                _record("hit")
+                return json.loads(raw), "hit"
             page = fill()
             client.set(key, json.dumps(page), ex=PAGE_TTL)
         finally:
