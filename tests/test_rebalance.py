@@ -142,14 +142,17 @@ def test_target_level_and_recent_threshold() -> None:
 
 @pytest.fixture
 def heavy_tenants(topology, django_db, admin):
-    """Two tenants with 600 and 400 threads on shard_0, inserted directly; removed after."""
+    """Two tenants with 6000 and 4000 threads on shard_0, inserted directly; removed after.
+    Large next to what other tests leave on the shared topology, so the plan never depends
+    on which tests ran before."""
     from shards.directory import create_tenant
     from shards.models import Tenant
 
     suffix = uuid.uuid4().hex[:6]
-    made = [create_tenant(f"heavy{n}-{suffix}", shard="shard_0") for n in (600, 400)]
+    sizes = (6000, 4000)
+    made = [create_tenant(f"heavy{n}-{suffix}", shard="shard_0") for n in sizes]
     conn = admin("shard_0")
-    for entry, count in zip(made, (600, 400), strict=True):
+    for entry, count in zip(made, sizes, strict=True):
         conn.execute(
             "INSERT INTO comments_thread (tenant_id, url, title, created_at, comment_count) "
             "SELECT %s, 'https://heavy.example/' || g, '', now(), 0 "
