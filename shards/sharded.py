@@ -33,21 +33,18 @@ class ShardedQuerySet(models.QuerySet):
     def _retrying_read(self, operation: Callable[[], T]) -> T:
         if self._db is not None or self._for_write:
             return operation()  # the caller chose the database: no second guessing
-        try:
-            for attempt in range(READ_ATTEMPTS):
-                alias = self.db  # the router's choice, pinned for this attempt
-                self._db = alias
-                try:
-                    return operation()
-                except OperationalError as exc:
-                    if not _is_replica(alias) or attempt == READ_ATTEMPTS - 1:
-                        raise
-                    _drop_replica(alias, exc)
-                finally:
-                    self._db = None
-        finally:
-            self._db = None
-        raise AssertionError("unreachable")
+        for attempt in range(READ_ATTEMPTS):
+            alias = self.db  # the router's choice, pinned for this attempt
+            self._db = alias
+            try:
+                return operation()
+            except OperationalError as exc:
+                if not _is_replica(alias) or attempt == READ_ATTEMPTS - 1:
+                    raise
+                _drop_replica(alias, exc)
+            finally:
+                self._db = None
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _fetch_all(self) -> None:
         if self._result_cache is None:
