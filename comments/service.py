@@ -39,7 +39,7 @@ def _shard() -> str:
 def _after_write(thread_id: int) -> None:
     entry = current_tenant()
     assert entry is not None
-    cache.raise_mark(entry, thread_id, causal.primary_position(entry.shard))
+    cache.raise_mark(entry, thread_id, causal.position_after_writes(entry.shard))
 
 
 @retry_fenced_writes

@@ -59,6 +59,20 @@ def merge(*sources: dict[str, int]) -> dict[str, int]:
     return merged
 
 
+def position_after_writes(cluster: str) -> int | None:
+    """The position a token must carry for this request's writes on `cluster`: the one
+    already read after its last write when there is one, else read now."""
+    from routers.context import current_routing
+
+    routing = current_routing()
+    if routing is not None and cluster in routing.positions:
+        return routing.positions[cluster]
+    position = primary_position(cluster)
+    if routing is not None and position is not None:
+        routing.positions[cluster] = position
+    return position
+
+
 def primary_position(cluster: str) -> int | None:
     """The primary's WAL insert position now, after the request's commits. The insert position
     is past every record already inserted, commit records included, even when they are not

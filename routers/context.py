@@ -30,6 +30,9 @@ class RequestRouting:
     tenant_versions: dict[int, int] = field(default_factory=dict)
     # shards written in this request: later reads of the request go to their primary
     written: set[str] = field(default_factory=set)
+    # shard -> primary WAL position read after the request's last write there (saves the
+    # middleware a second query); any later write drops it
+    positions: dict[str, int] = field(default_factory=dict)
     # (alias, reason) -> reads routed there in this request: for metrics and tests
     reads: Counter[tuple[str, str]] = field(default_factory=Counter)
 

@@ -62,7 +62,7 @@ class CausalConsistencyMiddleware:
             response = self.get_response(request)
             written = {
                 name: lsn for name in sorted(state.written)
-                if (lsn := causal.primary_position(name)) is not None
+                if (lsn := causal.position_after_writes(name)) is not None
             }
         if written:
             value = causal.encode(causal.merge(state.tokens, written), state.tenant_versions)

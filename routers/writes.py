@@ -42,6 +42,7 @@ class WriteTracker:
             routing = current_routing()
             if routing is not None:
                 routing.written.add(self.cluster)
+                routing.positions.pop(self.cluster, None)
         return result
 
 
