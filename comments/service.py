@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
 from comments import cache, cursors
@@ -76,6 +76,26 @@ def comment_dict(comment: Comment) -> dict[str, Any]:
     }
 
 
+def page_with_replies(roots: QuerySet[Comment], comments: QuerySet[Comment],
+                      limit: int) -> tuple[list[dict[str, Any]], list[Comment], bool]:
+    """(items with their reply trees, the root comments shown, whether more follow) for the
+    first `limit` of the ordered `roots`; replies come from `comments` (same tenant)."""
+    page = list(roots[: limit + 1])
+    more = len(page) > limit
+    page = page[:limit]
+    items = [comment_dict(c) for c in page]
+    by_id = {item["id"]: item for item in items}
+    if page:
+        replies = comments.filter(root_id__in=list(by_id)).order_by("id")
+        for reply in replies[:MAX_REPLIES_PER_PAGE]:
+            node = comment_dict(reply)
+            by_id[node["id"]] = node
+            parent = by_id.get(reply.parent_id)
+            if parent is not None:
+                parent["replies"].append(node)
+    return items, page, more
+
+
 def comment_page(thread_id: int, order: Order, cursor: str | None, limit: int) -> dict[str, Any]:
     """One page of top-level comments with their whole reply trees (replies oldest first)."""
     roots = Comment.objects.filter(thread_id=thread_id, parent__isnull=True)
@@ -94,19 +114,7 @@ def comment_page(thread_id: int, order: Order, cursor: str | None, limit: int) -
         if cursor:
             score, last_id = cursors.decode(cursor, order)
             roots = roots.filter(Q(score__lt=score) | Q(score=score, id__lt=last_id))
-    page = list(roots[: limit + 1])
-    more = len(page) > limit
-    page = page[:limit]
-    items = [comment_dict(c) for c in page]
-    by_id = {item["id"]: item for item in items}
-    if page:
-        replies = Comment.objects.filter(root_id__in=list(by_id)).order_by("id")
-        for reply in replies[:MAX_REPLIES_PER_PAGE]:
-            node = comment_dict(reply)
-            by_id[node["id"]] = node
-            parent = by_id.get(reply.parent_id)
-            if parent is not None:
-                parent["replies"].append(node)
+    items, page, more = page_with_replies(roots, Comment.objects.all(), limit)
     next_cursor = None
     if more and page:
         last = page[-1]

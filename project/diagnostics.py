@@ -106,7 +106,7 @@ def comments_plain(request: HttpRequest, alias: str, tenant_id: int,
     baseline (tests/benchmarks/bench_load.py)."""
     from comments import cursors
     from comments.models import Comment, Thread
-    from comments.service import MAX_REPLIES_PER_PAGE, comment_dict
+    from comments.service import page_with_replies
 
     if alias not in settings.DATABASES:
         return JsonResponse({"error": "bad alias"}, status=400)
@@ -119,18 +119,7 @@ def comments_plain(request: HttpRequest, alias: str, tenant_id: int,
         return JsonResponse({"error": "not_found"}, status=404)
     roots = Comment.unscoped.using(alias).filter(
         **own, thread_id=thread_id, parent__isnull=True).order_by("-id")
-    page = list(roots[: limit + 1])
-    more = len(page) > limit
-    page = page[:limit]
-    items = [comment_dict(c) for c in page]
-    by_id = {item["id"]: item for item in items}
-    if page:
-        replies = Comment.unscoped.using(alias).filter(**own, root_id__in=list(by_id))
-        for reply in replies.order_by("id")[:MAX_REPLIES_PER_PAGE]:
-            node = comment_dict(reply)
-            by_id[node["id"]] = node
-            parent = by_id.get(reply.parent_id)
-            if parent is not None:
-                parent["replies"].append(node)
+    items, page, more = page_with_replies(
+        roots, Comment.unscoped.using(alias).filter(**own), limit)
     next_cursor = cursors.encode("newest", [page[-1].id]) if more and page else None
     return JsonResponse({"items": items, "next_cursor": next_cursor})

@@ -140,7 +140,7 @@ def start_move(tenant_key: str | int, target: str, *, reason: str = "") -> MoveJ
     with transaction.atomic(using="default"):
         job = MoveJob.objects.using("default").create(
             tenant_id=entry.id, source=tenant_row.shard, target=target, reason=reason)
-        Tenant.objects.using("default").filter(id=entry.id).update(state=Tenant.State.MOVING)
+        set_placement(entry.id, tenant_row.shard, state=Tenant.State.MOVING)
     return job
 
 
@@ -441,14 +441,8 @@ class Mover:
             self.source.execute("DELETE FROM shardsvc_fence WHERE tenant_id = %s",
                                 [self.job.tenant_id])
             with transaction.atomic(using="default"):
-                Tenant.objects.using("default").filter(id=self.job.tenant_id).update(
-                    state=Tenant.State.ACTIVE)
+                set_placement(self.job.tenant_id, self.job.source, state=Tenant.State.ACTIVE)
                 self._set(State.ABORTED, finished_at=timezone.now())
-            # The update() above sends no signal: publish the entry ourselves.
-            from shards.directory import TenantEntry, get_directory
-
-            row = Tenant.objects.using("default").get(id=self.job.tenant_id)
-            get_directory().publish(TenantEntry.from_model(row))
         finally:
             self.close()
         self.progress(f"aborted: tenant {self.job.tenant_id} stays on {self.job.source}")
