@@ -37,7 +37,7 @@ router = Router(auth=SiteKey(), tags=["site"])
 @router.post("/users/token", response={200: UserTokenOut, **ERRORS})
 def user_token(request: HttpRequest, site: Site, payload: UserTokenIn):
     """Sign an end-user identity for this site (call from the site's backend)."""
-    return {"token": issue_user_token(request.tenant, payload.user_id, payload.name)}
+    return {"token": issue_user_token(request, payload.user_id, payload.name)}
 
 
 @router.put("/threads", response={200: ThreadOut, 201: ThreadOut, **ERRORS})

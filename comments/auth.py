@@ -2,7 +2,8 @@
 
 End-user identities are issued by the service (`POST /users/token`, called by the site's backend
 with its API key) and signed with the service's secret, bound to the site: a token of one site is
-worthless on another.
+worthless on another. A token also carries the generation of the site's key it was issued under
+(`g`): rotating the key revokes every token issued before.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ninja.errors import HttpError
 from ninja.security import APIKeyHeader
 
 from shards.directory import TenantEntry
-from sites.keys import tenant_for_key
+from sites.keys import owner_of_key
 
 USER_HEADER = "X-User-Token"
 _SALT = "shardsvc.user"
@@ -29,8 +30,9 @@ class SiteKey(APIKeyHeader):
         entry = getattr(request, "tenant", None)
         if entry is None or not key or len(key) > 200:
             return None
-        owner = tenant_for_key(key)
-        if owner == entry.id:
+        owner = owner_of_key(key)
+        if owner is not None and owner.tenant_id == entry.id:
+            request.key_generation = owner.generation  # type: ignore[attr-defined]
             return entry
         if owner is not None:
             # A real key of another site probing this one: answer as if nothing were here,
@@ -45,8 +47,12 @@ class EndUser:
     name: str
 
 
-def issue_user_token(entry: TenantEntry, user_id: str, name: str) -> str:
-    return signing.dumps({"t": entry.id, "u": user_id, "n": name}, salt=_SALT, compress=True)
+def issue_user_token(request: HttpRequest, user_id: str, name: str) -> str:
+    """A token for one end user of the request's site, under the generation of its key."""
+    entry: TenantEntry = request.tenant  # type: ignore[attr-defined]
+    payload = {"t": entry.id, "u": user_id, "n": name,
+               "g": request.key_generation}  # type: ignore[attr-defined]
+    return signing.dumps(payload, salt=_SALT, compress=True)
 
 
 def end_user(request: HttpRequest) -> EndUser:
@@ -62,4 +68,8 @@ def end_user(request: HttpRequest) -> EndUser:
         raise HttpError(401, f"{USER_HEADER} is invalid or expired") from None
     if not isinstance(payload, dict) or payload.get("t") != entry.id:
         raise HttpError(401, f"{USER_HEADER} was issued for another site")
+    # Tokens issued before generations existed have no "g": they belong to the first one.
+    if payload.get("g", 1) != getattr(request, "key_generation", None):
+        raise HttpError(401, f"{USER_HEADER} was issued under a rotated API key: "
+                             "issue a new one (POST /api/sites/<site>/users/token)")
     return EndUser(id=str(payload["u"]), name=str(payload.get("n", "")))

@@ -437,15 +437,25 @@ class LocalTopology:
         return path
 
     # ----- the service
+    def settings_env(self) -> dict[str, str]:
+        """What any process loading the settings for this topology needs: the service, its
+        management commands, and a test or benchmark process that sets Django up itself."""
+        return {
+            "DJANGO_SETTINGS_MODULE": "project.settings",
+            "SHARDSVC_TOPOLOGY": str(self.layout.topology_file),
+            "SHARDSVC_SECRET_KEY": self.secret_key(),
+            # Plain HTTP on loopback: no HTTPS redirect, no Secure-only cookies, no HSTS.
+            "SHARDSVC_HTTPS": "0",
+        }
+
     def service_env(self, **overrides: str) -> dict[str, str]:
         env = dict(os.environ)
         # Only a service gets a Prometheus folder (start_service): a management command writing
         # its samples into a running service's folder would show up in that service's /metrics.
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env.update(self.settings_env())
         env.update(
             SHARDSVC_OPS_TOKEN=self.ops_token(),
-            DJANGO_SETTINGS_MODULE="project.settings",
-            SHARDSVC_TOPOLOGY=str(self.layout.topology_file),
             SHARDSVC_BIND=f"127.0.0.1:{self.layout.http_port}",
             SHARDSVC_WORKERS=str(self.layout.workers),
             PYTHONPATH=str(PROJECT_DIR),
@@ -455,10 +465,20 @@ class LocalTopology:
 
     def ops_token(self) -> str:
         """The token of the ops API for this topology, made once and kept in its folder."""
-        path = self.layout.root / "ops-token"
+        return self._secret_file("ops-token", 24)
+
+    def secret_key(self) -> str:
+        """Django's SECRET_KEY for this topology (signs user and causal tokens, sessions):
+        made once, kept next to the topology file."""
+        return self._secret_file("secret-key", 48)
+
+    def _secret_file(self, name: str, nbytes: int) -> str:
+        path = self.layout.root / name
         if not path.exists():
-            path.write_text(secrets.token_urlsafe(24) + "\n")
-            path.chmod(0o600)
+            # Created with mode 600 (not chmod after writing): never readable by others.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(nbytes) + "\n")
         return path.read_text().strip()
 
     def manage(self, *args: str, **env: str) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import secrets
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -27,9 +29,83 @@ def _env_float(name: str, default: float) -> float:
 
 SHARD_MAP = load_shard_map(os.environ.get("SHARDSVC_TOPOLOGY", BASE_DIR / ".var" / "topology.toml"))
 
-SECRET_KEY = os.environ.get("SHARDSVC_SECRET_KEY", "insecure-local-topology-key-change-me")
 DEBUG = os.environ.get("SHARDSVC_DEBUG") == "1"
 ALLOWED_HOSTS = os.environ.get("SHARDSVC_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
+
+# ----- security -------------------------------------------------------------------------------
+# The secret signs user tokens, causal tokens and admin sessions: a default one would let anyone
+# who reads this file sign identities. Only an explicit development run may go without one.
+SECRET_KEY = os.environ.get("SHARDSVC_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SHARDSVC_SECRET_KEY is not set. Generate one with "
+            "`python3 -c 'import secrets; print(secrets.token_urlsafe(48))'` and pass it to every "
+            "process of the service (the local topology keeps its own in secret-key next to "
+            "topology.toml: export SHARDSVC_SECRET_KEY=\"$(cat .var/secret-key)\"), or set "
+            "SHARDSVC_DEBUG=1 for a development run with a throwaway key."
+        )
+    SECRET_KEY = "development-only-" + secrets.token_urlsafe(48)
+# Earlier keys, newest first, still accepted when checking signatures (never used to sign): a
+# rotation puts the old key here, so tokens and sessions signed with it keep working until
+# they expire or the old key is dropped. See README "Secrets and key rotation".
+SECRET_KEY_FALLBACKS = [
+    key.strip() for key in os.environ.get("SHARDSVC_SECRET_KEY_FALLBACKS", "").split(",")
+    if key.strip()
+]
+
+# Clients reach the service over HTTPS: TLS in front of it (a terminating proxy that sets
+# X-Forwarded-Proto, overwriting what the client sent) or in Gunicorn itself. The local
+# topology speaks plain HTTP on loopback and sets SHARDSVC_HTTPS=0.
+HTTPS = os.environ.get("SHARDSVC_HTTPS", "1") != "0"
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = True
+    # Probes and Prometheus talk to each host directly, inside the network, in plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = int(_env_float("SHARDSVC_HSTS_SECONDS", 365 * 86400))
+X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy of HTML pages (project/csp.py): the admin needs nothing but its own
+# scripts and styles. The API docs page is Swagger UI, which django-ninja loads from its CDN
+# with an inline start-up script unless "ninja" is an installed app: it gets a policy that
+# allows exactly that, and only it.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+CONTENT_SECURITY_POLICY_BY_PATH = {
+    "/api/docs": (
+        "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+        "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+        "img-src 'self' data: https://django-ninja.dev https://cdn.jsdelivr.net; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+}
+SILENCED_SYSTEM_CHECKS = [
+    # HSTS for every subdomain (W005) and preloading into browsers (W021) bind the whole parent
+    # domain, for a year or for good: that is for whoever owns the domain to decide (at the
+    # proxy), not for one service on it. This service's own host still gets HSTS.
+    "security.W005",
+    "security.W021",
+]
+
+# /metrics answers only to these networks (the client's own address, REMOTE_ADDR: nothing in
+# front of the service is trusted to say who the client is) or to a request carrying
+# "Authorization: Bearer <SHARDSVC_METRICS_TOKEN>" (Prometheus's `authorization` setting).
+try:
+    METRICS_ALLOW = [
+        ipaddress.ip_network(net.strip())
+        for net in os.environ.get("SHARDSVC_METRICS_ALLOW", "127.0.0.0/8,::1/128").split(",")
+        if net.strip()
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(
+        f"SHARDSVC_METRICS_ALLOW: {exc} (give networks in CIDR form, comma-separated, "
+        "e.g. 127.0.0.0/8,10.0.0.0/8)"
+    ) from None
+METRICS_TOKEN = os.environ.get("SHARDSVC_METRICS_TOKEN", "")
 
 # Per database alias, per worker process: the pool's hard cap and how long a request waits
 # for a connection before it gets a 503.
@@ -107,6 +183,8 @@ MIDDLEWARE = [
     "project.limits.RequestSizeLimitMiddleware",
     "routers.middleware.TenantMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "project.csp.ContentSecurityPolicyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

@@ -25,6 +25,9 @@ class Site(models.Model):
     # The first characters of the key, to recognise it in the admin; never enough to use it.
     api_key_hint = models.CharField(max_length=12, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Bumped by every key rotation. User tokens carry the generation they were issued under, so
+    # rotating the key (e.g. after a leak) also revokes every user token issued before.
+    key_generation = models.PositiveIntegerField(default=1, db_default=1, editable=False)
 
     class Meta:
         ordering = ["tenant__slug"]
@@ -37,6 +40,8 @@ class Site(models.Model):
         return KEY_PREFIX + secrets.token_urlsafe(32)
 
     def set_key(self, raw: str) -> None:
+        if self.api_key_hash:  # a rotation, not the site's first key
+            self.key_generation += 1
         self._previous_hash = self.api_key_hash
         self.api_key_hash = hash_key(raw)
         self.api_key_hint = raw[:10]

@@ -82,8 +82,8 @@ def pytest_configure(config: pytest.Config) -> None:
     _session_topology = make_topology("shardsvc-test-")
     _session_topology.layout.root.mkdir(parents=True, exist_ok=True)
     _session_topology.write_topology_file()
-    os.environ["SHARDSVC_TOPOLOGY"] = str(_session_topology.layout.topology_file)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
+    # The topology's file, secret key and plain-HTTP profile, as its processes get them.
+    os.environ.update(_session_topology.settings_env())
     django.setup()
 
 

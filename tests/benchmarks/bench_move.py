@@ -70,10 +70,9 @@ def main() -> int:
     args = parser.parse_args()
 
     topology = make_topology("shardsvc-bench-move-", shards=2, replicas=1, start_port=32400)
-    os.environ["SHARDSVC_TOPOLOGY"] = str(topology.layout.topology_file)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
     try:
         topology.up(service=False, migrate=True)
+        os.environ.update(topology.settings_env())
         import django
 
         django.setup()

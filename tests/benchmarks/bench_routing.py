@@ -234,8 +234,7 @@ def run(args: argparse.Namespace) -> int:
     topology = make_topology("shardsvc-bench-", shards=2, replicas=1, start_port=args.base_port)
     try:
         topology.up(service=False, migrate=True)
-        os.environ["SHARDSVC_TOPOLOGY"] = str(topology.layout.topology_file)
-        os.environ["DJANGO_SETTINGS_MODULE"] = "project.settings"
+        os.environ.update(topology.settings_env())
         import django
 
         django.setup()
