@@ -184,6 +184,9 @@ class LocalTopology:
         self.write_topology_file()
         changed = before is not None and before != layout.topology_file.read_text()
         self.echo(f"topology file: {layout.topology_file}")
+        self.secret_key()
+        self.echo(f"secret key: {layout.root / 'secret-key'} (for manage.py: "
+                  f"export SHARDSVC_SECRET_KEY=\"$(cat {layout.root / 'secret-key'})\")")
         if migrate:
             self.migrate()
         if changed:

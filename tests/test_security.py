@@ -271,6 +271,13 @@ def test_metrics_from_loopback_need_no_token_but_refuse_a_wrong_one(
     assert wrong.body["error"] == "forbidden"
 
 
+def test_a_bad_metrics_network_stops_start_up(topology: LocalTopology) -> None:
+    result = manage(production_env(topology, SHARDSVC_METRICS_ALLOW="10.0.0.0/8,localhost"),
+                    "check")
+    assert result.returncode == 1
+    assert "SHARDSVC_METRICS_ALLOW" in result.stderr and "CIDR" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("remote", "authorization", "allowed"),
     [
