@@ -1,8 +1,8 @@
 """Site API keys, checked on every request without a control-database read each time.
 
 A key's hash maps to its site's tenant id and key generation, cached per worker for
-KEY_CACHE_SECONDS and in Redis. Saving a Site (key rotation) drops both its old and new hash
-from Redis, so a rotated key stops working within KEY_CACHE_SECONDS.
+KEY_CACHE_SECONDS and in Redis. Saving a Site (key rotation) marks its old hash as no site's
+key in Redis, so a rotated key stops working within KEY_CACHE_SECONDS.
 
 The generation is a property of the key (a rotation makes a new key and a new generation), so a
 cached pair is never stale while its key is valid: user tokens are checked against it with no
@@ -16,6 +16,7 @@ import time
 from typing import Any, NamedTuple
 
 from django.core.cache import cache
+from django.db import transaction
 
 from sites.models import Site, hash_key
 
@@ -51,7 +52,8 @@ def owner_of_key(raw_key: str) -> KeyOwner | None:
             row = Site.objects.using("default").filter(api_key_hash=key_hash)
             found = row.values_list("tenant_id", "key_generation").first()
             owner = (found[0], found[1]) if found else _NO_SITE
-            cache.set(_cache_key(key_hash), owner, timeout=REDIS_SECONDS)
+            # add, not set: never overwrite what a rotation wrote meanwhile (see forget).
+            cache.add(_cache_key(key_hash), owner, timeout=REDIS_SECONDS)
         with _lock:
             if len(_local) > 100_000:
                 _local.clear()
@@ -68,8 +70,19 @@ def tenant_for_key(raw_key: str) -> int | None:
 
 
 def forget(sender: Any, instance: Site, **kwargs: Any) -> None:
-    for key_hash in {instance.api_key_hash, getattr(instance, "_previous_hash", None)}:
-        if key_hash:
-            cache.delete(_cache_key(key_hash))
-            with _lock:
-                _local.pop(key_hash, None)
+    """After a Site is saved (and committed): its current key is looked up afresh, and a key it
+    replaced is marked as no site's key in Redis. A mark rather than a delete: a lookup that
+    read the row before the rotation committed would otherwise put the old key (and with it
+    the old generation's user tokens) back into Redis for REDIS_SECONDS."""
+    current = instance.api_key_hash
+    previous = getattr(instance, "_previous_hash", None)
+
+    def invalidate() -> None:
+        if previous and previous != current:
+            cache.set(_cache_key(previous), _NO_SITE, timeout=REDIS_SECONDS)
+        cache.delete(_cache_key(current))
+        with _lock:
+            for key_hash in (current, previous):
+                _local.pop(key_hash or "", None)
+
+    transaction.on_commit(invalidate, using=kwargs.get("using") or "default")

@@ -17,7 +17,7 @@ from django.test import RequestFactory, override_settings
 from deploy.topology import LocalTopology, ServiceProcess
 from routers import causal
 from tests.api_client import create_site
-from tests.client import get
+from tests.client import get, wait_until
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 # What the topology manager used to start every service with: anyone could sign with it.
@@ -150,7 +150,10 @@ def test_tokens_signed_with_the_old_default_key_are_refused(service: ServiceProc
 @pytest.mark.usefixtures("django_db")
 def test_rotating_a_site_key_revokes_its_user_tokens(service: ServiceProcess,
                                                      topology: LocalTopology) -> None:
-    from sites.models import Site
+    from django.core.cache import cache
+
+    from sites import keys
+    from sites.models import Site, hash_key
     from sites.service import rotate_key
 
     site = create_site(service, topology, prefix="rotate")
@@ -168,6 +171,13 @@ def test_rotating_a_site_key_revokes_its_user_tokens(service: ServiceProcess,
 
     new_key = rotate_key(row)  # what the admin's action does
     assert Site.objects.using("default").get(pk=row.pk).key_generation == 2
+    # A lookup that read the row just before the rotation cannot put the old key back.
+    assert not cache.add(keys._cache_key(hash_key(site.key)), (row.tenant_id, 1), timeout=60)
+    assert keys.owner_of_key(site.key) is None
+    assert keys.owner_of_key(new_key) == (row.tenant_id, 2)
+    # Every worker drops the old key within its local cache's lifetime.
+    wait_until(lambda: user.call("GET", f"/threads/{thread}").status == 401,
+               timeout=keys.KEY_CACHE_SECONDS + 2, what="the old key to stop working")
 
     for token in (user.user_token, legacy):
         answer = user.call("POST", f"/threads/{thread}/comments", {"body": "after"},
