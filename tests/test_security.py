@@ -4,6 +4,7 @@ revokes user tokens, framing and CSP headers on HTML pages, and who may scrape /
 
 from __future__ import annotations
 
+import http.client
 import re
 import subprocess
 import sys
@@ -246,13 +247,43 @@ METRICS_TOKEN = "scrape-" + "t" * 40
 
 @pytest.fixture(scope="module")
 def guarded(topology: LocalTopology) -> Iterator[ServiceProcess]:
-    """A service whose /metrics allows only a network the tests are not on, or the token."""
+    """A service in the production profile (HTTPS behind a proxy) whose /metrics allows only a
+    network the tests are not on, or the token."""
     svc = topology.start_service(
-        name="metrics-guarded", port=topology.layout.http_port + 7, SHARDSVC_WORKERS="1",
+        name="production", port=topology.layout.http_port + 7, SHARDSVC_WORKERS="1",
+        SHARDSVC_HTTPS="1",
         SHARDSVC_METRICS_ALLOW="10.0.0.0/8,fd00::/8", SHARDSVC_METRICS_TOKEN=METRICS_TOKEN,
     )
     yield svc
     svc.stop()
+
+
+def raw_get(service: ServiceProcess, path: str,
+            headers: dict[str, str] | None = None) -> tuple[int, list[tuple[str, str]]]:
+    """Status and every header line, redirects not followed."""
+    conn = http.client.HTTPConnection("127.0.0.1", service.port, timeout=30)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        answer = conn.getresponse()
+        answer.read()
+        return answer.status, answer.getheaders()
+    finally:
+        conn.close()
+
+
+def test_the_production_profile_sends_plain_http_to_https(guarded: ServiceProcess) -> None:
+    status, headers = raw_get(guarded, "/api/openapi.json")
+    assert status == 301
+    assert dict(headers)["Location"] == f"https://127.0.0.1:{guarded.port}/api/openapi.json"
+    # Probes reach each host directly in plain HTTP.
+    assert raw_get(guarded, "/healthz")[0] == 200
+    # Behind the TLS proxy (which sets X-Forwarded-Proto): HSTS, and cookies only for HTTPS.
+    status, headers = raw_get(guarded, "/admin/login/", {"X-Forwarded-Proto": "https"})
+    assert status == 200
+    assert dict(headers)["Strict-Transport-Security"] == "max-age=31536000"
+    assert dict(headers)["X-Frame-Options"] == "DENY"
+    cookies = [value for name, value in headers if name.lower() == "set-cookie"]
+    assert cookies and all("; secure" in c.lower() for c in cookies), cookies
 
 
 def test_metrics_from_a_network_not_allowed_need_the_token(guarded: ServiceProcess) -> None:
