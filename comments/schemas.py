@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Literal
 
 from ninja import Field, Schema
-from pydantic import AfterValidator
+from pydantic import AfterValidator, StrictInt
 
 from comments.models import MAX_BODY, MAX_URL
 
 Order = Literal["newest", "oldest", "top"]
+MAX_ID = 2**63 - 1  # ids are PostgreSQL bigints
 
 
 def _storable(value: str) -> str:
@@ -25,9 +27,29 @@ def _storable(value: str) -> str:
     return value
 
 
+# Characters that show nothing: separators (Zs, Zl, Zp), controls (Cc) and format characters
+# (Cf: zero-width space, joiners, BOM, bidi marks), plus the few invisible letters and marks
+# that fill "blank" names elsewhere (Hangul fillers, Braille blank, Khmer inherent vowels,
+# variation selectors, combining grapheme joiner).
+_INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
+_INVISIBLE_CHARACTERS = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0"
+    + "".join(chr(c) for c in range(0x180B, 0x1810))
+    + "".join(chr(c) for c in range(0xFE00, 0xFE10))
+)
+
+
+def is_blank(value: str) -> bool:
+    """True when `value` shows nothing: no character in it is visible content."""
+    return all(
+        ch in _INVISIBLE_CHARACTERS or unicodedata.category(ch) in _INVISIBLE_CATEGORIES
+        for ch in value
+    )
+
+
 def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty or only whitespace")
+    if is_blank(value):
+        raise ValueError("must not be empty or only whitespace or invisible characters")
     return value
 
 
@@ -88,7 +110,8 @@ class ThreadOut(Schema):
 
 class CommentIn(Schema):
     body: Body = Field(..., min_length=1, max_length=MAX_BODY)
-    parent_id: int | None = Field(None, ge=1)
+    # Strict: JSON true, 1.0 or "1" are not ids (lax pydantic would take them as 1).
+    parent_id: StrictInt | None = Field(None, ge=1, le=MAX_ID)
 
 
 class CommentEdit(Schema):
@@ -116,7 +139,8 @@ class CommentPageOut(Schema):
 
 
 class VoteIn(Schema):
-    value: Literal[-1, 0, 1] = Field(..., description="1 up, -1 down, 0 removes the vote.")
+    # Strict (true and 1.0 are not 1); pydantic cannot make a Literal strict, so a range.
+    value: StrictInt = Field(..., ge=-1, le=1, description="1 up, -1 down, 0 removes the vote.")
 
 
 class VoteOut(Schema):
