@@ -64,9 +64,10 @@ class ErrorOut(Schema):
 
 class SiteIn(Schema):
     slug: str = Field(
-        ..., min_length=1, max_length=63, pattern=r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$"
+        ..., min_length=1, max_length=63, pattern=r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$",
+        examples=["acme"],
     )
-    name: Body = Field(..., min_length=1, max_length=200)
+    name: Body = Field(..., min_length=1, max_length=200, examples=["Acme"])
     shard: Text | None = Field(None, max_length=40, description="Omit to let placement decide.")
 
 
@@ -87,8 +88,8 @@ class SitePageOut(Schema):
 
 
 class UserTokenIn(Schema):
-    user_id: Body = Field(..., min_length=1, max_length=150)
-    name: Text = Field("", max_length=150)
+    user_id: Body = Field(..., min_length=1, max_length=150, examples=["u42"])
+    name: Text = Field("", max_length=150, examples=["Ann"])
 
 
 class UserTokenOut(Schema):
@@ -96,8 +97,9 @@ class UserTokenOut(Schema):
 
 
 class ThreadIn(Schema):
-    url: Body = Field(..., min_length=1, max_length=MAX_URL)
-    title: Text = Field("", max_length=300)
+    url: Body = Field(..., min_length=1, max_length=MAX_URL,
+                      examples=["https://acme.example/posts/1"])
+    title: Text = Field("", max_length=300, examples=["Post 1"])
 
 
 class ThreadOut(Schema):
@@ -109,13 +111,13 @@ class ThreadOut(Schema):
 
 
 class CommentIn(Schema):
-    body: Body = Field(..., min_length=1, max_length=MAX_BODY)
+    body: Body = Field(..., min_length=1, max_length=MAX_BODY, examples=["First!"])
     # Strict: JSON true, 1.0 or "1" are not ids (lax pydantic would take them as 1).
     parent_id: StrictInt | None = Field(None, ge=1, le=MAX_ID)
 
 
 class CommentEdit(Schema):
-    body: Body = Field(..., min_length=1, max_length=MAX_BODY)
+    body: Body = Field(..., min_length=1, max_length=MAX_BODY, examples=["First! (edited)"])
 
 
 class CommentOut(Schema):
@@ -140,7 +142,8 @@ class CommentPageOut(Schema):
 
 class VoteIn(Schema):
     # Strict (true and 1.0 are not 1); pydantic cannot make a Literal strict, so a range.
-    value: StrictInt = Field(..., ge=-1, le=1, description="1 up, -1 down, 0 removes the vote.")
+    value: StrictInt = Field(..., ge=-1, le=1, examples=[1],
+                             description="1 up, -1 down, 0 removes the vote.")
 
 
 class VoteOut(Schema):

@@ -181,8 +181,8 @@ def test_parent_ids_are_strict_integers(site, admin, make_parent) -> None:
 def test_the_schema_still_describes_the_strict_fields(service) -> None:
     schemas = get(f"{service.url}/api/openapi.json").body["components"]["schemas"]
     assert schemas["VoteIn"]["properties"]["value"] == {
-        "description": "1 up, -1 down, 0 removes the vote.", "maximum": 1, "minimum": -1,
-        "title": "Value", "type": "integer"}
+        "description": "1 up, -1 down, 0 removes the vote.", "examples": [1], "maximum": 1,
+        "minimum": -1, "title": "Value", "type": "integer"}
     parent = schemas["CommentIn"]["properties"]["parent_id"]
     assert {"maximum": 2**63 - 1, "minimum": 1, "type": "integer"} in parent["anyOf"]
 
