@@ -40,7 +40,7 @@ class JsonBodyParser(Parser):
     form post or text/plain body would be taken as if it were JSON."""
 
     def parse_body(self, request: HttpRequest) -> DictStrAny:
-        charset = request.content_params.get("charset", "utf-8").lower()
+        charset = (request.content_params or {}).get("charset", "utf-8").lower()
         if request.content_type != "application/json" or charset not in ("utf-8", "utf8"):
             got = request.META.get("CONTENT_TYPE", "")[:100] or "none"
             raise UnsupportedMediaType(
