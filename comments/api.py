@@ -10,6 +10,7 @@ from ninja import Path, Query, Router
 from comments import service
 from comments.auth import SiteKey, end_user, issue_user_token
 from comments.schemas import (
+    MAX_ID,
     CommentEdit,
     CommentIn,
     CommentOut,
@@ -25,22 +26,23 @@ from comments.schemas import (
     VoteOut,
 )
 
-MAX_ID = 2**63 - 1
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 Site = Annotated[str, Path(max_length=63, description="The site's slug.")]
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 413: ErrorOut,
           422: ErrorOut, 503: ErrorOut}
+# Endpoints that read a JSON body also answer 415 to any other content type.
+BODY_ERRORS = {**ERRORS, 415: ErrorOut}
 
 router = Router(auth=SiteKey(), tags=["site"])
 
 
-@router.post("/users/token", response={200: UserTokenOut, **ERRORS})
+@router.post("/users/token", response={200: UserTokenOut, **BODY_ERRORS})
 def user_token(request: HttpRequest, site: Site, payload: UserTokenIn):
     """Sign an end-user identity for this site (call from the site's backend)."""
     return {"token": issue_user_token(request, payload.user_id, payload.name)}
 
 
-@router.put("/threads", response={200: ThreadOut, 201: ThreadOut, **ERRORS})
+@router.put("/threads", response={200: ThreadOut, 201: ThreadOut, 409: ErrorOut, **BODY_ERRORS})
 def put_thread(request: HttpRequest, site: Site, payload: ThreadIn):
     """Get or create the thread of a page URL."""
     thread, created = service.get_or_create_thread(payload.url, payload.title)
@@ -74,7 +76,7 @@ def list_comments(
     return page
 
 
-@router.post("/threads/{thread_id}/comments", response={201: CommentOut, **ERRORS})
+@router.post("/threads/{thread_id}/comments", response={201: CommentOut, **BODY_ERRORS})
 def post_comment(request: HttpRequest, site: Site, thread_id: Id, payload: CommentIn):
     """Post a comment, or a reply with parent_id."""
     user = end_user(request)
@@ -83,7 +85,7 @@ def post_comment(request: HttpRequest, site: Site, thread_id: Id, payload: Comme
     return 201, service.comment_dict(comment)
 
 
-@router.patch("/comments/{comment_id}", response={200: CommentOut, **ERRORS})
+@router.patch("/comments/{comment_id}", response={200: CommentOut, **BODY_ERRORS})
 def edit_comment(request: HttpRequest, site: Site, comment_id: Id, payload: CommentEdit):
     """Edit one's own comment."""
     comment = service.edit_comment(comment_id, user=end_user(request).id, body=payload.body)
@@ -97,7 +99,7 @@ def delete_comment(request: HttpRequest, site: Site, comment_id: Id):
     return 204, None
 
 
-@router.put("/comments/{comment_id}/vote", response={200: VoteOut, **ERRORS})
+@router.put("/comments/{comment_id}/vote", response={200: VoteOut, **BODY_ERRORS})
 def vote(request: HttpRequest, site: Site, comment_id: Id, payload: VoteIn):
     """Vote a comment up (1) or down (-1), or take the vote back (0). Idempotent."""
     value, score = service.vote(comment_id, user=end_user(request).id, value=payload.value)

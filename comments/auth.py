@@ -8,6 +8,7 @@ worthless on another. A token also carries the generation of the site's key it w
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 from django.core import signing
@@ -21,6 +22,7 @@ from sites.keys import owner_of_key
 USER_HEADER = "X-User-Token"
 _SALT = "shardsvc.user"
 USER_TOKEN_MAX_AGE = 30 * 86400
+MAX_USER = 150  # user ids and names, as UserTokenIn takes them and comments store them
 
 
 class SiteKey(APIKeyHeader):
@@ -64,12 +66,22 @@ def end_user(request: HttpRequest) -> EndUser:
                              "(issued by POST /api/sites/<site>/users/token)")
     try:
         payload = signing.loads(raw, salt=_SALT, max_age=USER_TOKEN_MAX_AGE)
-    except signing.BadSignature:
+    except (signing.BadSignature, ValueError, zlib.error):
+        # ValueError, zlib.error: correctly signed bytes that are not compressed JSON.
         raise HttpError(401, f"{USER_HEADER} is invalid or expired") from None
-    if not isinstance(payload, dict) or payload.get("t") != entry.id:
+    if not isinstance(payload, dict):
+        raise HttpError(401, f"{USER_HEADER} is not a user identity")
+    site = payload.get("t")
+    # bool is an int to Python: a payload with "t": true must not pass for tenant 1.
+    if type(site) is not int or site != entry.id:
         raise HttpError(401, f"{USER_HEADER} was issued for another site")
     # Tokens issued before generations existed have no "g": they belong to the first one.
-    if payload.get("g", 1) != getattr(request, "key_generation", None):
+    generation = payload.get("g", 1)
+    if type(generation) is not int or generation != getattr(request, "key_generation", None):
         raise HttpError(401, f"{USER_HEADER} was issued under a rotated API key: "
                              "issue a new one (POST /api/sites/<site>/users/token)")
-    return EndUser(id=str(payload["u"]), name=str(payload.get("n", "")))
+    user, name = payload.get("u"), payload.get("n", "")
+    if not (isinstance(user, str) and 0 < len(user) <= MAX_USER
+            and isinstance(name, str) and len(name) <= MAX_USER):
+        raise HttpError(401, f"{USER_HEADER} is not a user identity")
+    return EndUser(id=user, name=name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.db.models.functions import MD5
 
 from shards.sharded import ShardedModel
 
@@ -23,7 +24,12 @@ class Thread(ShardedModel):
     class Meta(ShardedModel.Meta):
         constraints = [
             *ShardedModel.Meta.constraints,
-            models.UniqueConstraint(fields=["tenant_id", "url"], name="comments_thread_url_uniq"),
+            # One thread per URL, enforced on a hash: a btree entry holds at most 2704 bytes, and
+            # a URL the API accepts (MAX_URL characters of up to 4 UTF-8 bytes each) can exceed
+            # it. Lookups filter on the same expression (and the URL itself), see
+            # comments.service.threads_at.
+            models.UniqueConstraint(models.F("tenant_id"), MD5("url"),
+                                    name="comments_thread_url_md5_uniq"),
         ]
 
 

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Literal
 
 from ninja import Field, Schema
-from pydantic import AfterValidator
+from pydantic import AfterValidator, StrictInt
 
 from comments.models import MAX_BODY, MAX_URL
 
 Order = Literal["newest", "oldest", "top"]
+MAX_ID = 2**63 - 1  # ids are PostgreSQL bigints
 
 
 def _storable(value: str) -> str:
@@ -25,9 +27,29 @@ def _storable(value: str) -> str:
     return value
 
 
+# Characters that show nothing: separators (Zs, Zl, Zp), controls (Cc) and format characters
+# (Cf: zero-width space, joiners, BOM, bidi marks), plus the few invisible letters and marks
+# that fill "blank" names elsewhere (Hangul fillers, Braille blank, Khmer inherent vowels,
+# variation selectors, combining grapheme joiner).
+_INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf"})
+_INVISIBLE_CHARACTERS = frozenset(
+    "\u034f\u115f\u1160\u17b4\u17b5\u2800\u3164\uffa0"
+    + "".join(chr(c) for c in range(0x180B, 0x1810))
+    + "".join(chr(c) for c in range(0xFE00, 0xFE10))
+)
+
+
+def is_blank(value: str) -> bool:
+    """True when `value` shows nothing: no character in it is visible content."""
+    return all(
+        ch in _INVISIBLE_CHARACTERS or unicodedata.category(ch) in _INVISIBLE_CATEGORIES
+        for ch in value
+    )
+
+
 def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty or only whitespace")
+    if is_blank(value):
+        raise ValueError("must not be empty or only whitespace or invisible characters")
     return value
 
 
@@ -42,9 +64,10 @@ class ErrorOut(Schema):
 
 class SiteIn(Schema):
     slug: str = Field(
-        ..., min_length=1, max_length=63, pattern=r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$"
+        ..., min_length=1, max_length=63, pattern=r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$",
+        examples=["acme"],
     )
-    name: Body = Field(..., min_length=1, max_length=200)
+    name: Body = Field(..., min_length=1, max_length=200, examples=["Acme"])
     shard: Text | None = Field(None, max_length=40, description="Omit to let placement decide.")
 
 
@@ -65,8 +88,8 @@ class SitePageOut(Schema):
 
 
 class UserTokenIn(Schema):
-    user_id: Body = Field(..., min_length=1, max_length=150)
-    name: Text = Field("", max_length=150)
+    user_id: Body = Field(..., min_length=1, max_length=150, examples=["u42"])
+    name: Text = Field("", max_length=150, examples=["Ann"])
 
 
 class UserTokenOut(Schema):
@@ -74,8 +97,9 @@ class UserTokenOut(Schema):
 
 
 class ThreadIn(Schema):
-    url: Body = Field(..., min_length=1, max_length=MAX_URL)
-    title: Text = Field("", max_length=300)
+    url: Body = Field(..., min_length=1, max_length=MAX_URL,
+                      examples=["https://acme.example/posts/1"])
+    title: Text = Field("", max_length=300, examples=["Post 1"])
 
 
 class ThreadOut(Schema):
@@ -87,12 +111,13 @@ class ThreadOut(Schema):
 
 
 class CommentIn(Schema):
-    body: Body = Field(..., min_length=1, max_length=MAX_BODY)
-    parent_id: int | None = Field(None, ge=1)
+    body: Body = Field(..., min_length=1, max_length=MAX_BODY, examples=["First!"])
+    # Strict: JSON true, 1.0 or "1" are not ids (lax pydantic would take them as 1).
+    parent_id: StrictInt | None = Field(None, ge=1, le=MAX_ID)
 
 
 class CommentEdit(Schema):
-    body: Body = Field(..., min_length=1, max_length=MAX_BODY)
+    body: Body = Field(..., min_length=1, max_length=MAX_BODY, examples=["First! (edited)"])
 
 
 class CommentOut(Schema):
@@ -116,7 +141,9 @@ class CommentPageOut(Schema):
 
 
 class VoteIn(Schema):
-    value: Literal[-1, 0, 1] = Field(..., description="1 up, -1 down, 0 removes the vote.")
+    # Strict (true and 1.0 are not 1); pydantic cannot make a Literal strict, so a range.
+    value: StrictInt = Field(..., ge=-1, le=1, examples=[1],
+                             description="1 up, -1 down, 0 removes the vote.")
 
 
 class VoteOut(Schema):

@@ -275,7 +275,13 @@ _THREADS_SQL = """
 INSERT INTO comments_thread (tenant_id, url, title, created_at, comment_count)
 SELECT %(tenant)s, u.url, u.title, now(), 0
 FROM unnest(%(urls)s::text[], %(titles)s::text[]) AS u(url, title)
-ON CONFLICT (tenant_id, url) DO NOTHING
+ON CONFLICT (tenant_id, (md5(url))) DO NOTHING
+"""
+# Through the unique index on (tenant_id, md5(url)); the URL itself is compared too.
+_THREAD_IDS_SQL = """
+SELECT id, url FROM comments_thread
+WHERE tenant_id = %(tenant)s AND md5(url) = ANY(SELECT md5(u) FROM unnest(%(urls)s::text[]) u)
+  AND url = ANY(%(urls)s::text[])
 """
 _LOCK_THREADS_SQL = "SELECT id FROM comments_thread WHERE id = ANY(%s) ORDER BY id FOR UPDATE"
 _COUNT_THREADS_SQL = """
@@ -468,8 +474,7 @@ class ShardLoader:
                 conn.execute(_THREADS_SQL, {"tenant": site.entry.id, "urls": urls,
                                             "titles": titles})
                 rows = conn.execute(
-                    "SELECT id, url FROM comments_thread WHERE tenant_id = %s AND url = ANY(%s)",
-                    [site.entry.id, urls],
+                    _THREAD_IDS_SQL, {"tenant": site.entry.id, "urls": urls}
                 ).fetchall()
             by_url = dict((url, thread_id) for thread_id, url in rows)
             site.threads = [SeededThread(by_url[url], url) for url in urls]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import F, Q, QuerySet, Value
+from django.db.models.functions import MD5
 from django.utils import timezone
 
 from comments import cache, cursors
@@ -30,6 +31,10 @@ class Invalid(ValueError):
     pass
 
 
+class Conflict(ValueError):
+    pass
+
+
 def _shard() -> str:
     entry = current_tenant()
     assert entry is not None, "the API only runs with a tenant"
@@ -42,14 +47,31 @@ def _after_write(thread_id: int) -> None:
     cache.raise_mark(entry, thread_id, causal.position_after_writes(entry.shard))
 
 
+def threads_at(url: str, using: str) -> QuerySet[Thread]:
+    """The thread of `url` (at most one). It filters on md5(url), the expression the unique
+    index holds, so the index serves the lookup, and on the URL itself, so a hash collision
+    never finds another page's thread."""
+    return (Thread.objects.using(using).alias(url_md5=MD5("url"))
+            .filter(url_md5=MD5(Value(url)), url=url))
+
+
 @retry_fenced_writes
 def get_or_create_thread(url: str, title: str) -> tuple[Thread, bool]:
+    shard = _shard()
+    existing = threads_at(url, shard).first()
+    if existing is not None:
+        return existing, False
     try:
-        with transaction.atomic(using=_shard()):
-            return Thread.objects.get_or_create(url=url, defaults={"title": title})
+        with transaction.atomic(using=shard):
+            return Thread.objects.db_manager(shard).create(url=url, title=title), True
     except IntegrityError:
-        # Another request created it between our read and insert.
-        return Thread.objects.db_manager(_shard()).get(url=url), False
+        pass
+    # Another request created it between our read and insert: read it back.
+    existing = threads_at(url, shard).first()
+    if existing is None:
+        raise Conflict("another page of this site has a URL with the same hash; "
+                       "change the URL (e.g. add a query parameter)")
+    return existing, False
 
 
 def get_thread(thread_id: int) -> Thread:

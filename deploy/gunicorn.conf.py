@@ -22,7 +22,8 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 
 bind = os.environ.get("SHARDSVC_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("SHARDSVC_WORKERS", "2"))
-worker_class = "gevent"
+# gevent, with Gunicorn's own 400/414/431 answers in the API's JSON error shape.
+worker_class = "deploy.gunicorn_worker.JsonErrorGeventWorker"
 # Concurrent requests per worker; each database alias is further capped by MAX_CONNS.
 worker_connections = int(os.environ.get("SHARDSVC_WORKER_CONNECTIONS", "1000"))
 timeout = int(os.environ.get("SHARDSVC_TIMEOUT", "30"))

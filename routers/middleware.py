@@ -19,6 +19,9 @@ from shards.topology import get_shard_map
 GetResponse = Callable[[HttpRequest], HttpResponse]
 logger = logging.getLogger("shardsvc.requests")
 RETRY_AFTER_SECONDS = 2
+# Health and metrics never belong to a tenant: an X-Tenant header (or a tenant host name) on
+# them must not turn a liveness probe into a directory lookup or a 404.
+UNTENANTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def database_unavailable(request: HttpRequest, exc: Exception) -> JsonResponse:
@@ -99,6 +102,9 @@ class TenantMiddleware:
         return None
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
+        if request.path_info in UNTENANTED_PATHS:
+            # Probes and scrapes answer for the process, whatever a proxy adds to the request.
+            return self.get_response(request)
         key = self.tenant_key(request)
         if key is None:
             return self.get_response(request)

@@ -9,7 +9,21 @@ from __future__ import annotations
 
 
 class UnknownShard(LookupError):
-    """A shard name that the topology file does not define."""
+    """A shard name that the topology file does not define.
+
+    The message names the topology file for operators; `public_message` leaves it out, for
+    answers to API clients (a file path tells an outsider about the deployment)."""
+
+    def __init__(self, message: str, *, name: str = "", known: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.name = name
+        self.known = known
+
+    @property
+    def public_message(self) -> str:
+        if not self.name:
+            return "unknown shard"
+        return f"unknown shard {self.name!r}; known shards: {', '.join(self.known)}"
 
 
 class UnknownAlias(LookupError):

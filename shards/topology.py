@@ -110,7 +110,8 @@ class ShardMap:
         except KeyError:
             raise UnknownShard(
                 f"unknown shard {name!r}: {self.source} defines {', '.join(self.shard_names)}. "
-                "Use one of those, or add the shard to the topology file and reload."
+                "Use one of those, or add the shard to the topology file and reload.",
+                name=name, known=self.shard_names,
             ) from None
 
     def servers(self) -> tuple[Server, ...]:

@@ -28,11 +28,13 @@ def post(url: str, body: Any = None, *, timeout: float = 30.0,
 
 
 def request(method: str, url: str, *, body: Any = None, timeout: float = 30.0,
-            headers: dict[str, str] | None = None) -> Response:
-    data = None if body is None else json.dumps(body).encode()
+            headers: dict[str, str] | None = None, data: bytes | None = None) -> Response:
+    """`body` is sent as JSON (with its content type unless `headers` name another); `data`
+    is sent as it is, with only the content type `headers` give."""
+    if data is None and body is not None:
+        data = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", **(headers or {})}
     all_headers = {"Accept": "application/json", **(headers or {})}
-    if data is not None:
-        all_headers.setdefault("Content-Type", "application/json")
     request = urllib.request.Request(url, data=data, headers=all_headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
