@@ -7,17 +7,20 @@ working within KEY_CACHE_SECONDS.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
 
 from django.core.cache import cache
 
-from sites.models import Site, hash_key
+from sites.models import KEY_PREFIX, Site, hash_key
 
 KEY_CACHE_SECONDS = 10.0
 REDIS_SECONDS = 300
 _NO_SITE = 0  # cached "this hash is no site's key"
+# What Site.new_key makes: the prefix and token_urlsafe(32), 43 characters of base64url.
+KEY_SHAPE = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{43}")
 _local: dict[str, tuple[float, int]] = {}
 _lock = threading.Lock()
 
@@ -28,6 +31,8 @@ def _cache_key(key_hash: str) -> str:
 
 def tenant_for_key(raw_key: str) -> int | None:
     """The tenant id of the site this key belongs to, or None for no site's key."""
+    if not KEY_SHAPE.fullmatch(raw_key):
+        return None  # can never be a key: no cache entry, no lookup
     key_hash = hash_key(raw_key)
     now = time.monotonic()
     hit = _local.get(key_hash)
