@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import secrets
 import socket
+import subprocess
+import sys
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -349,3 +352,12 @@ def test_a_key_of_the_wrong_shape_is_refused_without_any_lookup() -> None:
         for key in ["", "sk_", "sk_wrong", "x" * 46, "sk_" + "a" * 42, "sk_" + "a" * 44,
                     "sk_" + "a" * 42 + "=", " sk_" + "a" * 43, "sk_" + "a" * 43 + "\n"]:
             assert tenant_for_key(key) is None, key
+
+
+def test_a_malformed_rate_stops_start_up_with_the_fix() -> None:
+    env = {**os.environ, "SHARDSVC_THROTTLE_WRITES": "60 per minute"}
+    done = subprocess.run([sys.executable, "-c", "import django; django.setup()"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "SHARDSVC_THROTTLE_WRITES='60 per minute' is not a rate" in done.stderr
+    assert "e.g. 20/m" in done.stderr
