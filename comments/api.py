@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Path, Query, Router
 
 from comments import service
-from comments.auth import SiteKey, end_user, issue_user_token
+from comments.auth import EndUser, SiteKey, end_user, issue_user_token
 from comments.schemas import (
     MAX_ID,
     CommentEdit,
@@ -25,15 +25,23 @@ from comments.schemas import (
     VoteIn,
     VoteOut,
 )
+from project import throttle
 
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 Site = Annotated[str, Path(max_length=63, description="The site's slug.")]
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 413: ErrorOut,
-          422: ErrorOut, 503: ErrorOut}
+          422: ErrorOut, 429: ErrorOut, 503: ErrorOut}
 # Endpoints that read a JSON body also answer 415 to any other content type.
 BODY_ERRORS = {**ERRORS, 415: ErrorOut}
 
 router = Router(auth=SiteKey(), tags=["site"])
+
+
+def writer(request: HttpRequest) -> EndUser:
+    """The end user of a write, within their write budget on this site (429 past it)."""
+    user = end_user(request)
+    throttle.count_write(request, request.tenant.id, user.id)  # type: ignore[attr-defined]
+    return user
 
 
 @router.post("/users/token", response={200: UserTokenOut, **BODY_ERRORS})
@@ -79,7 +87,7 @@ def list_comments(
 @router.post("/threads/{thread_id}/comments", response={201: CommentOut, **BODY_ERRORS})
 def post_comment(request: HttpRequest, site: Site, thread_id: Id, payload: CommentIn):
     """Post a comment, or a reply with parent_id."""
-    user = end_user(request)
+    user = writer(request)
     comment = service.post_comment(thread_id, author=user.id, author_name=user.name,
                                    body=payload.body, parent_id=payload.parent_id)
     return 201, service.comment_dict(comment)
@@ -88,19 +96,19 @@ def post_comment(request: HttpRequest, site: Site, thread_id: Id, payload: Comme
 @router.patch("/comments/{comment_id}", response={200: CommentOut, **BODY_ERRORS})
 def edit_comment(request: HttpRequest, site: Site, comment_id: Id, payload: CommentEdit):
     """Edit one's own comment."""
-    comment = service.edit_comment(comment_id, user=end_user(request).id, body=payload.body)
+    comment = service.edit_comment(comment_id, user=writer(request).id, body=payload.body)
     return service.comment_dict(comment)
 
 
 @router.delete("/comments/{comment_id}", response={204: None, **ERRORS})
 def delete_comment(request: HttpRequest, site: Site, comment_id: Id):
     """Delete one's own comment (soft: replies stay, the body is removed)."""
-    service.delete_comment(comment_id, user=end_user(request).id)
+    service.delete_comment(comment_id, user=writer(request).id)
     return 204, None
 
 
 @router.put("/comments/{comment_id}/vote", response={200: VoteOut, **BODY_ERRORS})
 def vote(request: HttpRequest, site: Site, comment_id: Id, payload: VoteIn):
     """Vote a comment up (1) or down (-1), or take the vote back (0). Idempotent."""
-    value, score = service.vote(comment_id, user=end_user(request).id, value=payload.value)
+    value, score = service.vote(comment_id, user=writer(request).id, value=payload.value)
     return {"comment_id": comment_id, "value": value, "score": score}

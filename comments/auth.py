@@ -16,6 +16,7 @@ from django.http import HttpRequest
 from ninja.errors import HttpError
 from ninja.security import APIKeyHeader
 
+from project import throttle
 from shards.directory import TenantEntry
 from sites.keys import owner_of_key
 
@@ -30,9 +31,10 @@ class SiteKey(APIKeyHeader):
 
     def authenticate(self, request: HttpRequest, key: str | None) -> TenantEntry | None:
         entry = getattr(request, "tenant", None)
-        if entry is None or not key or len(key) > 200:
+        if entry is None or not key:
             return None
-        owner = owner_of_key(key)
+        throttle.refuse_failing_client(request)  # before the lookup: refused guesses cost none
+        owner = owner_of_key(key) if len(key) <= 200 else None
         if owner is not None and owner.tenant_id == entry.id:
             request.key_generation = owner.generation  # type: ignore[attr-defined]
             return entry
@@ -40,6 +42,7 @@ class SiteKey(APIKeyHeader):
             # A real key of another site probing this one: answer as if nothing were here,
             # so ids and URLs of other sites leak nothing.
             raise HttpError(404, "no such resource on this site")
+        throttle.count_failed_check(request)
         return None
 
 
@@ -59,6 +62,17 @@ def issue_user_token(request: HttpRequest, user_id: str, name: str) -> str:
 
 def end_user(request: HttpRequest) -> EndUser:
     """The signed end user of this request, or a 401 that says how to get one."""
+    if request.headers.get(USER_HEADER):
+        throttle.refuse_failing_client(request)
+        try:
+            return _end_user(request)
+        except HttpError:
+            throttle.count_failed_check(request)  # a wrong token, not a missing one
+            raise
+    return _end_user(request)
+
+
+def _end_user(request: HttpRequest) -> EndUser:
     raw = request.headers.get(USER_HEADER)
     entry: TenantEntry = request.tenant  # type: ignore[attr-defined]
     if not raw:

@@ -20,6 +20,7 @@ from ninja.types import DictStrAny
 from comments.api import router as site_router
 from comments.cursors import BadCursor
 from comments.service import Conflict, Forbidden, Invalid, NotFound
+from project.throttle import Throttled
 from routers.errors import RoutingError
 from routers.middleware import database_unavailable
 from shards.errors import UnknownShard
@@ -99,7 +100,8 @@ def error(request: HttpRequest, status: int, code: str, message: str) -> HttpRes
 
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
                  405: "method_not_allowed", 409: "conflict", 413: "too_large",
-                 415: "unsupported_media_type", 422: "invalid", 503: "unavailable"}
+                 415: "unsupported_media_type", 422: "invalid", 429: "rate_limited",
+                 503: "unavailable"}
 
 
 @api.exception_handler(HttpError)
@@ -109,6 +111,13 @@ def on_http_error(request: HttpRequest, exc: HttpError) -> HttpResponse:
         # cause: a body that is not JSON at all is the client's content type, not its syntax.
         return error(request, 415, "unsupported_media_type", str(exc.__cause__))
     return error(request, exc.status_code, _STATUS_CODES.get(exc.status_code, "error"), str(exc))
+
+
+@api.exception_handler(Throttled)
+def on_throttled(request: HttpRequest, exc: Throttled) -> HttpResponse:
+    answer = error(request, 429, "rate_limited", str(exc))
+    answer["Retry-After"] = str(exc.retry_after)
+    return answer
 
 
 @api.exception_handler(AuthenticationError)

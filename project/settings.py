@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -25,6 +26,19 @@ def _env_float(name: str, default: float) -> float:
     if value <= 0:
         raise ImproperlyConfigured(f"{name} must be positive, got {raw!r}")
     return value
+
+
+def _env_rate(name: str, default: str) -> str | None:
+    """A django-ratelimit rate such as "20/m" or "5/15m"; "off" (or "0") turns the limit off."""
+    raw = os.environ.get(name, default).strip()
+    if raw in ("off", "0"):
+        return None
+    if not re.fullmatch(r"[1-9][0-9]*/([1-9][0-9]*)?[smhd]", raw):
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a rate: write count/period, e.g. 20/m or 5/15m "
+            "(s, m, h, d), or off"
+        )
+    return raw
 
 
 SHARD_MAP = load_shard_map(os.environ.get("SHARDSVC_TOPOLOGY", BASE_DIR / ".var" / "topology.toml"))
@@ -222,6 +236,19 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The ops API (create and list sites) answers only to this token; unset, it answers no one.
 OPS_TOKEN = os.environ.get("SHARDSVC_OPS_TOKEN", "")
+# Throttles (project/throttle.py), counted in Redis so all workers and hosts share them.
+# Off altogether with SHARDSVC_THROTTLE=0, one by one with the value "off".
+RATELIMIT_ENABLE = os.environ.get("SHARDSVC_THROTTLE", "1") != "0"
+# Counters fail open: a Redis outage must not lock every site out (django-ratelimit's own
+# default is to refuse when its cache fails).
+RATELIMIT_FAIL_OPEN = True
+# Failed API key, user token and ops token checks per client address (REMOTE_ADDR: nothing
+# in front of the service sets X-Forwarded-For yet; IPv6 addresses count per /64).
+THROTTLE_AUTH_FAILURES = _env_rate("SHARDSVC_THROTTLE_AUTH_FAILURES", "20/m")
+# Writes (post, edit, delete, vote) per end user of a site.
+THROTTLE_WRITES = _env_rate("SHARDSVC_THROTTLE_WRITES", "60/m")
+# Failed admin logins, per client address and per username.
+THROTTLE_ADMIN_LOGIN = _env_rate("SHARDSVC_THROTTLE_ADMIN_LOGIN", "5/15m")
 # A write that hits a moving tenant's fence waits (retrying) this long for the move to flip.
 FENCE_RETRY_SECONDS = _env_float("SHARDSVC_FENCE_RETRY_SECONDS", 10.0)
 # Bodies past this size get a 413 before they are read.

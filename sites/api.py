@@ -11,6 +11,7 @@ from ninja import Query, Router
 from ninja.security import APIKeyHeader
 
 from comments.schemas import ErrorOut, SiteCreatedOut, SiteIn, SitePageOut
+from project import throttle
 from shards.models import Tenant
 from sites.models import Site
 from sites.service import create_site
@@ -20,13 +21,20 @@ class OpsToken(APIKeyHeader):
     param_name = "X-Ops-Token"
 
     def authenticate(self, request: HttpRequest, key: str | None) -> bool:
+        if not key:
+            return False
+        throttle.refuse_failing_client(request)
         expected = settings.OPS_TOKEN
-        return bool(expected and key and hmac.compare_digest(expected, key))
+        # Bytes: compare_digest refuses str with non-ASCII characters (a header may carry any).
+        if expected and hmac.compare_digest(expected.encode(), key.encode()):
+            return True
+        throttle.count_failed_check(request)
+        return False
 
 
 router = Router(auth=OpsToken(), tags=["ops"])
 ERRORS = {400: ErrorOut, 401: ErrorOut, 409: ErrorOut, 413: ErrorOut, 422: ErrorOut,
-          503: ErrorOut}
+          429: ErrorOut, 503: ErrorOut}
 
 
 @router.post("/sites", response={201: SiteCreatedOut, **ERRORS})

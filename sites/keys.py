@@ -11,6 +11,7 @@ query of their own.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any, NamedTuple
@@ -18,7 +19,7 @@ from typing import Any, NamedTuple
 from django.core.cache import cache
 from django.db import transaction
 
-from sites.models import Site, hash_key
+from sites.models import KEY_PREFIX, Site, hash_key
 
 KEY_CACHE_SECONDS = 10.0
 REDIS_SECONDS = 300
@@ -31,6 +32,8 @@ class KeyOwner(NamedTuple):
 
 
 _local: dict[str, tuple[float, tuple[int, int]]] = {}
+# What Site.new_key makes: the prefix and token_urlsafe(32), 43 characters of base64url.
+KEY_SHAPE = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{43}")
 _lock = threading.Lock()
 
 
@@ -41,6 +44,8 @@ def _cache_key(key_hash: str) -> str:
 
 def owner_of_key(raw_key: str) -> KeyOwner | None:
     """The site (tenant id) this key belongs to and the key's generation, or None."""
+    if not KEY_SHAPE.fullmatch(raw_key):
+        return None  # can never be a key: no cache entry, no lookup
     key_hash = hash_key(raw_key)
     now = time.monotonic()
     hit = _local.get(key_hash)

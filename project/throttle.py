@@ -1,0 +1,146 @@
+"""Throttles: failed credential checks per client address, writes per end user, admin logins.
+
+Counts live in the shared cache (Redis, through Django's cache and django-ratelimit), so every
+worker and every host sees one count per address or user. django-ratelimit counts in fixed
+windows with an atomic `INCR`; a window of one rate ends at a moment of its own per counted
+value, and `Retry-After` says when.
+
+Failed checks are counted, successes are not: a site's normal traffic never comes near the
+limits, while a client guessing keys or tokens is refused (429) before its next guess is
+looked up, so a flood of never-seen keys stops reaching the control database.
+
+Fail open: when the cache cannot be read or written, nothing is throttled (a warning is
+logged, at most every few seconds per worker). A Redis outage must not lock every site out;
+while it lasts, the limits are off and wrong keys are bounded by the key lookup's own caches.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django_ratelimit.core import get_usage
+
+logger = logging.getLogger("shardsvc.throttle")
+
+AUTH_FAILURES = "auth-failures"
+WRITES = "writes"
+ADMIN_LOGIN_ADDRESS = "admin-login-address"
+ADMIN_LOGIN_USER = "admin-login-user"
+_CHECKED = "_shardsvc_auth_checked"  # request attribute: this request's address was checked
+_WARN_EVERY = 10.0
+_last_warning = 0.0
+
+Key = str | Callable[[str, HttpRequest], str]
+
+
+class Throttled(Exception):
+    """Too many attempts: answered 429 with Retry-After."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, int(retry_after))
+
+
+def _usage(request: HttpRequest, group: str, key: Key, rate: str | None, *,
+           increment: bool) -> dict[str, Any] | None:
+    """The counter's state (and one more, with `increment`), or None: limit off or cache down."""
+    if rate is None:
+        return None
+    try:
+        return get_usage(request, group=group, key=key, rate=rate, increment=increment)
+    except Exception as exc:  # fail open: see the module docstring
+        global _last_warning
+        now = time.monotonic()
+        if now - _last_warning >= _WARN_EVERY:
+            _last_warning = now
+            logger.warning("throttle counters unavailable, not throttling: %s", exc)
+        return None
+
+
+def _full(usage: dict[str, Any] | None) -> bool:
+    return usage is not None and usage["count"] >= usage["limit"]
+
+
+def refuse_failing_client(request: HttpRequest) -> None:
+    """Raise Throttled if this client address has failed too many credential checks.
+
+    Call it before looking a credential up: a refused guess costs no lookup at all.
+    """
+    if getattr(request, _CHECKED, False):
+        return  # one request may carry several credentials (key, then user token)
+    rate = settings.THROTTLE_AUTH_FAILURES
+    usage = _usage(request, AUTH_FAILURES, "ip", rate, increment=False)
+    if _full(usage):
+        assert usage is not None
+        raise Throttled(
+            f"too many failed credential checks from this address (limit {rate}); "
+            f"retry after {max(1, usage['time_left'])} s",
+            usage["time_left"],
+        )
+    setattr(request, _CHECKED, True)
+
+
+def count_failed_check(request: HttpRequest) -> None:
+    """Count a wrong API key, user token or ops token sent from this client address."""
+    _usage(request, AUTH_FAILURES, "ip", settings.THROTTLE_AUTH_FAILURES, increment=True)
+
+
+def count_write(request: HttpRequest, tenant_id: int, user_id: str) -> None:
+    """Count one write by this end user of this site; raise Throttled past the limit."""
+    rate = settings.THROTTLE_WRITES
+    usage = _usage(request, WRITES, lambda _group, _request: f"{tenant_id}:{user_id}", rate,
+                   increment=True)
+    if usage is not None and usage["should_limit"]:
+        raise Throttled(
+            f"too many writes by this user (limit {rate}); "
+            f"retry after {max(1, usage['time_left'])} s",
+            usage["time_left"],
+        )
+
+
+def _login_usages(request: HttpRequest, username: str, *,
+                  increment: bool) -> list[dict[str, Any] | None]:
+    rate = settings.THROTTLE_ADMIN_LOGIN
+    return [
+        _usage(request, ADMIN_LOGIN_ADDRESS, "ip", rate, increment=increment),
+        # Per user too: guesses at one account spread over many addresses still add up.
+        _usage(request, ADMIN_LOGIN_USER, lambda _group, _request: username[:150], rate,
+               increment=increment),
+    ]
+
+
+def count_failed_login(sender: Any, credentials: dict[str, Any],
+                       request: HttpRequest | None = None, **kwargs: Any) -> None:
+    """`user_login_failed` receiver: count the failure by address and by username."""
+    if request is not None:
+        _login_usages(request, str(credentials.get("username", "")), increment=True)
+
+
+def throttled_login(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Wrap a login view: a POST from an address, or for a username, that failed too often
+    is refused with 429 before the password is checked (not even a correct one gets in)."""
+
+    @wraps(view)
+    def login(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if request.method == "POST":
+            username = request.POST.get("username", "")
+            full = [u for u in _login_usages(request, username, increment=False) if _full(u)]
+            if full:
+                wait = max(1, max(u["time_left"] for u in full if u is not None))
+                answer = JsonResponse(
+                    {"error": "rate_limited",
+                     "message": f"too many failed logins (limit {settings.THROTTLE_ADMIN_LOGIN} "
+                                f"per address and per user); retry after {wait} s"},
+                    status=429,
+                )
+                answer["Retry-After"] = str(wait)
+                return answer
+        return view(request, *args, **kwargs)
+
+    return login
