@@ -22,9 +22,11 @@ from django_db_geventpool.backends.postgresql_psycopg3.base import (
 )
 from psycopg import IsolationLevel
 
+from .deadline import Deadline, current_deadline
 from .options import POOL_KEYS, PoolOptions
 from .pool import Connection, ConnectionPool, PoolKey, close_all_pools, get_pool, retire_pool
 from .session import SessionSetup
+from .timeouts import QueryTimeouts
 
 
 class DatabaseWrapper(GeventpoolDatabaseWrapper):
@@ -38,6 +40,17 @@ class DatabaseWrapper(GeventpoolDatabaseWrapper):
         self.pool_options = PoolOptions.from_settings(alias, settings_dict.get("OPTIONS") or {})
         # The pool the current connection came from: settings may change while it is out.
         self._checkout_pool: ConnectionPool | None = None
+        # The deadline the current connection was checked out under, told when it goes back.
+        self._checkout_deadline: Deadline | None = None
+        opts = self.pool_options
+        if alias != NO_DB_ALIAS and (opts.statement_timeout or opts.lock_timeout):
+            self.execute_wrappers.append(
+                QueryTimeouts(
+                    statement_timeout=opts.statement_timeout,
+                    lock_timeout=opts.lock_timeout,
+                    isolation_level=opts.isolation_level,
+                ),
+            )
 
     # -- pool lookup ---------------------------------------------------------------------------
 
@@ -103,7 +116,15 @@ class DatabaseWrapper(GeventpoolDatabaseWrapper):
         # the connection itself got its isolation level once, in SessionSetup.
         level = self.pool_options.isolation_level
         self.isolation_level = IsolationLevel.READ_COMMITTED if level is None else level
+        deadline = current_deadline()
+        if deadline is not None:
+            # Past the deadline nothing new starts; a wait for a slot that outlasts it is
+            # interrupted by the deadline's backstop (project/deadline.py).
+            deadline.check()
         conn = pool.getconn()
+        if deadline is not None:
+            deadline.track(conn)
+            self._checkout_deadline = deadline
         self._checkout_pool = pool
         return conn
 
@@ -124,11 +145,14 @@ class DatabaseWrapper(GeventpoolDatabaseWrapper):
             self.connection = None
 
     def _close(self) -> None:
-        conn, pool = self.connection, self._checkout_pool
+        conn, pool, deadline = self.connection, self._checkout_pool, self._checkout_deadline
         self.connection = None
         self._checkout_pool = None
+        self._checkout_deadline = None
         if conn is None:
             return
+        if deadline is not None:
+            deadline.untrack(conn)
         if pool is None:
             with self.wrap_database_errors:
                 conn.close()
