@@ -79,10 +79,8 @@ def test_query_timeouts_sql() -> None:
     timeouts = QueryTimeouts(statement_timeout=5, lock_timeout=0.0004)
     assert timeouts.begin_autocommit == (
         b"BEGIN; SET LOCAL statement_timeout = 5000; SET LOCAL lock_timeout = 1")
-    off = QueryTimeouts(statement_timeout=0, lock_timeout=2,
-                        isolation_level=psycopg.IsolationLevel.REPEATABLE_READ)
-    assert off.begin_atomic == (b"BEGIN ISOLATION LEVEL REPEATABLE READ; "
-                                b"SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 2000")
+    off = QueryTimeouts(statement_timeout=0, lock_timeout=2)
+    assert off.set_local == b"SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 2000"
 
 
 @pytest.fixture

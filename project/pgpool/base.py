@@ -48,7 +48,6 @@ class DatabaseWrapper(GeventpoolDatabaseWrapper):
                 QueryTimeouts(
                     statement_timeout=opts.statement_timeout,
                     lock_timeout=opts.lock_timeout,
-                    isolation_level=opts.isolation_level,
                 ),
             )
 

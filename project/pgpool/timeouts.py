@@ -3,15 +3,15 @@
 Behind transaction pooling a client connection is lent a server connection for one transaction
 only, so session state (``SET statement_timeout``, libpq ``options``) lands on whichever server
 connection the client had at that moment and then stays there for other clients. ``SET LOCAL``
-lasts exactly one transaction, which is exactly what PgBouncer lends: so every transaction these
-connections run opens with ``BEGIN; SET LOCAL ...`` in one message (the simple query protocol
-runs the three statements in one round trip):
+lasts exactly one transaction, which is exactly what PgBouncer lends, so every transaction these
+connections run starts with it:
 
-- inside ``atomic()`` the wrapper sends that message in place of the ``BEGIN`` psycopg would have
-  sent for the first query (psycopg sends none once the connection is in a transaction): no extra
-  round trip;
-- an autocommit query runs in its own transaction, ``BEGIN; SET LOCAL ...``, the query, ``COMMIT``:
-  two extra round trips, the price of per-client timeouts that no other client can inherit.
+- inside ``atomic()``, before the first query: psycopg's own ``BEGIN`` (with the isolation level),
+  then ``SET LOCAL ...; SET LOCAL ...`` in one message: one extra round trip per transaction;
+- an autocommit query runs in a transaction of its own: ``BEGIN; SET LOCAL ...; SET LOCAL ...``
+  in one message (the simple query protocol runs several statements in one round trip), the
+  query, ``COMMIT``: two extra round trips, the price of per-client timeouts that no other
+  client can inherit.
 
 Role or database defaults (``ALTER ROLE app SET statement_timeout``) survive pooling too and cost
 nothing per query, but they are one value per role for every process that logs in as it, set
@@ -25,7 +25,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from psycopg import IsolationLevel
 from psycopg.pq import TransactionStatus
 
 logger = logging.getLogger("project.pgpool")
@@ -42,26 +41,18 @@ class QueryTimeouts:
     """A Django execute wrapper (``connection.execute_wrappers``) that runs every query under
     ``SET LOCAL statement_timeout`` / ``lock_timeout`` in seconds (0: no limit)."""
 
-    def __init__(
-        self,
-        *,
-        statement_timeout: float,
-        lock_timeout: float,
-        isolation_level: IsolationLevel | None = None,
-    ) -> None:
+    def __init__(self, *, statement_timeout: float, lock_timeout: float) -> None:
         self.statement_timeout = statement_timeout
         self.lock_timeout = lock_timeout
         settings = (
             f"SET LOCAL statement_timeout = {_milliseconds(statement_timeout)}; "
             f"SET LOCAL lock_timeout = {_milliseconds(lock_timeout)}"
         )
-        # Autocommit queries: the server's default isolation, as their implicit transaction had.
+        # atomic(): psycopg sends BEGIN, with the isolation level, before this.
+        self.set_local = settings.encode()
+        # Autocommit queries: plain BEGIN, the server's default isolation, as their implicit
+        # transaction had.
         self.begin_autocommit = f"BEGIN; {settings}".encode()
-        # atomic(): what psycopg's own BEGIN would have said (SessionSetup set the level).
-        begin = "BEGIN"
-        if isolation_level is not None:
-            begin += " ISOLATION LEVEL " + isolation_level.name.replace("_", " ")
-        self.begin_atomic = f"{begin}; {settings}".encode()
 
     def __call__(
         self, execute: Execute, sql: Any, params: Any, many: bool, context: dict[str, Any]
@@ -72,9 +63,9 @@ class QueryTimeouts:
             # Already inside a transaction this wrapper opened: its SET LOCAL holds.
             return execute(sql, params, many, context)
         if not conn.autocommit:
-            # The first query of an atomic() block: open the transaction ourselves.
+            # The first query of an atomic() block: psycopg begins the transaction first.
             with wrapper.wrap_database_errors:
-                conn.execute(self.begin_atomic, prepare=False)
+                conn.execute(self.set_local, prepare=False)
             return execute(sql, params, many, context)
         with wrapper.wrap_database_errors:
             conn.execute(self.begin_autocommit, prepare=False)
