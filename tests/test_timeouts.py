@@ -19,7 +19,7 @@ from deploy import processes as proc
 from deploy.topology import LocalTopology, ServiceProcess
 from project.pgpool.timeouts import QueryTimeouts
 from tests.api_client import SiteClient, create_site
-from tests.client import Response, get, wait_until
+from tests.client import Response, get, get_many, wait_until
 
 pytestmark = pytest.mark.usefixtures("django_db")
 
@@ -27,6 +27,9 @@ pytestmark = pytest.mark.usefixtures("django_db")
 STATEMENT_TIMEOUT = 1.5
 LOCK_TIMEOUT = 1.0
 DEADLINE = 3.0
+# A small pool with a short wait, so a slot the timeouts failed to free shows up as a 503.
+POOL_MAX_CONNS = 8
+POOL_TIMEOUT = 1.0
 # What README promises for a request whose database hangs: the deadline plus the backstop's
 # second; plus slack for a busy two-core test machine.
 REQUEST_BOUND = DEADLINE + 1.0 + 1.5
@@ -40,6 +43,7 @@ def timeouts_service(topology: LocalTopology) -> Iterator[ServiceProcess]:
         SHARDSVC_DB_STATEMENT_TIMEOUT=str(STATEMENT_TIMEOUT),
         SHARDSVC_DB_LOCK_TIMEOUT=str(LOCK_TIMEOUT),
         SHARDSVC_REQUEST_DEADLINE=str(DEADLINE),
+        SHARDSVC_POOL_MAX_CONNS=str(POOL_MAX_CONNS), SHARDSVC_POOL_TIMEOUT=str(POOL_TIMEOUT),
     )
     try:
         yield svc
@@ -210,12 +214,24 @@ def test_statement_timeout_answers_503_with_the_reason(timeouts_service) -> None
     assert ok.status == 200, ok.body
 
 
+def _assert_every_pool_slot_is_free(service: ServiceProcess, *aliases: str) -> None:
+    """MAX_CONNS requests holding a connection each, longer than POOL_TIMEOUT: one slot still
+    held by a timed-out request would leave one of them waiting into a PoolTimeout 503."""
+    hold = POOL_TIMEOUT + 0.2
+    assert hold < STATEMENT_TIMEOUT
+    for alias in aliases:
+        answers = get_many([f"{service.url}/_diag/sleep?alias={alias}&seconds={hold}"]
+                           * POOL_MAX_CONNS)
+        assert [a.status for a in answers] == [200] * POOL_MAX_CONNS, [a.body for a in answers]
+
+
 def _comment_count(admin, thread_id: int) -> int:
     return admin("shard_0").execute(
         "SELECT comment_count FROM comments_thread WHERE id = %s", [thread_id]).fetchone()[0]
 
 
-def test_a_request_blocked_on_a_row_lock_gets_503_within_lock_timeout(site, admin) -> None:
+def test_a_request_blocked_on_a_row_lock_gets_503_within_lock_timeout(
+        timeouts_service, site, admin) -> None:
     locked = site.thread()
     other = site.thread()
     before = _comment_count(admin, locked)
@@ -226,11 +242,11 @@ def test_a_request_blocked_on_a_row_lock_gets_503_within_lock_timeout(site, admi
         with ThreadPoolExecutor(max_workers=8) as pool:
             blocked = [pool.submit(_timed, lambda: site.call(
                 "POST", f"/threads/{locked}/comments", {"body": "blocked"}, user=True))
-                for _ in range(4)]
+                for _ in range(3)]
             # Meanwhile the rest of the shard keeps working, on the same worker and pool.
             others = [pool.submit(_timed, lambda i=i: site.call(
                 "POST", f"/threads/{other}/comments", {"body": f"free {i}"}, user=True))
-                for i in range(12)]
+                for i in range(10)]
             blocked_results = [f.result() for f in blocked]
             other_results = [f.result() for f in others]
     finally:
@@ -245,12 +261,13 @@ def test_a_request_blocked_on_a_row_lock_gets_503_within_lock_timeout(site, admi
     reasons = [a.body["message"] for a, _ in blocked_results]
     assert all("lock_timeout" in r or "statement_timeout" in r for r in reasons), reasons
     assert any("lock_timeout" in r for r in reasons), reasons
-    assert [a.status for a, _ in other_results] == [201] * 12
+    assert [a.status for a, _ in other_results] == [201] * 10
     assert _comment_count(admin, locked) == before  # nothing written
     # The connections of the timed-out requests were freed: the pool serves the locked thread.
     assert site.call("POST", f"/threads/{locked}/comments", {"body": "after"},
                      user=True).status == 201
     assert _comment_count(admin, locked) == before + 1
+    _assert_every_pool_slot_is_free(timeouts_service, "shard_0")
 
 
 @dataclass
@@ -330,3 +347,5 @@ def test_a_paused_pgbouncer_costs_requests_a_bounded_503_and_the_service_recover
     for thread_id in threads:
         answer = site.call("GET", f"/threads/{thread_id}")
         assert answer.status == 200, answer.body
+    # The connections the deadline cut were discarded and their slots freed.
+    _assert_every_pool_slot_is_free(timeouts_service, "shard_0", "default")
