@@ -17,7 +17,7 @@ import pytest
 
 from deploy import processes as proc
 from deploy.topology import LocalTopology, ServiceProcess
-from project.pgpool.timeouts import QueryTimeouts
+from project.pgpool.timeouts import set_local_sql
 from tests.api_client import SiteClient, create_site
 from tests.client import Response, get, get_many, wait_until
 
@@ -79,12 +79,39 @@ def _pooled_dsn(topology: LocalTopology) -> str:
     return f"postgresql://app@127.0.0.1:{topology.layout.pgbouncer_port}/shard_0"
 
 
-def test_query_timeouts_sql() -> None:
-    timeouts = QueryTimeouts(statement_timeout=5, lock_timeout=0.0004)
-    assert timeouts.begin_autocommit == (
-        b"BEGIN; SET LOCAL statement_timeout = 5000; SET LOCAL lock_timeout = 1")
-    off = QueryTimeouts(statement_timeout=0, lock_timeout=2)
-    assert off.set_local == b"SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 2000"
+def test_set_local_sql() -> None:
+    assert set_local_sql(statement_timeout=5, lock_timeout=0.0004) == (
+        "SET LOCAL statement_timeout = 5000; SET LOCAL lock_timeout = 1")
+    assert set_local_sql(statement_timeout=0, lock_timeout=2) == (
+        "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 2000")
+
+
+def test_queries_behave_as_if_sent_alone() -> None:
+    """The SET LOCAL prefix shares the query's message: results, row counts, parameters, a
+    trailing comment and errors are the query's own, and autocommit leaves no transaction."""
+    from django.db import DatabaseError, connections, transaction
+    from psycopg.pq import TransactionStatus
+
+    conn = connections["shard_0"]
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT %s || '%%', current_setting('lock_timeout') -- a last comment",
+                       ["100"])
+        assert cursor.fetchall() == [("100%", "2s")]
+        cursor.execute("SELECT generate_series(1, 3)")
+        assert cursor.rowcount == 3 and [r[0] for r in cursor.fetchall()] == [1, 2, 3]
+        assert conn.connection.info.transaction_status == TransactionStatus.IDLE
+        with pytest.raises(DatabaseError) as failure:
+            cursor.execute("SELECT 1 / 0")
+        assert failure.value.__cause__.sqlstate == "22012"
+        assert conn.connection.info.transaction_status == TransactionStatus.IDLE
+    with transaction.atomic(using="shard_0"), conn.cursor() as cursor:
+        cursor.execute("SELECT current_setting('statement_timeout'), "
+                       "current_setting('transaction_isolation')")
+        assert cursor.fetchone() == ("5s", "read committed")
+        cursor.execute("CREATE TEMP TABLE t_rowcount ON COMMIT DROP AS "
+                       "SELECT generate_series(1, 4) AS n")
+        cursor.execute("UPDATE t_rowcount SET n = n + 1 WHERE n > 1")
+        assert cursor.rowcount == 3
 
 
 @pytest.fixture

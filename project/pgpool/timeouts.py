@@ -4,32 +4,35 @@ Behind transaction pooling a client connection is lent a server connection for o
 only, so session state (``SET statement_timeout``, libpq ``options``) lands on whichever server
 connection the client had at that moment and then stays there for other clients. ``SET LOCAL``
 lasts exactly one transaction, which is exactly what PgBouncer lends, so every transaction these
-connections run starts with it:
+connections run starts with it, sent in the same message as the transaction's first query:
+Django's cursors bind parameters on the client and use the simple query protocol, which runs
+several statements from one message, so no round trip is added:
 
-- inside ``atomic()``, before the first query: psycopg's own ``BEGIN`` (with the isolation level),
-  then ``SET LOCAL ...; SET LOCAL ...`` in one message: one extra round trip per transaction;
-- an autocommit query runs in a transaction of its own: ``BEGIN; SET LOCAL ...; SET LOCAL ...``
-  in one message (the simple query protocol runs several statements in one round trip), the
-  query, ``COMMIT``: two extra round trips, the price of per-client timeouts that no other
-  client can inherit.
+- an autocommit query becomes ``BEGIN; SET LOCAL ...; SET LOCAL ...; <query>; COMMIT``;
+- the first query inside ``atomic()`` becomes ``SET LOCAL ...; SET LOCAL ...; <query>`` (psycopg
+  has just sent its own ``BEGIN``, with the isolation level).
 
-Role or database defaults (``ALTER ROLE app SET statement_timeout``) survive pooling too and cost
-nothing per query, but they are one value per role for every process that logs in as it, set
-outside the settings that describe the service, and they reach a server connection only when
-PgBouncer opens it. Here the Django settings are the only source of the values.
+PostgreSQL (13+) times each statement of such a message separately, so the query gets the whole
+``statement_timeout``. The cursor is left on the query's result, as if it had run alone.
+``executemany`` (a pipeline, no multi-statement messages) pays one extra round trip instead.
+
+Role or database defaults (``ALTER ROLE app SET statement_timeout``) survive pooling too, but they
+are one value per role for every process that logs in as it, set outside the settings that
+describe the service, and they reach a server connection only when PgBouncer opens it. Here the
+Django settings are the only source of the values.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Iterable
 from typing import Any
 
+from psycopg import ClientCursor
 from psycopg.pq import TransactionStatus
 
 logger = logging.getLogger("project.pgpool")
-
-Execute = Callable[[Any, Any, bool, dict[str, Any]], Any]
 
 
 def _milliseconds(seconds: float) -> int:
@@ -37,51 +40,79 @@ def _milliseconds(seconds: float) -> int:
     return max(1, round(seconds * 1000)) if seconds > 0 else 0
 
 
-class QueryTimeouts:
-    """A Django execute wrapper (``connection.execute_wrappers``) that runs every query under
-    ``SET LOCAL statement_timeout`` / ``lock_timeout`` in seconds (0: no limit)."""
+def set_local_sql(*, statement_timeout: float, lock_timeout: float) -> str:
+    return (
+        f"SET LOCAL statement_timeout = {_milliseconds(statement_timeout)}; "
+        f"SET LOCAL lock_timeout = {_milliseconds(lock_timeout)}"
+    )
 
-    def __init__(self, *, statement_timeout: float, lock_timeout: float) -> None:
-        self.statement_timeout = statement_timeout
-        self.lock_timeout = lock_timeout
-        settings = (
-            f"SET LOCAL statement_timeout = {_milliseconds(statement_timeout)}; "
-            f"SET LOCAL lock_timeout = {_milliseconds(lock_timeout)}"
-        )
-        # atomic(): psycopg sends BEGIN, with the isolation level, before this.
-        self.set_local = settings.encode()
-        # Autocommit queries: plain BEGIN, the server's default isolation, as their implicit
-        # transaction had.
-        self.begin_autocommit = f"BEGIN; {settings}".encode()
 
-    def __call__(
-        self, execute: Execute, sql: Any, params: Any, many: bool, context: dict[str, Any]
-    ) -> Any:
-        wrapper = context["connection"]
-        conn = wrapper.connection
-        if conn is None or conn.info.transaction_status != TransactionStatus.IDLE:
-            # Already inside a transaction this wrapper opened: its SET LOCAL holds.
-            return execute(sql, params, many, context)
-        if not conn.autocommit:
-            # The first query of an atomic() block: psycopg begins the transaction first.
-            with wrapper.wrap_database_errors:
-                conn.execute(self.set_local, prepare=False)
-            return execute(sql, params, many, context)
-        with wrapper.wrap_database_errors:
-            conn.execute(self.begin_autocommit, prepare=False)
+class TimeoutsCursorMixin:
+    """Mixed into Django's client-side-binding cursor class by ``timeouts_cursor_class``."""
+
+    # Set on the generated class.
+    set_local: str
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        conn = self.connection  # type: ignore[attr-defined]
+        if conn.pgconn.transaction_status != TransactionStatus.IDLE or kwargs:
+            # Inside a transaction that began with our SET LOCAL: it still holds.
+            return super().execute(query, params, **kwargs)  # type: ignore[misc]
+        body = self.mogrify(query, params)  # type: ignore[attr-defined]
+        autocommit = conn.autocommit
+        if autocommit:
+            # The newline ends a trailing "--" comment before COMMIT.
+            text, skip = f"BEGIN; {self.set_local}; {body}\n; COMMIT", 3
+        else:
+            text, skip = f"{self.set_local}; {body}", 2
         try:
-            result = execute(sql, params, many, context)
+            super().execute(text)  # type: ignore[misc]
         except BaseException:
-            _rollback_quietly(conn)
+            if autocommit:
+                _rollback_quietly(conn)
             raise
-        with wrapper.wrap_database_errors:
+        for _ in range(skip):
+            self.nextset()  # type: ignore[attr-defined]
+        return self
+
+    def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> Any:
+        conn = self.connection  # type: ignore[attr-defined]
+        if conn.pgconn.transaction_status != TransactionStatus.IDLE:
+            return super().executemany(query, params_seq, **kwargs)  # type: ignore[misc]
+        autocommit = conn.autocommit
+        conn.execute(f"BEGIN; {self.set_local}" if autocommit else self.set_local,
+                     prepare=False)
+        try:
+            result = super().executemany(query, params_seq, **kwargs)  # type: ignore[misc]
+        except BaseException:
+            if autocommit:
+                _rollback_quietly(conn)
+            raise
+        if autocommit:
             conn.commit()
         return result
 
 
+@functools.cache
+def timeouts_cursor_class(base: type, *, statement_timeout: float,
+                          lock_timeout: float) -> type:
+    """A subclass of ``base`` (Django's cursor class) that runs every query under the timeouts."""
+    if not issubclass(base, ClientCursor):
+        raise TypeError(
+            f"{base.__name__} binds parameters on the server; statement and lock timeouts need "
+            "Django's default client-side binding (remove 'server_side_binding' from OPTIONS)"
+        )
+    return type(
+        f"Timeouts{base.__name__}",
+        (TimeoutsCursorMixin, base),
+        {"set_local": set_local_sql(statement_timeout=statement_timeout,
+                                    lock_timeout=lock_timeout)},
+    )
+
+
 def _rollback_quietly(conn: Any) -> None:
     """End the failed query's transaction, keeping the query's own error for the caller."""
-    if conn.closed or conn.info.transaction_status not in (
+    if conn.closed or conn.pgconn.transaction_status not in (
         TransactionStatus.INTRANS,
         TransactionStatus.INERROR,
     ):
