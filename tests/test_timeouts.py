@@ -86,6 +86,27 @@ def test_set_local_sql() -> None:
         "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 2000")
 
 
+@pytest.mark.parametrize("options", [{"STATEMENT_TIMEOUT": -1}, {"LOCK_TIMEOUT": True},
+                                     {"LOCK_TIMEOUT": float("inf")}, {"STATEMENT_TIMEOUT": "5"}])
+def test_bad_timeout_options_are_refused(options) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from project.pgpool.options import PoolOptions
+
+    with pytest.raises(ImproperlyConfigured, match=next(iter(options))):
+        PoolOptions.from_settings("shard_0", options)
+
+
+def test_timeouts_need_client_side_binding() -> None:
+    from django.db.backends.postgresql.base import Cursor, ServerBindingCursor
+
+    from project.pgpool.timeouts import timeouts_cursor_class
+
+    assert issubclass(timeouts_cursor_class(Cursor, statement_timeout=1, lock_timeout=1), Cursor)
+    with pytest.raises(TypeError, match="server_side_binding"):
+        timeouts_cursor_class(ServerBindingCursor, statement_timeout=1, lock_timeout=1)
+
+
 def test_queries_behave_as_if_sent_alone() -> None:
     """The SET LOCAL prefix shares the query's message: results, row counts, parameters, a
     trailing comment and errors are the query's own, and autocommit leaves no transaction."""
