@@ -4,17 +4,18 @@ Behind transaction pooling a client connection is lent a server connection for o
 only, so session state (``SET statement_timeout``, libpq ``options``) lands on whichever server
 connection the client had at that moment and then stays there for other clients. ``SET LOCAL``
 lasts exactly one transaction, which is exactly what PgBouncer lends, so every transaction these
-connections run starts with it, sent in the same message as the transaction's first query:
-Django's cursors bind parameters on the client and use the simple query protocol, which runs
-several statements from one message, so no round trip is added:
+connections run starts with it, in the same message as the transaction's first query: Django's
+cursors bind parameters on the client and use the simple query protocol, which runs several
+statements from one message, so ``SET LOCAL ...; SET LOCAL ...; <query>`` adds no round trip.
 
-- an autocommit query becomes ``BEGIN; SET LOCAL ...; SET LOCAL ...; <query>; COMMIT``;
-- the first query inside ``atomic()`` becomes ``SET LOCAL ...; SET LOCAL ...; <query>`` (psycopg
-  has just sent its own ``BEGIN``, with the isolation level).
+- In autocommit mode the message is one implicit transaction, which the SET LOCALs last for;
+  PostgreSQL commits it after the last statement, or rolls it back whole on an error.
+- Inside ``atomic()`` psycopg has just sent its own ``BEGIN`` (with the isolation level); later
+  queries of the transaction go out unchanged.
 
 PostgreSQL (13+) times each statement of such a message separately, so the query gets the whole
 ``statement_timeout``. The cursor is left on the query's result, as if it had run alone.
-``executemany`` (a pipeline, no multi-statement messages) pays one extra round trip instead.
+``executemany`` (a pipeline, no multi-statement messages) pays an extra round trip instead.
 
 Role or database defaults (``ALTER ROLE app SET statement_timeout``) survive pooling too, but they
 are one value per role for every process that logs in as it, set outside the settings that
@@ -58,21 +59,10 @@ class TimeoutsCursorMixin:
         if conn.pgconn.transaction_status != TransactionStatus.IDLE or kwargs:
             # Inside a transaction that began with our SET LOCAL: it still holds.
             return super().execute(query, params, **kwargs)  # type: ignore[misc]
-        body = self.mogrify(query, params)  # type: ignore[attr-defined]
-        autocommit = conn.autocommit
-        if autocommit:
-            # The newline ends a trailing "--" comment before COMMIT.
-            text, skip = f"BEGIN; {self.set_local}; {body}\n; COMMIT", 3
-        else:
-            text, skip = f"{self.set_local}; {body}", 2
-        try:
-            super().execute(text)  # type: ignore[misc]
-        except BaseException:
-            if autocommit:
-                _rollback_quietly(conn)
-            raise
-        for _ in range(skip):
-            self.nextset()  # type: ignore[attr-defined]
+        text = f"{self.set_local}; {self.mogrify(query, params)}"  # type: ignore[attr-defined]
+        super().execute(text)  # type: ignore[misc]
+        self.nextset()  # type: ignore[attr-defined]
+        self.nextset()  # type: ignore[attr-defined]
         return self
 
     def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> Any:
