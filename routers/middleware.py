@@ -23,14 +23,14 @@ RETRY_AFTER_SECONDS = 2
 
 def database_unavailable(request: HttpRequest, exc: Exception) -> JsonResponse:
     """503 with Retry-After for a database that cannot serve the request right now."""
-    from project.pgpool.errors import DeadlineExceeded, PoolTimeout
+    from project.pgpool.errors import PoolTimeout
     from shards.fence import TenantStillFenced
 
     code = "database_unavailable"
     timeout = _timeout_message(exc)
     if timeout is not None:
         code, message = "database_timeout", timeout
-    elif isinstance(exc, PoolTimeout | TenantStillFenced | DeadlineExceeded):
+    elif isinstance(exc, PoolTimeout | TenantStillFenced):
         message = str(exc)
     else:
         # The driver's text can carry host names and ports: log it, answer plainly.
