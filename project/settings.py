@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import secrets
@@ -15,7 +16,7 @@ from shards.topology import databases_setting, load_shard_map
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
-def _env_float(name: str, default: float) -> float:
+def _env_float(name: str, default: float, *, allow_zero: bool = False) -> float:
     raw = os.environ.get(name)
     if raw is None:
         return default
@@ -23,8 +24,9 @@ def _env_float(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise ImproperlyConfigured(f"{name} must be positive, got {raw!r}")
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        bound = "0 (off) or more" if allow_zero else "positive"
+        raise ImproperlyConfigured(f"{name} must be {bound}, got {raw!r}")
     return value
 
 
@@ -126,6 +128,19 @@ METRICS_TOKEN = os.environ.get("SHARDSVC_METRICS_TOKEN", "")
 DB_POOL_MAX_CONNS = int(_env_float("SHARDSVC_POOL_MAX_CONNS", 20))
 DB_POOL_TIMEOUT = _env_float("SHARDSVC_POOL_TIMEOUT", 5.0)
 
+# Server-side bounds on every query of the service (seconds, 0 = none), set with SET LOCAL in
+# each transaction because session settings do not survive PgBouncer's transaction pooling
+# (project/pgpool/timeouts.py). A query past them fails and the request gets a 503.
+DB_STATEMENT_TIMEOUT = _env_float("SHARDSVC_DB_STATEMENT_TIMEOUT", 5.0, allow_zero=True)
+DB_LOCK_TIMEOUT = _env_float("SHARDSVC_DB_LOCK_TIMEOUT", 2.0, allow_zero=True)
+# Client-side bounds, for a server or pooler that stops answering: opening a connection (libpq's
+# connect_timeout, whole seconds, at least 2), unacknowledged data (tcp_user_timeout), a silent
+# peer (keepalives), and the whole request (REQUEST_DEADLINE, project/deadline.py: a paused
+# PgBouncer still acknowledges packets, so only the deadline ends those waits). Keep it below
+# Gunicorn's 30 s worker timeout.
+DB_CONNECT_TIMEOUT = max(2, round(_env_float("SHARDSVC_DB_CONNECT_TIMEOUT", 3.0)))
+REQUEST_DEADLINE = _env_float("SHARDSVC_REQUEST_DEADLINE", 10.0, allow_zero=True)
+
 # Admin processes (DDL, moves) may bypass PgBouncer; the service never does.
 DIRECT_DB = os.environ.get("SHARDSVC_DIRECT_DB") == "1"
 DATABASES = databases_setting(
@@ -134,7 +149,14 @@ DATABASES = databases_setting(
         "MAX_CONNS": DB_POOL_MAX_CONNS,
         "POOL_TIMEOUT": DB_POOL_TIMEOUT,
         "POOLER": "direct" if DIRECT_DB else "pgbouncer-transaction",
-        "connect_timeout": 5,
+        "STATEMENT_TIMEOUT": DB_STATEMENT_TIMEOUT,
+        "LOCK_TIMEOUT": DB_LOCK_TIMEOUT,
+        "connect_timeout": DB_CONNECT_TIMEOUT,
+        "tcp_user_timeout": 10_000,  # ms: sent data unacknowledged this long breaks the link
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
     },
     use_direct=DIRECT_DB,
 )
@@ -192,6 +214,8 @@ MIDDLEWARE = [
     # Outermost: request id and access log, then request metrics (both see every answer).
     "project.request_log.RequestLogMiddleware",
     "project.metrics.MetricsMiddleware",
+    # Inside the two above, so the 503 of a request past its deadline is logged and counted.
+    "project.deadline.RequestDeadlineMiddleware",
     "routers.middleware.CausalConsistencyMiddleware",
     "project.middleware.DatabaseUnavailableMiddleware",
     "project.limits.RequestSizeLimitMiddleware",

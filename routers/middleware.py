@@ -29,15 +29,46 @@ def database_unavailable(request: HttpRequest, exc: Exception) -> JsonResponse:
     from project.pgpool.errors import PoolTimeout
     from shards.fence import TenantStillFenced
 
-    if isinstance(exc, PoolTimeout | TenantStillFenced):
+    code = "database_unavailable"
+    timeout = _timeout_message(exc)
+    if timeout is not None:
+        code, message = "database_timeout", timeout
+    elif isinstance(exc, PoolTimeout | TenantStillFenced):
         message = str(exc)
     else:
         # The driver's text can carry host names and ports: log it, answer plainly.
         message = "a database needed for this request is unavailable; retry shortly"
     logger.warning("503 for %s: %s", request.path, exc)
-    response = JsonResponse({"error": "database_unavailable", "message": message}, status=503)
+    response = JsonResponse({"error": code, "message": message}, status=503)
     response["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return response
+
+
+# SQLSTATEs of the service's own query timeouts (project.pgpool.timeouts).
+_LOCK_NOT_AVAILABLE = "55P03"
+_QUERY_CANCELED = "57014"
+
+
+def _timeout_message(exc: BaseException) -> str | None:
+    """Why the request timed out, if it did: a server-side timeout or the request's deadline."""
+    from project.pgpool.deadline import current_deadline
+    from project.pgpool.errors import DeadlineExceeded
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        sqlstate = getattr(cause, "sqlstate", None)
+        if sqlstate == _LOCK_NOT_AVAILABLE:
+            return (f"a lock wait passed lock_timeout ({settings.DB_LOCK_TIMEOUT:g} s): "
+                    "another transaction holds what this request needs; retry shortly")
+        if sqlstate == _QUERY_CANCELED:
+            return (f"a query ran past statement_timeout ({settings.DB_STATEMENT_TIMEOUT:g} s) "
+                    "or was canceled; retry shortly")
+        cause = cause.__cause__
+    deadline = current_deadline()
+    if isinstance(exc, DeadlineExceeded) or (deadline is not None and deadline.expired):
+        # The driver's error (a cut connection) says nothing useful: name the deadline.
+        return str(deadline.error()) if deadline is not None else str(exc)
+    return None
 
 
 class CausalConsistencyMiddleware:

@@ -3,7 +3,9 @@
 django-db-geventpool's psycopg 3 backend with a hard-capped, fair, leak-proof pool. OPTIONS keys
 (all optional): ``MAX_CONNS`` (10), ``REUSE_CONNS`` (MAX_CONNS), ``POOL_TIMEOUT`` (5.0 s),
 ``CHECK_IDLE_AFTER`` (30.0 s), ``POOLER`` (None, or "direct", "pgbouncer-session",
-"pgbouncer-transaction"). Call ``close_all_pools()`` at worker exit; read ``pool_stats()`` for
+"pgbouncer-transaction"), ``STATEMENT_TIMEOUT`` and ``LOCK_TIMEOUT`` (0 s: none; set per
+transaction with SET LOCAL, see ``timeouts.py``). ``deadline.py`` bounds the database waits of a
+block of code (a request). Call ``close_all_pools()`` at worker exit; read ``pool_stats()`` for
 metrics.
 """
 

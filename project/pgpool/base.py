@@ -16,15 +16,19 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS
 from django.db.backends.base.base import NO_DB_ALIAS
+from django.db.backends.postgresql.base import Cursor as DjangoCursor
 from django.db.backends.postgresql.base import DatabaseWrapper as DjangoDatabaseWrapper
+from django.db.backends.postgresql.base import ServerBindingCursor
 from django_db_geventpool.backends.postgresql_psycopg3.base import (
     DatabaseWrapper as GeventpoolDatabaseWrapper,
 )
 from psycopg import IsolationLevel
 
+from .deadline import Deadline, current_deadline
 from .options import POOL_KEYS, PoolOptions
 from .pool import Connection, ConnectionPool, PoolKey, close_all_pools, get_pool, retire_pool
 from .session import SessionSetup
+from .timeouts import timeouts_cursor_class
 
 
 class DatabaseWrapper(GeventpoolDatabaseWrapper):
@@ -38,6 +42,23 @@ class DatabaseWrapper(GeventpoolDatabaseWrapper):
         self.pool_options = PoolOptions.from_settings(alias, settings_dict.get("OPTIONS") or {})
         # The pool the current connection came from: settings may change while it is out.
         self._checkout_pool: ConnectionPool | None = None
+        # The deadline the current connection was checked out under, told when it goes back.
+        self._checkout_deadline: Deadline | None = None
+        # Django's cursor class, made to run every query under this alias's timeouts. Set on
+        # each checkout: pools are shared by every wrapper that connects to the same place.
+        opts = self.pool_options
+        cursor_class: type = (
+            ServerBindingCursor
+            if (settings_dict.get("OPTIONS") or {}).get("server_side_binding") is True
+            else DjangoCursor
+        )
+        if alias != NO_DB_ALIAS and (opts.statement_timeout or opts.lock_timeout):
+            cursor_class = timeouts_cursor_class(
+                cursor_class,
+                statement_timeout=opts.statement_timeout,
+                lock_timeout=opts.lock_timeout,
+            )
+        self._cursor_factory: type = cursor_class
 
     # -- pool lookup ---------------------------------------------------------------------------
 
@@ -91,6 +112,7 @@ class DatabaseWrapper(GeventpoolDatabaseWrapper):
         # psycopg.connect() would reject ours as unknown connection parameters.
         for key in POOL_KEYS:
             params.pop(key, None)
+        params["cursor_factory"] = self._cursor_factory
         return params
 
     # -- checkout and return -------------------------------------------------------------------
@@ -103,7 +125,16 @@ class DatabaseWrapper(GeventpoolDatabaseWrapper):
         # the connection itself got its isolation level once, in SessionSetup.
         level = self.pool_options.isolation_level
         self.isolation_level = IsolationLevel.READ_COMMITTED if level is None else level
+        deadline = current_deadline()
+        if deadline is not None:
+            # Past the deadline nothing new starts; a wait for a slot that outlasts it is
+            # interrupted by the deadline's backstop (project/deadline.py).
+            deadline.check()
         conn = pool.getconn()
+        conn.cursor_factory = self._cursor_factory
+        if deadline is not None:
+            deadline.track(conn)
+            self._checkout_deadline = deadline
         self._checkout_pool = pool
         return conn
 
@@ -124,11 +155,14 @@ class DatabaseWrapper(GeventpoolDatabaseWrapper):
             self.connection = None
 
     def _close(self) -> None:
-        conn, pool = self.connection, self._checkout_pool
+        conn, pool, deadline = self.connection, self._checkout_pool, self._checkout_deadline
         self.connection = None
         self._checkout_pool = None
+        self._checkout_deadline = None
         if conn is None:
             return
+        if deadline is not None:
+            deadline.untrack(conn)
         if pool is None:
             with self.wrap_database_errors:
                 conn.close()

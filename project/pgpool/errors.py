@@ -21,3 +21,7 @@ def pool_timeout(name: str, max_size: int, timeout: float) -> PoolTimeout:
         f"{timeout} s; raise MAX_CONNS or POOL_TIMEOUT, or lower the number of concurrent "
         f"requests per worker"
     )
+
+
+class DeadlineExceeded(OperationalError):
+    """The current request's deadline passed (``project.pgpool.deadline``)."""

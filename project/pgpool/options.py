@@ -15,7 +15,15 @@ from django.core.exceptions import ImproperlyConfigured
 from psycopg import IsolationLevel
 
 # Keys this backend reads; they must never reach psycopg.connect(), which would reject them.
-POOL_KEYS = ("MAX_CONNS", "REUSE_CONNS", "POOL_TIMEOUT", "CHECK_IDLE_AFTER", "POOLER")
+POOL_KEYS = (
+    "MAX_CONNS",
+    "REUSE_CONNS",
+    "POOL_TIMEOUT",
+    "CHECK_IDLE_AFTER",
+    "POOLER",
+    "STATEMENT_TIMEOUT",
+    "LOCK_TIMEOUT",
+)
 
 PGBOUNCER_TRANSACTION = "pgbouncer-transaction"
 # A typo here would silently switch off the session-state checks below, so unknown values fail.
@@ -31,6 +39,9 @@ class PoolOptions:
     pooler: str | None = None
     isolation_level: IsolationLevel | None = None
     assume_role: str | None = None
+    # Seconds, 0 = no limit; applied with SET LOCAL per transaction (see timeouts.py).
+    statement_timeout: float = 0.0
+    lock_timeout: float = 0.0
 
     @classmethod
     def from_settings(cls, alias: str, options: Mapping[str, Any]) -> PoolOptions:
@@ -40,6 +51,8 @@ class PoolOptions:
         timeout = _number(alias, options, "POOL_TIMEOUT", 5.0, minimum=0, strict=True)
         # 0 is allowed: SELECT 1 on every checkout, geventpool's behaviour.
         check_after = _number(alias, options, "CHECK_IDLE_AFTER", 30.0, minimum=0)
+        statement_timeout = _number(alias, options, "STATEMENT_TIMEOUT", 0.0, minimum=0)
+        lock_timeout = _number(alias, options, "LOCK_TIMEOUT", 0.0, minimum=0)
 
         pooler = options.get("POOLER")
         if pooler is not None and pooler not in POOLERS:
@@ -84,6 +97,8 @@ class PoolOptions:
             pooler=pooler,
             isolation_level=isolation_level,
             assume_role=role,
+            statement_timeout=float(statement_timeout),
+            lock_timeout=float(lock_timeout),
         )
 
 

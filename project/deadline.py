@@ -1,0 +1,54 @@
+"""A deadline per request: a hung PgBouncer or database costs a request a 503, not a worker.
+
+``RequestDeadlineMiddleware`` gives each request ``settings.REQUEST_DEADLINE`` seconds. When they
+run out, a timer cuts the request's checked-out database connections (``project.pgpool.deadline``):
+the query waiting on one fails at once, the view's error becomes the usual 503, and the pool
+replaces the connections later. A wait that is not on a database socket (a connect in progress,
+anything else) is interrupted ``BACKSTOP_SECONDS`` later by a ``gevent.Timeout`` raising
+``DeadlineExceeded``, an ``OperationalError`` like the rest.
+
+It needs gevent (the Gunicorn worker class): without a running gevent hub nothing fires the timer,
+so outside a gevent worker (manage.py shell, the test client) the middleware passes through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from gevent import Timeout, get_hub
+from gevent.monkey import is_module_patched
+
+from project.pgpool.deadline import Deadline, deadline_scope
+from project.pgpool.errors import DeadlineExceeded
+from routers.middleware import database_unavailable
+
+GetResponse = Callable[[HttpRequest], HttpResponse]
+
+# Grace after the deadline before the request greenlet itself is interrupted: cutting the sockets
+# ends a database wait at once, so this only catches waits of another kind.
+BACKSTOP_SECONDS = 1.0
+
+
+class RequestDeadlineMiddleware:
+    def __init__(self, get_response: GetResponse) -> None:
+        self.get_response = get_response
+        self.seconds = float(settings.REQUEST_DEADLINE)
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not self.seconds or not is_module_patched("socket"):
+            return self.get_response(request)
+        deadline = Deadline(self.seconds)
+        timer = get_hub().loop.timer(self.seconds)
+        timer.start(deadline.expire)
+        try:
+            with deadline_scope(deadline), Timeout(
+                self.seconds + BACKSTOP_SECONDS, deadline.error()
+            ):
+                return self.get_response(request)
+        except DeadlineExceeded as exc:
+            # Inner layers answer their own errors; this is one raised between them.
+            return database_unavailable(request, exc)
+        finally:
+            timer.close()

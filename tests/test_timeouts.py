@@ -1,0 +1,399 @@
+"""Bounded waits: statement_timeout and lock_timeout on every query behind PgBouncer transaction
+pooling, and a request deadline for a pooler or server that stops answering."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+
+from deploy import processes as proc
+from deploy.topology import LocalTopology, ServiceProcess
+from project.pgpool.timeouts import set_local_sql
+from tests.api_client import SiteClient, create_site
+from tests.client import Response, get, get_many, wait_until
+
+pytestmark = pytest.mark.usefixtures("django_db")
+
+# The dedicated service's bounds: short, so the tests are quick.
+STATEMENT_TIMEOUT = 1.5
+LOCK_TIMEOUT = 1.0
+DEADLINE = 3.0
+# A small pool with a short wait, so a slot the timeouts failed to free shows up as a 503.
+POOL_MAX_CONNS = 8
+POOL_TIMEOUT = 1.0
+# What README promises for a request whose database hangs: the deadline plus the backstop's
+# second; plus slack for a busy two-core test machine.
+REQUEST_BOUND = DEADLINE + 1.0 + 1.5
+
+
+@pytest.fixture(scope="module")
+def timeouts_service(topology: LocalTopology) -> Iterator[ServiceProcess]:
+    svc = topology.start_service(
+        name="timeouts", port=topology.layout.http_port + 7,
+        SHARDSVC_WORKERS="1", SHARDSVC_DIAGNOSTICS="1",
+        SHARDSVC_DB_STATEMENT_TIMEOUT=str(STATEMENT_TIMEOUT),
+        SHARDSVC_DB_LOCK_TIMEOUT=str(LOCK_TIMEOUT),
+        SHARDSVC_REQUEST_DEADLINE=str(DEADLINE),
+        SHARDSVC_POOL_MAX_CONNS=str(POOL_MAX_CONNS), SHARDSVC_POOL_TIMEOUT=str(POOL_TIMEOUT),
+    )
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(scope="module")
+def site(timeouts_service: ServiceProcess, topology: LocalTopology) -> SiteClient:
+    return create_site(timeouts_service, topology, prefix="timeouts", shard="shard_0").as_user(
+        "u-timeouts", "Tim")
+
+
+# -- SET LOCAL behind transaction pooling ------------------------------------------------------
+
+
+SHOW = "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'), " \
+       "pg_backend_pid()"
+
+
+def _wrapper(statement: float, lock: float):
+    """A Django connection to shard_0 through PgBouncer with its own timeouts."""
+    from django.db import connections
+
+    from project.pgpool.base import DatabaseWrapper
+
+    settings_dict = copy.deepcopy(connections["shard_0"].settings_dict)
+    settings_dict["OPTIONS"].update(STATEMENT_TIMEOUT=statement, LOCK_TIMEOUT=lock)
+    return DatabaseWrapper(settings_dict, "shard_0")
+
+
+def _pooled_dsn(topology: LocalTopology) -> str:
+    return f"postgresql://app@127.0.0.1:{topology.layout.pgbouncer_port}/shard_0"
+
+
+def test_set_local_sql() -> None:
+    assert set_local_sql(statement_timeout=5, lock_timeout=0.0004) == (
+        "SET LOCAL statement_timeout = 5000; SET LOCAL lock_timeout = 1")
+    assert set_local_sql(statement_timeout=0, lock_timeout=2) == (
+        "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 2000")
+
+
+@pytest.mark.parametrize("options", [{"STATEMENT_TIMEOUT": -1}, {"LOCK_TIMEOUT": True},
+                                     {"LOCK_TIMEOUT": float("inf")}, {"STATEMENT_TIMEOUT": "5"}])
+def test_bad_timeout_options_are_refused(options) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from project.pgpool.options import PoolOptions
+
+    with pytest.raises(ImproperlyConfigured, match=next(iter(options))):
+        PoolOptions.from_settings("shard_0", options)
+
+
+def test_timeouts_need_client_side_binding() -> None:
+    from django.db.backends.postgresql.base import Cursor, ServerBindingCursor
+
+    from project.pgpool.timeouts import timeouts_cursor_class
+
+    assert issubclass(timeouts_cursor_class(Cursor, statement_timeout=1, lock_timeout=1), Cursor)
+    with pytest.raises(TypeError, match="server_side_binding"):
+        timeouts_cursor_class(ServerBindingCursor, statement_timeout=1, lock_timeout=1)
+
+
+def test_queries_behave_as_if_sent_alone() -> None:
+    """The SET LOCAL prefix shares the query's message: results, row counts, parameters, a
+    trailing comment and errors are the query's own, and autocommit leaves no transaction."""
+    from django.db import DatabaseError, connections, transaction
+    from psycopg.pq import TransactionStatus
+
+    conn = connections["shard_0"]
+    with conn.cursor() as cursor:
+        cursor.execute("SELECT %s || '%%', current_setting('lock_timeout') -- a last comment",
+                       ["100"])
+        assert cursor.fetchall() == [("100%", "2s")]
+        cursor.execute("SELECT generate_series(1, 3)")
+        assert cursor.rowcount == 3 and [r[0] for r in cursor.fetchall()] == [1, 2, 3]
+        assert conn.connection.info.transaction_status == TransactionStatus.IDLE
+        with pytest.raises(DatabaseError) as failure:
+            cursor.execute("SELECT 1 / 0")
+        assert failure.value.__cause__.sqlstate == "22012"
+        assert conn.connection.info.transaction_status == TransactionStatus.IDLE
+    with transaction.atomic(using="shard_0"), conn.cursor() as cursor:
+        cursor.execute("SELECT current_setting('statement_timeout'), "
+                       "current_setting('transaction_isolation')")
+        assert cursor.fetchone() == ("5s", "read committed")
+        cursor.execute("CREATE TEMP TABLE t_rowcount ON COMMIT DROP AS "
+                       "SELECT generate_series(1, 4) AS n")
+        cursor.execute("UPDATE t_rowcount SET n = n + 1 WHERE n > 1")
+        assert cursor.rowcount == 3
+
+
+@pytest.fixture
+def reconnect_after(topology: LocalTopology) -> Iterator[None]:
+    """These tests leave session settings on shard_0's server connections (the leak they show):
+    have PgBouncer replace those connections afterwards, so later tests start clean."""
+    yield
+    admin_dsn = f"postgresql://postgres@127.0.0.1:{topology.layout.pgbouncer_port}/pgbouncer"
+    with psycopg.connect(admin_dsn, autocommit=True) as console:
+        console.execute("RECONNECT shard_0")
+
+
+@pytest.mark.usefixtures("reconnect_after")
+def test_set_local_survives_transaction_pooling_and_session_set_leaks(topology) -> None:
+    """One thread, interleaved clients: PgBouncer lends each transaction its most recently freed
+    server connection, so consecutive transactions of different clients share one backend."""
+    naive = psycopg.connect(_pooled_dsn(topology), autocommit=True, prepare_threshold=None)
+    plain = psycopg.connect(_pooled_dsn(topology), autocommit=True, prepare_threshold=None)
+    ours = _wrapper(4, 3)
+    try:
+        # The wrong way: a session SET stays on the server connection the client had...
+        naive.execute("SET statement_timeout = '42s'")
+        leaked = plain.execute(SHOW).fetchone()
+        # ...while the SET LOCAL client sees its own values, in autocommit and in atomic().
+        with ours.cursor() as cursor:
+            cursor.execute(SHOW)
+            autocommit = cursor.fetchone()
+        ours.set_autocommit(False)  # what atomic() does first
+
+        with ours.cursor() as cursor:
+            cursor.execute(SHOW)
+            in_transaction = cursor.fetchone()
+        ours.commit()
+        ours.set_autocommit(True)
+        after = plain.execute(SHOW).fetchone()
+    finally:
+        naive.close()
+        plain.close()
+        ours.close()
+    assert leaked[0] == "42s" and leaked[2] == after[2], (leaked, after)
+    assert autocommit[:2] == ("4s", "3s") and in_transaction[:2] == ("4s", "3s")
+    # Same server connection as the leak, and the leak did not reach us; nor ours the others.
+    assert autocommit[2] == leaked[2]
+    assert after[0] == "42s"
+
+
+@pytest.mark.usefixtures("reconnect_after")
+def test_concurrent_clients_never_see_each_others_timeouts(topology) -> None:
+    """Many clients with two different settings, and session-SET clients that pollute server
+    connections, all at once through PgBouncer: every SET LOCAL client sees its own values."""
+    rounds = 25
+    seen: dict[str, set[tuple[str, str]]] = {"fast": set(), "slow": set()}
+    pids: dict[str, set[int]] = {"fast": set(), "slow": set()}
+    lock = threading.Lock()
+
+    def settled(kind: str, statement: float, lock_timeout: float) -> None:
+        conn = _wrapper(statement, lock_timeout)
+        try:
+            for i in range(rounds):
+                if i % 2:
+                    with conn.cursor() as cursor:
+                        cursor.execute(SHOW)
+                        row = cursor.fetchone()
+                else:
+                    conn.set_autocommit(False)
+                    with conn.cursor() as cursor:
+                        cursor.execute(SHOW)
+                        row = cursor.fetchone()
+                        cursor.execute("SELECT pg_sleep(0.005)")
+                    conn.commit()
+                    conn.set_autocommit(True)
+                with lock:
+                    seen[kind].add(row[:2])
+                    pids[kind].add(row[2])
+        finally:
+            conn.close()
+
+    def polluter() -> None:
+        with psycopg.connect(_pooled_dsn(topology), autocommit=True,
+                             prepare_threshold=None) as conn:
+            for _ in range(rounds):
+                conn.execute("SET statement_timeout = '42s'; SET lock_timeout = '43s'")
+                conn.execute("SELECT pg_sleep(0.002)")
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        futures = [pool.submit(settled, "fast", 4, 3) for _ in range(6)]
+        futures += [pool.submit(settled, "slow", 7, 6) for _ in range(6)]
+        futures += [pool.submit(polluter) for _ in range(4)]
+        for future in futures:
+            future.result()
+    assert seen == {"fast": {("4s", "3s")}, "slow": {("7s", "6s")}}
+    # They really shared server connections (PgBouncer lent the same backends to both kinds).
+    assert pids["fast"] & pids["slow"]
+
+
+def test_admin_connections_and_server_defaults_are_not_limited(topology, admin) -> None:
+    """The timeouts live only in the service's transactions: nothing at role or database level,
+    so admin work over direct connections as postgres runs unbounded."""
+    conn = admin("shard_0")
+    assert conn.execute("SELECT current_user, current_setting('statement_timeout'), "
+                        "current_setting('lock_timeout')").fetchone() == ("postgres", "0", "0")
+    assert conn.execute("SELECT count(*) FROM pg_db_role_setting").fetchone()[0] == 0
+    with psycopg.connect(_pooled_dsn(topology), autocommit=True, prepare_threshold=None) as plain:
+        row = plain.execute("SELECT current_user, current_setting('lock_timeout')").fetchone()
+    assert row == ("app", "0")
+
+
+# -- through the service ---------------------------------------------------------------------
+
+
+def _timed(call) -> tuple[Response, float]:
+    started = time.monotonic()
+    answer = call()
+    return answer, time.monotonic() - started
+
+
+def test_statement_timeout_answers_503_with_the_reason(timeouts_service) -> None:
+    answer, took = _timed(lambda: get(
+        f"{timeouts_service.url}/_diag/sleep?alias=shard_0&seconds={STATEMENT_TIMEOUT + 3}"))
+    assert answer.status == 503, answer.body
+    assert answer.body["error"] == "database_timeout"
+    assert "statement_timeout" in answer.body["message"]
+    assert answer.headers["Retry-After"]
+    assert took < STATEMENT_TIMEOUT + 1.0, took
+    # Short queries on the same worker and alias are not affected.
+    ok = get(f"{timeouts_service.url}/_diag/sleep?alias=shard_0&seconds=0.1")
+    assert ok.status == 200, ok.body
+
+
+def _assert_every_pool_slot_is_free(service: ServiceProcess, *aliases: str) -> None:
+    """MAX_CONNS requests holding a connection each, longer than POOL_TIMEOUT: one slot still
+    held by a timed-out request would leave one of them waiting into a PoolTimeout 503."""
+    hold = POOL_TIMEOUT + 0.2
+    assert hold < STATEMENT_TIMEOUT
+    for alias in aliases:
+        answers = get_many([f"{service.url}/_diag/sleep?alias={alias}&seconds={hold}"]
+                           * POOL_MAX_CONNS)
+        assert [a.status for a in answers] == [200] * POOL_MAX_CONNS, [a.body for a in answers]
+
+
+def _comment_count(admin, thread_id: int) -> int:
+    return admin("shard_0").execute(
+        "SELECT comment_count FROM comments_thread WHERE id = %s", [thread_id]).fetchone()[0]
+
+
+def test_a_request_blocked_on_a_row_lock_gets_503_within_lock_timeout(
+        timeouts_service, site, admin) -> None:
+    locked = site.thread()
+    other = site.thread()
+    before = _comment_count(admin, locked)
+    holder = admin("shard_0")
+    holder.execute("BEGIN")
+    holder.execute("SELECT id FROM comments_thread WHERE id = %s FOR UPDATE", [locked])
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            blocked = [pool.submit(_timed, lambda: site.call(
+                "POST", f"/threads/{locked}/comments", {"body": "blocked"}, user=True))
+                for _ in range(3)]
+            # Meanwhile the rest of the shard keeps working, on the same worker and pool.
+            others = [pool.submit(_timed, lambda i=i: site.call(
+                "POST", f"/threads/{other}/comments", {"body": f"free {i}"}, user=True))
+                for i in range(10)]
+            blocked_results = [f.result() for f in blocked]
+            other_results = [f.result() for f in others]
+    finally:
+        holder.execute("ROLLBACK")
+    for answer, took in blocked_results:
+        assert answer.status == 503, answer.body
+        assert answer.body["error"] == "database_timeout"
+        assert answer.headers["Retry-After"]
+        assert took < LOCK_TIMEOUT + 1.0, took
+    # lock_timeout bounds each lock wait, not their sum: a request queued behind another waiter
+    # waits for the tuple lock, then for the holder, and may meet statement_timeout first.
+    reasons = [a.body["message"] for a, _ in blocked_results]
+    assert all("lock_timeout" in r or "statement_timeout" in r for r in reasons), reasons
+    assert any("lock_timeout" in r for r in reasons), reasons
+    assert [a.status for a, _ in other_results] == [201] * 10
+    assert _comment_count(admin, locked) == before  # nothing written
+    # The connections of the timed-out requests were freed: the pool serves the locked thread.
+    assert site.call("POST", f"/threads/{locked}/comments", {"body": "after"},
+                     user=True).status == 201
+    assert _comment_count(admin, locked) == before + 1
+    _assert_every_pool_slot_is_free(timeouts_service, "shard_0")
+
+
+@dataclass
+class Outcome:
+    client: int
+    started: float
+    status: int
+    error: str
+    seconds: float
+
+
+def _pgbouncer_pid(topology: LocalTopology) -> int:
+    pid = proc.read_pid(topology.pgbouncer_dir / "pgbouncer.pid")
+    assert pid is not None
+    return pid
+
+
+def test_a_paused_pgbouncer_costs_requests_a_bounded_503_and_the_service_recovers(
+        timeouts_service, topology, site) -> None:
+    threads = [site.thread() for _ in range(3)]
+    for thread_id in threads:
+        site.comment(thread_id, "warm")
+    outcomes: list[Outcome] = []
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        # Reads (possibly cache hits) and writes, each with a client timeout far past the bound.
+        while not stop.is_set():
+            thread_id = threads[i % len(threads)]
+            started = time.monotonic()
+            if i % 2:
+                answer = site.call("GET", f"/threads/{thread_id}/comments")
+            else:
+                answer = site.call("POST", f"/threads/{thread_id}/comments", {"body": "load"},
+                                   user=True)
+            took = time.monotonic() - started
+            error = answer.body.get("error", "") if isinstance(answer.body, dict) else ""
+            with lock:
+                outcomes.append(Outcome(i, started, answer.status, error, took))
+
+    pid = _pgbouncer_pid(topology)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [pool.submit(client, i) for i in range(8)]
+        time.sleep(0.5)  # load before the pause
+        paused_at = time.monotonic()
+        os.kill(pid, signal.SIGSTOP)
+
+        def every_client_came_back() -> bool:
+            # Writers always need the database; a reader may be served from the cache.
+            with lock:
+                return all(any(o.client == i and o.started > paused_at for o in outcomes)
+                           for i in range(8))
+
+        try:
+            wait_until(every_client_came_back, timeout=4 * REQUEST_BOUND,
+                       what="every client's request to end while PgBouncer is paused")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+            stop.set()
+        for future in futures:
+            future.result(timeout=4 * REQUEST_BOUND)
+
+    assert not [o for o in outcomes if o.status >= 500 and o.status != 503], outcomes
+    assert {o.status for o in outcomes} <= {200, 201, 503}, outcomes
+    slowest = max(o.seconds for o in outcomes)
+    assert slowest < REQUEST_BOUND, slowest
+    timeouts = [o for o in outcomes if o.status == 503]
+    assert timeouts, "the pause did not reach any request"
+    assert {o.error for o in timeouts} <= {"database_timeout", "database_unavailable"}
+    assert any(o.error == "database_timeout" for o in timeouts)
+
+    # Recovery by itself: writes and reads succeed again within seconds.
+    wait_until(lambda: site.call("POST", f"/threads/{threads[0]}/comments", {"body": "back"},
+                                 user=True).status == 201,
+               timeout=15, interval=0.25, what="writes to succeed after SIGCONT")
+    for thread_id in threads:
+        answer = site.call("GET", f"/threads/{thread_id}")
+        assert answer.status == 200, answer.body
+    # The connections the deadline cut were discarded and their slots freed.
+    _assert_every_pool_slot_is_free(timeouts_service, "shard_0", "default")
