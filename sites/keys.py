@@ -13,6 +13,7 @@ from typing import Any
 
 from django.core.cache import cache
 
+from shards import redisguard
 from sites.models import Site, hash_key
 
 KEY_CACHE_SECONDS = 10.0
@@ -50,6 +51,9 @@ def tenant_for_key(raw_key: str) -> int | None:
 def forget(sender: Any, instance: Site, **kwargs: Any) -> None:
     for key_hash in {instance.api_key_hash, getattr(instance, "_previous_hash", None)}:
         if key_hash:
-            cache.delete(_cache_key(key_hash))
+            # Redis may be unreachable now: the delete is then replayed once it answers, else a
+            # rotated key would keep working from Redis for REDIS_SECONDS after it comes back.
+            redis_key = cache.make_key(_cache_key(key_hash))
+            redisguard.write_or_defer(redis_key, lambda k=redis_key: redisguard.client().delete(k))
             with _lock:
                 _local.pop(key_hash, None)
