@@ -87,9 +87,12 @@ def _emit(event: str) -> None:
 
 
 def _on_state_change(old: str, new: str) -> None:
-    if new == OPEN and old != OPEN:
-        logger.warning("Redis breaker open: skipping Redis for %.1f s (caches read the database)",
-                       get_breaker().reset_after)
+    if new == OPEN and old == CLOSED:
+        logger.warning("Redis breaker open: skipping Redis (caches read the database), probing "
+                       "it every %.1f s", get_breaker().reset_after)
+    elif new == OPEN:
+        logger.info("Redis probe failed: skipping Redis for another %.1f s",
+                    get_breaker().reset_after)
     elif new == CLOSED:
         logger.warning("Redis breaker closed: Redis answers again")
 
