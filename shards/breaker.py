@@ -26,6 +26,11 @@ CLOSED = "closed"
 OPEN = "open"
 HALF_OPEN = "half_open"
 
+# What permit() answers.
+CALL = "call"
+PROBE = "probe"
+REFUSE = "refuse"
+
 Listener = Callable[[str, str], None]  # (old state, new state)
 
 
@@ -66,20 +71,25 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """May a call go now? In half-open, True for exactly one caller (the probe)."""
+        return self.permit() != REFUSE
+
+    def permit(self) -> str:
+        """CALL (closed: go ahead), PROBE (this caller is the one probe: report its outcome) or
+        REFUSE (open, or half-open with a probe under way)."""
         if self._state == CLOSED:  # the hot path: no lock
-            return True
+            return CALL
         with self._lock:
             old = self._state
             if old == CLOSED:
-                return True
+                return CALL
             now = self._clock()
             if now < self._retry_at:
-                return False
+                return REFUSE
             # Open and due, or half-open with a probe that never reported: this caller probes.
             self._state = HALF_OPEN
             self._retry_at = now + self.reset_after
         self._notify(old, HALF_OPEN)
-        return True
+        return PROBE
 
     def success(self) -> None:
         if self._state == CLOSED and self._failures == 0:  # the hot path: no lock

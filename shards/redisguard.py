@@ -8,7 +8,8 @@ so the tenant directory, the page cache, key lookups and anything else share one
   command tens of milliseconds, not seconds;
 - a circuit breaker per worker process (`shards.breaker`): after ``REDIS_BREAKER_FAILURES``
   consecutive connection errors or timeouts, commands fail at once with `RedisUnavailable` (a
-  ``redis.ConnectionError``) for ``REDIS_BREAKER_RESET`` seconds, then one command probes Redis;
+  ``redis.ConnectionError``); the first command after ``REDIS_BREAKER_RESET`` seconds starts a
+  background PING (it still fails at once itself), whose success closes the breaker;
 - writes that must not be lost while Redis is away (invalidations: a thread's page mark, a
   tenant's new placement, a rotated key) go through `write_or_defer`: kept per process and
   replayed, in the background, as soon as a command succeeds again. They must be idempotent.
@@ -32,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shards.breaker import CLOSED, OPEN, BreakerSnapshot, CircuitBreaker
+from shards.breaker import CALL, CLOSED, OPEN, PROBE, BreakerSnapshot, CircuitBreaker
 
 logger = logging.getLogger("shardsvc.redis")
 
@@ -110,9 +111,18 @@ def snapshot() -> BreakerSnapshot:
 def guarded(command: Callable[[], Any]) -> Any:
     """Run one Redis round trip under the breaker."""
     breaker = get_breaker()
-    if not breaker.allow():
+    permit = breaker.permit()
+    if permit != CALL:
+        if permit == PROBE:
+            # The probe runs in the background: no request waits out a timeout to find out
+            # whether Redis is back.
+            threading.Thread(target=_probe, name="shardsvc-redis-probe", daemon=True).start()
         _emit("short_circuit")
         raise RedisUnavailable("Redis is skipped for now after repeated failures")
+    return _outcome(breaker, command)
+
+
+def _outcome(breaker: CircuitBreaker, command: Callable[[], Any]) -> Any:
     try:
         result = command()
     except _FAILURES:
@@ -128,6 +138,19 @@ def guarded(command: Callable[[], Any]) -> Any:
     if _deferred.pending:
         _deferred.flush_in_background()
     return result
+
+
+def _ping() -> object:
+    # The base class's method: past the guard, whose probe claim this thread holds.
+    return Redis.execute_command(client(), "PING")
+
+
+def _probe() -> None:
+    """One PING past the breaker; its outcome closes or reopens it."""
+    try:
+        _outcome(get_breaker(), _ping)
+    except RedisError as exc:
+        logger.debug("Redis probe failed: %s", exc)
 
 
 class GuardedRedis(Redis):

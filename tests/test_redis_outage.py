@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from deploy import processes as proc
 from deploy.topology import LocalTopology, ServiceProcess
 from shards import redisguard
-from shards.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
+from shards.breaker import CALL, CLOSED, HALF_OPEN, OPEN, PROBE, REFUSE, CircuitBreaker
 from tests.api_client import SiteClient, create_site
 from tests.client import get, wait_until
 
@@ -75,6 +75,15 @@ def test_open_breaker_lets_one_probe_through_after_the_reset_period() -> None:
     breaker.success()
     assert breaker.state == CLOSED and breaker.allow()
     assert changes == [(CLOSED, OPEN), (OPEN, HALF_OPEN), (HALF_OPEN, CLOSED)]
+
+
+def test_permit_names_the_probe() -> None:
+    breaker, clock, _ = make_breaker(threshold=1, reset=1.0)
+    assert breaker.permit() == CALL
+    breaker.failure()
+    assert breaker.permit() == REFUSE
+    clock.now += 1.0
+    assert [breaker.permit(), breaker.permit()] == [PROBE, REFUSE]
 
 
 def test_a_failed_probe_opens_the_breaker_for_another_period() -> None:
@@ -146,6 +155,25 @@ def test_guarded_commands_trip_the_breaker_and_then_skip_redis(local_breaker) ->
     assert len(calls) == 2  # the third never reached Redis
     assert isinstance(redisguard.RedisUnavailable(), RedisConnectionError)  # caches catch it
     assert not redisguard.available()
+
+
+def test_a_due_probe_runs_in_the_background_and_closes_the_breaker(local_breaker,
+                                                                  monkeypatch) -> None:
+    pings = []
+    monkeypatch.setattr(redisguard, "_ping", lambda: pings.append(1) or "PONG")
+    local_breaker.reset_after = 0.05
+    for _ in range(2):
+        local_breaker.failure()
+    wait_until(lambda: local_breaker.snapshot().retry_in == 0, timeout=5, interval=0.01,
+               what="the reset period to pass")
+    command = []
+    # The caller that finds the probe due is not the probe: it fails at once, no Redis wait.
+    with pytest.raises(redisguard.RedisUnavailable):
+        redisguard.guarded(lambda: command.append(1))
+    wait_until(lambda: local_breaker.state == CLOSED, timeout=5, interval=0.01,
+               what="the background probe to close the breaker")
+    assert pings == [1] and command == []
+    assert redisguard.guarded(lambda: "through") == "through"
 
 
 def test_an_answer_from_redis_counts_as_success_even_when_it_is_an_error(local_breaker) -> None:
