@@ -17,9 +17,9 @@ this process is served.
     shardsvc_pool_timeouts_total{alias}               checkouts that gave up (503s)
     shardsvc_replica_lag_seconds{alias}               as the workers' health checkers see it
     shardsvc_replica_healthy{alias}                   1 if reads may go there now
-    shardsvc_redis_up                                 0 if any worker's last Redis command failed
+    shardsvc_redis_up{cache}                          0 if any worker's last Redis command failed
                                                       or its breaker is not closed
-    shardsvc_redis_breaker_open                       workers skipping Redis now (breaker open)
+    shardsvc_redis_breaker_open{cache}                workers skipping Redis now (breaker open)
     shardsvc_redis_errors_total                       Redis commands that failed (timeouts, errors)
     shardsvc_redis_short_circuits_total               commands refused at once by an open breaker
     shardsvc_redis_deferred_writes{state}             pending / dropped invalidations to replay
@@ -109,15 +109,17 @@ REPLICA_HEALTHY = Gauge(
     "1 if the replica may serve reads now (reachable, in recovery, within the lag bound).",
     ["alias"], multiprocess_mode="livemostrecent",
 )
+# Labelled by cache alias, so no process that never samples (the Gunicorn master, which imports
+# this module with preload_app) holds a 0 that livemin would report forever.
 REDIS_UP = Gauge(
     "shardsvc_redis_up",
     "1 if the worker's breaker is closed and its last Redis command succeeded (min over workers).",
-    multiprocess_mode="livemin",
+    ["cache"], multiprocess_mode="livemin",
 )
 REDIS_BREAKER_OPEN = Gauge(
     "shardsvc_redis_breaker_open",
     "Workers whose Redis breaker is open or probing (Redis skipped), summed.",
-    multiprocess_mode="livesum",
+    ["cache"], multiprocess_mode="livesum",
 )
 REDIS_ERRORS = Counter(
     "shardsvc_redis_errors", "Redis commands that failed: timeouts and connection errors.",
@@ -260,8 +262,9 @@ def sample() -> None:
             REPLICA_HEALTHY.labels(server.alias).set(1 if server.alias in usable else 0)
 
     breaker = redisguard.snapshot()
-    REDIS_UP.set(1 if breaker.state == "closed" and breaker.consecutive_failures == 0 else 0)
-    REDIS_BREAKER_OPEN.set(0 if breaker.state == "closed" else 1)
+    REDIS_UP.labels("default").set(
+        1 if breaker.state == "closed" and breaker.consecutive_failures == 0 else 0)
+    REDIS_BREAKER_OPEN.labels("default").set(0 if breaker.state == "closed" else 1)
     deferred = redisguard.deferred()
     REDIS_DEFERRED.labels("pending").set(deferred.pending)
     REDIS_DEFERRED.labels("dropped").set(deferred.dropped)
