@@ -453,3 +453,25 @@ def test_stopped_redis_degrades_and_a_restarted_one_is_used_again(
     wait_until(lambda: site.call("GET", f"/threads/{threads[0]}/comments").headers.get("X-Cache")
                in {"hit", "fill"}, timeout=10, what="pages from the restarted Redis")
     wait_until(lambda: readyz(service)["status"] == "ok", timeout=10, what="/readyz ok")
+
+
+def test_a_key_rotated_while_redis_is_paused_is_dropped_from_redis_once_it_is_back(
+        django_db, service: ServiceProcess, topology: LocalTopology) -> None:
+    from django.core.cache import cache
+
+    from sites import keys
+    from sites.models import Site, hash_key
+    from sites.service import rotate_key
+
+    rotated = create_site(service, topology, prefix="rotate")
+    assert rotated.call("GET", "/threads/counts?ids=1").status == 200  # the key is now in Redis
+    old_key = keys._cache_key(hash_key(rotated.key))
+    site_row = Site.objects.using("default").get(tenant__slug=rotated.slug)
+    assert cache.get(old_key) == site_row.tenant_id
+
+    with redis_paused(topology):
+        rotate_key(site_row)  # its delete of the old key from Redis fails and is kept
+        assert redisguard.deferred().pending >= 1
+    # The next command that reaches Redis replays the delete (in the background).
+    wait_until(lambda: cache.get(old_key) is None and redisguard.deferred().pending == 0,
+               timeout=10, interval=0.05, what="the rotated key to leave Redis")
