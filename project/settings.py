@@ -55,8 +55,8 @@ for _entry in DATABASES.values():
 
 # Redis is a cache here, never a single point of failure (shards/redisguard.py): every command
 # has a short timeout, and after REDIS_BREAKER_FAILURES consecutive failures a worker skips Redis
-# for REDIS_BREAKER_RESET seconds, then probes it with one command. Cache reads that fail are
-# misses (IGNORE_EXCEPTIONS), so requests read the database instead.
+# for REDIS_BREAKER_RESET seconds, then probes it with one background PING. Cache reads that fail
+# are misses (IGNORE_EXCEPTIONS), so requests read the database instead.
 REDIS_TIMEOUT = _env_float("SHARDSVC_REDIS_TIMEOUT", 0.05)
 REDIS_BREAKER_FAILURES = int(_env_float("SHARDSVC_REDIS_BREAKER_FAILURES", 3))
 REDIS_BREAKER_RESET = _env_float("SHARDSVC_REDIS_BREAKER_RESET", 1.0)
