@@ -99,9 +99,12 @@ def _on_state_change(old: str, new: str) -> None:
 
 
 def available() -> bool:
-    """False while this process skips Redis (breaker open). No I/O: for callers that would
-    rather not try, e.g. a throttle that fails open."""
-    return get_breaker().state != OPEN
+    """False while this process skips Redis (breaker open or probing). No I/O in the caller: for
+    code that would rather not try, e.g. a throttle that fails open. A due probe is started."""
+    permit = get_breaker().permit()
+    if permit == PROBE:
+        _start_probe()
+    return permit == CALL
 
 
 def snapshot() -> BreakerSnapshot:
@@ -114,9 +117,7 @@ def guarded(command: Callable[[], Any]) -> Any:
     permit = breaker.permit()
     if permit != CALL:
         if permit == PROBE:
-            # The probe runs in the background: no request waits out a timeout to find out
-            # whether Redis is back.
-            threading.Thread(target=_probe, name="shardsvc-redis-probe", daemon=True).start()
+            _start_probe()
         _emit("short_circuit")
         raise RedisUnavailable("Redis is skipped for now after repeated failures")
     return _outcome(breaker, command)
@@ -143,6 +144,11 @@ def _outcome(breaker: CircuitBreaker, command: Callable[[], Any]) -> Any:
 def _ping() -> object:
     # The base class's method: past the guard, whose probe claim this thread holds.
     return Redis.execute_command(client(), "PING")
+
+
+def _start_probe() -> None:
+    # In the background: no request waits out a timeout to find out whether Redis is back.
+    threading.Thread(target=_probe, name="shardsvc-redis-probe", daemon=True).start()
 
 
 def _probe() -> None:
