@@ -10,14 +10,19 @@ one filler with a Redis lock; the others wait for its page instead of all readin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import RedisError
+
 from routers.context import current_routing
+from shards import redisguard
 from shards.directory import TenantEntry
+from shards.redisguard import RedisUnavailable
 
 logger = logging.getLogger("shardsvc.cache")
 
@@ -57,26 +62,37 @@ def _mark_key(entry: TenantEntry, thread_id: int) -> str:
 
 
 def raise_mark(entry: TenantEntry, thread_id: int, lsn: int | None) -> None:
-    """After a committed write to the thread: newer pages only, from fresh enough databases."""
-    try:
-        _redis().eval(_RAISE_MARK, 1, _mark_key(entry, thread_id), lsn or 1, MARK_TTL)
-    except Exception as exc:
-        # Without the mark raised, readers could keep a stale page for PAGE_TTL: drop them all.
-        logger.warning("cache: could not raise the mark of thread %s: %s", thread_id, exc)
+    """After a committed write to the thread: newer pages only, from fresh enough databases.
+
+    If Redis cannot take it now, the raise is replayed once Redis answers (raising a mark is
+    idempotent and never lowers it); until then readers bypass Redis or, on another worker that
+    reaches Redis, may see the page from before this write.
+    """
+    key = _mark_key(entry, thread_id)
+    position = lsn or 1
+    redisguard.write_or_defer(
+        key, lambda: _redis().eval(_RAISE_MARK, 1, key, position, MARK_TTL), rank=position
+    )
+
+
+def _bypass(fill: Callable[[], dict[str, Any]], exc: RedisError) -> tuple[dict[str, Any], str]:
+    if not isinstance(exc, RedisUnavailable):  # the breaker logs its own opening once
+        logger.warning("cache: Redis unavailable, reading the database: %s", exc)
+    _record("bypass")
+    return fill(), "bypass"
 
 
 def cached_page(entry: TenantEntry, thread_id: int, variant: str,
                 fill: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str]:
-    """(page, "hit" | "fill" | "wait" | "bypass")."""
+    """(page, "hit" | "fill" | "wait" | "bypass"). Redis failing at any step means "bypass": the
+    page comes from the database and Redis is left alone."""
     try:
         client = _redis()
         mark = int(client.get(_mark_key(entry, thread_id)) or 0)
         key = f"shardsvc:page:{entry.id}:{entry.version}:{thread_id}:{mark}:{variant}"
         raw = client.get(key)
-    except Exception as exc:
-        logger.warning("cache: Redis unavailable, reading the database: %s", exc)
-        _record("bypass")
-        return fill(), "bypass"
+    except RedisError as exc:
+        return _bypass(fill, exc)
     if raw is not None:
         _record("hit")
         return json.loads(raw), "hit"
@@ -85,27 +101,53 @@ def cached_page(entry: TenantEntry, thread_id: int, variant: str,
     if routing is not None and mark:
         routing.tokens[entry.shard] = max(routing.tokens.get(entry.shard, 0), mark)
     lock = key + ":fill"
-    if client.set(lock, "1", nx=True, px=FILL_LOCK_MS):
-        try:
-            # Another filler may have stored the page and dropped its lock between our read
-            # and our lock: look once more before reading the database.
-            raw = client.get(key)
-            if raw is not None:
-                _record("hit")
-                return json.loads(raw), "hit"
-            page = fill()
-            client.set(key, json.dumps(page), ex=PAGE_TTL)
-        finally:
-            client.delete(lock)
-        _record("fill")
-        return page, "fill"
+    try:
+        elected = client.set(lock, "1", nx=True, px=FILL_LOCK_MS)
+    except RedisError as exc:
+        return _bypass(fill, exc)
+    if elected:
+        return _fill_elected(client, key, lock, fill)
+    return _wait_for_filler(client, key, lock, fill)
 
+
+def _fill_elected(client: Any, key: str, lock: str,
+                  fill: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str]:
+    try:
+        # Another filler may have stored the page and dropped its lock between our read and our
+        # lock: look once more before reading the database.
+        try:
+            raw = client.get(key)
+        except RedisError as exc:
+            return _bypass(fill, exc)
+        if raw is not None:
+            _record("hit")
+            return json.loads(raw), "hit"
+        page = fill()
+        try:
+            client.set(key, json.dumps(page), ex=PAGE_TTL)
+        except RedisError as exc:
+            logger.debug("cache: page not stored: %s", exc)
+            _record("bypass")
+            return page, "bypass"
+    finally:
+        # If Redis fails here the lock expires by itself after FILL_LOCK_MS.
+        with contextlib.suppress(RedisError):
+            client.delete(lock)
+    _record("fill")
+    return page, "fill"
+
+
+def _wait_for_filler(client: Any, key: str, lock: str,
+                     fill: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str]:
     deadline = time.monotonic() + WAIT_FOR_FILL
     while time.monotonic() < deadline:
         time.sleep(POLL)  # a gevent sleep under the worker: other requests run meanwhile
-        filling = client.exists(lock)
-        # Read after the lock check: a filler stores the page before it drops the lock.
-        raw = client.get(key)
+        try:
+            filling = client.exists(lock)
+            # Read after the lock check: a filler stores the page before it drops the lock.
+            raw = client.get(key)
+        except RedisError as exc:
+            return _bypass(fill, exc)
         if raw is not None:
             _record("hit")
             return json.loads(raw), "wait"

@@ -16,6 +16,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.types import DictStrAny
+from redis.exceptions import RedisError
 
 from comments.api import router as site_router
 from comments.cursors import BadCursor
@@ -206,6 +207,17 @@ def on_data_error(request: HttpRequest, exc: DataError) -> HttpResponse:
 def on_routing_error(request: HttpRequest, exc: RoutingError) -> HttpResponse:
     logger.error("routing error on %s: %s", request.path, exc)
     return error(request, 404, "not_found", "no such resource on this site")
+
+
+@api.exception_handler(RedisError)
+def on_redis_error(request: HttpRequest, exc: RedisError) -> HttpResponse:
+    # Caches treat Redis failing as a miss; only a caller that cannot work without Redis lets
+    # the error through, and that is a 503 worth retrying, not a 500.
+    logger.warning("503 for %s: Redis: %s", request.path, exc)
+    response = error(request, 503, "cache_unavailable",
+                     "Redis, needed for this request, is unavailable; retry shortly")
+    response["Retry-After"] = "2"
+    return response
 
 
 @api.exception_handler(Exception)

@@ -9,6 +9,8 @@ from django.conf import settings
 from django.db import DatabaseError, connections, transaction
 from django.http import HttpRequest, JsonResponse
 
+from shards import redisguard
+
 # A health check must answer fast even when a server hangs.
 CHECK_STATEMENT_TIMEOUT = "2s"
 
@@ -54,15 +56,17 @@ def check_alias(alias: str, role: str) -> dict[str, Any]:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
-    """Per-alias readiness; 503 when any primary is unreachable or not writable.
+    """Per-alias readiness, and Redis's; 503 when any primary is unreachable or not writable.
 
-    A replica that is down only degrades reads (they fall back to the primary), so it is
-    reported but does not make the service unready.
+    A replica that is down only degrades reads (they fall back to the primary), and Redis down
+    (or skipped by this worker's open breaker) only costs cache hits, so either is reported as
+    "degraded" but does not make the service unready.
     """
     servers = list(settings.SHARD_MAP.servers())
     # Threads are greenlets under the gevent worker: the checks overlap, and each runs on its
     # own Django connection.
-    with ThreadPoolExecutor(max_workers=len(servers)) as executor:
+    with ThreadPoolExecutor(max_workers=len(servers) + 1) as executor:
+        redis_check = executor.submit(redisguard.check)
         results = dict(
             zip(
                 (s.alias for s in servers),
@@ -76,7 +80,12 @@ def readyz(request: HttpRequest) -> JsonResponse:
     replicas_ok = all(
         r["reachable"] and r.get("in_recovery") for r in results.values() if r["role"] == "replica"
     )
-    status = "ok" if primaries_ok and replicas_ok else "degraded" if primaries_ok else "unavailable"
+    redis = redis_check.result()
+    redis_ok = redis["reachable"] and redis["breaker"] == "closed"
+    redis["status"] = "up" if redis_ok else "down"
+    healthy = primaries_ok and replicas_ok and redis_ok
+    status = "ok" if healthy else "degraded" if primaries_ok else "unavailable"
     return JsonResponse(
-        {"status": status, "databases": results}, status=200 if primaries_ok else 503
+        {"status": status, "databases": results, "redis": redis},
+        status=200 if primaries_ok else 503,
     )

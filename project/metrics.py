@@ -17,6 +17,12 @@ this process is served.
     shardsvc_pool_timeouts_total{alias}               checkouts that gave up (503s)
     shardsvc_replica_lag_seconds{alias}               as the workers' health checkers see it
     shardsvc_replica_healthy{alias}                   1 if reads may go there now
+    shardsvc_redis_up{cache}                          0 if any worker's last Redis command failed
+                                                      or its breaker is not closed
+    shardsvc_redis_breaker_open{cache}                workers skipping Redis now (breaker open)
+    shardsvc_redis_errors_total                       Redis commands that failed (timeouts, errors)
+    shardsvc_redis_short_circuits_total               commands refused at once by an open breaker
+    shardsvc_redis_deferred_writes{state}             pending / dropped invalidations to replay
 
 Gauges are sampled by each worker in the background (``SAMPLE_INTERVAL``) and by the worker that
 answers a scrape just before it answers, since in multiprocess mode a scrape reads files and never
@@ -50,6 +56,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+
+from shards import redisguard
 
 logger = logging.getLogger("shardsvc.metrics")
 
@@ -104,6 +112,30 @@ REPLICA_HEALTHY = Gauge(
     "1 if the replica may serve reads now (reachable, in recovery, within the lag bound).",
     ["alias"], multiprocess_mode="livemostrecent",
 )
+# Labelled by cache alias, so no process that never samples (the Gunicorn master, which imports
+# this module with preload_app) holds a 0 that livemin would report forever.
+REDIS_UP = Gauge(
+    "shardsvc_redis_up",
+    "1 if the worker's breaker is closed and its last Redis command succeeded (min over workers).",
+    ["cache"], multiprocess_mode="livemin",
+)
+REDIS_BREAKER_OPEN = Gauge(
+    "shardsvc_redis_breaker_open",
+    "Workers whose Redis breaker is open or probing (Redis skipped), summed.",
+    ["cache"], multiprocess_mode="livesum",
+)
+REDIS_ERRORS = Counter(
+    "shardsvc_redis_errors", "Redis commands that failed: timeouts and connection errors.",
+)
+REDIS_SHORT_CIRCUITS = Counter(
+    "shardsvc_redis_short_circuits",
+    "Redis commands refused without I/O because the worker's breaker was open.",
+)
+REDIS_DEFERRED = Gauge(
+    "shardsvc_redis_deferred_writes",
+    "Invalidations Redis could not take: pending replay, or dropped past the bound (summed).",
+    ["state"], multiprocess_mode="livesum",
+)
 
 
 def record_cache(cache: str, hit: bool) -> None:
@@ -148,6 +180,13 @@ def _on_connection_created(sender: Any, connection: Any, **kwargs: Any) -> None:
         connection.execute_wrappers.insert(0, _count_query)
 
 
+def _on_redis_event(event: str) -> None:
+    if event == "error":
+        REDIS_ERRORS.inc()
+    elif event == "short_circuit":
+        REDIS_SHORT_CIRCUITS.inc()
+
+
 def _count_pool_timeouts() -> None:
     """Count PoolTimeout per alias. The pool has no hook of its own, so its checkout is wrapped
     once per process: one extra frame per checkout, nothing per query."""
@@ -185,6 +224,7 @@ def install() -> None:
         for conn in connections.all(initialized_only=True):
             _on_connection_created(type(conn), conn)
         _count_pool_timeouts()
+        redisguard.observe(_on_redis_event)
         _installed = True
 
 
@@ -223,6 +263,14 @@ def sample() -> None:
                 state.lag_seconds if state.reachable else float("inf")
             )
             REPLICA_HEALTHY.labels(server.alias).set(1 if server.alias in usable else 0)
+
+    breaker = redisguard.snapshot()
+    REDIS_UP.labels("default").set(
+        1 if breaker.state == "closed" and breaker.consecutive_failures == 0 else 0)
+    REDIS_BREAKER_OPEN.labels("default").set(0 if breaker.state == "closed" else 1)
+    deferred = redisguard.deferred()
+    REDIS_DEFERRED.labels("pending").set(deferred.pending)
+    REDIS_DEFERRED.labels("dropped").set(deferred.dropped)
 
 
 class _Sampler:

@@ -165,18 +165,27 @@ for _entry in DATABASES.values():
     # pooling would hand them to other clients.
     _entry["DISABLE_SERVER_SIDE_CURSORS"] = True
 
+# Redis is a cache here, never a single point of failure (shards/redisguard.py): every command
+# has a short timeout, and after REDIS_BREAKER_FAILURES consecutive failures a worker skips Redis
+# for REDIS_BREAKER_RESET seconds, then probes it with one background PING. Cache reads that fail
+# are misses (IGNORE_EXCEPTIONS), so requests read the database instead.
+REDIS_TIMEOUT = _env_float("SHARDSVC_REDIS_TIMEOUT", 0.05)
+REDIS_BREAKER_FAILURES = int(_env_float("SHARDSVC_REDIS_BREAKER_FAILURES", 3))
+REDIS_BREAKER_RESET = _env_float("SHARDSVC_REDIS_BREAKER_RESET", 1.0)
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": SHARD_MAP.redis_url,
         "KEY_PREFIX": "shardsvc",
         "OPTIONS": {
+            "REDIS_CLIENT_CLASS": "shards.redisguard.GuardedRedis",
+            "IGNORE_EXCEPTIONS": True,
             # redis-py's default pool raises past 100 connections under gevent load; a blocking
-            # pool makes callers wait (bounded) instead.
+            # pool makes callers wait (bounded by REDIS_TIMEOUT) instead.
             "CONNECTION_POOL_CLASS": "redis.BlockingConnectionPool",
-            "CONNECTION_POOL_KWARGS": {"max_connections": 200, "timeout": 5},
-            "SOCKET_CONNECT_TIMEOUT": 2,
-            "SOCKET_TIMEOUT": 2,
+            "CONNECTION_POOL_KWARGS": {"max_connections": 200, "timeout": REDIS_TIMEOUT},
+            "SOCKET_CONNECT_TIMEOUT": REDIS_TIMEOUT,
+            "SOCKET_TIMEOUT": REDIS_TIMEOUT,
         },
     }
 }
@@ -248,8 +257,10 @@ TEMPLATES = [
     }
 ]
 
-SESSION_ENGINE = "django.contrib.sessions.backends.cache"
-# Messages ride in the session (Redis), not a cookie: a rotated API key is shown once that way.
+# Admin sessions live in the control database: a Redis outage or restart (it keeps no data) must
+# not log anyone out, and a logout must not linger in a cache Redis could not be told about.
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+# Messages ride in the session, not a cookie: a rotated API key is shown once that way.
 MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 USE_TZ = True
 TIME_ZONE = "UTC"

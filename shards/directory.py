@@ -14,6 +14,7 @@ not depend on that bound: a tenant's old shard refuses its writes once it moves 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -24,8 +25,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from redis.exceptions import RedisError
 
+from shards import redisguard
 from shards.errors import MalformedTenantKey, UnknownTenant
+from shards.redisguard import RedisUnavailable
 
 logger = logging.getLogger("shardsvc.directory")
 
@@ -120,8 +124,9 @@ class TenantDirectory:
     def _from_redis(self, parsed: tuple[str, str | int]) -> TenantEntry | None:
         try:
             raw = _redis().get(_redis_key(parsed))
-        except Exception as exc:  # Redis down must not take routing down with it
-            logger.warning("directory: Redis read failed, reading the database: %s", exc)
+        except RedisError as exc:  # Redis down must not take routing down with it
+            if not isinstance(exc, RedisUnavailable):  # the breaker logs its opening once
+                logger.warning("directory: Redis read failed, reading the database: %s", exc)
             return None
         return TenantEntry.from_json(raw) if raw else None
 
@@ -138,25 +143,30 @@ class TenantDirectory:
         if row is None:
             return None
         entry = TenantEntry.from_model(row)
-        self._publish_redis(entry)
+        with contextlib.suppress(RedisError):  # only a cache fill: the next miss fills it
+            self._publish_redis(entry)
         return entry
 
     # --- writes ---
     def publish(self, entry: TenantEntry) -> None:
-        """Make a changed entry visible: Redis (if newer) and this worker's cache at once."""
-        self._publish_redis(entry)
+        """Make a changed entry visible: Redis (if newer) and this worker's cache at once.
+
+        A change Redis cannot take now is replayed once it answers (the write keeps the higher
+        version, so a late replay never undoes a newer placement); until then other workers may
+        read the old entry from Redis for up to DIRECTORY_REDIS_TTL, and fencing keeps that safe.
+        """
+        redisguard.write_or_defer(f"tenant:{entry.id}", lambda: self._publish_redis(entry),
+                                  rank=entry.version)
         now = time.monotonic()
         self._remember(("id", entry.id), entry, now)
         self._remember(("slug", entry.slug), entry, now)
 
     def _publish_redis(self, entry: TenantEntry) -> None:
-        try:
-            client = _redis()
-            for parsed in (("id", entry.id), ("slug", entry.slug)):
-                client.eval(_SET_IF_NEWER, 1, _redis_key(parsed), entry.version,
-                            entry.to_json(), self.redis_ttl)
-        except Exception as exc:
-            logger.warning("directory: Redis write failed for tenant %s: %s", entry.slug, exc)
+        """Raises redis.RedisError when Redis cannot take it."""
+        client = _redis()
+        for parsed in (("id", entry.id), ("slug", entry.slug)):
+            client.eval(_SET_IF_NEWER, 1, _redis_key(parsed), entry.version,
+                        entry.to_json(), self.redis_ttl)
 
     def clear_local(self) -> None:
         with self._lock:

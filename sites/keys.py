@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 from django.core.cache import cache
 from django.db import transaction
 
+from shards import redisguard
 from sites.models import KEY_PREFIX, Site, hash_key
 
 KEY_CACHE_SECONDS = 10.0
@@ -78,14 +79,23 @@ def forget(sender: Any, instance: Site, **kwargs: Any) -> None:
     """After a Site is saved (and committed): its current key is looked up afresh, and a key it
     replaced is marked as no site's key in Redis. A mark rather than a delete: a lookup that
     read the row before the rotation committed would otherwise put the old key (and with it
-    the old generation's user tokens) back into Redis for REDIS_SECONDS."""
+    the old generation's user tokens) back into Redis for REDIS_SECONDS. Redis may be
+    unreachable at that moment: the writes are then replayed once it answers, else a rotated key
+    would keep working from Redis for REDIS_SECONDS after it comes back."""
     current = instance.api_key_hash
     previous = getattr(instance, "_previous_hash", None)
 
     def invalidate() -> None:
         if previous and previous != current:
-            cache.set(_cache_key(previous), _NO_SITE, timeout=REDIS_SECONDS)
-        cache.delete(_cache_key(current))
+            # cache.client raises on failure (the cache itself ignores errors), so a failed
+            # mark is deferred rather than lost.
+            redisguard.write_or_defer(
+                cache.make_key(_cache_key(previous)),
+                lambda: cache.client.set(_cache_key(previous), _NO_SITE, timeout=REDIS_SECONDS),
+            )
+        current_key = cache.make_key(_cache_key(current))
+        redisguard.write_or_defer(current_key,
+                                  lambda: redisguard.client().delete(current_key))
         with _lock:
             for key_hash in (current, previous):
                 _local.pop(key_hash or "", None)
