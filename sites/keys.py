@@ -87,11 +87,13 @@ def forget(sender: Any, instance: Site, **kwargs: Any) -> None:
 
     def invalidate() -> None:
         if previous and previous != current:
-            # cache.client raises on failure (the cache itself ignores errors), so a failed
-            # mark is deferred rather than lost.
+            # The raw client raises on failure (the cache itself ignores errors), so a failed
+            # mark is deferred rather than lost; the value is encoded as the cache would.
+            previous_key = cache.make_key(_cache_key(previous))
+            mark = cache.client.encode(_NO_SITE)
             redisguard.write_or_defer(
-                cache.make_key(_cache_key(previous)),
-                lambda: cache.client.set(_cache_key(previous), _NO_SITE, timeout=REDIS_SECONDS),
+                previous_key,
+                lambda: redisguard.client().set(previous_key, mark, ex=REDIS_SECONDS),
             )
         current_key = cache.make_key(_cache_key(current))
         redisguard.write_or_defer(current_key,

@@ -1,6 +1,6 @@
-"""The Django admin through the real service: a superuser logs in (session in Redis, requests
-spread over both gunicorn workers), loads the changelists of sites, tenants and shards, rotates a
-site's key, and moves a tenant by hand."""
+"""The Django admin through the real service: a superuser logs in (session in the control
+database, requests spread over both gunicorn workers), loads the changelists of sites, tenants and
+shards, rotates a site's key, and moves a tenant by hand."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_the_admin_needs_a_login(service: ServiceProcess) -> None:
 
 
 def test_a_superuser_loads_every_changelist_on_both_workers(browser: Browser, site) -> None:
-    # Enough loads that both workers serve some: the session lives in Redis, not a worker.
+    # Enough loads that both workers serve some: the session is shared, not a worker's.
     for _ in range(4):
         for path in ("/admin/", "/admin/sites/site/", "/admin/shards/tenant/",
                      "/admin/shards/shard/"):

@@ -455,7 +455,7 @@ def test_stopped_redis_degrades_and_a_restarted_one_is_used_again(
     wait_until(lambda: readyz(service)["status"] == "ok", timeout=10, what="/readyz ok")
 
 
-def test_a_key_rotated_while_redis_is_paused_is_dropped_from_redis_once_it_is_back(
+def test_a_key_rotated_while_redis_is_paused_is_marked_in_redis_once_it_is_back(
         django_db, service: ServiceProcess, topology: LocalTopology) -> None:
     from django.core.cache import cache
 
@@ -467,11 +467,12 @@ def test_a_key_rotated_while_redis_is_paused_is_dropped_from_redis_once_it_is_ba
     assert rotated.call("GET", "/threads/counts?ids=1").status == 200  # the key is now in Redis
     old_key = keys._cache_key(hash_key(rotated.key))
     site_row = Site.objects.using("default").get(tenant__slug=rotated.slug)
-    assert cache.get(old_key) == site_row.tenant_id
+    assert cache.get(old_key) == (site_row.tenant_id, site_row.key_generation)
 
     with redis_paused(topology):
-        rotate_key(site_row)  # its delete of the old key from Redis fails and is kept
+        rotate_key(site_row)  # its "no site's key" mark for the old key fails and is kept
         assert redisguard.deferred().pending >= 1
-    # The next command that reaches Redis replays the delete (in the background).
-    wait_until(lambda: cache.get(old_key) is None and redisguard.deferred().pending == 0,
-               timeout=10, interval=0.05, what="the rotated key to leave Redis")
+    # The next command that reaches Redis replays the mark (in the background).
+    wait_until(lambda: cache.get(old_key) == keys._NO_SITE
+               and redisguard.deferred().pending == 0,
+               timeout=10, interval=0.05, what="the rotated key to be marked in Redis")
