@@ -119,6 +119,20 @@ def _number(conn: FakeConnection | None) -> int | None:
     return None if conn is None else conn.number
 
 
+SCENARIOS = {"burst": burst, "fifo": fifo, "killed_granted": killed_granted,
+             "killed_waiting": killed_waiting}
+
+
+def run_all() -> dict[str, Any]:
+    """Each scenario's result, or its error: one failing scenario fails only its own test."""
+    results: dict[str, Any] = {}
+    for name, scenario in SCENARIOS.items():
+        try:
+            results[name] = {"result": scenario()}
+        except Exception as exc:
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    return results
+
+
 if __name__ == "__main__":
-    print(json.dumps({"burst": burst(), "fifo": fifo(), "killed_granted": killed_granted(),
-                      "killed_waiting": killed_waiting()}))
+    print(json.dumps(run_all()))
