@@ -17,7 +17,7 @@ from django.core.exceptions import ImproperlyConfigured
 from shards.errors import UnknownAlias, UnknownShard
 from shards.topology import ShardMap, databases_setting, load_shard_map
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 GOOD = """\
 [control]
