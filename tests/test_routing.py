@@ -134,24 +134,6 @@ def test_relations_never_cross_shards(tenants) -> None:
     assert router.allow_relation(thread_a, thread_a) is True
 
 
-@pytest.mark.parametrize(
-    ("alias", "app", "allowed"),
-    [
-        ("default", "auth", True),
-        ("default", "shards", True),
-        ("default", "comments", False),
-        ("shard_0", "comments", True),
-        ("shard_1", "comments", True),
-        ("shard_0", "auth", False),
-        ("shard_0", "shards", False),
-        ("shard_0_replica_1", "comments", False),
-        ("default_replica_1", "auth", False),
-    ],
-)
-def test_allow_migrate(alias: str, app: str, allowed: bool) -> None:
-    assert router.allow_migrate(alias, app) is allowed
-
-
 def test_migrated_tables_are_where_allow_migrate_says(admin) -> None:
     def tables(alias: str) -> set[str]:
         rows = admin(alias).execute(
