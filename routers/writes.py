@@ -7,12 +7,16 @@ no SQL of its own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 from routers.context import current_routing
 
 _WRITES = ("INSERT", "UPDATE", "DELETE", "MERGE", "CREATE", "ALTER", "DROP", "TRUNCATE", "COPY")
+# A data-modifying statement anywhere in a WITH query, e.g. `WITH x AS (DELETE ... RETURNING id)`.
+# A word inside a string literal counts too: that only sends the request's reads to the primary.
+_WRITE_IN_WITH = re.compile(r"\b(?:INSERT|UPDATE|DELETE|MERGE)\b", re.IGNORECASE)
 
 
 def is_write(sql: str) -> bool:
@@ -20,8 +24,7 @@ def is_write(sql: str) -> bool:
     if head.startswith(_WRITES):
         return True
     if head.startswith("WITH"):
-        upper = sql.upper()
-        return any(f" {word} " in upper for word in ("INSERT", "UPDATE", "DELETE"))
+        return _WRITE_IN_WITH.search(sql) is not None
     return False
 
 

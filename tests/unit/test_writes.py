@@ -24,6 +24,9 @@ from routers.writes import is_write
         "WITH moved AS (SELECT id FROM s) INSERT INTO t SELECT id FROM moved",
         "WITH gone AS (SELECT 1) DELETE FROM t WHERE id IN (SELECT * FROM gone)",
         "with x as (select 1) update t set a = 1",
+        # A data-modifying CTE, written as PostgreSQL's docs write it: no space after "(".
+        "WITH gone AS (DELETE FROM t WHERE id = 1 RETURNING id) SELECT * FROM gone",
+        "WITH x AS (\nUPDATE t SET a = 1 RETURNING id)\nSELECT count(*) FROM x",
     ],
 )
 def test_writes_are_recognised(sql: str) -> None:
