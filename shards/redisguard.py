@@ -6,6 +6,10 @@ so the tenant directory, the page cache, key lookups and anything else share one
 
 - short socket, connect and pool-wait timeouts (settings ``REDIS_TIMEOUT``): a stuck Redis costs a
   command tens of milliseconds, not seconds;
+- one wait per request: after a command of a request fails, the rest of that request (for
+  ``REDIS_BREAKER_RESET`` seconds at most) skips Redis, so a stuck Redis adds one timeout to a
+  request, not one per command (a request asks Redis for its throttle count, key, directory
+  entry and page), whether or not the process's breaker has opened yet;
 - a circuit breaker per worker process (`shards.breaker`): after ``REDIS_BREAKER_FAILURES``
   consecutive connection errors or timeouts, commands fail at once with `RedisUnavailable` (a
   ``redis.ConnectionError``); the first command after ``REDIS_BREAKER_RESET`` seconds starts a
@@ -21,12 +25,15 @@ does that itself (``IGNORE_EXCEPTIONS``): a failed get is a miss, a failed set i
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any
 
 from django.conf import settings
+from django.core.signals import request_started
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -45,7 +52,22 @@ Observer = Callable[[str], None]  # "error" | "short_circuit"
 
 
 class RedisUnavailable(RedisConnectionError):
-    """Redis is being skipped: its circuit breaker is open after repeated failures."""
+    """Redis is being skipped: its circuit breaker is open after repeated failures, or a command
+    of the same request failed a moment ago."""
+
+
+# When a command of the current request (per greenlet under gevent, per thread or task otherwise)
+# last failed. Reset when a request starts: a greenlet serves one keep-alive connection's
+# requests one after the other.
+_failed_at: ContextVar[float] = ContextVar("shardsvc_redis_failed_at", default=-math.inf)
+
+
+def forget_request_failure(**kwargs: Any) -> None:
+    """`request_started` receiver: a new request gives Redis a fresh chance."""
+    _failed_at.set(-math.inf)
+
+
+request_started.connect(forget_request_failure, dispatch_uid="shards.redisguard.request")
 
 
 # ----- the breaker of this process ---------------------------------------------------------
@@ -114,6 +136,9 @@ def snapshot() -> BreakerSnapshot:
 def guarded(command: Callable[[], Any]) -> Any:
     """Run one Redis round trip under the breaker."""
     breaker = get_breaker()
+    if time.monotonic() - _failed_at.get() < breaker.reset_after:
+        _emit("short_circuit")
+        raise RedisUnavailable("Redis failed earlier in this request: skipped for its rest")
     permit = breaker.permit()
     if permit != CALL:
         if permit == PROBE:
@@ -127,6 +152,7 @@ def _outcome(breaker: CircuitBreaker, command: Callable[[], Any]) -> Any:
     try:
         result = command()
     except _FAILURES:
+        _failed_at.set(time.monotonic())
         breaker.failure()
         _emit("error")
         raise

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from django.core.signals import request_started
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -132,14 +133,37 @@ def test_guarded_commands_trip_the_breaker_and_then_skip_redis(local_breaker) ->
         raise RedisTimeoutError("Timeout reading from socket")
 
     for _ in range(2):
+        request_started.send(sender=None)  # each failure in a request of its own
         with pytest.raises(RedisTimeoutError):
             redisguard.guarded(timing_out)
     assert local_breaker.state == OPEN
+    request_started.send(sender=None)
     with pytest.raises(redisguard.RedisUnavailable):
         redisguard.guarded(timing_out)
     assert len(calls) == 2  # the third never reached Redis
     assert isinstance(redisguard.RedisUnavailable(), RedisConnectionError)  # caches catch it
     assert not redisguard.available()
+
+
+def test_a_request_waits_for_a_failing_redis_once(local_breaker) -> None:
+    calls = []
+
+    def timing_out() -> None:
+        calls.append(1)
+        raise RedisTimeoutError("Timeout reading from socket")
+
+    request_started.send(sender=None)
+    with pytest.raises(RedisTimeoutError):
+        redisguard.guarded(timing_out)
+    # The breaker (threshold 2) is still closed, yet the rest of this request skips Redis.
+    assert local_breaker.state == CLOSED
+    for _ in range(3):
+        with pytest.raises(redisguard.RedisUnavailable):
+            redisguard.guarded(timing_out)
+    assert len(calls) == 1
+    # The next request tries Redis again.
+    request_started.send(sender=None)
+    assert redisguard.guarded(lambda: "through") == "through"
 
 
 def test_a_due_probe_runs_in_the_background_and_closes_the_breaker(local_breaker,
