@@ -43,12 +43,6 @@ return current
 """
 
 
-def _redis():  # type: ignore[no-untyped-def]
-    from django_redis import get_redis_connection
-
-    return get_redis_connection("default")
-
-
 def _record(result: str) -> None:
     try:
         from project.metrics import record_cache
@@ -71,7 +65,8 @@ def raise_mark(entry: TenantEntry, thread_id: int, lsn: int | None) -> None:
     key = _mark_key(entry, thread_id)
     position = lsn or 1
     redisguard.write_or_defer(
-        key, lambda: _redis().eval(_RAISE_MARK, 1, key, position, MARK_TTL), rank=position
+        key, lambda: redisguard.client().eval(_RAISE_MARK, 1, key, position, MARK_TTL),
+        rank=position,
     )
 
 
@@ -87,7 +82,7 @@ def cached_page(entry: TenantEntry, thread_id: int, variant: str,
     """(page, "hit" | "fill" | "wait" | "bypass"). Redis failing at any step means "bypass": the
     page comes from the database and Redis is left alone."""
     try:
-        client = _redis()
+        client = redisguard.client()
         mark = int(client.get(_mark_key(entry, thread_id)) or 0)
         key = f"shardsvc:page:{entry.id}:{entry.version}:{thread_id}:{mark}:{variant}"
         raw = client.get(key)

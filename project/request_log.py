@@ -49,11 +49,6 @@ class RequestLogContext:
 _context: ContextVar[RequestLogContext | None] = ContextVar("shardsvc_request_log", default=None)
 
 
-def current_request_id() -> str | None:
-    ctx = _context.get()
-    return ctx.request_id if ctx is not None else None
-
-
 def request_id_from(raw: str | None) -> str:
     """The caller's id if well-formed, else a new one: ids end up in logs, so never trust them."""
     if raw and _REQUEST_ID_RE.match(raw):

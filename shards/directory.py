@@ -123,7 +123,7 @@ class TenantDirectory:
 
     def _from_redis(self, parsed: tuple[str, str | int]) -> TenantEntry | None:
         try:
-            raw = _redis().get(_redis_key(parsed))
+            raw = redisguard.client().get(_redis_key(parsed))
         except RedisError as exc:  # Redis down must not take routing down with it
             if not isinstance(exc, RedisUnavailable):  # the breaker logs its opening once
                 logger.warning("directory: Redis read failed, reading the database: %s", exc)
@@ -163,7 +163,7 @@ class TenantDirectory:
 
     def _publish_redis(self, entry: TenantEntry) -> None:
         """Raises redis.RedisError when Redis cannot take it."""
-        client = _redis()
+        client = redisguard.client()
         for parsed in (("id", entry.id), ("slug", entry.slug)):
             client.eval(_SET_IF_NEWER, 1, _redis_key(parsed), entry.version,
                         entry.to_json(), self.redis_ttl)
@@ -175,12 +175,6 @@ class TenantDirectory:
 
 def _redis_key(parsed: tuple[str, str | int]) -> str:
     return f"shardsvc:tenant:{parsed[0]}:{parsed[1]}"
-
-
-def _redis():  # type: ignore[no-untyped-def]
-    from django_redis import get_redis_connection
-
-    return get_redis_connection("default")
 
 
 _directory: TenantDirectory | None = None

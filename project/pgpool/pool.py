@@ -378,10 +378,6 @@ def get_pool(key: PoolKey, factory: Callable[[], ConnectionPool]) -> ConnectionP
     return pool
 
 
-def find_pool(key: PoolKey) -> ConnectionPool | None:
-    return _pools.get(key)
-
-
 def retire_pool(key: PoolKey) -> None:
     """Drop the pool for ``key`` so the next checkout builds one from current settings."""
     pool = _pools.pop(key, None)
