@@ -583,21 +583,23 @@ class LocalTopology:
     def _replication_detail(self, node: Node, primaries_lsn: dict[str, str]) -> str:
         with self.admin_connect(node) as conn:
             if node.role == "primary":
-                lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+                lsn = pg.fetch_value(conn, "SELECT pg_current_wal_lsn()::text")
                 primaries_lsn[node.cluster] = lsn
-                senders = conn.execute("SELECT count(*) FROM pg_stat_replication").fetchone()[0]
+                senders = pg.fetch_value(conn, "SELECT count(*) FROM pg_stat_replication")
                 return f"primary, {senders} streaming replica(s), wal {lsn}"
-            replay, delay = conn.execute(
+            replay, delay = pg.fetch_row(
+                conn,
                 "SELECT pg_last_wal_replay_lsn()::text, "
                 "CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
-                "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END"
-            ).fetchone()
+                "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END",
+            )
             behind = ""
             if node.cluster in primaries_lsn and replay:
-                lag_bytes = conn.execute(
+                lag_bytes = pg.fetch_value(
+                    conn,
                     "SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)",
                     [primaries_lsn[node.cluster], replay],
-                ).fetchone()[0]
+                )
                 behind = f", {max(int(lag_bytes), 0)} bytes behind"
             return f"replica, replay {replay}, lag {float(delay or 0):.2f} s{behind}"
 

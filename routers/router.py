@@ -14,6 +14,7 @@ import random
 from typing import Any
 
 from django.db import connections
+from django.db.models import Model
 
 from routers.context import current_routing, current_tenant, primary_pinned
 from routers.errors import CrossShardRelation, NoTenantContext, WrongTenant
@@ -27,7 +28,7 @@ def is_sharded(model: type) -> bool:
 
 
 class ShardRouter:
-    def _cluster(self, model: type, hints: dict[str, Any]) -> tuple[str, int]:
+    def _cluster(self, model: type[Model], hints: dict[str, Any]) -> tuple[str, int]:
         """(cluster name, the tenant's minimum WAL position) for a query on `model`."""
         if not is_sharded(model):
             return CONTROL_ALIAS, 0
@@ -48,14 +49,14 @@ class ShardRouter:
             )
         return entry.shard, entry.min_lsn
 
-    def db_for_write(self, model: type, **hints: Any) -> str:
+    def db_for_write(self, model: type[Model], **hints: Any) -> str:
         cluster, _ = self._cluster(model, hints)
         routing = current_routing()
         if routing is not None:
             routing.written.add(cluster)
         return cluster  # a cluster's name is its primary's alias
 
-    def db_for_read(self, model: type, **hints: Any) -> str:
+    def db_for_read(self, model: type[Model], **hints: Any) -> str:
         cluster, min_lsn = self._cluster(model, hints)
         return choose_read_alias(cluster, min_lsn=min_lsn)
 

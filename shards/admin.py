@@ -30,6 +30,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template import engines
@@ -104,7 +105,7 @@ class TenantAdmin(admin.ModelAdmin):
             "tenants": tenants,
             "form": form,
             "action": "move_to_another_shard",
-            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
             "jobs_url": reverse("admin:shards_movejob_changelist"),
         }
         request.current_app = self.admin_site.name
@@ -352,10 +353,11 @@ class MoveJobAdmin(admin.ModelAdmin):
     list_select_related = ["tenant"]
     search_fields = ["tenant__slug"]
     ordering = ["-created_at"]
-    fields = ["id", "tenant", "source", "target", "state", "reason", "progress", "rows_total",
-              "rows_copied", "lag", "write_pause", "flip_lsn", "verified", "error",
-              "created_at", "updated_at", "finished_at", "replication_name", "report_json"]
-    readonly_fields = fields
+    readonly_fields = ("id", "tenant", "source", "target", "state", "reason", "progress",
+                       "rows_total", "rows_copied", "lag", "write_pause", "flip_lsn", "verified",
+                       "error", "created_at", "updated_at", "finished_at", "replication_name",
+                       "report_json")
+    fields = readonly_fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # moves are started with move_tenant, rebalance or the tenant action

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import Any, Self
+
 from django.db import models
 
 from shards.global_ids import NextGlobalId
@@ -43,6 +46,8 @@ class Tenant(models.Model):
     min_lsn = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # The placement as read from the database (None for a new row), so save() sees a hand edit.
+    _loaded_shard: str | None
 
     class Meta:
         ordering = ["slug"]
@@ -51,12 +56,13 @@ class Tenant(models.Model):
         return f"{self.slug} ({self.shard})"
 
     @classmethod
-    def from_db(cls, db, field_names, values):  # type: ignore[no-untyped-def]
-        instance = super().from_db(db, field_names, values)
+    def from_db(cls, db: str | None, field_names: Collection[str], values: Collection[Any],
+                **kwargs: Any) -> Self:
+        instance = super().from_db(db, field_names, values, **kwargs)
         instance._loaded_shard = instance.__dict__.get("shard")
         return instance
 
-    def save(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def save(self, *args: Any, **kwargs: Any) -> None:
         # A placement edited by hand (admin, shell) must bump the version like a move does.
         loaded = getattr(self, "_loaded_shard", None)
         if loaded is not None and loaded != self.shard:

@@ -33,7 +33,7 @@ from django.conf import settings as django_settings
 from django.db import transaction
 from django.utils import timezone
 
-from shards import replication, verify
+from shards import pg, replication, verify
 from shards.directory import lookup, set_placement
 from shards.models import MoveJob, Tenant
 from shards.topology import get_shard_map
@@ -83,10 +83,11 @@ def tenant_rows(conn: psycopg.Connection[Any], tables: list[str], tenant_id: int
 
     total = 0
     for table in tables:
-        total += conn.execute(
+        total += pg.fetch_value(
+            conn,
             sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(sql.Identifier(table)),
             [tenant_id],
-        ).fetchone()[0]
+        )
     return total
 
 
@@ -220,7 +221,7 @@ class Mover:
 
     def _begin(self) -> None:
         for table in self.tables:
-            if self.target.execute("SELECT to_regclass(%s)", [table]).fetchone()[0] is None:
+            if pg.fetch_value(self.target, "SELECT to_regclass(%s)", [table]) is None:
                 raise MoveError(f"{self.job.target} has no table {table}: run migrate_shards")
         already = tenant_rows(self.target, self.tables, self.job.tenant_id)
         if already:
@@ -299,16 +300,17 @@ class Mover:
                 "fenced_at = clock_timestamp(), expires_at = EXCLUDED.expires_at",
                 [self.job.tenant_id, self.job.pk, self.settings.fence_lease])
         fenced = time.monotonic()
-        fence_time = self.source.execute("SELECT clock_timestamp()").fetchone()[0]
+        fence_time = pg.fetch_value(self.source, "SELECT clock_timestamp()")
         if os.environ.get("SHARDSVC_MOVE_CRASH_AT") == "fenced":
             os._exit(70)  # fault injection: die holding the fence (see run())
         try:
             # Transactions whose snapshot predates the fence may still write: wait them out.
-            while self.source.execute(
+            while pg.fetch_value(
+                self.source,
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND backend_type = 'client backend' AND pid <> pg_backend_pid() "
                 "AND xact_start < %s", [fence_time],
-            ).fetchone()[0]:
+            ):
                 if time.monotonic() > deadline:
                     raise MoveError(f"transactions older than the fence ran past {timeout:.0f} "
                                     "s on the source; the move stays on the source, retry it")

@@ -291,7 +291,7 @@ def measure_shard(dsn: str, shard: str, tables: list[str], *,
     result = ShardMeasurement(shard)
     with pg.connect(dsn, application_name="shardsvc rebalance measure") as conn:
         for table in tables:
-            if conn.execute("SELECT to_regclass(%s)", [table]).fetchone()[0] is None:
+            if pg.fetch_value(conn, "SELECT to_regclass(%s)", [table]) is None:
                 result.tables[table] = 0  # not migrated yet: holds nothing
                 continue
             rows = conn.execute(
@@ -365,9 +365,9 @@ def measure(*, recent_seconds: float = 3600.0) -> Measurement:
                  .values_list("tenant_id", flat=True))
     tenants = []
     placed: dict[str, set[int]] = {}
-    for row in Tenant.objects.using("default").order_by("id").values_list("id", "slug", "shard",
-                                                                          "state"):
-        tenant_id, slug, shard, state = row
+    for tenant_id, slug, shard, state in (
+        Tenant.objects.using("default").order_by("id").values_list("id", "slug", "shard", "state")
+    ):
         if shard not in per_shard:
             continue  # placed on a shard missing from the topology: not ours to plan
         rows, recent = per_shard[shard].by_tenant.get(tenant_id, [0, 0])

@@ -52,12 +52,12 @@ def create_subscription(target: psycopg.Connection[Any], name: str, source_dsn: 
 
 
 def initial_sync_done(target: psycopg.Connection[Any], name: str) -> bool:
-    row = target.execute(
+    total, ready = pg.fetch_row(
+        target,
         "SELECT count(*), count(*) FILTER (WHERE r.srsubstate = 'r') FROM pg_subscription s "
         "JOIN pg_subscription_rel r ON r.srsubid = s.oid WHERE s.subname = %s",
         [name],
-    ).fetchone()
-    total, ready = row
+    )
     return total > 0 and total == ready
 
 
@@ -71,11 +71,11 @@ def confirmed_lsn(source: psycopg.Connection[Any], slot: str) -> int | None:
 
 
 def current_lsn(conn: psycopg.Connection[Any]) -> int:
-    return int(conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0])
+    return int(pg.fetch_value(conn, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
 
 
 def insert_lsn(conn: psycopg.Connection[Any]) -> int:
-    return int(conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()[0])
+    return int(pg.fetch_value(conn, "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"))
 
 
 def drop_subscription(target: psycopg.Connection[Any], name: str, *,
@@ -94,7 +94,7 @@ def drop_subscription(target: psycopg.Connection[Any], name: str, *,
 
 
 def system_identifier(conn: psycopg.Connection[Any]) -> int:
-    return int(conn.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+    return int(pg.fetch_value(conn, "SELECT system_identifier FROM pg_control_system()"))
 
 
 def drop_publication(source: psycopg.Connection[Any], name: str) -> bool:

@@ -30,6 +30,11 @@ def _is_replica(alias: str) -> bool:
 class ShardedQuerySet(models.QuerySet):
     """Reads routed to a replica are retried elsewhere when the replica fails mid-request."""
 
+    # QuerySet's own state, set in its __init__, which django-stubs leaves out: the database the
+    # caller chose (using()), and whether the query must go to the primary (select_for_update).
+    _db: str | None
+    _for_write: bool
+
     def _retrying_read(self, operation: Callable[[], T]) -> T:
         if self._db is not None or self._for_write:
             return operation()  # the caller chose the database: no second guessing

@@ -106,8 +106,8 @@ def check_servers() -> list[ServerState]:
         state = by_alias[server.alias]
         try:
             with _connect(server.direct_dsn, "check") as conn:
-                state.wal_lsn = int(conn.execute(
-                    "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()[0])
+                state.wal_lsn = int(pg.fetch_value(
+                    conn, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
                 state.up = True
         except Exception as exc:
             state.error = _one_line(exc)
@@ -116,7 +116,7 @@ def check_servers() -> list[ServerState]:
         state = by_alias[server.alias]
         try:
             with _connect(server.direct_dsn, "check") as conn:
-                in_recovery, replay, lag = conn.execute(CHECK_QUERY).fetchone()
+                in_recovery, replay, lag = pg.fetch_row(conn, CHECK_QUERY)
         except Exception as exc:
             state.error = _one_line(exc)
             return
@@ -173,9 +173,10 @@ def summarize_shards() -> list[ShardSummary]:
         try:
             measured = measure_shard(dsn, name, tables)
             with _connect(dsn, "sizes") as conn:
-                summary.size_bytes = int(conn.execute(
+                summary.size_bytes = int(pg.fetch_value(
+                    conn,
                     "SELECT coalesce(sum(pg_total_relation_size(to_regclass(t))), 0) "
-                    "FROM unnest(%s::text[]) t", [tables]).fetchone()[0])
+                    "FROM unnest(%s::text[]) t", [tables]))
         except Exception as exc:
             summary.error = _one_line(exc)
             return
@@ -221,8 +222,8 @@ class ReplicationObjects:
 def scan_replication(conn: psycopg.Connection[Any], shard: str) -> ReplicationObjects:
     like = PREFIX.replace("_", r"\_") + "%"
     found = ReplicationObjects(shard)
-    found.system_id = int(conn.execute(
-        "SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+    found.system_id = int(pg.fetch_value(
+        conn, "SELECT system_identifier FROM pg_control_system()"))
     found.publications = [r[0] for r in conn.execute(
         "SELECT pubname FROM pg_publication WHERE pubname LIKE %s ORDER BY 1", [like])]
     found.subscriptions = {r[1]: int(r[0]) for r in conn.execute(

@@ -14,10 +14,11 @@ from __future__ import annotations
 import re
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from django.core.cache import cache
 from django.db import transaction
+from django_redis.cache import RedisCache
 
 from shards import redisguard
 from sites.models import KEY_PREFIX, Site, hash_key
@@ -90,7 +91,8 @@ def forget(sender: Any, instance: Site, **kwargs: Any) -> None:
             # The raw client raises on failure (the cache itself ignores errors), so a failed
             # mark is deferred rather than lost; the value is encoded as the cache would.
             previous_key = cache.make_key(_cache_key(previous))
-            mark = cache.client.encode(_NO_SITE)
+            # settings.CACHES makes the default cache django-redis's, which has the client.
+            mark = cast(RedisCache, cache).client.encode(_NO_SITE)
             redisguard.write_or_defer(
                 previous_key,
                 lambda: redisguard.client().set(previous_key, mark, ex=REDIS_SECONDS),

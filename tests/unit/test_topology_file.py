@@ -368,3 +368,14 @@ def test_unreadable_path(tmp_path: Path, kind: str) -> None:
     assert str(path) in message
     assert ("file not found" if kind == "missing" else "cannot read it") in message
     assert "run `python -m deploy.topology up` to create it, or set SHARDSVC_TOPOLOGY" in message
+
+
+def test_the_example_file_loads_and_is_the_readmes_example() -> None:
+    # The type check (deploy/test.sh) loads settings from it, and README.md shows it as the format.
+    example = REPO / "deploy" / "topology.example.toml"
+    shard_map = load_shard_map(example)
+    assert tuple(s.alias for s in shard_map.servers()) == (
+        "default", "default_replica_1", "shard_0", "shard_0_replica_1",
+    )
+    readme_block = (REPO / "README.md").read_text().split("```toml\n", 1)[1].split("```", 1)[0]
+    assert readme_block in example.read_text()
