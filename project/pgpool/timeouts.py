@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import ClientCursor
 from psycopg.pq import TransactionStatus
@@ -48,32 +48,40 @@ def set_local_sql(*, statement_timeout: float, lock_timeout: float) -> str:
     )
 
 
-class TimeoutsCursorMixin:
+if TYPE_CHECKING:
+    # What the mixin is mixed into, for the type checker; at run time the base comes last in
+    # the generated class's bases (timeouts_cursor_class).
+    _CursorBase = ClientCursor[Any]
+else:
+    _CursorBase = object
+
+
+class TimeoutsCursorMixin(_CursorBase):
     """Mixed into Django's client-side-binding cursor class by ``timeouts_cursor_class``."""
 
     # Set on the generated class.
     set_local: str
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        conn = self.connection  # type: ignore[attr-defined]
+        conn = self.connection
         if conn.pgconn.transaction_status != TransactionStatus.IDLE or kwargs:
             # Inside a transaction that began with our SET LOCAL: it still holds.
-            return super().execute(query, params, **kwargs)  # type: ignore[misc]
-        text = f"{self.set_local}; {self.mogrify(query, params)}"  # type: ignore[attr-defined]
-        super().execute(text)  # type: ignore[misc]
-        self.nextset()  # type: ignore[attr-defined]
-        self.nextset()  # type: ignore[attr-defined]
+            return super().execute(query, params, **kwargs)
+        text = f"{self.set_local}; {self.mogrify(query, params)}"
+        super().execute(text)
+        self.nextset()
+        self.nextset()
         return self
 
     def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> Any:
-        conn = self.connection  # type: ignore[attr-defined]
+        conn = self.connection
         if conn.pgconn.transaction_status != TransactionStatus.IDLE:
-            return super().executemany(query, params_seq, **kwargs)  # type: ignore[misc]
+            return super().executemany(query, params_seq, **kwargs)
         autocommit = conn.autocommit
         conn.execute(f"BEGIN; {self.set_local}" if autocommit else self.set_local,
                      prepare=False)
         try:
-            result = super().executemany(query, params_seq, **kwargs)  # type: ignore[misc]
+            result = super().executemany(query, params_seq, **kwargs)
         except BaseException:
             if autocommit:
                 _rollback_quietly(conn)
