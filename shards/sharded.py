@@ -86,6 +86,8 @@ def _drop_replica(alias: str, exc: Exception) -> None:
         logger.debug("closing the failed connection to %s", alias, exc_info=True)
 
 
+# The managers' base is made at run time (from_queryset): mypy rejects a dynamic base [misc], and
+# the plugin's typing of a named from_queryset() class loses ShardedQuerySet in get_queryset().
 class ShardedManager(models.Manager.from_queryset(ShardedQuerySet)):  # type: ignore[misc]
     """The default manager: every query is scoped to the current tenant."""
 
