@@ -139,58 +139,114 @@ def test_reads_survive_a_replica_stopped_mid_run(service, tenants, topology) -> 
     wait_until(replica_serves, timeout=30, what="reads to return to the replica")
 
 
+# README: "A placement changed through Django reaches every worker within DIRECTORY_LOCAL_TTL"
+# (1 s). The bound is asserted at its documented value, not at the configured one, so a default
+# raised by mistake fails here; the tolerance covers scheduling on a loaded machine only.
+DOCUMENTED_LOCAL_TTL = 1.0
+SCHEDULING_TOLERANCE = 0.5
+
+
 def test_directory_change_reaches_every_worker(service, tenants) -> None:
     from django.conf import settings
 
     from shards.models import Tenant
 
+    assert settings.DIRECTORY_LOCAL_TTL == DOCUMENTED_LOCAL_TTL, "README and settings disagree"
     slug = tenants["c"].slug
     url = f"{service.url}/t/{slug}/_diag/where"
+    changed_at = 0.0
+    # Seconds after the change at which a request was sent that a worker still answered with
+    # the old placement: that worker was stale at least until then.
+    stale_since_change: list[float] = []
 
-    def views() -> dict[int, tuple[str, int]]:
+    def ask(_: int) -> tuple[float, dict]:
+        sent = time.monotonic()
+        return sent, get(url).body
+
+    def views(new: tuple[str, int] | None = None) -> dict[int, tuple[str, int]]:
         seen: dict[int, tuple[str, int]] = {}
         with ThreadPoolExecutor(max_workers=16) as pool:
-            for answer in pool.map(lambda _: get(url), range(64)):
-                seen[answer.body["pid"]] = (answer.body["shard"], answer.body["version"])
+            for sent, body in pool.map(ask, range(64)):
+                seen[body["pid"]] = (body["shard"], body["version"])
+                if new is not None and seen[body["pid"]] != new:
+                    stale_since_change.append(sent - changed_at)
         return seen
 
-    before = views()
+    before = views()  # every worker has just cached the old placement
     assert len(before) == 2, "expected answers from both workers"
     assert {shard for shard, _ in before.values()} == {"shard_0"}
     row = Tenant.objects.using("default").get(slug=slug)
     row.shard = "shard_1"  # moved by hand, as in the admin
-    started = time.monotonic()
     row.save()
+    changed_at = time.monotonic()
+    new = ("shard_1", row.version)
     try:
         wait_until(
-            lambda: {v for v in views().values()} == {("shard_1", row.version)},
-            timeout=settings.DIRECTORY_LOCAL_TTL + 5, interval=0.05,
+            lambda: set(views(new).values()) == {new},
+            timeout=DOCUMENTED_LOCAL_TTL + 10, interval=0,
             what="every worker to see the new placement",
         )
-        elapsed = time.monotonic() - started
-        print(f"directory change seen by every worker after {elapsed:.2f} s")
+        stale_for = max(stale_since_change, default=0.0)
+        print(f"directory change seen by every worker; last stale answer to a request sent "
+              f"{stale_for:.2f} s after the change")
+        assert stale_for <= DOCUMENTED_LOCAL_TTL + SCHEDULING_TOLERANCE, (
+            f"a worker still served the old placement to a request sent {stale_for:.2f} s "
+            f"after the change; documented: within {DOCUMENTED_LOCAL_TTL} s")
     finally:
         row.shard = "shard_0"
         row.save()
 
 
-def test_a_token_from_after_a_move_makes_a_stale_worker_reload(service, tenants) -> None:
+# Long enough that no worker's cached entry can expire while the test runs.
+LONG_LOCAL_TTL = 120.0
+
+
+@pytest.fixture
+def long_cache_service(topology: LocalTopology) -> Iterator[ServiceProcess]:
+    svc = topology.start_service(
+        name="long-cache", port=topology.layout.http_port + 4, SHARDSVC_DIAGNOSTICS="1",
+        SHARDSVC_DIRECTORY_LOCAL_TTL=str(LONG_LOCAL_TTL),
+    )
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def test_a_token_from_after_a_move_makes_a_stale_worker_reload(
+    long_cache_service: ServiceProcess, tenants,
+) -> None:
     from shards.models import Tenant
 
     entry = tenants["c"]
-    url = f"{service.url}/t/{entry.slug}/_diag/where"
-    for _ in range(16):  # every worker caches the current placement
-        get(url)
+    url = f"{long_cache_service.url}/t/{entry.slug}/_diag/where"
+
+    def views(headers: dict[str, str] | None = None) -> dict[int, set[tuple[str, int]]]:
+        seen: dict[int, set[tuple[str, int]]] = {}
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for answer in pool.map(lambda _: get(url, headers=headers), range(64)):
+                seen.setdefault(answer.body["pid"], set()).add(
+                    (answer.body["shard"], answer.body["version"]))
+        return seen
+
+    cached_from = time.monotonic()
+    before = views()  # every worker caches the current placement
+    assert len(before) == 2, "expected answers from both workers"
+    (old,) = set.union(*before.values())
     row = Tenant.objects.using("default").get(id=entry.id)
     old_shard = row.shard
     row.shard = "shard_1" if old_shard == "shard_0" else "shard_0"
     row.save()
+    new = (row.shard, row.version)
     try:
+        # Without the token the workers still route by their cached, old placement...
+        stale = views()
+        assert set(stale) <= set(before) and set.union(*stale.values()) == {old}
+        # ...and with a token from after the move every worker answers with the new one.
         token = causal.encode({}, {entry.id: row.version})
-        answers = [get(url, headers={causal.HEADER: token}) for _ in range(16)]
-        # Within the cache's TTL, yet every worker answers with the new placement.
-        assert {(a.body["shard"], a.body["version"]) for a in answers} == {
-            (row.shard, row.version)}
+        assert views(headers={causal.HEADER: token}) == {pid: {new} for pid in before}
+        # All of it within the cache's TTL: the reload came from the token, not from expiry.
+        assert time.monotonic() - cached_from < LONG_LOCAL_TTL
     finally:
         row.shard = old_shard
         row.save()
