@@ -96,9 +96,12 @@ def test_the_flip_waits_until_the_target_has_applied_the_last_write(
     mover.start()
     try:
         # The write is committed on the source and the target's apply waits for our lock.
-        wait_until(lambda: bool(last_write)
-                   and watch_target.execute(APPLY_BLOCKED).fetchone()[0] > 0,
-                   timeout=60, interval=0.01, what="the target's apply to wait for the lock")
+        def apply_held_back() -> bool:
+            assert "error" not in outcome, outcome["error"]  # the move failed early: say why
+            return bool(last_write) and watch_target.execute(APPLY_BLOCKED).fetchone()[0] > 0
+
+        wait_until(apply_held_back, timeout=60, interval=0.01,
+                   what="the target's apply to wait for the lock")
         wait_until(lambda: watch_source.execute(
             "SELECT count(*) FROM shardsvc_fence WHERE tenant_id = %s", [tenant_id],
         ).fetchone()[0] > 0, timeout=30, interval=0.005, what="the fence")
