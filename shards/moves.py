@@ -148,8 +148,12 @@ def start_move(tenant_key: str | int, target: str, *, reason: str = "") -> MoveJ
 class Mover:
     def __init__(self, job: MoveJob, *, settings: MoveSettings | None = None,
                  progress: Progress | None = None,
-                 still_locked: Callable[[], None] | None = None) -> None:
+                 still_locked: Callable[[], None] | None = None,
+                 crash_at: str | None = None) -> None:
         self.job = job
+        # Fault injection for the crash tests: a state name (or "fenced") at which the
+        # process dies like a killed one, with no cleanup of any kind.
+        self.crash_at = crash_at
         self.settings = settings or MoveSettings()
         self.progress = progress or (lambda message: logger.info("%s", message))
         self.still_locked = still_locked or (lambda: None)
@@ -209,10 +213,8 @@ class Mover:
         try:
             while self.job.state in steps:
                 self.still_locked()
-                if os.environ.get("SHARDSVC_MOVE_CRASH_AT") == self.job.state:
-                    # Fault injection for the crash tests: die at the start of this state's
-                    # work, like a killed process, with no cleanup of any kind.
-                    os._exit(70)
+                if self.crash_at == self.job.state:
+                    os._exit(70)  # fault injection: die at the start of this state's work
                 steps[State(self.job.state)]()
         finally:
             self.close()
@@ -301,7 +303,7 @@ class Mover:
                 [self.job.tenant_id, self.job.pk, self.settings.fence_lease])
         fenced = time.monotonic()
         fence_time = pg.fetch_value(self.source, "SELECT clock_timestamp()")
-        if os.environ.get("SHARDSVC_MOVE_CRASH_AT") == "fenced":
+        if self.crash_at == "fenced":
             os._exit(70)  # fault injection: die holding the fence (see run())
         try:
             # Transactions whose snapshot predates the fence may still write: wait them out.

@@ -150,7 +150,7 @@ def test_a_move_killed_at_any_phase_recovers(service, topology, crash_at, then) 
     site, thread = seeded_site(service, topology, "shard_0", comments=10)
     tenant_id = tenant_of(site).id
     crashed = manage(topology, "move_tenant", site.slug, "shard_1", "--grace", "0",
-                     SHARDSVC_MOVE_CRASH_AT=crash_at)
+                     "--crash-at", crash_at)
     assert crashed.returncode == 70, crashed.stdout + crashed.stderr[-2000:]
     job = MoveJob.objects.using("default").filter(tenant_id=tenant_id).latest("created_at")
     expected_state = "cutover" if crash_at == "fenced" else crash_at
@@ -186,8 +186,7 @@ def test_a_move_killed_at_any_phase_recovers(service, topology, crash_at, then) 
 
 def test_abort_after_the_flip_is_refused(service, topology) -> None:
     site, _ = seeded_site(service, topology, "shard_1", comments=1)
-    crashed = manage(topology, "move_tenant", site.slug, "shard_0",
-                     SHARDSVC_MOVE_CRASH_AT="cleanup")
+    crashed = manage(topology, "move_tenant", site.slug, "shard_0", "--crash-at", "cleanup")
     assert crashed.returncode == 70
     refused = manage(topology, "move_tenant", site.slug, "--abort")
     assert refused.returncode == 1

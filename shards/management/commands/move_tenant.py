@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import time
 from typing import Any
@@ -34,6 +35,8 @@ class Command(BaseCommand):
                             help="longest write pause to accept before retrying later "
                                  "(default 10 s)")
         parser.add_argument("--reason", default="move_tenant command")
+        # Fault injection for the crash tests (a state name, or "fenced"): not for operators.
+        parser.add_argument("--crash-at", help=argparse.SUPPRESS)
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -61,7 +64,7 @@ class Command(BaseCommand):
                 if job.state != MoveJob.State.PENDING:
                     self.stdout.write(f"resuming job {job.pk} at {job.state}")
                 mover = Mover(job, settings=settings, progress=self.say,
-                              still_locked=lock.ensure_held)
+                              still_locked=lock.ensure_held, crash_at=options["crash_at"])
                 job = mover.run()
             except MoveError as exc:
                 raise CommandError(str(exc)) from exc
