@@ -216,7 +216,7 @@ DIRECTORY_REDIS_TTL = int(_env_float("SHARDSVC_DIRECTORY_REDIS_TTL", 30))
 PLACEMENT_POLICY = "shards.placement.least_loaded"
 # Where a request names its tenant, tried in order: "path", "header", "host".
 TENANT_SOURCES = ["path", "header"]
-TENANT_PATH_PATTERN = r"^/(?:t|api/sites)/(?P<tenant>[^/]+)/"
+TENANT_PATH_PATTERN = r"^/api/sites/(?P<tenant>[^/]+)/"
 TENANT_HEADER = "X-Tenant"
 
 MIDDLEWARE = [
@@ -239,7 +239,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
 ]
 
-ROOT_URLCONF = "project.urls"
+# Test hook: the test harness sets SHARDSVC_URLCONF=tests.urls, the service's URLconf plus
+# test-only diagnostics endpoints. Production leaves it unset.
+ROOT_URLCONF = os.environ.get("SHARDSVC_URLCONF", "project.urls")
 WSGI_APPLICATION = "project.wsgi.application"
 
 TEMPLATES = [
@@ -289,10 +291,6 @@ FENCE_RETRY_SECONDS = _env_float("SHARDSVC_FENCE_RETRY_SECONDS", 10.0)
 # Bodies past this size get a 413 before they are read.
 MAX_REQUEST_BYTES = 64 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
-
-# Endpoints that let the test suite drive the pool (slow queries on a chosen alias). Off unless
-# the harness turns them on: they would let anyone hold database connections.
-DIAGNOSTICS_ENABLED = os.environ.get("SHARDSVC_DIAGNOSTICS") == "1"
 
 # JSON lines on stderr, each carrying the request id, site and shard of the request it belongs to
 # (project/request_log.py). SHARDSVC_LOG_FORMAT=plain for a human-readable console.

@@ -1,9 +1,8 @@
-from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth.signals import user_login_failed
 from django.urls import path
 
-from project import diagnostics, health, metrics, throttle
+from project import health, metrics, throttle
 from project.api import api
 
 urlpatterns = [
@@ -17,15 +16,3 @@ urlpatterns = [
 ]
 
 user_login_failed.connect(throttle.count_failed_login, dispatch_uid="shardsvc.throttle.login")
-
-if settings.DIAGNOSTICS_ENABLED:
-    urlpatterns += [
-        path("_diag/sleep", diagnostics.sleep),
-        path("_diag/session", diagnostics.session),
-        path("_diag/plain/<str:alias>/threads/<int:thread_id>", diagnostics.thread_plain),
-        path("_diag/plain/<str:alias>/sites/<int:tenant_id>/threads/<int:thread_id>/comments",
-             diagnostics.comments_plain),
-        path("t/<str:tenant>/_diag/threads", diagnostics.threads),
-        path("t/<str:tenant>/_diag/threads/<int:thread_id>", diagnostics.thread),
-        path("t/<str:tenant>/_diag/where", diagnostics.where),
-    ]

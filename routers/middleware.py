@@ -115,7 +115,7 @@ class TenantMiddleware:
         self.get_response = get_response
         self.sources = tuple(getattr(settings, "TENANT_SOURCES", ("path", "header")))
         self.path_re = re.compile(
-            getattr(settings, "TENANT_PATH_PATTERN", r"^/t/(?P<tenant>[^/]+)/")
+            getattr(settings, "TENANT_PATH_PATTERN", r"^/api/sites/(?P<tenant>[^/]+)/")
         )
         self.header = getattr(settings, "TENANT_HEADER", "X-Tenant")
         self.host_suffix = getattr(settings, "TENANT_HOST_SUFFIX", None)

@@ -116,11 +116,12 @@ def django_db(topology: LocalTopology) -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def service(topology: LocalTopology) -> Iterator[ServiceProcess]:
-    """The service under Gunicorn with gevent workers, diagnostics on. Its throttles are on
-    with limits no test session reaches (every test calls from 127.0.0.1, schema fuzzing writes
-    as one user): tests/test_throttle.py checks the limits on a service of its own."""
+    """The service under Gunicorn with gevent workers, on the test URLconf (tests/urls.py: the
+    diagnostics endpoints). Its throttles are on with limits no test session reaches (every test
+    calls from 127.0.0.1, schema fuzzing writes as one user): tests/test_throttle.py checks the
+    limits on a service of its own."""
     svc = topology.start_service(
-        name="service", SHARDSVC_DIAGNOSTICS="1",
+        name="service", SHARDSVC_URLCONF="tests.urls",
         SHARDSVC_THROTTLE_AUTH_FAILURES="100000/m", SHARDSVC_THROTTLE_WRITES="100000/m",
         SHARDSVC_THROTTLE_ADMIN_LOGIN="1000/m",
     )

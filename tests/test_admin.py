@@ -160,8 +160,9 @@ def test_moving_a_tenant_by_hand_bumps_its_version(browser: Browser, service) ->
     assert (row.shard, row.version) == ("shard_1", entry.version + 1)
     # Written through to the directory caches: every worker routes it to the new shard.
     wait_until(
-        lambda: all(get(f"{service.url}/t/{entry.slug}/_diag/where").body["shard"] == "shard_1"
-                    for _ in range(6)),
+        lambda: all(
+            get(f"{service.url}/api/sites/{entry.slug}/_diag/where").body["shard"] == "shard_1"
+            for _ in range(6)),
         timeout=10, what="the directory to route the tenant to shard_1",
     )
     # A shard that is not in the topology is refused by the form.

@@ -17,7 +17,7 @@ from tests.client import get, get_many, post, wait_until
 
 pytestmark = pytest.mark.usefixtures("django_db")
 
-WHERE_ROUTE = "t/<str:tenant>/_diag/where"
+WHERE_ROUTE = "api/sites/<str:tenant>/_diag/where"
 
 
 class Scrape:
@@ -52,7 +52,7 @@ def test_request_counts_add_up_across_workers_in_one_scrape(service, tenants) ->
     pids: set[int] = set()
     sent = 0
     for _ in range(30):  # concurrent bursts until both workers have answered
-        answers = get_many([f"{service.url}/t/{slug}/_diag/where"] * 20)
+        answers = get_many([f"{service.url}/api/sites/{slug}/_diag/where"] * 20)
         assert {a.status for a in answers} == {200}
         pids |= {a.body["pid"] for a in answers}
         sent += len(answers)
@@ -77,18 +77,18 @@ def test_queries_are_counted_per_shard_and_role_and_reads_per_reason(service, te
     before = scrape(service)
     ids = []
     for _ in range(5):
-        created = post(f"{service.url}/t/{slug}/_diag/threads")
+        created = post(f"{service.url}/api/sites/{slug}/_diag/threads")
         assert created.status == 201, created.body
         ids.append(created.body["id"])
 
     def replica_has_them() -> bool:
-        read = get(f"{service.url}/t/{slug}/_diag/threads/{ids[-1]}")
+        read = get(f"{service.url}/api/sites/{slug}/_diag/threads/{ids[-1]}")
         return read.status == 200 and read.body["served_by"] == "shard_0_replica_1"
 
     wait_until(replica_has_them, timeout=10, what="the replica to serve the new threads")
-    reads = get_many([f"{service.url}/t/{slug}/_diag/threads/{i}" for i in ids * 4])
+    reads = get_many([f"{service.url}/api/sites/{slug}/_diag/threads/{i}" for i in ids * 4])
     assert {r.status for r in reads} == {200}, [r.body for r in reads if r.status != 200]
-    bad = get(f"{service.url}/t/{slug}/_diag/threads/{ids[0]}",
+    bad = get(f"{service.url}/api/sites/{slug}/_diag/threads/{ids[0]}",
               headers={"X-Causal-Token": "garbage"})
     assert bad.status == 200 and bad.body["reason"] == "bad_token"
     after = scrape(service)
@@ -110,10 +110,10 @@ def test_queries_are_counted_per_shard_and_role_and_reads_per_reason(service, te
 
 def test_gauges_come_from_every_worker_and_metrics_is_not_counted(service, tenants) -> None:
     slug = tenants["b"].slug  # on shard_1
-    thread_id = post(f"{service.url}/t/{slug}/_diag/threads").body["id"]
+    thread_id = post(f"{service.url}/api/sites/{slug}/_diag/threads").body["id"]
     pids: set[int] = set()
     for _ in range(30):  # primary reads (a bad token) until both workers have a shard_1 pool
-        url = f"{service.url}/t/{slug}/_diag/threads/{thread_id}"
+        url = f"{service.url}/api/sites/{slug}/_diag/threads/{thread_id}"
         with ThreadPoolExecutor(max_workers=20) as pool:
             answers = list(pool.map(
                 lambda u: get(u, headers={"X-Causal-Token": "garbage"}), [url] * 20))
@@ -142,7 +142,7 @@ def test_gauges_come_from_every_worker_and_metrics_is_not_counted(service, tenan
 
 
 def test_unknown_tenants_and_unmatched_paths_get_bounded_routes(service) -> None:
-    get(f"{service.url}/t/no-such-tenant-{uuid.uuid4().hex[:6]}/_diag/where")
+    get(f"{service.url}/api/sites/no-such-tenant-{uuid.uuid4().hex[:6]}/_diag/where")
     get(f"{service.url}/nowhere/{uuid.uuid4().hex}")
     s = scrape(service)
     assert s.value("shardsvc_requests_total", route=WHERE_ROUTE, status="404") >= 1
@@ -153,7 +153,7 @@ def test_unknown_tenants_and_unmatched_paths_get_bounded_routes(service) -> None
 def tight_pool(topology: LocalTopology) -> Iterator[ServiceProcess]:
     svc = topology.start_service(
         name="metrics-pool", port=topology.layout.http_port + 6, SHARDSVC_WORKERS="1",
-        SHARDSVC_DIAGNOSTICS="1", SHARDSVC_POOL_MAX_CONNS="1", SHARDSVC_POOL_TIMEOUT="0.5",
+        SHARDSVC_URLCONF="tests.urls", SHARDSVC_POOL_MAX_CONNS="1", SHARDSVC_POOL_TIMEOUT="0.5",
     )
     yield svc
     svc.stop()
@@ -199,7 +199,7 @@ def test_request_ids_are_echoed_or_made(service) -> None:
 @pytest.fixture(scope="module")
 def logs_service(topology: LocalTopology) -> Iterator[ServiceProcess]:
     svc = topology.start_service(name="logs", port=topology.layout.http_port + 5,
-                                 SHARDSVC_DIAGNOSTICS="1")
+                                 SHARDSVC_URLCONF="tests.urls")
     yield svc
     svc.stop()
 
@@ -215,7 +215,7 @@ def json_lines(service: ServiceProcess, request_id: str) -> list[dict]:
 def test_access_log_lines_carry_request_id_site_and_shard(logs_service, tenants) -> None:
     tenant = tenants["b"]
     request_id = f"logs-{uuid.uuid4()}"
-    answer = post(f"{logs_service.url}/t/{tenant.slug}/_diag/threads",
+    answer = post(f"{logs_service.url}/api/sites/{tenant.slug}/_diag/threads",
                   headers={"X-Request-Id": request_id})
     assert answer.status == 201 and answer.headers["X-Request-Id"] == request_id
 
@@ -228,7 +228,7 @@ def test_access_log_lines_carry_request_id_site_and_shard(logs_service, tenants)
     assert line["request_id"] == request_id
     assert (line["site"], line["shard"]) == (tenant.slug, "shard_1")
     assert line["status"] == 201 and line["method"] == "POST"
-    assert line["route"] == "t/<str:tenant>/_diag/threads"
+    assert line["route"] == "api/sites/<str:tenant>/_diag/threads"
     assert line["level"] == "INFO" and isinstance(line["duration_ms"], float)
     assert line["timestamp"].endswith("Z")
 
@@ -237,7 +237,7 @@ def test_lines_logged_during_a_request_carry_its_context(logs_service, tenants) 
     tenant = tenants["a"]
     request_id = f"logs-{uuid.uuid4()}"
     # A 404 from the view: Django logs it (django.request), after every middleware returned.
-    answer = get(f"{logs_service.url}/t/{tenant.slug}/_diag/threads/1",
+    answer = get(f"{logs_service.url}/api/sites/{tenant.slug}/_diag/threads/1",
                  headers={"X-Request-Id": request_id})
     assert answer.status == 404
 

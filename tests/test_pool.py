@@ -48,7 +48,7 @@ class ActiveBackendSampler:
 def one_worker(topology: LocalTopology) -> Iterator[ServiceProcess]:
     svc = topology.start_service(
         name="one-worker", port=topology.layout.http_port + 1,
-        SHARDSVC_WORKERS="1", SHARDSVC_DIAGNOSTICS="1", SHARDSVC_POOL_MAX_CONNS="40",
+        SHARDSVC_WORKERS="1", SHARDSVC_URLCONF="tests.urls", SHARDSVC_POOL_MAX_CONNS="40",
     )
     yield svc
     svc.stop()
@@ -58,7 +58,7 @@ def one_worker(topology: LocalTopology) -> Iterator[ServiceProcess]:
 def capped(topology: LocalTopology) -> Iterator[ServiceProcess]:
     svc = topology.start_service(
         name="capped", port=topology.layout.http_port + 2,
-        SHARDSVC_WORKERS="1", SHARDSVC_DIAGNOSTICS="1",
+        SHARDSVC_WORKERS="1", SHARDSVC_URLCONF="tests.urls",
         SHARDSVC_POOL_MAX_CONNS="10", SHARDSVC_POOL_TIMEOUT="1",
     )
     yield svc

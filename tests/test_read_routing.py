@@ -38,7 +38,7 @@ def delayed_replica(topology: LocalTopology) -> Iterator[str]:
 
 
 def create_thread(service: ServiceProcess, slug: str, headers=None):
-    answer = post(f"{service.url}/t/{slug}/_diag/threads", headers=headers)
+    answer = post(f"{service.url}/api/sites/{slug}/_diag/threads", headers=headers)
     assert answer.status == 201, answer.body
     return answer
 
@@ -49,7 +49,7 @@ def test_write_then_read_with_token_always_sees_the_write(service, tenants, dela
     for _ in range(500):
         written = create_thread(service, slug)
         token = written.headers[causal.HEADER]
-        read = get(f"{service.url}/t/{slug}/_diag/threads/{written.body['id']}",
+        read = get(f"{service.url}/api/sites/{slug}/_diag/threads/{written.body['id']}",
                    headers={causal.HEADER: token})
         assert read.status == 200, read.body
         assert read.body["thread"]["id"] == written.body["id"]
@@ -63,7 +63,7 @@ def test_the_causal_cookie_works_like_the_header(service, tenants, delayed_repli
     written = create_thread(service, slug)
     cookie = written.headers["Set-Cookie"].split(";")[0]
     assert cookie.startswith(f"{causal.COOKIE}=")
-    read = get(f"{service.url}/t/{slug}/_diag/threads/{written.body['id']}",
+    read = get(f"{service.url}/api/sites/{slug}/_diag/threads/{written.body['id']}",
                headers={"Cookie": cookie})
     assert read.status == 200 and read.body["served_by"] == "shard_0"
 
@@ -71,11 +71,11 @@ def test_the_causal_cookie_works_like_the_header(service, tenants, delayed_repli
 def test_without_tokens_most_reads_go_to_replicas(service, tenants) -> None:
     slug = tenants["b"].slug
     ids = [create_thread(service, slug).body["id"] for _ in range(20)]
-    wait_until(lambda: get(f"{service.url}/t/{slug}/_diag/threads/{ids[-1]}").status == 200,
+    wait_until(lambda: get(f"{service.url}/api/sites/{slug}/_diag/threads/{ids[-1]}").status == 200,
                timeout=10, what="the replica to catch up")
     served = Counter()
     for i in range(300):
-        read = get(f"{service.url}/t/{slug}/_diag/threads/{ids[i % len(ids)]}")
+        read = get(f"{service.url}/api/sites/{slug}/_diag/threads/{ids[i % len(ids)]}")
         assert read.status == 200
         served[read.body["served_by"]] += 1
     assert served["shard_1_replica_1"] >= 0.9 * 300, served
@@ -91,7 +91,7 @@ def test_without_tokens_most_reads_go_to_replicas(service, tenants) -> None:
 def test_a_malformed_or_forged_token_reads_from_the_primary(service, tenants, token) -> None:
     slug = tenants["a"].slug
     thread_id = create_thread(service, slug).body["id"]
-    read = get(f"{service.url}/t/{slug}/_diag/threads/{thread_id}",
+    read = get(f"{service.url}/api/sites/{slug}/_diag/threads/{thread_id}",
                headers={causal.HEADER: token, "Cookie": f"{causal.COOKIE}={token}"})
     assert read.status == 200
     assert read.body["served_by"] == "shard_0"
@@ -101,7 +101,7 @@ def test_a_malformed_or_forged_token_reads_from_the_primary(service, tenants, to
 def test_reads_survive_a_replica_stopped_mid_run(service, tenants, topology) -> None:
     slug = tenants["b"].slug
     ids = [create_thread(service, slug).body["id"] for _ in range(10)]
-    wait_until(lambda: get(f"{service.url}/t/{slug}/_diag/threads/{ids[-1]}").status == 200,
+    wait_until(lambda: get(f"{service.url}/api/sites/{slug}/_diag/threads/{ids[-1]}").status == 200,
                timeout=10, what="the replica to catch up")
     failures: list[object] = []
     served: Counter[str] = Counter()
@@ -110,7 +110,7 @@ def test_reads_survive_a_replica_stopped_mid_run(service, tenants, topology) -> 
     def reader() -> None:
         i = 0
         while not stop.is_set():
-            read = get(f"{service.url}/t/{slug}/_diag/threads/{ids[i % len(ids)]}")
+            read = get(f"{service.url}/api/sites/{slug}/_diag/threads/{ids[i % len(ids)]}")
             if read.status != 200:
                 failures.append((read.status, read.body))
             else:
@@ -133,7 +133,7 @@ def test_reads_survive_a_replica_stopped_mid_run(service, tenants, topology) -> 
     assert during["shard_1"] > 0  # the primary took over
     # Back on the replica once it is healthy again.
     def replica_serves() -> bool:
-        read = get(f"{service.url}/t/{slug}/_diag/threads/{ids[0]}")
+        read = get(f"{service.url}/api/sites/{slug}/_diag/threads/{ids[0]}")
         return read.status == 200 and read.body["served_by"] == "shard_1_replica_1"
 
     wait_until(replica_serves, timeout=30, what="reads to return to the replica")
@@ -188,7 +188,7 @@ def test_directory_change_reaches_every_worker(service, tenants) -> None:
 
     assert settings.DIRECTORY_LOCAL_TTL == DOCUMENTED_LOCAL_TTL, "README and settings disagree"
     slug = tenants["c"].slug
-    url = f"{service.url}/t/{slug}/_diag/where"
+    url = f"{service.url}/api/sites/{slug}/_diag/where"
     before = ask_workers(url)  # every worker has just cached the old placement
     assert len({pid for _, pid, _ in before}) == 2, "expected answers from both workers"
     assert {shard for *_, (shard, _) in before} == {"shard_0"}
@@ -217,7 +217,7 @@ def test_a_placement_changed_with_raw_sql_reaches_every_worker(service, tenants,
     assert settings.DIRECTORY_REDIS_TTL == DOCUMENTED_REDIS_TTL, "README and settings disagree"
     bound = DOCUMENTED_LOCAL_TTL + DOCUMENTED_REDIS_TTL
     entry = tenants["c"]
-    url = f"{service.url}/t/{entry.slug}/_diag/where"
+    url = f"{service.url}/api/sites/{entry.slug}/_diag/where"
     # A change through Django first: Redis then holds an entry for a full DIRECTORY_REDIS_TTL,
     # the longest any worker can go on reading it after the raw change below.
     row = Tenant.objects.using("default").get(id=entry.id)
@@ -250,7 +250,7 @@ LONG_LOCAL_TTL = 120.0
 @pytest.fixture
 def long_cache_service(topology: LocalTopology) -> Iterator[ServiceProcess]:
     svc = topology.start_service(
-        name="long-cache", port=topology.layout.http_port + 4, SHARDSVC_DIAGNOSTICS="1",
+        name="long-cache", port=topology.layout.http_port + 4, SHARDSVC_URLCONF="tests.urls",
         SHARDSVC_DIRECTORY_LOCAL_TTL=str(LONG_LOCAL_TTL),
     )
     try:
@@ -265,7 +265,7 @@ def test_a_token_from_after_a_move_makes_a_stale_worker_reload(
     from shards.models import Tenant
 
     entry = tenants["c"]
-    url = f"{long_cache_service.url}/t/{entry.slug}/_diag/where"
+    url = f"{long_cache_service.url}/api/sites/{entry.slug}/_diag/where"
 
     def views(headers: dict[str, str] | None = None) -> dict[int, set[tuple[str, int]]]:
         seen: dict[int, set[tuple[str, int]]] = {}

@@ -39,7 +39,7 @@ REQUEST_BOUND = DEADLINE + 1.0 + 1.5
 def timeouts_service(topology: LocalTopology) -> Iterator[ServiceProcess]:
     svc = topology.start_service(
         name="timeouts", port=topology.layout.http_port + 7,
-        SHARDSVC_WORKERS="1", SHARDSVC_DIAGNOSTICS="1",
+        SHARDSVC_WORKERS="1", SHARDSVC_URLCONF="tests.urls",
         SHARDSVC_DB_STATEMENT_TIMEOUT=str(STATEMENT_TIMEOUT),
         SHARDSVC_DB_LOCK_TIMEOUT=str(LOCK_TIMEOUT),
         SHARDSVC_REQUEST_DEADLINE=str(DEADLINE),

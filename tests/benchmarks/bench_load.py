@@ -205,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"[bench] {seeded}", flush=True)
         sites = json.loads(keys.read_text())["sites"]
         # Load, not abuse: a few hundred users writing at full speed pass any per-user limit.
-        service = topology.start_service(name="bench", SHARDSVC_DIAGNOSTICS="1",
+        service = topology.start_service(name="bench", SHARDSVC_URLCONF="tests.urls",
                                          SHARDSVC_WORKERS=str(args.workers),
                                          SHARDSVC_THROTTLE_WRITES="off")
         users = sign_users(service.url, sites, args.users)

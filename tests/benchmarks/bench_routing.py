@@ -8,7 +8,7 @@ from 29400 up; destroyed at the end, also on failure or Ctrl-C), it measures:
 1. the router's cost per decision: `django.db.router.db_for_read/db_for_write` for a sharded model
    inside a tenant and a request's routing state, next to a bare function call and the same router
    call for a control (unsharded) model;
-2. the throughput of the sharded read endpoint `GET /t/<slug>/_diag/threads/<id>` (tenant
+2. the throughput of the sharded read endpoint `GET /api/sites/<slug>/_diag/threads/<id>` (tenant
    resolved by middleware, read routed to a replica) against the plain view
    `GET /_diag/plain/shard_0_replica_1/threads/<id>` (same SELECT on a fixed alias, no tenant
    lookup, no router), with wrk, alternating A, B, A, B, and prints the ratio sharded/plain.
@@ -251,9 +251,9 @@ def run(args: argparse.Namespace) -> int:
 
         costs = router_costs(entry, args.decisions, args.repeats)
 
-        service = topology.start_service(name="bench", SHARDSVC_DIAGNOSTICS="1",
+        service = topology.start_service(name="bench", SHARDSVC_URLCONF="tests.urls",
                                          SHARDSVC_WORKERS=str(args.workers))
-        sharded_paths = [f"/t/{entry.slug}/_diag/threads/{i}" for i in ids]
+        sharded_paths = [f"/api/sites/{entry.slug}/_diag/threads/{i}" for i in ids]
         plain_paths = [f"/_diag/plain/{REPLICA}/threads/{i}" for i in ids]
         served = check_endpoints(service.url, sharded_paths, plain_paths)
         if set(served) != {f"{REPLICA} (replica)"}:

@@ -1,6 +1,7 @@
-"""Endpoints the test suite uses to drive the pool through the real service.
+"""Endpoints the test suite uses to drive the pool and the router through the real service.
 
-Mounted only when settings.DIAGNOSTICS_ENABLED: they let a caller hold database connections.
+Mounted only by the test URLconf (tests/urls.py), never in production: they let a caller hold
+database connections and read across tenants.
 """
 
 from __future__ import annotations
