@@ -70,12 +70,6 @@ def owner_of_key(raw_key: str) -> KeyOwner | None:
     return KeyOwner(tenant_id, generation) if tenant_id else None
 
 
-def tenant_for_key(raw_key: str) -> int | None:
-    """The tenant id of the site this key belongs to, or None for no site's key."""
-    owner = owner_of_key(raw_key)
-    return owner.tenant_id if owner is not None else None
-
-
 def forget(sender: Any, instance: Site, **kwargs: Any) -> None:
     """After a Site is saved (and committed): its current key is looked up afresh, and a key it
     replaced is marked as no site's key in Redis. A mark rather than a delete: a lookup that

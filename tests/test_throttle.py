@@ -341,7 +341,7 @@ def test_a_key_of_the_wrong_shape_is_refused_without_any_lookup() -> None:
     from django.conf import settings
     from django.test import override_settings
 
-    from sites.keys import KEY_SHAPE, tenant_for_key
+    from sites.keys import KEY_SHAPE, owner_of_key
     from sites.models import Site
 
     assert all(KEY_SHAPE.fullmatch(Site.new_key()) for _ in range(200))
@@ -351,7 +351,7 @@ def test_a_key_of_the_wrong_shape_is_refused_without_any_lookup() -> None:
     with override_settings(CACHES=dead):
         for key in ["", "sk_", "sk_wrong", "x" * 46, "sk_" + "a" * 42, "sk_" + "a" * 44,
                     "sk_" + "a" * 42 + "=", " sk_" + "a" * 43, "sk_" + "a" * 43 + "\n"]:
-            assert tenant_for_key(key) is None, key
+            assert owner_of_key(key) is None, key
 
 
 def test_a_malformed_rate_stops_start_up_with_the_fix() -> None:
