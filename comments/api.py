@@ -8,7 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Path, Query, Router
 
 from comments import service
-from comments.auth import EndUser, SiteKey, end_user, issue_user_token
+from comments.auth import EndUser, SiteKey, end_user, issue_user_token, site_of_request
 from comments.schemas import (
     MAX_ID,
     CommentEdit,
@@ -40,7 +40,7 @@ router = Router(auth=SiteKey(), tags=["site"])
 def writer(request: HttpRequest) -> EndUser:
     """The end user of a write, within their write budget on this site (429 past it)."""
     user = end_user(request)
-    throttle.count_write(request, request.tenant.id, user.id)  # type: ignore[attr-defined]
+    throttle.count_write(request, site_of_request().id, user.id)
     return user
 
 
