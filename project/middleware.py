@@ -15,6 +15,7 @@ from functools import lru_cache
 
 from django.conf import settings
 from django.core.signals import request_finished
+from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
 
 from project.error_map import answer_for, is_database_unavailable
@@ -95,11 +96,8 @@ class RoutingMiddleware:
         else:
             try:
                 entry = self._resolve(key, state)
-            except (MalformedTenantKey, UnknownTenant) as exc:
-                return error_response(answer_for(exc, request.path))
-            except Exception as exc:
-                if not is_database_unavailable(exc):
-                    raise
+            except (MalformedTenantKey, UnknownTenant, OperationalError) as exc:
+                # 400, 404, or 503 when the directory cannot be read.
                 return error_response(answer_for(exc, request.path))
             with tenant(entry):
                 response = self.get_response(request)
