@@ -28,6 +28,9 @@ from comments.schemas import (
 from project import throttle
 
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
+# Declared by every handler so the schema documents the path parameter (django-ninja leaves out,
+# with a warning, one a handler does not take); its value is not read here: the routing
+# middleware has already resolved the site from the path (project.middleware.tenant_key).
 Site = Annotated[str, Path(max_length=63, description="The site's slug.")]
 ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 413: ErrorOut,
           422: ErrorOut, 429: ErrorOut, 503: ErrorOut}

@@ -1,5 +1,6 @@
-"""The HTTP API: one NinjaAPI, its OpenAPI schema at /api/openapi.json, and one place that turns
-every error into a JSON answer with a status and a message (never a stack trace)."""
+"""The HTTP API: one NinjaAPI, its OpenAPI schema at /api/openapi.json, and every error a view
+raises turned into a JSON answer with a status and a message (never a stack trace) by the one
+error map, project.error_map."""
 
 from __future__ import annotations
 
