@@ -17,6 +17,7 @@ from ninja.errors import HttpError
 from ninja.security import APIKeyHeader
 
 from project import throttle
+from routers.state import request_tenant
 from shards.directory import TenantEntry
 from sites.keys import owner_of_key
 
@@ -30,7 +31,7 @@ class SiteKey(APIKeyHeader):
     param_name = "X-Api-Key"
 
     def authenticate(self, request: HttpRequest, key: str | None) -> TenantEntry | None:
-        entry = getattr(request, "tenant", None)
+        entry = request_tenant()
         if entry is None or not key:
             return None
         throttle.refuse_failing_client(request)  # before the lookup: refused guesses cost none
@@ -46,6 +47,14 @@ class SiteKey(APIKeyHeader):
         return None
 
 
+def site_of_request() -> TenantEntry:
+    """The site the request named (site endpoints are only reached with one)."""
+    entry = request_tenant()
+    if entry is None:
+        raise HttpError(404, "no such resource on this site")
+    return entry
+
+
 @dataclass(frozen=True)
 class EndUser:
     id: str
@@ -54,7 +63,7 @@ class EndUser:
 
 def issue_user_token(request: HttpRequest, user_id: str, name: str) -> str:
     """A token for one end user of the request's site, under the generation of its key."""
-    entry: TenantEntry = request.tenant  # type: ignore[attr-defined]
+    entry = site_of_request()
     payload = {"t": entry.id, "u": user_id, "n": name,
                "g": request.key_generation}  # type: ignore[attr-defined]
     return signing.dumps(payload, salt=_SALT, compress=True)
@@ -74,7 +83,7 @@ def end_user(request: HttpRequest) -> EndUser:
 
 def _end_user(request: HttpRequest) -> EndUser:
     raw = request.headers.get(USER_HEADER)
-    entry: TenantEntry = request.tenant  # type: ignore[attr-defined]
+    entry = site_of_request()
     if not raw:
         raise HttpError(401, f"this action needs an end user: send {USER_HEADER} "
                              "(issued by POST /api/sites/<site>/users/token)")

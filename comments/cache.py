@@ -19,7 +19,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from routers.context import current_routing
+from routers.state import current_state
 from shards import redisguard
 from shards.directory import TenantEntry
 from shards.redisguard import RedisUnavailable
@@ -92,9 +92,9 @@ def cached_page(entry: TenantEntry, thread_id: int, variant: str,
         _record("hit")
         return json.loads(raw), "hit"
 
-    routing = current_routing()
-    if routing is not None and mark:
-        routing.tokens[entry.shard] = max(routing.tokens.get(entry.shard, 0), mark)
+    state = current_state()
+    if state is not None and mark:
+        state.require_position(entry.shard, mark)
     lock = key + ":fill"
     try:
         elected = client.set(lock, "1", nx=True, px=FILL_LOCK_MS)

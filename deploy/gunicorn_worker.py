@@ -11,15 +11,14 @@ send, and only the answer written to the real socket is replaced.
 
 from __future__ import annotations
 
-import json
 import socket
 from typing import Any
 
 from gunicorn import util
 from gunicorn.workers.ggevent import GeventWorker
 
-CODES = {400: "bad_request", 403: "forbidden", 414: "uri_too_long", 417: "expectation_failed",
-         431: "headers_too_large", 500: "internal", 501: "not_implemented"}
+from project.errors import ErrorAnswer, code_for_status
+
 MAX_MESSAGE = 300  # the parser's text can quote the request: keep the answer short
 # How long and how much a refused request is read on before its connection closes.
 LINGER_SECONDS = 1.0
@@ -45,7 +44,7 @@ class _KeptWrites:
 
 
 def json_error(status: int, reason: str, message: str) -> bytes:
-    body = json.dumps({"error": CODES.get(status, "error"), "message": message}).encode()
+    body = ErrorAnswer(status, code_for_status(status), message).body()
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
     return head.encode("latin-1") + body

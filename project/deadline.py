@@ -20,9 +20,10 @@ from django.http import HttpRequest, HttpResponse
 from gevent import Timeout, get_hub
 from gevent.monkey import is_module_patched
 
+from project.error_map import answer_for
+from project.errors import error_response
 from project.pgpool.deadline import Deadline, deadline_scope
 from project.pgpool.errors import DeadlineExceeded
-from routers.middleware import database_unavailable
 
 GetResponse = Callable[[HttpRequest], HttpResponse]
 
@@ -49,6 +50,6 @@ class RequestDeadlineMiddleware:
                 return self.get_response(request)
         except DeadlineExceeded as exc:
             # Inner layers answer their own errors; this is one raised between them.
-            return database_unavailable(request, exc)
+            return error_response(answer_for(exc, request.path))
         finally:
             timer.close()

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
+
+from project.errors import error
 
 
 class RequestSizeLimitMiddleware:
@@ -17,12 +19,8 @@ class RequestSizeLimitMiddleware:
         try:
             length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
-            return JsonResponse({"error": "bad_request", "message": "bad Content-Length"},
-                                status=400)
+            return error(400, "bad_request", "bad Content-Length")
         if length > self.limit:
-            return JsonResponse(
-                {"error": "too_large",
-                 "message": f"request body of {length} bytes exceeds {self.limit} bytes"},
-                status=413,
-            )
+            return error(413, "too_large",
+                         f"request body of {length} bytes exceeds {self.limit} bytes")
         return self.get_response(request)

@@ -44,7 +44,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connections
 from django.db.backends.signals import connection_created
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -57,6 +57,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from project.errors import error
+from routers.state import current_state
 from shards import redisguard
 
 logger = logging.getLogger("shardsvc.metrics")
@@ -337,18 +339,11 @@ class MetricsMiddleware:
         method = request.method if request.method in _METHODS else "other"
         REQUESTS.labels(route, method, str(response.status_code)).inc()
         REQUEST_SECONDS.labels(route, method).observe(elapsed)
-        routing = getattr(request, "_shardsvc_routing", None)
+        # The routing middleware leaves the request's state set until the next request.
+        routing = current_state()
         if routing is not None and routing.reads:
             _count_reads(routing.reads)
         return response
-
-    def process_view(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
-        # Runs inside every middleware's __call__, so the routing state set by
-        # CausalConsistencyMiddleware is current here; its counter keeps filling until the
-        # response is made, and stays readable after the context is reset.
-        from routers.context import current_routing
-
-        request._shardsvc_routing = current_routing()  # type: ignore[attr-defined]
 
 
 @functools.cache
@@ -404,12 +399,9 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     """Prometheus text format: every worker's samples merged (multiprocess mode), or this
     process's registry. Only for allowed networks or the metrics token."""
     if not scrape_allowed(request):
-        return JsonResponse(
-            {"error": "forbidden",
-             "message": "/metrics answers allowed networks (SHARDSVC_METRICS_ALLOW) or "
-                        "'Authorization: Bearer <SHARDSVC_METRICS_TOKEN>'"},
-            status=403,
-        )
+        return error(403, "forbidden",
+                     "/metrics answers allowed networks (SHARDSVC_METRICS_ALLOW) or "
+                     "'Authorization: Bearer <SHARDSVC_METRICS_TOKEN>'")
     try:
         sample()
     except Exception:

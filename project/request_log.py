@@ -57,10 +57,15 @@ def request_id_from(raw: str | None) -> str:
 
 
 def _tenant_of(request: HttpRequest) -> tuple[str | None, str | None]:
-    entry = getattr(request, "tenant", None)
+    """The site and shard of the tenant the request named (its routing state outlives the
+    middleware that set it, until the next request)."""
+    # Imported here: logging is configured, and this module imported, before the apps load.
+    from routers.state import request_tenant
+
+    entry = request_tenant()
     if entry is None:
         return None, None
-    return getattr(entry, "slug", None), getattr(entry, "shard", None)
+    return entry.slug, entry.shard
 
 
 class RequestLogMiddleware:

@@ -218,6 +218,8 @@ PLACEMENT_POLICY = "shards.placement.least_loaded"
 TENANT_SOURCES = ["path", "header"]
 TENANT_PATH_PATTERN = r"^/api/sites/(?P<tenant>[^/]+)/"
 TENANT_HEADER = "X-Tenant"
+# "host" in TENANT_SOURCES: <slug><suffix>, e.g. ".comments.example.com"
+TENANT_HOST_SUFFIX: str | None = None
 
 MIDDLEWARE = [
     # Outermost: request id and access log, then request metrics (both see every answer).
@@ -225,10 +227,10 @@ MIDDLEWARE = [
     "project.metrics.MetricsMiddleware",
     # Inside the two above, so the 503 of a request past its deadline is logged and counted.
     "project.deadline.RequestDeadlineMiddleware",
-    "routers.middleware.CausalConsistencyMiddleware",
-    "project.middleware.DatabaseUnavailableMiddleware",
+    # Refuses oversized requests before a tenant is looked up.
     "project.limits.RequestSizeLimitMiddleware",
-    "routers.middleware.TenantMiddleware",
+    # Causal tokens, the tenant, database unavailability: the request's routing, in that order.
+    "project.middleware.RoutingMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "project.csp.ContentSecurityPolicyMiddleware",

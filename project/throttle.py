@@ -23,8 +23,10 @@ from functools import wraps
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django_ratelimit.core import get_usage
+
+from project.errors import error
 
 logger = logging.getLogger("shardsvc.throttle")
 
@@ -133,14 +135,10 @@ def throttled_login(view: Callable[..., HttpResponse]) -> Callable[..., HttpResp
             full = [u for u in _login_usages(request, username, increment=False) if _full(u)]
             if full:
                 wait = max(1, max(u["time_left"] for u in full if u is not None))
-                answer = JsonResponse(
-                    {"error": "rate_limited",
-                     "message": f"too many failed logins (limit {settings.THROTTLE_ADMIN_LOGIN} "
-                                f"per address and per user); retry after {wait} s"},
-                    status=429,
-                )
-                answer["Retry-After"] = str(wait)
-                return answer
+                return error(429, "rate_limited",
+                             f"too many failed logins (limit {settings.THROTTLE_ADMIN_LOGIN} "
+                             f"per address and per user); retry after {wait} s",
+                             retry_after=wait)
         return view(request, *args, **kwargs)
 
     return login

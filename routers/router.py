@@ -16,8 +16,9 @@ from typing import Any
 from django.db import connections
 from django.db.models import Model
 
-from routers.context import current_routing, current_tenant, primary_pinned
+from routers.context import current_tenant, primary_pinned
 from routers.errors import CrossShardRelation, NoTenantContext, WrongTenant
+from routers.state import current_state
 from shards.topology import CONTROL_ALIAS, get_shard_map
 
 
@@ -50,10 +51,9 @@ class ShardRouter:
         return entry.shard, entry.min_lsn
 
     def db_for_write(self, model: type[Model], **hints: Any) -> str:
+        # Only where: the request counts as having written once SQL that writes has run
+        # (routers.writes), not when a write is merely planned (get_or_create finding its row).
         cluster, _ = self._cluster(model, hints)
-        routing = current_routing()
-        if routing is not None:
-            routing.written.add(cluster)
         return cluster  # a cluster's name is its primary's alias
 
     def db_for_read(self, model: type[Model], **hints: Any) -> str:
@@ -87,9 +87,9 @@ class ShardRouter:
 def choose_read_alias(cluster: str, *, min_lsn: int = 0) -> str:
     """The alias a read on `cluster` should use, and the reason, recorded for metrics."""
     alias, reason = explain_read_choice(cluster, min_lsn=min_lsn)
-    routing = current_routing()
-    if routing is not None:
-        routing.reads[(alias, reason)] += 1
+    state = current_state()
+    if state is not None:
+        state.note_read(alias, reason)
     return alias
 
 
@@ -98,13 +98,13 @@ def explain_read_choice(cluster: str, *, min_lsn: int = 0) -> tuple[str, str]:
         return cluster, "pinned"
     if connections[cluster].in_atomic_block:
         return cluster, "in_transaction"
-    routing = current_routing()
-    if routing is not None:
-        if cluster in routing.written:
+    state = current_state()
+    if state is not None:
+        if state.wrote_to(cluster):
             return cluster, "wrote_in_request"
-        if routing.distrust_replicas:
+        if state.distrust_replicas:
             return cluster, "bad_token"
-        min_lsn = max(min_lsn, routing.tokens.get(cluster, 0))
+        min_lsn = state.min_position(cluster, min_lsn)
     from routers.replicas import get_replica_health
 
     replicas = get_replica_health().usable_replicas(cluster, min_lsn=min_lsn)

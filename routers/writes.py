@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from routers.context import current_routing
+from routers.state import current_state
 
 _WRITES = ("INSERT", "UPDATE", "DELETE", "MERGE", "CREATE", "ALTER", "DROP", "TRUNCATE", "COPY")
 # A data-modifying statement anywhere in a WITH query, e.g. `WITH x AS (DELETE ... RETURNING id)`.
@@ -42,10 +42,9 @@ class WriteTracker:
                  context: dict[str, Any]) -> Any:
         result = execute(sql, params, many, context)
         if is_write(sql):
-            routing = current_routing()
-            if routing is not None:
-                routing.written.add(self.cluster)
-                routing.positions.pop(self.cluster, None)
+            state = current_state()
+            if state is not None:
+                state.note_write(self.cluster)
         return result
 
 

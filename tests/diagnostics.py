@@ -14,6 +14,8 @@ from django.db import connections
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from routers.state import current_state, request_tenant
+
 
 def _alias(request: HttpRequest) -> str:
     alias = request.GET.get("alias", "default")
@@ -50,9 +52,7 @@ def session(request: HttpRequest) -> JsonResponse:
 
 
 def _served_by() -> dict[str, str | int]:
-    from routers.context import current_routing
-
-    routing = current_routing()
+    routing = current_state()
     reads = dict(routing.reads) if routing is not None else {}
     last = next(reversed(reads), ("", "")) if reads else ("", "")
     return {"served_by": last[0], "reason": last[1], "pid": os.getpid()}
@@ -94,7 +94,9 @@ def thread_plain(request: HttpRequest, alias: str, thread_id: int) -> JsonRespon
 
 def where(request: HttpRequest, tenant: str) -> JsonResponse:
     """The current tenant's directory entry as this worker sees it."""
-    entry = request.tenant  # type: ignore[attr-defined]
+    entry = request_tenant()
+    if entry is None:
+        return JsonResponse({"error": "no tenant"}, status=404)
     return JsonResponse({"slug": entry.slug, "shard": entry.shard, "version": entry.version,
                          "pid": os.getpid()})
 

@@ -6,14 +6,10 @@ import pytest
 from django.db import connections, router, transaction
 
 from comments.models import Thread
-from routers.context import (
-    current_tenant,
-    request_routing,
-    tenant,
-    use_primary,
-)
+from routers.context import current_tenant, tenant, use_primary
 from routers.errors import CrossShardRelation, NoTenantContext, WrongTenant
 from routers.replicas import get_replica_health
+from routers.state import routing_scope
 from shards.models import Tenant
 
 pytestmark = pytest.mark.usefixtures("django_db")
@@ -34,7 +30,7 @@ def in_recovery(alias: str) -> bool:
 
 def test_routing_table(tenants) -> None:
     a, b = tenants["a"], tenants["b"]
-    with tenant(a), request_routing():
+    with tenant(a), routing_scope():
         assert router.db_for_read(Thread) == "shard_0_replica_1"
         assert router.db_for_read(Tenant) == "default_replica_1"
         assert router.db_for_write(Tenant) == "default"
@@ -46,16 +42,20 @@ def test_routing_table(tenants) -> None:
         # A raw cursor through the router's choice really lands on a replica...
         assert in_recovery(router.db_for_read(Thread)) is True
         assert router.db_for_write(Thread) == "shard_0"
-        # ...and after a write in the request, on the primary.
+        # Asking where a write would go is not a write: reads stay on the replica...
+        assert router.db_for_read(Thread) == "shard_0_replica_1"
+        with connections["shard_0"].cursor() as cursor:
+            cursor.execute(f"UPDATE {Thread._meta.db_table} SET title = title WHERE false")
+        # ...and after a write in the request (SQL that writes ran), on the primary.
         assert router.db_for_read(Thread) == "shard_0"
         assert in_recovery(router.db_for_read(Thread)) is False
-    with tenant(b), request_routing():
+    with tenant(b), routing_scope():
         assert router.db_for_read(Thread) == "shard_1_replica_1"
         assert router.db_for_write(Thread) == "shard_1"
 
 
 def test_causal_token_sends_reads_to_primary_until_replica_catches_up(tenants) -> None:
-    with tenant(tenants["a"]), request_routing() as routing:
+    with tenant(tenants["a"]), routing_scope() as routing:
         routing.tokens["shard_0"] = 1 << 62  # a position no replica has replayed
         assert router.db_for_read(Thread) == "shard_0"
         routing.tokens["shard_0"] = 1
@@ -68,18 +68,18 @@ def test_tenant_min_lsn_keeps_reads_off_replicas_behind_it(tenants) -> None:
     from dataclasses import replace
 
     moved = replace(tenants["a"], min_lsn=1 << 62)
-    with tenant(moved), request_routing():
+    with tenant(moved), routing_scope():
         assert router.db_for_read(Thread) == "shard_0"
 
 
 def test_orm_reads_and_writes_land_on_the_tenant_shard(tenants) -> None:
     a, b = tenants["a"], tenants["b"]
-    with tenant(a), request_routing():
+    with tenant(a), routing_scope():
         created = Thread.objects.create(url="/routing-table-a")
         assert created._state.db == "shard_0"
         assert created.tenant_id == a.id
         assert Thread.objects.get(id=created.id).url == "/routing-table-a"  # after write: primary
-    with tenant(b), request_routing():
+    with tenant(b), routing_scope():
         assert not Thread.objects.filter(id=created.id).exists()  # another tenant: invisible
     assert Thread.unscoped.using("shard_0").filter(id=created.id).count() == 1
     assert Thread.unscoped.using("shard_1").filter(id=created.id).count() == 0

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from comments.models import Comment, Thread
-from routers.context import request_routing, tenant, use_primary
+from routers.context import tenant, use_primary
+from routers.state import routing_scope
 from tests.api_client import SiteClient, create_site
 
 pytestmark = pytest.mark.usefixtures("django_db")
@@ -77,11 +78,11 @@ def test_the_scoped_managers_never_return_another_tenants_row_on_the_same_shard(
 ) -> None:
     a, c = tenants["a"], tenants["c"]
     assert a.shard == c.shard
-    with tenant(a), request_routing():
+    with tenant(a), routing_scope():
         thread = Thread.objects.create(url="/same-shard-isolation")
         comment = Comment.objects.create(thread=thread, author="u", body="a's words")
     try:
-        with tenant(c), request_routing(), use_primary():
+        with tenant(c), routing_scope(), use_primary():
             # Positive control: the primary this context reads from holds both rows.
             assert Thread.unscoped.filter(id=thread.id).count() == 1
             assert Comment.unscoped.filter(id=comment.id).count() == 1
@@ -98,7 +99,7 @@ def test_the_scoped_managers_never_return_another_tenants_row_on_the_same_shard(
                 assert model.objects.in_bulk([row.id]) == {}
             assert Thread.objects.filter(url="/same-shard-isolation").update(title="x") == 0
             assert Comment.objects.filter(id=comment.id).delete()[0] == 0
-        with tenant(a), request_routing(), use_primary():
+        with tenant(a), routing_scope(), use_primary():
             assert Thread.objects.get(id=thread.id).title == ""
             assert Comment.objects.get(id=comment.id).body == "a's words"
     finally:

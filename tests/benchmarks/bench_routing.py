@@ -64,8 +64,9 @@ def router_costs(entry, n: int, repeats: int) -> list[tuple[str, list[float], st
     from django.db import router
 
     from comments.models import Thread
-    from routers.context import request_routing, tenant
+    from routers.context import tenant
     from routers.replicas import get_replica_health
+    from routers.state import routing_scope
     from shards.models import Tenant
 
     health = get_replica_health()
@@ -84,7 +85,7 @@ def router_costs(entry, n: int, repeats: int) -> list[tuple[str, list[float], st
                  time_calls(router.db_for_write, Tenant, n, repeats),
                  router.db_for_write(Tenant)))
     # Separate routing states: after a write, reads of the request stay on the primary.
-    with tenant(entry), request_routing() as routing:
+    with tenant(entry), routing_scope() as routing:
         health.check_once()  # fresh states, well inside stale_after for the whole loop
         rows.append(("db_for_read(Thread)",
                      time_calls(router.db_for_read, Thread, n, repeats),
@@ -92,7 +93,7 @@ def router_costs(entry, n: int, repeats: int) -> list[tuple[str, list[float], st
         reasons = {reason for (_alias, reason) in routing.reads}
         if reasons != {"replica"} or {a for (a, _r) in routing.reads} != {REPLICA}:
             raise BenchmarkFailed(f"reads were not all routed to {REPLICA}: {routing.reads}")
-    with tenant(entry), request_routing():
+    with tenant(entry), routing_scope():
         rows.append(("db_for_write(Thread)",
                      time_calls(router.db_for_write, Thread, n, repeats),
                      router.db_for_write(Thread)))

@@ -22,8 +22,9 @@ django.setup()
 from django.db import connections  # noqa: E402
 
 from comments.models import Thread  # noqa: E402
-from routers.context import current_tenant, request_routing, tenant  # noqa: E402
+from routers.context import current_tenant, tenant  # noqa: E402
 from routers.errors import NoTenantContext  # noqa: E402
+from routers.state import routing_scope  # noqa: E402
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
 
     def check(slug: str, rng: random.Random) -> None:
         nonlocal reads
-        with tenant(slug) as entry, request_routing():
+        with tenant(slug) as entry, routing_scope():
             gevent.sleep(rng.random() * 0.003)  # let other greenlets switch tenants meanwhile
             rows = list(
                 Thread.objects.filter(url__startswith="/iso/").values_list("tenant_id", "url")

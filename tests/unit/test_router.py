@@ -23,10 +23,12 @@ from django.db import router as django_router
 
 from comments.models import Thread
 from routers import replicas
-from routers.context import request_routing, tenant, use_primary
+from routers.context import tenant, use_primary
 from routers.errors import CrossShardRelation, NoTenantContext, WrongTenant
 from routers.replicas import ReplicaHealth, ReplicaState
 from routers.router import ShardRouter, choose_read_alias, explain_read_choice
+from routers.state import routing_scope
+from routers.writes import WriteTracker
 from shards.directory import TenantEntry
 from shards.models import Tenant
 from shards.topology import get_shard_map
@@ -101,16 +103,30 @@ def test_control_models_are_written_to_the_control_primary(shard_router: ShardRo
         assert shard_router.db_for_write(Tenant) == "default"
 
 
+def run_write(alias: str, sql: str = 'UPDATE "comments_thread" SET "title" = %s') -> None:
+    """What a connection's write tracker sees when `sql` runs on `alias` (no server)."""
+    WriteTracker(alias)(lambda *args: None, sql, ("t",), False, {})
+
+
+def test_asking_where_to_write_does_not_mark_the_request(shard_router: ShardRouter,
+                                                         health: ScriptedHealth) -> None:
+    # get_or_create asks for the write alias and may find its row: nothing was written.
+    with tenant(ON_SHARD_0), routing_scope() as routing:
+        assert shard_router.db_for_write(Thread) == "shard_0"
+        assert routing.written == set()
+        assert shard_router.db_for_read(Thread) == "shard_0_replica_1"
+
+
 def test_a_write_marks_its_cluster_written_for_the_request(shard_router: ShardRouter,
                                                            health: ScriptedHealth) -> None:
-    with tenant(ON_SHARD_0), request_routing() as routing:
+    with tenant(ON_SHARD_0), routing_scope() as routing:
         assert shard_router.db_for_read(Thread) == "shard_0_replica_1"
-        shard_router.db_for_write(Thread)
+        run_write(shard_router.db_for_write(Thread))
         assert routing.written == {"shard_0"}
         assert explain_read_choice("shard_0") == ("shard_0", "wrote_in_request")
         # Only the written cluster: another shard's replica still serves.
         assert explain_read_choice("shard_1") == ("shard_1_replica_1", "replica")
-    with tenant(ON_SHARD_0), request_routing():
+    with tenant(ON_SHARD_0), routing_scope():
         assert shard_router.db_for_read(Thread) == "shard_0_replica_1"  # a new request
 
 
@@ -119,7 +135,7 @@ def test_a_write_marks_its_cluster_written_for_the_request(shard_router: ShardRo
 
 def test_a_read_goes_to_a_healthy_replica(shard_router: ShardRouter,
                                           health: ScriptedHealth) -> None:
-    with tenant(ON_SHARD_1), request_routing() as routing:
+    with tenant(ON_SHARD_1), routing_scope() as routing:
         assert shard_router.db_for_read(Thread) == "shard_1_replica_1"
         assert shard_router.db_for_read(Tenant) == "default_replica_1"
     assert routing.reads == {("shard_1_replica_1", "replica"): 1,
@@ -170,7 +186,7 @@ def test_a_replica_marked_failed_by_a_request_is_skipped(health: ScriptedHealth)
 
 def test_a_causal_token_needs_a_replica_that_replayed_past_it(health: ScriptedHealth) -> None:
     health.answer("shard_0_replica_1", replay_lsn=5000)
-    with request_routing() as routing:
+    with routing_scope() as routing:
         routing.tokens["shard_0"] = 5000
         assert explain_read_choice("shard_0") == ("shard_0_replica_1", "replica")
         routing.tokens["shard_0"] = 5001
@@ -178,7 +194,7 @@ def test_a_causal_token_needs_a_replica_that_replayed_past_it(health: ScriptedHe
         # A token for another shard does not hold this one back.
         assert explain_read_choice("shard_1") == ("shard_1_replica_1", "replica")
     health.answer("shard_0_replica_1", replay_lsn=5001)
-    with request_routing() as routing:
+    with routing_scope() as routing:
         routing.tokens["shard_0"] = 5001
         assert explain_read_choice("shard_0") == ("shard_0_replica_1", "replica")
 
@@ -188,12 +204,12 @@ def test_the_tenant_min_lsn_holds_reads_back_too(shard_router: ShardRouter,
     health.answer("shard_0_replica_1", replay_lsn=7000)
     behind = TenantEntry(id=303, slug="moved", shard="shard_0", state="active", version=2,
                          min_lsn=7001)
-    with tenant(behind), request_routing() as routing:
+    with tenant(behind), routing_scope() as routing:
         assert shard_router.db_for_read(Thread) == "shard_0"
         routing.tokens["shard_0"] = 10  # the higher of token and min_lsn counts
         assert shard_router.db_for_read(Thread) == "shard_0"
         assert routing.reads == {("shard_0", "no_replica_caught_up"): 2}
-    with tenant(ON_SHARD_0), request_routing() as routing:
+    with tenant(ON_SHARD_0), routing_scope() as routing:
         routing.tokens["shard_0"] = 7001
         assert shard_router.db_for_read(Thread) == "shard_0"
         routing.tokens["shard_0"] = 6999
@@ -201,7 +217,7 @@ def test_the_tenant_min_lsn_holds_reads_back_too(shard_router: ShardRouter,
 
 
 def test_a_distrusted_token_sends_every_read_to_primaries(health: ScriptedHealth) -> None:
-    with request_routing() as routing:
+    with routing_scope() as routing:
         routing.distrust_replicas = True
         assert explain_read_choice("shard_0") == ("shard_0", "bad_token")
         assert explain_read_choice("default") == ("default", "bad_token")
