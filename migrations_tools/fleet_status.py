@@ -34,8 +34,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from migrations_tools.replication import PREFIX
 from shards import pg
-from shards.replication import PREFIX
 
 SYNC_SLOT_RE = re.compile(r"^pg_(\d+)_sync_(\d+)_(\d+)$")
 CONNECT_TIMEOUT = 3
@@ -150,9 +150,9 @@ class ShardSummary:
 
 
 def summarize_shards() -> list[ShardSummary]:
+    from migrations_tools.moves import sharded_tables
+    from migrations_tools.rebalance import measure_shard
     from shards.models import Shard, Tenant
-    from shards.moves import sharded_tables
-    from shards.rebalance import measure_shard
     from shards.topology import get_shard_map
 
     shard_map = get_shard_map()

@@ -33,7 +33,8 @@ from django.conf import settings as django_settings
 from django.db import transaction
 from django.utils import timezone
 
-from shards import pg, replication, verify
+from migrations_tools import replication, verify
+from shards import pg
 from shards.directory import lookup, set_placement
 from shards.models import MoveJob, Tenant
 from shards.topology import get_shard_map
