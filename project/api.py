@@ -22,9 +22,8 @@ from comments.api import router as site_router
 from comments.cursors import BadCursor
 from comments.service import Conflict, Forbidden, Invalid, NotFound
 from project.throttle import Throttled
-from routers.errors import RoutingError
 from routers.middleware import database_unavailable
-from shards.errors import UnknownShard
+from shards.errors import RoutingError, UnknownShard
 from shards.fence import TenantStillFenced
 from shards.placement import NoShardAcceptsTenants
 from sites.api import router as ops_router

@@ -10,7 +10,7 @@ well-formed, else makes one, and echoes it in the response. The id lives in a co
 so `RequestContextFilter` adds it, and the current tenant's slug and shard, to every record logged
 while the request runs, by any logger. It writes one access line per request to
 `shardsvc.access`. Under gevent a context variable is per greenlet: greenlets spawned by a
-request start without it unless the spawner copies the context (see routers.context).
+request start without it unless the spawner copies the context (see shards.tenancy).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ def _tenant_now() -> Any:
     global _current_tenant
     if _current_tenant is None:
         # Imported on first use: logging is configured before the apps are loaded.
-        from routers.context import current_tenant
+        from shards.tenancy import current_tenant
 
         _current_tenant = current_tenant
     return _current_tenant()

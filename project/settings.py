@@ -198,6 +198,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "shards",
+    "routers",
     "sites",
     "comments",
     "migrations_tools",

@@ -11,9 +11,10 @@ from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from routers import causal
-from routers.context import RequestRouting, current_routing, request_routing, tenant
+from routers.context import RequestRouting, current_routing, request_routing
 from shards.directory import lookup
 from shards.errors import MalformedTenantKey, UnknownTenant
+from shards.tenancy import tenant
 from shards.topology import get_shard_map
 
 GetResponse = Callable[[HttpRequest], HttpResponse]

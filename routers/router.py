@@ -16,8 +16,9 @@ from typing import Any
 from django.db import connections
 from django.db.models import Model
 
-from routers.context import current_routing, current_tenant, primary_pinned
-from routers.errors import CrossShardRelation, NoTenantContext, WrongTenant
+from routers.context import current_routing, primary_pinned
+from shards.errors import CrossShardRelation, NoTenantContext, WrongTenant
+from shards.tenancy import current_tenant
 from shards.topology import CONTROL_ALIAS, get_shard_map
 
 

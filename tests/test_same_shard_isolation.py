@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from comments.models import Comment, Thread
-from routers.context import request_routing, tenant, use_primary
+from routers.context import request_routing, use_primary
+from shards.tenancy import tenant
 from tests.api_client import SiteClient, create_site
 
 pytestmark = pytest.mark.usefixtures("django_db")
