@@ -16,7 +16,6 @@ from comments.schemas import (
     CommentOut,
     CommentPageOut,
     CountsOut,
-    ErrorOut,
     Order,
     ThreadIn,
     ThreadOut,
@@ -26,6 +25,7 @@ from comments.schemas import (
     VoteOut,
 )
 from project import throttle
+from sites.schemas import ErrorOut
 
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 Site = Annotated[str, Path(max_length=63, description="The site's slug.")]
