@@ -24,7 +24,7 @@ from comments.schemas import (
     VoteIn,
     VoteOut,
 )
-from project import throttle
+from sites import throttle
 from sites.schemas import ErrorOut
 
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]

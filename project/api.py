@@ -21,13 +21,13 @@ from redis.exceptions import RedisError
 from comments.api import router as site_router
 from comments.cursors import BadCursor
 from comments.service import Conflict, Forbidden, Invalid, NotFound
-from project.throttle import Throttled
 from routers.middleware import database_unavailable
 from shards.errors import RoutingError, UnknownShard
 from shards.fence import TenantStillFenced
 from shards.placement import NoShardAcceptsTenants
 from sites.api import router as ops_router
 from sites.service import SiteExists
+from sites.throttle import Throttled
 
 logger = logging.getLogger("shardsvc.api")
 
