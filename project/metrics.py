@@ -11,7 +11,7 @@ this process is served.
     shardsvc_db_queries_total{cluster,role}           every query Django runs, by cluster/role
     shardsvc_db_query_seconds{cluster,role}           histogram
     shardsvc_read_routing_total{cluster,target,reason}  where the router sent reads, and why
-    shardsvc_cache_total{cache,result}                ``record_cache(cache, hit)``
+    shardsvc_cache_total{cache,result}                ``comments.metrics.record_cache``
     shardsvc_pool_connections{alias,state}            in_use / idle / waiting, summed over workers
     shardsvc_pool_max_connections{alias}              the cap, summed over workers
     shardsvc_pool_timeouts_total{alias}               checkouts that gave up (503s)
@@ -89,7 +89,6 @@ READ_ROUTING = Counter(
     "Reads the router placed: cluster, role of the chosen server, and why it was chosen.",
     ["cluster", "target", "reason"],
 )
-CACHE = Counter("shardsvc_cache", "Cache lookups by cache and result.", ["cache", "result"])
 POOL_CONNECTIONS = Gauge(
     "shardsvc_pool_connections",
     "Pooled connections by alias and state (in_use, idle, waiting callers), all workers.",
@@ -136,11 +135,6 @@ REDIS_DEFERRED = Gauge(
     "Invalidations Redis could not take: pending replay, or dropped past the bound (summed).",
     ["state"], multiprocess_mode="livesum",
 )
-
-
-def record_cache(cache: str, hit: bool) -> None:
-    """Count one cache lookup. Keep `cache` to a few fixed names (e.g. "thread_page")."""
-    CACHE.labels(cache, "hit" if hit else "miss").inc()
 
 
 # ----- queries ------------------------------------------------------------------------------
