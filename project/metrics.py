@@ -57,7 +57,14 @@ from prometheus_client import (
     multiprocess,
 )
 
+from project.pgpool import pool_stats
+from project.pgpool.errors import PoolTimeout
+from project.pgpool.pool import ConnectionPool
+from routers.context import current_routing
+from routers.replicas import get_replica_health
 from shards import redisguard
+from shards.errors import UnknownAlias
+from shards.topology import get_shard_map
 
 logger = logging.getLogger("shardsvc.metrics")
 
@@ -143,9 +150,6 @@ REDIS_DEFERRED = Gauge(
 @functools.cache
 def _query_children(alias: str) -> tuple[Any, Any]:
     """The (counter, histogram) children of one alias, resolved once: no label lookup per query."""
-    from shards.errors import UnknownAlias
-    from shards.topology import get_shard_map
-
     labels: tuple[str, str]
     try:
         shard_map = get_shard_map()
@@ -184,9 +188,6 @@ def _on_redis_event(event: str) -> None:
 def _count_pool_timeouts() -> None:
     """Count PoolTimeout per alias. The pool has no hook of its own, so its checkout is wrapped
     once per process: one extra frame per checkout, nothing per query."""
-    from project.pgpool.errors import PoolTimeout
-    from project.pgpool.pool import ConnectionPool
-
     getconn = ConnectionPool.getconn
     if getattr(getconn, "_shardsvc_counted", False):
         return
@@ -227,10 +228,6 @@ def install() -> None:
 
 def sample() -> None:
     """Set this worker's pool and replica gauges from its in-memory state (no I/O)."""
-    from project.pgpool import pool_stats
-    from routers.replicas import get_replica_health
-    from shards.topology import get_shard_map
-
     shard_map = get_shard_map()
     totals = {s.alias: [0, 0, 0, 0] for s in shard_map.servers()}
     for key, stats in pool_stats().items():
@@ -340,16 +337,11 @@ class MetricsMiddleware:
         # Runs inside every middleware's __call__, so the routing state set by
         # CausalConsistencyMiddleware is current here; its counter keeps filling until the
         # response is made, and stays readable after the context is reset.
-        from routers.context import current_routing
-
         request._shardsvc_routing = current_routing()  # type: ignore[attr-defined]
 
 
 @functools.cache
 def _read_labels(alias: str) -> tuple[str, str]:
-    from shards.errors import UnknownAlias
-    from shards.topology import get_shard_map
-
     try:
         shard_map = get_shard_map()
         return shard_map.cluster_of(alias).name, shard_map.server(alias).role

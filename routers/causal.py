@@ -11,6 +11,8 @@ from __future__ import annotations
 from django.core import signing
 from django.db import DatabaseError, connections
 
+from routers.context import current_routing
+
 COOKIE = "shardsvc_causal"
 HEADER = "X-Causal-Token"
 _SALT = "shardsvc.causal"
@@ -62,8 +64,6 @@ def merge(*sources: dict[str, int]) -> dict[str, int]:
 def position_after_writes(cluster: str) -> int | None:
     """The position a token must carry for this request's writes on `cluster`: the one
     already read after its last write when there is one, else read now."""
-    from routers.context import current_routing
-
     routing = current_routing()
     if routing is not None and cluster in routing.positions:
         return routing.positions[cluster]

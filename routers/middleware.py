@@ -10,10 +10,13 @@ from django.conf import settings
 from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from project.pgpool.deadline import current_deadline
+from project.pgpool.errors import DeadlineExceeded, PoolTimeout
 from routers import causal
 from routers.context import RequestRouting, current_routing, request_routing
 from shards.directory import lookup
 from shards.errors import MalformedTenantKey, UnknownTenant
+from shards.fence import TenantStillFenced
 from shards.tenancy import tenant
 from shards.topology import get_shard_map
 
@@ -27,9 +30,6 @@ UNTENANTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 def database_unavailable(request: HttpRequest, exc: Exception) -> JsonResponse:
     """503 with Retry-After for a database that cannot serve the request right now."""
-    from project.pgpool.errors import PoolTimeout
-    from shards.fence import TenantStillFenced
-
     code = "database_unavailable"
     timeout = _timeout_message(exc)
     if timeout is not None:
@@ -52,9 +52,6 @@ _QUERY_CANCELED = "57014"
 
 def _timeout_message(exc: BaseException) -> str | None:
     """Why the request timed out, if it did: a server-side timeout or the request's deadline."""
-    from project.pgpool.deadline import current_deadline
-    from project.pgpool.errors import DeadlineExceeded
-
     cause: BaseException | None = exc
     while cause is not None:
         sqlstate = getattr(cause, "sqlstate", None)

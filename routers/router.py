@@ -17,14 +17,15 @@ from django.db import connections
 from django.db.models import Model
 
 from routers.context import current_routing, primary_pinned
+from routers.replicas import get_replica_health
 from shards.errors import CrossShardRelation, NoTenantContext, WrongTenant
+from shards.preparation import sharded_apps
+from shards.sharded import ShardedModel
 from shards.tenancy import current_tenant
 from shards.topology import CONTROL_ALIAS, get_shard_map
 
 
 def is_sharded(model: type) -> bool:
-    from shards.sharded import ShardedModel
-
     return issubclass(model, ShardedModel)
 
 
@@ -75,8 +76,6 @@ class ShardRouter:
 
     def allow_migrate(self, db: str, app_label: str, model_name: str | None = None,
                       **hints: Any) -> bool:
-        from shards.preparation import sharded_apps
-
         server = get_shard_map().server(db)
         if server.role != "primary":
             return False
@@ -106,8 +105,6 @@ def explain_read_choice(cluster: str, *, min_lsn: int = 0) -> tuple[str, str]:
         if routing.distrust_replicas:
             return cluster, "bad_token"
         min_lsn = max(min_lsn, routing.tokens.get(cluster, 0))
-    from routers.replicas import get_replica_health
-
     replicas = get_replica_health().usable_replicas(cluster, min_lsn=min_lsn)
     if not replicas:
         return cluster, "no_replica_caught_up" if min_lsn else "no_healthy_replica"

@@ -11,7 +11,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrations_tools import fleet_status
+from migrations_tools.lock import current_holder
 from migrations_tools.safety import parse_duration
+from shards.models import Tenant
+from shards.topology import get_shard_map
 
 
 def table(rows: list[list[str]], header: list[str], indent: str = "  ") -> list[str]:
@@ -57,8 +60,6 @@ class Command(BaseCommand):
         self.leaks(report, swept=options["sweep"])
 
     def servers(self) -> None:
-        from shards.topology import get_shard_map
-
         self.stdout.write(f"servers (topology {get_shard_map().source}):")
         rows = []
         for s in fleet_status.check_servers():
@@ -97,8 +98,6 @@ class Command(BaseCommand):
         return summaries
 
     def tenants(self, summaries: list[fleet_status.ShardSummary]) -> None:
-        from shards.models import Tenant
-
         rows_of = {s.name: s for s in summaries}
         rows = []
         for t in Tenant.objects.using("default").order_by("shard", "slug"):
@@ -112,8 +111,6 @@ class Command(BaseCommand):
             self.stdout.write(line)
 
     def moves(self) -> None:
-        from migrations_tools.lock import current_holder
-
         out = self.stdout.write
         holder = current_holder()
         active, recent = fleet_status.moves()
