@@ -3,13 +3,12 @@ from typing import Any
 from django.apps import AppConfig
 from django.db.backends.signals import connection_created
 
-from routers import writes
-from routers.replicas import get_replica_health
+from routers import replicas, writes
 from shards.signals import replica_read_failed
 
 
 def _mark_replica_failed(sender: Any, *, alias: str, error: Exception, **kwargs: Any) -> None:
-    get_replica_health().mark_failed(alias, str(error))
+    replicas.get_replica_health().mark_failed(alias, str(error))
 
 
 class RoutersConfig(AppConfig):

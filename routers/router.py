@@ -16,8 +16,8 @@ from typing import Any
 from django.db import connections
 from django.db.models import Model
 
+from routers import replicas
 from routers.context import current_routing, primary_pinned
-from routers.replicas import get_replica_health
 from shards.errors import CrossShardRelation, NoTenantContext, WrongTenant
 from shards.preparation import sharded_apps
 from shards.sharded import ShardedModel
@@ -105,7 +105,7 @@ def explain_read_choice(cluster: str, *, min_lsn: int = 0) -> tuple[str, str]:
         if routing.distrust_replicas:
             return cluster, "bad_token"
         min_lsn = max(min_lsn, routing.tokens.get(cluster, 0))
-    replicas = get_replica_health().usable_replicas(cluster, min_lsn=min_lsn)
-    if not replicas:
+    usable = replicas.get_replica_health().usable_replicas(cluster, min_lsn=min_lsn)
+    if not usable:
         return cluster, "no_replica_caught_up" if min_lsn else "no_healthy_replica"
-    return random.choice(replicas), "replica"
+    return random.choice(usable), "replica"
