@@ -16,7 +16,6 @@ from comments.schemas import (
     CommentOut,
     CommentPageOut,
     CountsOut,
-    ErrorOut,
     Order,
     ThreadIn,
     ThreadOut,
@@ -25,7 +24,8 @@ from comments.schemas import (
     VoteIn,
     VoteOut,
 )
-from project import throttle
+from sites import throttle
+from sites.schemas import ErrorOut
 
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 # Declared by every handler so the schema documents the path parameter (django-ninja leaves out,

@@ -16,9 +16,9 @@ from django.http import HttpRequest
 from ninja.errors import HttpError
 from ninja.security import APIKeyHeader
 
-from project import throttle
 from routers.state import request_tenant
 from shards.directory import TenantEntry
+from sites import throttle
 from sites.keys import owner_of_key
 
 USER_HEADER = "X-User-Token"

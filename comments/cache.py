@@ -19,6 +19,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from comments.metrics import record_cache
 from routers.state import current_state
 from shards import redisguard
 from shards.directory import TenantEntry
@@ -44,10 +45,6 @@ return current
 
 
 def _record(result: str) -> None:
-    try:
-        from project.metrics import record_cache
-    except ImportError:
-        return
     record_cache("thread_page", result == "hit")
 
 

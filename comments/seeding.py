@@ -31,13 +31,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from comments import cache
 from comments.models import MAX_DEPTH
+from shards import pg
 from shards.directory import SLUG_RE, TenantEntry
 from shards.global_ids import EPOCH_MS, GENERATOR_BITS, SEQUENCE_BITS
+from shards.models import Tenant
+from shards.topology import get_shard_map
+from sites.models import Site
+from sites.service import SiteExists, create_site
 
 MAX_SITES = 100_000
 MAX_COMMENTS = 100_000_000
@@ -217,10 +224,6 @@ def ensure_sites(options: SeedOptions, echo: Callable[[str], None] = print, *,
 
     Sites are appended to `into` as they are made, so a caller still holds the keys of the
     sites created before a failure (keys are shown once)."""
-    from shards.models import Tenant
-    from sites.models import Site
-    from sites.service import SiteExists, create_site
-
     plan = zipf_split(options.comments, options.sites, options.zipf)
     slugs = [site_slug(options.prefix, n) for n in range(1, options.sites + 1)]
     existing = {
@@ -436,9 +439,6 @@ class ShardLoader:
         self.total = sum(s.planned for s in sites)
 
     def run(self) -> ShardResult:
-        from shards import pg
-        from shards.topology import get_shard_map
-
         started = time.monotonic()
         dsn = get_shard_map().shard(self.shard).primary.direct_dsn
         try:
@@ -559,8 +559,6 @@ class ShardLoader:
                      threads: dict[int, tuple[SeededSite, SeededThread]]) -> None:
         """Cached pages of these threads are older than the batch: make readers refill them
         from a database that has replayed it."""
-        from comments import cache
-
         lsn = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()[0]
         for tid, (site, _thread) in threads.items():
             cache.raise_mark(site.entry, tid, int(lsn))
@@ -574,8 +572,6 @@ def load_sites(sites: list[SeededSite], options: SeedOptions, *,
                stop: threading.Event | None = None) -> SeedResult:
     """Load every shard's sites, shards in parallel (`options.jobs` at a time). A shard that
     fails is reported in its ShardResult; the others finish."""
-    from concurrent.futures import ThreadPoolExecutor
-
     started = time.monotonic()
     by_shard: dict[str, list[SeededSite]] = {}
     for site in sites:

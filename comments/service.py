@@ -13,8 +13,8 @@ from comments import cache, cursors
 from comments.models import MAX_DEPTH, Comment, Thread, Vote
 from comments.schemas import Order
 from routers import causal
-from routers.context import current_tenant
 from shards.fence import retry_fenced_writes
+from shards.tenancy import current_tenant
 
 MAX_REPLIES_PER_PAGE = 500
 

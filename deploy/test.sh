@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the test suite in two tiers. It installs what is missing (as deploy/setup.sh --deps-only
-# does), checks the tree with ruff and mypy, then:
+# does), checks the tree with ruff, mypy and lint-imports (the layer contracts), then:
 #   1. the fast tier, tests/unit: pure logic, no server; it must pass before anything starts;
 #   2. the rest: each test session starts its own throwaway topology on its own ports and
 #      removes it.
@@ -14,6 +14,8 @@ export PATH="$PATH:/usr/sbin"
 # The django-stubs plugin imports settings: the example topology and a development run's
 # throwaway secret key let it load them without any server (nothing connects).
 SHARDSVC_DEBUG=1 SHARDSVC_TOPOLOGY=deploy/topology.example.toml .venv/bin/mypy || exit 1
+# Packages import only downwards: the layer contracts in pyproject.toml ([tool.importlinter]).
+.venv/bin/lint-imports || exit 1
 
 no_tests() {
   echo "pytest collected no tests: treating that as a failure" >&2

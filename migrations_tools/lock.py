@@ -33,6 +33,7 @@ import psycopg
 
 from migrations_tools.errors import ClusterLockHeld, ClusterLockLost
 from shards import pg
+from shards.topology import get_shard_map
 
 logger = logging.getLogger("shardsvc.migrate.lock")
 
@@ -98,8 +99,6 @@ class ClusterLock:
 
 
 def _control_dsn() -> str:
-    from shards.topology import get_shard_map
-
     return get_shard_map().control.primary.direct_dsn
 
 

@@ -21,12 +21,11 @@ from comments.service import Conflict, Forbidden, Invalid, NotFound
 from project.errors import RETRY_AFTER_SECONDS, ErrorAnswer, code_for_status
 from project.pgpool.deadline import current_deadline
 from project.pgpool.errors import DeadlineExceeded, PoolTimeout
-from project.throttle import Throttled
-from routers.errors import RoutingError
-from shards.errors import MalformedTenantKey, UnknownShard, UnknownTenant
+from shards.errors import MalformedTenantKey, RoutingError, UnknownShard, UnknownTenant
 from shards.fence import TenantStillFenced
 from shards.placement import NoShardAcceptsTenants
 from sites.service import SiteExists
+from sites.throttle import Throttled
 
 logger = logging.getLogger("shardsvc.api")
 requests_logger = logging.getLogger("shardsvc.requests")

@@ -11,7 +11,7 @@ this process is served.
     shardsvc_db_queries_total{cluster,role}           every query Django runs, by cluster/role
     shardsvc_db_query_seconds{cluster,role}           histogram
     shardsvc_read_routing_total{cluster,target,reason}  where the router sent reads, and why
-    shardsvc_cache_total{cache,result}                ``record_cache(cache, hit)``
+    shardsvc_cache_total{cache,result}                ``comments.metrics.record_cache``
     shardsvc_pool_connections{alias,state}            in_use / idle / waiting, summed over workers
     shardsvc_pool_max_connections{alias}              the cap, summed over workers
     shardsvc_pool_timeouts_total{alias}               checkouts that gave up (503s)
@@ -58,8 +58,14 @@ from prometheus_client import (
 )
 
 from project.errors import error
+from project.pgpool import pool_stats
+from project.pgpool.errors import PoolTimeout
+from project.pgpool.pool import ConnectionPool
+from routers.replicas import get_replica_health
 from routers.state import current_state
 from shards import redisguard
+from shards.errors import UnknownAlias
+from shards.topology import get_shard_map
 
 logger = logging.getLogger("shardsvc.metrics")
 
@@ -91,7 +97,6 @@ READ_ROUTING = Counter(
     "Reads the router placed: cluster, role of the chosen server, and why it was chosen.",
     ["cluster", "target", "reason"],
 )
-CACHE = Counter("shardsvc_cache", "Cache lookups by cache and result.", ["cache", "result"])
 POOL_CONNECTIONS = Gauge(
     "shardsvc_pool_connections",
     "Pooled connections by alias and state (in_use, idle, waiting callers), all workers.",
@@ -140,20 +145,12 @@ REDIS_DEFERRED = Gauge(
 )
 
 
-def record_cache(cache: str, hit: bool) -> None:
-    """Count one cache lookup. Keep `cache` to a few fixed names (e.g. "thread_page")."""
-    CACHE.labels(cache, "hit" if hit else "miss").inc()
-
-
 # ----- queries ------------------------------------------------------------------------------
 
 
 @functools.cache
 def _query_children(alias: str) -> tuple[Any, Any]:
     """The (counter, histogram) children of one alias, resolved once: no label lookup per query."""
-    from shards.errors import UnknownAlias
-    from shards.topology import get_shard_map
-
     labels: tuple[str, str]
     try:
         shard_map = get_shard_map()
@@ -192,9 +189,6 @@ def _on_redis_event(event: str) -> None:
 def _count_pool_timeouts() -> None:
     """Count PoolTimeout per alias. The pool has no hook of its own, so its checkout is wrapped
     once per process: one extra frame per checkout, nothing per query."""
-    from project.pgpool.errors import PoolTimeout
-    from project.pgpool.pool import ConnectionPool
-
     getconn = ConnectionPool.getconn
     if getattr(getconn, "_shardsvc_counted", False):
         return
@@ -235,10 +229,6 @@ def install() -> None:
 
 def sample() -> None:
     """Set this worker's pool and replica gauges from its in-memory state (no I/O)."""
-    from project.pgpool import pool_stats
-    from routers.replicas import get_replica_health
-    from shards.topology import get_shard_map
-
     shard_map = get_shard_map()
     totals = {s.alias: [0, 0, 0, 0] for s in shard_map.servers()}
     for key, stats in pool_stats().items():
@@ -348,9 +338,6 @@ class MetricsMiddleware:
 
 @functools.cache
 def _read_labels(alias: str) -> tuple[str, str]:
-    from shards.errors import UnknownAlias
-    from shards.topology import get_shard_map
-
     try:
         shard_map = get_shard_map()
         return shard_map.cluster_of(alias).name, shard_map.server(alias).role

@@ -21,10 +21,10 @@ from django.http import HttpRequest, HttpResponse
 from project.error_map import answer_for, is_database_unavailable
 from project.errors import error_response
 from routers import causal
-from routers.context import tenant
 from routers.state import RoutingState, begin_request, end_request
 from shards.directory import TenantEntry, lookup
 from shards.errors import MalformedTenantKey, UnknownTenant
+from shards.tenancy import tenant
 from shards.topology import get_shard_map
 
 GetResponse = Callable[[HttpRequest], HttpResponse]

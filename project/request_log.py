@@ -10,7 +10,7 @@ well-formed, else makes one, and echoes it in the response. The id lives in a co
 so `RequestContextFilter` adds it, and the current tenant's slug and shard, to every record logged
 while the request runs, by any logger. It writes one access line per request to
 `shardsvc.access`. Under gevent a context variable is per greenlet: greenlets spawned by a
-request start without it unless the spawner copies the context (see routers.context).
+request start without it unless the spawner copies the context (see shards.tenancy).
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ from typing import Any
 
 from django.core.signals import request_finished
 from django.http import HttpRequest, HttpResponse
+
+from project.metrics import route_of
+from shards.tenancy import current_tenant
 
 REQUEST_ID_HEADER = "X-Request-Id"
 # Accepted as given: what tracing systems send (UUIDs, hex, base64url ids), short enough to log.
@@ -84,8 +87,6 @@ class RequestLogMiddleware:
         started = time.perf_counter()
         response = self.get_response(request)
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
-        from project.metrics import route_of
-
         ctx.route = route_of(request)
         ctx.site, ctx.shard = _tenant_of(request)
         response[REQUEST_ID_HEADER] = ctx.request_id
@@ -104,17 +105,6 @@ def _clear_context(**kwargs: Any) -> None:
 request_finished.connect(_clear_context, dispatch_uid="shardsvc.request_log.clear")
 
 
-_current_tenant: Callable[[], Any] | None = None
-
-
-def _tenant_now() -> Any:
-    global _current_tenant
-    if _current_tenant is None:
-        # Imported on first use: logging is configured before the apps are loaded.
-        from routers.context import current_tenant
-
-        _current_tenant = current_tenant
-    return _current_tenant()
 
 
 class RequestContextFilter(logging.Filter):
@@ -123,7 +113,7 @@ class RequestContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         ctx = _context.get()
         try:
-            entry = _tenant_now()
+            entry = current_tenant()
         except Exception:  # never lose a log line over its decoration
             entry = None
         site = entry.slug if entry is not None else (ctx.site if ctx else None)

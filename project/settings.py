@@ -198,6 +198,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "shards",
+    "routers",
     "sites",
     "comments",
     "migrations_tools",
@@ -275,7 +276,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The ops API (create and list sites) answers only to this token; unset, it answers no one.
 OPS_TOKEN = os.environ.get("SHARDSVC_OPS_TOKEN", "")
-# Throttles (project/throttle.py), counted in Redis so all workers and hosts share them.
+# Throttles (sites/throttle.py), counted in Redis so all workers and hosts share them.
 # Off altogether with SHARDSVC_THROTTLE=0, one by one with the value "off".
 RATELIMIT_ENABLE = os.environ.get("SHARDSVC_THROTTLE", "1") != "0"
 # Counters fail open: a Redis outage must not lock every site out (django-ratelimit's own

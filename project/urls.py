@@ -2,8 +2,9 @@ from django.contrib import admin
 from django.contrib.auth.signals import user_login_failed
 from django.urls import path
 
-from project import health, metrics, throttle
+from project import health, metrics
 from project.api import api
+from sites import throttle
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),

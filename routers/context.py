@@ -1,10 +1,9 @@
-"""The current tenant and primary pinning, as context variables (the request's routing state is
-`routers.state`).
+"""Primary pinning, as a context variable (the request's routing state is `routers.state`, the
+current tenant `shards.tenancy`).
 
 A ContextVar is per greenlet under gevent and per task under asyncio, so concurrent requests in
-one worker never see each other's tenant. A greenlet made by `gevent.spawn` (or a thread) starts
-with an EMPTY context: fan-out code must carry it (`contextvars.copy_context().run`) or set the
-tenant itself.
+one worker never see each other's pinning. A greenlet made by `gevent.spawn` (or a thread)
+starts with an EMPTY context: fan-out code must carry it (`contextvars.copy_context().run`).
 """
 
 from __future__ import annotations
@@ -12,39 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-
-from shards.directory import TenantEntry, lookup
-
-_tenant: ContextVar[TenantEntry | None] = ContextVar("shardsvc_tenant", default=None)
-
-
-def current_tenant() -> TenantEntry | None:
-    return _tenant.get()
-
-
-@contextmanager
-def tenant(which: TenantEntry | str | int) -> Iterator[TenantEntry]:
-    """Make `which` (an entry, a slug or a tenant id) the current tenant inside the block.
-
-    Nestable: the outer tenant (or none) is restored on exit, also on error.
-    """
-    entry = which if isinstance(which, TenantEntry) else lookup(which)
-    token = _tenant.set(entry)
-    try:
-        yield entry
-    finally:
-        _tenant.reset(token)
-
-
-@contextmanager
-def no_tenant() -> Iterator[None]:
-    """Clear the current tenant inside the block (control-only work in a tenant's request)."""
-    token = _tenant.set(None)
-    try:
-        yield
-    finally:
-        _tenant.reset(token)
-
 
 _pinned: ContextVar[int] = ContextVar("shardsvc_primary_pinned", default=0)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from django.conf import settings
 from django.core.signals import setting_changed
 from psycopg import sql
 
@@ -582,8 +583,6 @@ def get_replica_health() -> ReplicaHealth:
     with _health_lock:
         health = _health
         if health is None:
-            from django.conf import settings
-
             health = ReplicaHealth(
                 get_shard_map(),
                 max_lag=getattr(settings, "REPLICA_MAX_LAG", DEFAULT_MAX_LAG),

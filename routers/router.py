@@ -16,15 +16,17 @@ from typing import Any
 from django.db import connections
 from django.db.models import Model
 
-from routers.context import current_tenant, primary_pinned
-from routers.errors import CrossShardRelation, NoTenantContext, WrongTenant
+from routers import replicas
+from routers.context import primary_pinned
 from routers.state import current_state
+from shards.errors import CrossShardRelation, NoTenantContext, WrongTenant
+from shards.preparation import sharded_apps
+from shards.sharded import ShardedModel
+from shards.tenancy import current_tenant
 from shards.topology import CONTROL_ALIAS, get_shard_map
 
 
 def is_sharded(model: type) -> bool:
-    from shards.sharded import ShardedModel
-
     return issubclass(model, ShardedModel)
 
 
@@ -74,8 +76,6 @@ class ShardRouter:
 
     def allow_migrate(self, db: str, app_label: str, model_name: str | None = None,
                       **hints: Any) -> bool:
-        from shards.preparation import sharded_apps
-
         server = get_shard_map().server(db)
         if server.role != "primary":
             return False
@@ -105,9 +105,7 @@ def explain_read_choice(cluster: str, *, min_lsn: int = 0) -> tuple[str, str]:
         if state.distrust_replicas:
             return cluster, "bad_token"
         min_lsn = state.min_position(cluster, min_lsn)
-    from routers.replicas import get_replica_health
-
-    replicas = get_replica_health().usable_replicas(cluster, min_lsn=min_lsn)
-    if not replicas:
+    usable = replicas.get_replica_health().usable_replicas(cluster, min_lsn=min_lsn)
+    if not usable:
         return cluster, "no_replica_caught_up" if min_lsn else "no_healthy_replica"
-    return random.choice(replicas), "replica"
+    return random.choice(usable), "replica"

@@ -14,7 +14,7 @@ Metrics and the request log read it after the response, so the middleware sets i
 request and leaves it set (the next request replaces it; `request_finished` clears it).
 
 The tenant here is the one the request named. The current tenant of a block of code, which
-nests and which fan-out threads clear, stays in `routers.context` (`tenant()`, `no_tenant()`):
+nests and which fan-out threads clear, stays in `shards.tenancy` (`tenant()`, `no_tenant()`):
 a scope must not be shared by concurrent greenlets, and this object is.
 """
 

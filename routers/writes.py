@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from routers.state import current_state
+from shards.topology import get_shard_map
 
 _WRITES = ("INSERT", "UPDATE", "DELETE", "MERGE", "CREATE", "ALTER", "DROP", "TRUNCATE", "COPY")
 # A data-modifying statement anywhere in a WITH query, e.g. `WITH x AS (DELETE ... RETURNING id)`.
@@ -29,8 +30,6 @@ def is_write(sql: str) -> bool:
 
 
 def _primary_clusters() -> frozenset[str]:
-    from shards.topology import get_shard_map
-
     return frozenset(c.name for c in get_shard_map().clusters)
 
 

@@ -1,4 +1,7 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate, post_save, pre_migrate
+
+from shards import directory, preparation
 
 
 class ShardsConfig(AppConfig):
@@ -8,11 +11,7 @@ class ShardsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.db.backends.signals import connection_created
-        from django.db.models.signals import post_migrate, post_save, pre_migrate
-
-        from routers import writes
-        from shards import directory, preparation
+        # Models: importable only once the app registry is ready.
         from shards.models import Tenant
 
         pre_migrate.connect(preparation.before_migrate, sender=self,
@@ -21,5 +20,4 @@ class ShardsConfig(AppConfig):
                              dispatch_uid="shardsvc.after_migrate")
         post_save.connect(directory.on_tenant_saved, sender=Tenant,
                           dispatch_uid="shardsvc.tenant_saved")
-        connection_created.connect(writes.install, dispatch_uid="shardsvc.track_writes")
         preparation.check_sharded_apps()

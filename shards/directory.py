@@ -29,7 +29,9 @@ from redis.exceptions import RedisError
 
 from shards import redisguard
 from shards.errors import MalformedTenantKey, UnknownTenant
+from shards.placement import choose_shard
 from shards.redisguard import RedisUnavailable
+from shards.topology import get_shard_map
 
 logger = logging.getLogger("shardsvc.directory")
 
@@ -131,6 +133,7 @@ class TenantDirectory:
         return TenantEntry.from_json(raw) if raw else None
 
     def _from_database(self, parsed: tuple[str, str | int]) -> TenantEntry | None:
+        # Models: this module is imported while the apps load (shards.apps), before models can be.
         from shards.models import Tenant
 
         kind, value = parsed
@@ -204,9 +207,8 @@ def lookup(key: str | int, *, fresh: bool = False) -> TenantEntry:
 
 def create_tenant(slug: str, *, shard: str | None = None) -> TenantEntry:
     """Register a new tenant on `shard`, or on the one the placement policy picks."""
+    # Models: this module is imported while the apps load (shards.apps), before models can be.
     from shards.models import Tenant
-    from shards.placement import choose_shard
-    from shards.topology import get_shard_map
 
     parse_key(slug)
     if shard is None:
@@ -222,8 +224,8 @@ def create_tenant(slug: str, *, shard: str | None = None) -> TenantEntry:
 def set_placement(tenant_id: int, shard: str, *, min_lsn: int | None = None,
                   state: str | None = None) -> TenantEntry:
     """Move a tenant in the directory: new shard, version + 1. Returns the new entry."""
+    # Models: this module is imported while the apps load (shards.apps), before models can be.
     from shards.models import Tenant
-    from shards.topology import get_shard_map
 
     get_shard_map().shard(shard)  # UnknownShard for a name not in the topology
     with transaction.atomic(using="default"):

@@ -18,6 +18,9 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.db import DatabaseError, connections
 
+from shards.directory import get_directory
+from shards.tenancy import current_tenant, tenant
+
 logger = logging.getLogger("shardsvc.fence")
 
 FENCE_SQLSTATE = "SV001"
@@ -91,9 +94,6 @@ def retry_fenced_writes(function: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> T:
-        from routers.context import current_tenant, tenant
-        from shards.directory import get_directory
-
         budget = float(getattr(settings, "FENCE_RETRY_SECONDS", 10.0))
         deadline = time.monotonic() + budget
         delay = 0.01

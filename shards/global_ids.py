@@ -9,6 +9,7 @@ and a row keeps its id when its tenant moves); 10 bits allow 1024 ids per millis
 
 from __future__ import annotations
 
+from django.core.management.base import CommandError
 from django.db import connections
 from django.db.models import BigIntegerField, Func
 
@@ -79,8 +80,6 @@ def install(alias: str, *, generator_id: int, name: str) -> None:
                 [generator_id, name],
             )
         elif tuple(row) != (generator_id, name):
-            from django.core.management.base import CommandError
-
             raise CommandError(
                 f"database {alias!r} holds global id generator {row[0]} of {row[1]!r}, but the "
                 f"shard registry says {name!r} is generator {generator_id}: the topology file "

@@ -26,6 +26,8 @@ def least_loaded(candidates: Sequence[str], tenant_counts: Mapping[str, int]) ->
 
 def candidate_shards() -> list[str]:
     """Shards in the topology that the registry does not close to new tenants."""
+    # Models: this module is imported while the apps load (shards.apps -> directory), before
+    # models can be.
     from shards.models import Shard
 
     closed = set(
@@ -40,6 +42,8 @@ def candidate_shards() -> list[str]:
 
 
 def tenant_counts() -> dict[str, int]:
+    # Models: this module is imported while the apps load (shards.apps -> directory), before
+    # models can be.
     from shards.models import Tenant
 
     rows = Tenant.objects.values("shard").annotate(n=Count("id")).order_by()

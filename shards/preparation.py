@@ -21,7 +21,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connections, transaction
 
-from shards import global_ids
+from shards import fence, global_ids
 from shards.topology import CONTROL_ALIAS, get_shard_map
 
 logger = logging.getLogger("shardsvc.migrate")
@@ -33,6 +33,7 @@ def sharded_apps() -> frozenset[str]:
 
 def ensure_registered(name: str) -> Any:
     """The registry row of a shard, giving it the next free generator id if it is new."""
+    # Models: this module is imported while the apps load (shards.apps), before models can be.
     from shards.models import Shard
 
     try:
@@ -78,12 +79,11 @@ def after_migrate(sender: Any, using: str, **kwargs: Any) -> None:
     models = sharded_models()
     for model in models:
         set_replica_identity(using, model)
-    from shards import fence
-
     fence.install(using, [m._meta.db_table for m in models])
 
 
 def sharded_models() -> list[Any]:
+    # Models: this module is imported while the apps load (shards.apps), before models can be.
     from shards.sharded import ShardedModel
 
     return [m for m in apps.get_models() if issubclass(m, ShardedModel)]
@@ -121,6 +121,7 @@ def set_replica_identity(alias: str, model: Any) -> None:
 def check_sharded_apps() -> None:
     """A sharded model outside SHARDED_APPS (or the reverse) would be migrated to the wrong
     databases; refuse to start instead."""
+    # Models: this module is imported while the apps load (shards.apps), before models can be.
     from shards.sharded import ShardedModel
 
     declared = sharded_apps()

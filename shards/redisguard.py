@@ -34,6 +34,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.signals import request_started
+from django_redis import get_redis_connection
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -204,8 +205,6 @@ class GuardedPipeline(Pipeline):
 
 def client() -> Redis:
     """The raw client of the default cache (guarded)."""
-    from django_redis import get_redis_connection
-
     return get_redis_connection("default")
 
 

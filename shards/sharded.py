@@ -9,9 +9,11 @@ from typing import Any, TypeVar
 
 from django.db import OperationalError, connections, models
 
-from routers.context import current_tenant
-from routers.errors import NoTenantContext, WrongTenant
+from shards.errors import NoTenantContext, WrongTenant
 from shards.global_ids import NextGlobalId
+from shards.signals import replica_read_failed
+from shards.tenancy import current_tenant
+from shards.topology import get_shard_map
 
 logger = logging.getLogger("shardsvc.routing")
 T = TypeVar("T")
@@ -22,8 +24,6 @@ READ_ATTEMPTS = 3
 
 
 def _is_replica(alias: str) -> bool:
-    from shards.topology import get_shard_map
-
     return get_shard_map().server(alias).role == "replica"
 
 
@@ -76,10 +76,8 @@ class ShardedQuerySet(models.QuerySet):
 
 
 def _drop_replica(alias: str, exc: Exception) -> None:
-    from routers.replicas import get_replica_health
-
     logger.warning("read on %s failed, retrying elsewhere: %s", alias, exc)
-    get_replica_health().mark_failed(alias, str(exc))
+    replica_read_failed.send(sender=ShardedQuerySet, alias=alias, error=exc)
     try:
         connections[alias].close()
     except Exception:  # the connection is already broken; the pool frees its slot

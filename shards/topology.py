@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from psycopg.conninfo import conninfo_to_dict
@@ -388,8 +389,6 @@ def _database(dsn: str, engine: str, options: dict[str, Any] | None) -> dict[str
 @functools.cache
 def get_shard_map() -> ShardMap:
     """The ShardMap from ``settings.SHARD_MAP``, read once per process (until reset)."""
-    from django.conf import settings
-
     shard_map = getattr(settings, "SHARD_MAP", None)
     if not isinstance(shard_map, ShardMap):
         raise ImproperlyConfigured(

@@ -10,10 +10,10 @@ from django.http import HttpRequest
 from ninja import Query, Router
 from ninja.security import APIKeyHeader
 
-from comments.schemas import ErrorOut, SiteCreatedOut, SiteIn, SitePageOut
-from project import throttle
 from shards.models import Tenant
+from sites import throttle
 from sites.models import Site
+from sites.schemas import ErrorOut, SiteCreatedOut, SiteIn, SitePageOut
 from sites.service import create_site
 
 

@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_save
 
 
 class SitesConfig(AppConfig):
@@ -9,8 +10,7 @@ class SitesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_save
-
+        # Models (sites.keys imports them too): importable only once the app registry is ready.
         from sites import keys
         from sites.models import Site
 

@@ -34,7 +34,7 @@ SITES = [("grow-a", 30), ("grow-b", 30), ("grow-c", 20), ("grow-d", 20), ("grow-
 SEED = f"""
 import json
 from comments.service import get_or_create_thread, post_comment
-from routers.context import tenant
+from shards.tenancy import tenant
 from sites.service import create_site
 
 placed = {{}}

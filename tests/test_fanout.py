@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from comments.models import Thread
-from routers.context import tenant
-from shards.fanout import FanoutError, on_every_shard
+from routers.fanout import FanoutError, on_every_shard
+from shards.tenancy import tenant
 
 pytestmark = pytest.mark.usefixtures("django_db")
 
@@ -35,7 +35,7 @@ def test_a_failing_shard_is_reported_not_swallowed(stopped, tenants) -> None:
 
 
 def test_fanout_without_a_tenant_runs_without_one(tenants) -> None:
-    from routers.context import current_tenant
+    from shards.tenancy import current_tenant
 
     with tenant(tenants["a"]):
         outcome = on_every_shard(lambda alias: current_tenant())

@@ -9,9 +9,9 @@ import pytest
 from django.db import connections
 
 from comments.models import Thread
-from routers.context import tenant
 from shards.global_ids import split_id
 from shards.models import Shard
+from shards.tenancy import tenant
 
 pytestmark = pytest.mark.usefixtures("django_db")
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from django.core import signing
 
-from comments.schemas import is_blank
+from sites.schemas import is_blank
 from tests.api_client import SiteClient, create_site
 from tests.client import Response, get, request
 
@@ -82,8 +82,8 @@ def test_thread_lookup_uses_the_url_hash_index(site, topology) -> None:
     from django.db import connections, transaction
 
     from comments.service import threads_at
-    from routers.context import tenant
     from shards.directory import lookup
+    from shards.tenancy import tenant
 
     site.thread("https://x.test/indexed")
     with tenant(lookup(site.slug)), transaction.atomic(using=site.shard):

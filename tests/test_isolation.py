@@ -10,7 +10,7 @@ import pytest
 
 from comments.models import Thread
 from deploy.topology import PROJECT_DIR, LocalTopology
-from routers.context import tenant
+from shards.tenancy import tenant
 from tests.client import wait_until
 
 pytestmark = pytest.mark.usefixtures("django_db")

@@ -171,7 +171,7 @@ def test_pool_timeouts_are_counted(tight_pool: ServiceProcess) -> None:
 def test_record_cache_counts_hits_and_misses() -> None:
     from prometheus_client import REGISTRY
 
-    from project.metrics import record_cache
+    from comments.metrics import record_cache
 
     def value(result: str) -> float:
         return REGISTRY.get_sample_value(

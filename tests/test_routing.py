@@ -6,11 +6,12 @@ import pytest
 from django.db import connections, router, transaction
 
 from comments.models import Thread
-from routers.context import current_tenant, tenant, use_primary
-from routers.errors import CrossShardRelation, NoTenantContext, WrongTenant
+from routers.context import use_primary
 from routers.replicas import get_replica_health
 from routers.state import routing_scope
+from shards.errors import CrossShardRelation, NoTenantContext, WrongTenant
 from shards.models import Tenant
+from shards.tenancy import current_tenant, tenant
 
 pytestmark = pytest.mark.usefixtures("django_db")
 

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from comments.models import Comment, Thread
-from routers.context import tenant, use_primary
+from routers.context import use_primary
 from routers.state import routing_scope
+from shards.tenancy import tenant
 from tests.api_client import SiteClient, create_site
 
 pytestmark = pytest.mark.usefixtures("django_db")

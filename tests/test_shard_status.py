@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shards.status import Leak, ReplicationObjects, find_leaks
+from migrations_tools.fleet_status import Leak, ReplicationObjects, find_leaks
 from tests.client import wait_until
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -176,9 +176,9 @@ def admin_browser(service, django_db):
 def test_the_admin_starts_a_move_in_the_background_and_shows_its_job(
         topology, admin_browser) -> None:
     from comments.service import get_or_create_thread, post_comment
-    from routers.context import tenant
     from shards.directory import create_tenant
     from shards.models import MoveJob, Tenant
+    from shards.tenancy import tenant
 
     entry = create_tenant(f"admin-moved-{uuid.uuid4().hex[:8]}", shard="shard_0")
     with tenant(entry):

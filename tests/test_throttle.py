@@ -309,7 +309,7 @@ def test_counters_fail_open_when_redis_is_unreachable(redis, request) -> None:
     from django.http import HttpResponse
     from django.test import RequestFactory, override_settings
 
-    from project import throttle
+    from sites import throttle
 
     cache = dict(settings.CACHES["default"])
     if redis == "reachable":

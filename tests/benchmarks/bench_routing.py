@@ -64,10 +64,10 @@ def router_costs(entry, n: int, repeats: int) -> list[tuple[str, list[float], st
     from django.db import router
 
     from comments.models import Thread
-    from routers.context import tenant
     from routers.replicas import get_replica_health
     from routers.state import routing_scope
     from shards.models import Tenant
+    from shards.tenancy import tenant
 
     health = get_replica_health()
     health.check_once()
@@ -240,8 +240,8 @@ def run(args: argparse.Namespace) -> int:
 
         django.setup()
         from comments.models import Thread
-        from routers.context import tenant
         from shards.directory import create_tenant
+        from shards.tenancy import tenant
 
         entry = create_tenant(f"bench-{uuid.uuid4().hex[:8]}", shard=SHARD)
         with tenant(entry):

@@ -22,9 +22,9 @@ django.setup()
 from django.db import connections  # noqa: E402
 
 from comments.models import Thread  # noqa: E402
-from routers.context import current_tenant, tenant  # noqa: E402
-from routers.errors import NoTenantContext  # noqa: E402
 from routers.state import routing_scope  # noqa: E402
+from shards.errors import NoTenantContext  # noqa: E402
+from shards.tenancy import current_tenant, tenant  # noqa: E402
 
 
 def main() -> None:

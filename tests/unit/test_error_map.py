@@ -19,13 +19,12 @@ from project.error_map import RULES, UnsupportedMediaType, answer_for, is_databa
 from project.errors import ErrorAnswer, code_for_status, error, error_response
 from project.pgpool.deadline import Deadline, deadline_scope
 from project.pgpool.errors import DeadlineExceeded, pool_timeout
-from project.throttle import Throttled
-from routers.errors import NoTenantContext
-from shards.errors import MalformedTenantKey, UnknownShard, UnknownTenant
+from shards.errors import MalformedTenantKey, NoTenantContext, UnknownShard, UnknownTenant
 from shards.fence import TenantStillFenced
 from shards.placement import NoShardAcceptsTenants
 from shards.redisguard import RedisUnavailable
 from sites.service import SiteExists
+from sites.throttle import Throttled
 
 DRIVER_TEXT = 'connection to server at "10.0.0.5", port 6432 failed'
 PLAIN_503 = "a database needed for this request is unavailable; retry shortly"

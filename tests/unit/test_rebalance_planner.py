@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shards.rebalance import (
+from migrations_tools.rebalance import (
     ShardInfo,
     TenantLoad,
     format_plan,

@@ -23,14 +23,15 @@ from django.db import router as django_router
 
 from comments.models import Thread
 from routers import replicas
-from routers.context import tenant, use_primary
-from routers.errors import CrossShardRelation, NoTenantContext, WrongTenant
+from routers.context import use_primary
 from routers.replicas import ReplicaHealth, ReplicaState
 from routers.router import ShardRouter, choose_read_alias, explain_read_choice
 from routers.state import routing_scope
 from routers.writes import WriteTracker
 from shards.directory import TenantEntry
+from shards.errors import CrossShardRelation, NoTenantContext, WrongTenant
 from shards.models import Tenant
+from shards.tenancy import tenant
 from shards.topology import get_shard_map
 
 ON_SHARD_0 = TenantEntry(id=101, slug="alpha", shard="shard_0", state="active", version=1,

@@ -15,10 +15,10 @@ from django.test import RequestFactory
 from project import middleware
 from project.middleware import RoutingMiddleware
 from routers import causal
-from routers.context import current_tenant
 from routers.state import RoutingState, current_state, end_request
 from shards.directory import TenantEntry
 from shards.errors import MalformedTenantKey, UnknownTenant
+from shards.tenancy import current_tenant
 
 ALPHA = TenantEntry(id=101, slug="alpha", shard="shard_0", state="active", version=3, min_lsn=0)
 MOVED = TenantEntry(id=101, slug="alpha", shard="shard_1", state="active", version=4, min_lsn=0)

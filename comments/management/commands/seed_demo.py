@@ -27,7 +27,7 @@ from comments.seeding import (
     ensure_sites,
     load_sites,
 )
-from migrations_tools.progress import Console, render_table
+from shards.console import Console, render_table
 
 
 class Command(BaseCommand):

@@ -12,8 +12,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrations_tools.drift import DriftReport, GroupReport, check_fleet
-from migrations_tools.progress import render_table
 from migrations_tools.safety import parse_duration
+from shards.console import render_table
 from shards.topology import get_shard_map
 
 

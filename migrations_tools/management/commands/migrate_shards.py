@@ -22,7 +22,6 @@ from django.utils.module_loading import module_has_submodule
 
 from migrations_tools.lint import Finding
 from migrations_tools.lock import cluster_lock
-from migrations_tools.progress import Console, render_table
 from migrations_tools.runner import (
     DatabasePlan,
     DatabaseResult,
@@ -36,6 +35,7 @@ from migrations_tools.runner import (
     selected_aliases,
 )
 from migrations_tools.safety import ExecutionPolicy, parse_duration
+from shards.console import Console, render_table
 from shards.topology import get_shard_map
 
 _DEFAULTS = ExecutionPolicy()

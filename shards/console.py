@@ -1,4 +1,7 @@
-"""Output of the DBA commands: per-database prefixed lines, a live progress display, tables.
+"""Output of the commands that work on every shard at once (migrations, demo seeding):
+per-database prefixed lines, a live progress display, tables. It sits in the lowest layer, with
+the admin connections (shards.pg), so both the operations kit and the applications' commands
+can use it.
 
 Worker threads report through one Console, which serialises writes so lines never interleave.
 On a terminal the last line is a status line, redrawn twice a second, naming what each running

@@ -1,5 +1,9 @@
 """Throttles: failed credential checks per client address, writes per end user, admin logins.
 
+They live in sites, the lowest application: sites owns the API keys whose failed checks are
+counted, comments (built on sites) counts its writes here, and the project shell above both
+throttles admin logins.
+
 Counts live in the shared cache (Redis, through Django's cache and django-ratelimit), so every
 worker and every host sees one count per address or user. django-ratelimit counts in fixed
 windows with an atomic `INCR`; a window of one rate ends at a moment of its own per counted

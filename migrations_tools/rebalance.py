@@ -26,7 +26,13 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from psycopg import sql
+
+from migrations_tools.moves import sharded_tables
+from shards import pg
 from shards.global_ids import EPOCH_MS, GENERATOR_BITS, SEQUENCE_BITS
+from shards.models import MoveJob, Shard, Tenant
+from shards.topology import get_shard_map
 
 WEIGHTS = ("rows", "recent")
 
@@ -283,10 +289,6 @@ def recent_id_threshold(recent_seconds: float, *, now_ms: int | None = None) -> 
 
 def measure_shard(dsn: str, shard: str, tables: list[str], *,
                   recent_seconds: float = 3600.0) -> ShardMeasurement:
-    from psycopg import sql
-
-    from shards import pg
-
     threshold = recent_id_threshold(recent_seconds)
     result = ShardMeasurement(shard)
     with pg.connect(dsn, application_name="shardsvc rebalance measure") as conn:
@@ -310,9 +312,6 @@ def measure_shard(dsn: str, shard: str, tables: list[str], *,
 def measure_shards(*, recent_seconds: float = 3600.0,
                    shards: Iterable[str] | None = None) -> dict[str, ShardMeasurement]:
     """Every shard primary at once; raises RuntimeError naming the shards that failed."""
-    from shards.moves import sharded_tables
-    from shards.topology import get_shard_map
-
     shard_map = get_shard_map()
     names = list(shards) if shards is not None else list(shard_map.shard_names)
     tables = sharded_tables()
@@ -347,9 +346,6 @@ class Measurement:
 def measure(*, recent_seconds: float = 3600.0) -> Measurement:
     """Tenants from the directory (control primary) with their sizes on their own shard, and
     the shards with whether they accept tenants (the registry)."""
-    from shards.models import MoveJob, Shard, Tenant
-    from shards.topology import get_shard_map
-
     shard_map = get_shard_map()
     registry = {s.name: s for s in Shard.objects.using("default").all()}
     shards = []

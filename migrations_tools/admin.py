@@ -31,7 +31,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
-from django.db.models import QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
 from django.template import engines
 from django.template.response import TemplateResponse
@@ -39,6 +39,8 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from migrations_tools.lock import current_holder
+from routers.replicas import get_replica_health
 from shards.errors import UnknownShard
 from shards.models import MoveJob, Shard, Tenant
 from shards.topology import Cluster, get_shard_map
@@ -112,8 +114,6 @@ class TenantAdmin(admin.ModelAdmin):
         return TemplateResponse(request, _move_form_template(), context)
 
     def _start_moves(self, request: HttpRequest, tenants: list[Tenant], target: str) -> None:
-        from migrations_tools.lock import current_holder
-
         active = {job.tenant_id: job for job in MoveJob.objects.using("default").filter(
             tenant__in=tenants, state__in=MoveJob.ACTIVE_STATES)}
         chosen = []
@@ -192,16 +192,12 @@ class ShardAdmin(admin.ModelAdmin):
         return super().changelist_view(request, extra_context)
 
     def get_queryset(self, request: HttpRequest) -> Any:
-        from django.db.models import Count, OuterRef, Subquery
-
         tenants = (Tenant.objects.filter(shard=OuterRef("name")).order_by()
                    .values("shard").annotate(n=Count("id")).values("n"))
         return super().get_queryset(request).annotate(tenant_count=Subquery(tenants))
 
     @staticmethod
     def _health_states() -> dict[str, Any]:
-        from routers.replicas import get_replica_health
-
         health = get_replica_health()
         states = health.states()
         expected = {s.alias for c in get_shard_map().shards for s in c.replicas}
@@ -235,8 +231,6 @@ class ShardAdmin(admin.ModelAdmin):
 
     @admin.display(description="replicas healthy", boolean=True)
     def healthy(self, obj: Shard) -> bool | None:
-        from routers.replicas import get_replica_health
-
         cluster = _cluster(obj)
         if cluster is None or not cluster.replicas:
             return None

@@ -1,7 +1,8 @@
 """Logical replication of one tenant's rows between two shard primaries, over direct DSNs.
 
 Names: publication, subscription and slot of a move all share `shardsvc_move_<job id>`, so
-anything left behind by a crash can be found and removed by name (see shards.status).
+anything left behind by a crash can be found and removed by name (see
+migrations_tools.fleet_status).
 """
 
 from __future__ import annotations

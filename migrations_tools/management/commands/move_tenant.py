@@ -10,11 +10,18 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrations_tools.lock import cluster_lock
+from migrations_tools.moves import (
+    MoveError,
+    Mover,
+    MoveSettings,
+    sharded_tables,
+    start_move,
+    tenant_rows,
+)
+from migrations_tools.replication import connect
 from shards.directory import lookup
 from shards.errors import MalformedTenantKey, UnknownTenant
 from shards.models import MoveJob
-from shards.moves import MoveError, Mover, MoveSettings, sharded_tables, start_move, tenant_rows
-from shards.replication import connect
 from shards.topology import get_shard_map
 
 

@@ -34,8 +34,14 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from migrations_tools.lock import cluster_lock
+from migrations_tools.moves import sharded_tables
+from migrations_tools.rebalance import measure_shard
+from migrations_tools.replication import PREFIX
+from routers.replicas import CHECK_QUERY, parse_lsn
 from shards import pg
-from shards.replication import PREFIX
+from shards.models import MoveJob, Shard, Tenant
+from shards.topology import get_shard_map
 
 SYNC_SLOT_RE = re.compile(r"^pg_(\d+)_sync_(\d+)_(\d+)$")
 CONNECT_TIMEOUT = 3
@@ -90,9 +96,6 @@ class ServerState:
 def check_servers() -> list[ServerState]:
     """Every server of the topology, checked directly and concurrently; primaries first so a
     replica's bytes behind compare with a primary position read just before."""
-    from routers.replicas import CHECK_QUERY, parse_lsn
-    from shards.topology import get_shard_map
-
     shard_map = get_shard_map()
     states: list[ServerState] = []
     by_alias: dict[str, ServerState] = {}
@@ -150,11 +153,6 @@ class ShardSummary:
 
 
 def summarize_shards() -> list[ShardSummary]:
-    from shards.models import Shard, Tenant
-    from shards.moves import sharded_tables
-    from shards.rebalance import measure_shard
-    from shards.topology import get_shard_map
-
     shard_map = get_shard_map()
     registry = {s.name: s.accepts_tenants for s in Shard.objects.using("default").all()}
     placed: dict[str, set[int]] = {}
@@ -236,8 +234,6 @@ def scan_replication(conn: psycopg.Connection[Any], shard: str) -> ReplicationOb
 
 
 def scan_all() -> dict[str, ReplicationObjects]:
-    from shards.topology import get_shard_map
-
     shard_map = get_shard_map()
     results: dict[str, ReplicationObjects] = {}
 
@@ -253,8 +249,6 @@ def scan_all() -> dict[str, ReplicationObjects]:
 
 
 def active_move_names() -> set[str]:
-    from shards.models import MoveJob
-
     return {f"{PREFIX}{pk}" for pk in MoveJob.objects.using("default").filter(
         state__in=MoveJob.ACTIVE_STATES).values_list("pk", flat=True)}
 
@@ -318,9 +312,6 @@ def sweep(*, progress: Any = print, lock_wait: float = 0.0) -> LeakReport:
     """Drop every leaked object, under the cluster lock (no move or migration runs meanwhile):
     subscriptions first (normally; if that fails, detached from their slot first), then slots
     (their walsender ended first), then publications. Returns what is left."""
-    from migrations_tools.lock import cluster_lock
-    from shards.topology import get_shard_map
-
     shard_map = get_shard_map()
     with cluster_lock("shard_status --sweep", wait=lock_wait):
         report = check_leaks()
@@ -375,8 +366,6 @@ def _drop(conn: psycopg.Connection[Any], leak: Leak) -> None:
 
 def moves() -> tuple[list[Any], list[Any]]:
     """(unfinished moves, the last 10 finished ones)."""
-    from shards.models import MoveJob
-
     jobs = MoveJob.objects.using("default").select_related("tenant")
     active = list(jobs.filter(state__in=MoveJob.ACTIVE_STATES).order_by("created_at"))
     recent = list(jobs.exclude(state__in=MoveJob.ACTIVE_STATES).order_by("-created_at")[:10])

@@ -32,10 +32,13 @@ import psycopg
 from django.conf import settings as django_settings
 from django.db import transaction
 from django.utils import timezone
+from psycopg import sql
 
-from shards import pg, replication, verify
+from migrations_tools import replication, verify
+from shards import pg
 from shards.directory import lookup, set_placement
-from shards.models import MoveJob, Tenant
+from shards.models import MoveJob, Shard, Tenant
+from shards.preparation import sharded_models
 from shards.topology import get_shard_map
 
 logger = logging.getLogger("shardsvc.moves")
@@ -63,8 +66,6 @@ class MoveSettings:
 
 def sharded_tables() -> list[str]:
     """Tables of sharded models, those that reference others first (the order to delete in)."""
-    from shards.preparation import sharded_models
-
     models = sharded_models()
     tables = {m._meta.db_table: m for m in models}
 
@@ -79,8 +80,6 @@ def sharded_tables() -> list[str]:
 
 
 def tenant_rows(conn: psycopg.Connection[Any], tables: list[str], tenant_id: int) -> int:
-    from psycopg import sql
-
     total = 0
     for table in tables:
         total += pg.fetch_value(
@@ -95,8 +94,6 @@ def delete_tenant_rows(conn: psycopg.Connection[Any], tables: list[str], tenant_
                        batch: int, pause: float, progress: Progress | None = None) -> int:
     """Delete a tenant's rows in small transactions, children first and newest first (a reply's
     id is always above its parent's), past the fence of a moved tenant."""
-    from psycopg import sql
-
     deleted = 0
     for table in tables:
         query = sql.SQL(
@@ -130,8 +127,6 @@ def start_move(tenant_key: str | int, target: str, *, reason: str = "") -> MoveJ
             raise MoveError(f"tenant {entry.slug} is already moving to {active.target} (job "
                             f"{active.pk}, {active.state}): finish it or abort it first")
         return active
-    from shards.models import Shard
-
     if Shard.objects.using("default").filter(name=target, accepts_tenants=False).exists():
         raise MoveError(f"shard {target} is closed to new tenants (Shard.accepts_tenants); "
                         "open it in the admin first")

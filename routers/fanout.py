@@ -16,8 +16,8 @@ from typing import Generic, TypeVar
 
 from django.db import connections
 
-from routers.context import no_tenant
 from routers.router import choose_read_alias
+from shards.tenancy import no_tenant
 from shards.topology import get_shard_map
 
 T = TypeVar("T")

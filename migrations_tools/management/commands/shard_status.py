@@ -10,8 +10,11 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from migrations_tools import fleet_status
+from migrations_tools.lock import current_holder
 from migrations_tools.safety import parse_duration
-from shards import status
+from shards.models import Tenant
+from shards.topology import get_shard_map
 
 
 def table(rows: list[list[str]], header: list[str], indent: str = "  ") -> list[str]:
@@ -51,17 +54,15 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
             out("")
             out("sweeping leaked replication objects:")
-            report = status.sweep(progress=lambda m: out(f"  {m}"), lock_wait=wait)
+            report = fleet_status.sweep(progress=lambda m: out(f"  {m}"), lock_wait=wait)
         else:
-            report = status.check_leaks()
+            report = fleet_status.check_leaks()
         self.leaks(report, swept=options["sweep"])
 
     def servers(self) -> None:
-        from shards.topology import get_shard_map
-
         self.stdout.write(f"servers (topology {get_shard_map().source}):")
         rows = []
-        for s in status.check_servers():
+        for s in fleet_status.check_servers():
             if not s.up:
                 state = "DOWN"
             elif s.role == "replica":
@@ -69,14 +70,14 @@ class Command(BaseCommand):
             else:
                 state = "up"
             rows.append([s.alias, s.role, s.cluster, state, s.describe_lag(),
-                         status.human_bytes(s.behind_bytes) if s.role == "replica" else "-",
+                         fleet_status.human_bytes(s.behind_bytes) if s.role == "replica" else "-",
                          s.error])
         for line in table(rows, ["SERVER", "ROLE", "CLUSTER", "STATE", "LAG", "BEHIND",
                                  "ERROR"]):
             self.stdout.write(line)
 
-    def shards(self) -> list[status.ShardSummary]:
-        summaries = status.summarize_shards()
+    def shards(self) -> list[fleet_status.ShardSummary]:
+        summaries = fleet_status.summarize_shards()
         self.stdout.write("")
         self.stdout.write("shards:")
         rows = []
@@ -84,7 +85,7 @@ class Command(BaseCommand):
             accepts = {True: "yes", False: "no", None: "unregistered"}[s.accepts_tenants]
             rows.append([
                 s.name, accepts, s.name, ", ".join(s.replicas) or "none", str(s.tenants),
-                "?" if s.error else str(s.rows), "?" if s.error else status.human_bytes(
+                "?" if s.error else str(s.rows), "?" if s.error else fleet_status.human_bytes(
                     s.size_bytes),
                 "?" if s.error else str(s.stray_rows), s.error,
             ])
@@ -96,9 +97,7 @@ class Command(BaseCommand):
                               "copy in progress, or source rows awaiting cleanup)")
         return summaries
 
-    def tenants(self, summaries: list[status.ShardSummary]) -> None:
-        from shards.models import Tenant
-
+    def tenants(self, summaries: list[fleet_status.ShardSummary]) -> None:
         rows_of = {s.name: s for s in summaries}
         rows = []
         for t in Tenant.objects.using("default").order_by("shard", "slug"):
@@ -112,11 +111,9 @@ class Command(BaseCommand):
             self.stdout.write(line)
 
     def moves(self) -> None:
-        from migrations_tools.lock import current_holder
-
         out = self.stdout.write
         holder = current_holder()
-        active, recent = status.moves()
+        active, recent = fleet_status.moves()
         out("")
         if active:
             out(f"moves in progress ({len(active)}):")
@@ -129,8 +126,9 @@ class Command(BaseCommand):
                     f"NOT RUNNING: resume with `move_tenant {job.tenant.slug} {job.target}` "
                     f"or roll back with `move_tenant {job.tenant.slug} --abort`")
                 rows.append([str(job.pk), job.tenant.slug, f"{job.source} -> {job.target}",
-                             job.state, status.progress_text(job),
-                             status.human_bytes(job.lag_bytes), status.ago(job.updated_at),
+                             job.state, fleet_status.progress_text(job),
+                             fleet_status.human_bytes(job.lag_bytes),
+                             fleet_status.ago(job.updated_at),
                              note])
             for line in table(rows, ["JOB", "TENANT", "MOVE", "STATE", "PROGRESS", "LAG",
                                      "UPDATED", "NOTE"]):
@@ -144,7 +142,7 @@ class Command(BaseCommand):
                 pause = "-" if job.write_pause_ms is None else f"{job.write_pause_ms:.1f} ms"
                 verified = {True: "yes", False: "NO", None: "-"}[job.verified]
                 rows.append([str(job.pk), job.tenant.slug, f"{job.source} -> {job.target}",
-                             job.state, pause, verified, status.ago(job.finished_at
+                             job.state, pause, verified, fleet_status.ago(job.finished_at
                                                                     or job.updated_at),
                              job.reason, job.error[:80]])
             for line in table(rows, ["JOB", "TENANT", "MOVE", "STATE", "WRITE PAUSE",
@@ -154,7 +152,7 @@ class Command(BaseCommand):
             out("recent moves: none")
         out(f"cluster lock: {'held by ' + holder.describe() if holder else 'free'}")
 
-    def leaks(self, report: status.LeakReport, *, swept: bool) -> None:
+    def leaks(self, report: fleet_status.LeakReport, *, swept: bool) -> None:
         out = self.stdout.write
         out("")
         for shard, error in sorted(report.unchecked.items()):

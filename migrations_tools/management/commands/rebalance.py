@@ -1,9 +1,10 @@
 """Even the shards out: `manage.py rebalance [--plan | --apply]`.
 
 Measures every tenant's rows (and recent inserts) on the shard primaries, plans moves with
-`shards.rebalance.plan_rebalance`, prints them with the expected per-shard result, and with
-`--apply` runs them one at a time, each an ordinary online move (`shards.moves.Mover`) under
-the cluster lock, with a pause between two moves. The first failure stops it.
+`migrations_tools.rebalance.plan_rebalance`, prints them with the expected per-shard result, and
+with `--apply` runs them one at a time, each an ordinary online move
+(`migrations_tools.moves.Mover`) under the cluster lock, with a pause between two moves. The
+first failure stops it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,17 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrations_tools.lock import cluster_lock
+from migrations_tools.moves import Mover, MoveSettings, start_move
+from migrations_tools.rebalance import (
+    WEIGHTS,
+    Plan,
+    format_plan,
+    format_table,
+    measure,
+    plan_rebalance,
+)
 from migrations_tools.safety import parse_duration
 from shards.models import MoveJob, Tenant
-from shards.moves import Mover, MoveSettings, start_move
-from shards.rebalance import WEIGHTS, Plan, format_plan, format_table, measure, plan_rebalance
 
 
 def _seconds(text: str) -> float:
