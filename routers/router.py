@@ -1,5 +1,6 @@
 """The database router: where every query goes. No SQL here, no settings reads per call: the
-shard map, the current tenant and the replica health are all in memory.
+shard map, the current tenant and the replica health (the runtime registry's, shards.runtime,
+so a test can inject a fake) are all in memory.
 
     write                              -> the tenant's shard primary (control models: default)
     read inside atomic() on the primary -> that primary
@@ -18,6 +19,7 @@ from django.db.models import Model
 
 from routers.context import current_routing, current_tenant, primary_pinned
 from routers.errors import CrossShardRelation, NoTenantContext, WrongTenant
+from shards import runtime
 from shards.topology import CONTROL_ALIAS, get_shard_map
 
 
@@ -105,9 +107,7 @@ def explain_read_choice(cluster: str, *, min_lsn: int = 0) -> tuple[str, str]:
         if routing.distrust_replicas:
             return cluster, "bad_token"
         min_lsn = max(min_lsn, routing.tokens.get(cluster, 0))
-    from routers.replicas import get_replica_health
-
-    replicas = get_replica_health().usable_replicas(cluster, min_lsn=min_lsn)
+    replicas = runtime.replica_health().usable_replicas(cluster, min_lsn=min_lsn)
     if not replicas:
         return cluster, "no_replica_caught_up" if min_lsn else "no_healthy_replica"
     return random.choice(replicas), "replica"

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from shards import runtime
 from shards.errors import UnknownShard
 from shards.models import MoveJob, Shard, Tenant
 from shards.topology import Cluster, get_shard_map
@@ -199,10 +201,8 @@ class ShardAdmin(admin.ModelAdmin):
         return super().get_queryset(request).annotate(tenant_count=Subquery(tenants))
 
     @staticmethod
-    def _health_states() -> dict[str, Any]:
-        from routers.replicas import get_replica_health
-
-        health = get_replica_health()
+    def _health_states() -> Mapping[str, Any]:
+        health = runtime.replica_health()
         states = health.states()
         expected = {s.alias for c in get_shard_map().shards for s in c.replicas}
         if not expected <= set(states):
@@ -235,12 +235,10 @@ class ShardAdmin(admin.ModelAdmin):
 
     @admin.display(description="replicas healthy", boolean=True)
     def healthy(self, obj: Shard) -> bool | None:
-        from routers.replicas import get_replica_health
-
         cluster = _cluster(obj)
         if cluster is None or not cluster.replicas:
             return None
-        usable = get_replica_health().usable_replicas(cluster.name)
+        usable = runtime.replica_health().usable_replicas(cluster.name)
         return len(usable) == len(cluster.replicas)
 
     @admin.display(description="tenants", ordering="tenant_count")

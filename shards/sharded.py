@@ -11,6 +11,7 @@ from django.db import OperationalError, connections, models
 
 from routers.context import current_tenant
 from routers.errors import NoTenantContext, WrongTenant
+from shards import runtime
 from shards.global_ids import NextGlobalId
 
 logger = logging.getLogger("shardsvc.routing")
@@ -76,10 +77,8 @@ class ShardedQuerySet(models.QuerySet):
 
 
 def _drop_replica(alias: str, exc: Exception) -> None:
-    from routers.replicas import get_replica_health
-
     logger.warning("read on %s failed, retrying elsewhere: %s", alias, exc)
-    get_replica_health().mark_failed(alias, str(exc))
+    runtime.replica_health().mark_failed(alias, str(exc))
     try:
         connections[alias].close()
     except Exception:  # the connection is already broken; the pool frees its slot
