@@ -17,8 +17,7 @@ from __future__ import annotations
 from routers.replica_checker import ReplicaHealth
 from routers.replica_probe import APPLICATION_NAME, CHECK_QUERY
 from routers.replica_state import ReplicaState, format_lsn, parse_lsn
-from shards import runtime
-from shards.runtime import Conf, ReplicaHealthSource
+from shards.runtime import Conf, ReplicaHealthSource, replica_health
 from shards.topology import get_shard_map
 
 
@@ -32,7 +31,7 @@ def build_replica_health(conf: Conf) -> ReplicaHealth:
 def get_replica_health() -> ReplicaHealthSource:
     """This process's replica health (built, checked once and started on first use; also in a
     worker forked from a preloaded master), or the fake a test injected."""
-    return runtime.replica_health()
+    return replica_health()
 
 
 __all__ = [

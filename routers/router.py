@@ -19,7 +19,7 @@ from django.db.models import Model
 
 from routers.context import current_routing, current_tenant, primary_pinned
 from routers.errors import CrossShardRelation, NoTenantContext, WrongTenant
-from shards import runtime
+from shards.runtime import replica_health
 from shards.topology import CONTROL_ALIAS, get_shard_map
 
 
@@ -107,7 +107,7 @@ def explain_read_choice(cluster: str, *, min_lsn: int = 0) -> tuple[str, str]:
         if routing.distrust_replicas:
             return cluster, "bad_token"
         min_lsn = max(min_lsn, routing.tokens.get(cluster, 0))
-    replicas = runtime.replica_health().usable_replicas(cluster, min_lsn=min_lsn)
+    replicas = replica_health().usable_replicas(cluster, min_lsn=min_lsn)
     if not replicas:
         return cluster, "no_replica_caught_up" if min_lsn else "no_healthy_replica"
     return random.choice(replicas), "replica"

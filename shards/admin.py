@@ -40,9 +40,9 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
-from shards import runtime
 from shards.errors import UnknownShard
 from shards.models import MoveJob, Shard, Tenant
+from shards.runtime import replica_health
 from shards.topology import Cluster, get_shard_map
 
 logger = logging.getLogger("shardsvc.admin")
@@ -202,7 +202,7 @@ class ShardAdmin(admin.ModelAdmin):
 
     @staticmethod
     def _health_states() -> Mapping[str, Any]:
-        health = runtime.replica_health()
+        health = replica_health()
         states = health.states()
         expected = {s.alias for c in get_shard_map().shards for s in c.replicas}
         if not expected <= set(states):
@@ -238,7 +238,7 @@ class ShardAdmin(admin.ModelAdmin):
         cluster = _cluster(obj)
         if cluster is None or not cluster.replicas:
             return None
-        usable = runtime.replica_health().usable_replicas(cluster.name)
+        usable = replica_health().usable_replicas(cluster.name)
         return len(usable) == len(cluster.replicas)
 
     @admin.display(description="tenants", ordering="tenant_count")

@@ -11,8 +11,8 @@ from django.db import OperationalError, connections, models
 
 from routers.context import current_tenant
 from routers.errors import NoTenantContext, WrongTenant
-from shards import runtime
 from shards.global_ids import NextGlobalId
+from shards.runtime import replica_health
 
 logger = logging.getLogger("shardsvc.routing")
 T = TypeVar("T")
@@ -78,7 +78,7 @@ class ShardedQuerySet(models.QuerySet):
 
 def _drop_replica(alias: str, exc: Exception) -> None:
     logger.warning("read on %s failed, retrying elsewhere: %s", alias, exc)
-    runtime.replica_health().mark_failed(alias, str(exc))
+    replica_health().mark_failed(alias, str(exc))
     try:
         connections[alias].close()
     except Exception:  # the connection is already broken; the pool frees its slot
