@@ -165,6 +165,7 @@ class TenantDirectory:
             client.eval(_SET_IF_NEWER, 1, _redis_key(parsed), entry.version,
                         entry.to_json(), self.redis_ttl)
 
+
 def _redis_key(parsed: tuple[str, str | int]) -> str:
     return f"shardsvc:tenant:{parsed[0]}:{parsed[1]}"
 
