@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,9 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from migrations_tools.lock import current_holder
-from routers.replicas import get_replica_health
 from shards.errors import UnknownShard
 from shards.models import MoveJob, Shard, Tenant
+from shards.runtime import replica_health
 from shards.topology import Cluster, get_shard_map
 
 logger = logging.getLogger("shardsvc.admin")
@@ -197,8 +198,8 @@ class ShardAdmin(admin.ModelAdmin):
         return super().get_queryset(request).annotate(tenant_count=Subquery(tenants))
 
     @staticmethod
-    def _health_states() -> dict[str, Any]:
-        health = get_replica_health()
+    def _health_states() -> Mapping[str, Any]:
+        health = replica_health()
         states = health.states()
         expected = {s.alias for c in get_shard_map().shards for s in c.replicas}
         if not expected <= set(states):
@@ -234,7 +235,7 @@ class ShardAdmin(admin.ModelAdmin):
         cluster = _cluster(obj)
         if cluster is None or not cluster.replicas:
             return None
-        usable = get_replica_health().usable_replicas(cluster.name)
+        usable = replica_health().usable_replicas(cluster.name)
         return len(usable) == len(cluster.replicas)
 
     @admin.display(description="tenants", ordering="tenant_count")

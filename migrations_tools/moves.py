@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from django.conf import settings as django_settings
 from django.db import transaction
 from django.utils import timezone
 from psycopg import sql
@@ -39,6 +38,7 @@ from shards import pg
 from shards.directory import lookup, set_placement
 from shards.models import MoveJob, Shard, Tenant
 from shards.preparation import sharded_models
+from shards.runtime import runtime
 from shards.topology import get_shard_map
 
 logger = logging.getLogger("shardsvc.moves")
@@ -403,7 +403,7 @@ class Mover:
         # Workers may route by a placement cached before the flip for DIRECTORY_LOCAL_TTL; their
         # reads must still find the rows (their writes hit the fence and retry on the target).
         grace = max(self.settings.grace_seconds,
-                    float(getattr(django_settings, "DIRECTORY_LOCAL_TTL", 1.0)) + 1.0)
+                    runtime.conf().directory_local_ttl + 1.0)
         flipped_at = float(self.job.report.get("flipped_at", time.time()))
         wait = grace - (time.time() - flipped_at)
         if wait > 0:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from django.conf import settings
 from django.db import DatabaseError, connections, transaction
 from django.http import HttpRequest, JsonResponse
 
 from shards import redisguard
+from shards.topology import get_shard_map
 
 # A health check must answer fast even when a server hangs.
 CHECK_STATEMENT_TIMEOUT = "2s"
@@ -62,7 +62,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
     (or skipped by this worker's open breaker) only costs cache hits, so either is reported as
     "degraded" but does not make the service unready.
     """
-    servers = list(settings.SHARD_MAP.servers())
+    servers = list(get_shard_map().servers())
     # Threads are greenlets under the gevent worker: the checks overlap, and each runs on its
     # own Django connection.
     with ThreadPoolExecutor(max_workers=len(servers) + 1) as executor:

@@ -24,7 +24,8 @@ this process is served.
     shardsvc_redis_short_circuits_total               commands refused at once by an open breaker
     shardsvc_redis_deferred_writes{state}             pending / dropped invalidations to replay
 
-Gauges are sampled by each worker in the background (``SAMPLE_INTERVAL``) and by the worker that
+Gauges (and the pool timeout counter, which the pool keeps itself: ``pgpool.timeout_counts()``)
+are sampled by each worker in the background (``SAMPLE_INTERVAL``) and by the worker that
 answers a scrape just before it answers, since in multiprocess mode a scrape reads files and never
 runs code in the other workers.
 """
@@ -59,8 +60,6 @@ from prometheus_client import (
 
 from project.errors import error
 from project.pgpool import pool_stats
-from project.pgpool.errors import PoolTimeout
-from project.pgpool.pool import ConnectionPool
 from routers.replicas import get_replica_health
 from routers.state import current_state
 from shards import redisguard
@@ -186,31 +185,12 @@ def _on_redis_event(event: str) -> None:
         REDIS_SHORT_CIRCUITS.inc()
 
 
-def _count_pool_timeouts() -> None:
-    """Count PoolTimeout per alias. The pool has no hook of its own, so its checkout is wrapped
-    once per process: one extra frame per checkout, nothing per query."""
-    getconn = ConnectionPool.getconn
-    if getattr(getconn, "_shardsvc_counted", False):
-        return
-
-    @functools.wraps(getconn)
-    def counted_getconn(self: ConnectionPool) -> Any:
-        try:
-            return getconn(self)
-        except PoolTimeout:
-            POOL_TIMEOUTS.labels(self.name).inc()
-            raise
-
-    counted_getconn._shardsvc_counted = True  # type: ignore[attr-defined]
-    ConnectionPool.getconn = counted_getconn  # type: ignore[method-assign]
-
-
 _installed = False
 _install_lock = threading.Lock()
 
 
 def install() -> None:
-    """Hook query and pool counting into this process. Idempotent; the middleware calls it."""
+    """Hook query and Redis counting into this process. Idempotent; the middleware calls it."""
     global _installed
     with _install_lock:
         if _installed:
@@ -219,12 +199,29 @@ def install() -> None:
         # Connections opened before the hook (e.g. at import with preload) get it now.
         for conn in connections.all(initialized_only=True):
             _on_connection_created(type(conn), conn)
-        _count_pool_timeouts()
         redisguard.observe(_on_redis_event)
         _installed = True
 
 
 # ----- gauges -------------------------------------------------------------------------------
+
+
+# What this process's pool timeout counts were when last added to POOL_TIMEOUTS, by alias.
+_pool_timeouts_seen: dict[str, int] = {}
+_pool_timeouts_lock = threading.Lock()
+
+
+def _sample_pool_timeouts() -> None:
+    """Add the pools' new timeouts to the counter: the pool counts, this only publishes. Under a
+    lock, so a scrape and the background sampler never add the same timeouts twice."""
+    from project.pgpool import timeout_counts
+
+    with _pool_timeouts_lock:
+        for alias, total in timeout_counts().items():
+            new = total - _pool_timeouts_seen.get(alias, 0)
+            if new > 0:
+                POOL_TIMEOUTS.labels(alias).inc(new)
+                _pool_timeouts_seen[alias] = total
 
 
 def sample() -> None:
@@ -242,6 +239,7 @@ def sample() -> None:
         POOL_CONNECTIONS.labels(alias, "idle").set(idle)
         POOL_CONNECTIONS.labels(alias, "waiting").set(waiting)
         POOL_MAX.labels(alias).set(max_size)
+    _sample_pool_timeouts()
 
     health = get_replica_health()
     states = health.states()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
+from shards.runtime import environ_overrides
 from shards.topology import databases_setting, load_shard_map
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -43,7 +44,8 @@ def _env_rate(name: str, default: str) -> str | None:
     return raw
 
 
-SHARD_MAP = load_shard_map(os.environ.get("SHARDSVC_TOPOLOGY", BASE_DIR / ".var" / "topology.toml"))
+_shard_map = load_shard_map(
+    os.environ.get("SHARDSVC_TOPOLOGY", BASE_DIR / ".var" / "topology.toml"))
 
 DEBUG = os.environ.get("SHARDSVC_DEBUG") == "1"
 ALLOWED_HOSTS = os.environ.get("SHARDSVC_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
@@ -144,7 +146,7 @@ REQUEST_DEADLINE = _env_float("SHARDSVC_REQUEST_DEADLINE", 10.0, allow_zero=True
 # Admin processes (DDL, moves) may bypass PgBouncer; the service never does.
 DIRECT_DB = os.environ.get("SHARDSVC_DIRECT_DB") == "1"
 DATABASES = databases_setting(
-    SHARD_MAP,
+    _shard_map,
     options={
         "MAX_CONNS": DB_POOL_MAX_CONNS,
         "POOL_TIMEOUT": DB_POOL_TIMEOUT,
@@ -166,16 +168,14 @@ for _entry in DATABASES.values():
     _entry["DISABLE_SERVER_SIDE_CURSORS"] = True
 
 # Redis is a cache here, never a single point of failure (shards/redisguard.py): every command
-# has a short timeout, and after REDIS_BREAKER_FAILURES consecutive failures a worker skips Redis
-# for REDIS_BREAKER_RESET seconds, then probes it with one background PING. Cache reads that fail
-# are misses (IGNORE_EXCEPTIONS), so requests read the database instead.
+# has a short timeout, and after SHARDSVC["REDIS_BREAKER_FAILURES"] consecutive failures a worker
+# skips Redis for SHARDSVC["REDIS_BREAKER_RESET"] seconds, then probes it with one background
+# PING. Cache reads that fail are misses (IGNORE_EXCEPTIONS), so requests read the database.
 REDIS_TIMEOUT = _env_float("SHARDSVC_REDIS_TIMEOUT", 0.05)
-REDIS_BREAKER_FAILURES = int(_env_float("SHARDSVC_REDIS_BREAKER_FAILURES", 3))
-REDIS_BREAKER_RESET = _env_float("SHARDSVC_REDIS_BREAKER_RESET", 1.0)
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": SHARD_MAP.redis_url,
+        "LOCATION": _shard_map.redis_url,
         "KEY_PREFIX": "shardsvc",
         "OPTIONS": {
             "REDIS_CLIENT_CLASS": "shards.redisguard.GuardedRedis",
@@ -204,17 +204,17 @@ INSTALLED_APPS = [
     "migrations_tools",
 ]
 
-# Apps whose models live on the shards (ShardedModel); every other app lives on `default`.
-SHARDED_APPS = ["comments"]
 DATABASE_ROUTERS = ["routers.router.ShardRouter"]
 
-# Replicas lagging more than this (seconds) are skipped; checked every REPLICA_CHECK_INTERVAL.
-REPLICA_MAX_LAG = _env_float("SHARDSVC_REPLICA_MAX_LAG", 5.0)
-REPLICA_CHECK_INTERVAL = _env_float("SHARDSVC_REPLICA_CHECK_INTERVAL", 0.5)
-# Tenant directory caches: per worker (seconds) and in Redis (seconds).
-DIRECTORY_LOCAL_TTL = _env_float("SHARDSVC_DIRECTORY_LOCAL_TTL", 1.0)
-DIRECTORY_REDIS_TTL = int(_env_float("SHARDSVC_DIRECTORY_REDIS_TTL", 30))
-PLACEMENT_POLICY = "shards.placement.least_loaded"
+# The service's own runtime settings (shards/runtime.py, where each key and its default is
+# described): the topology, the apps whose models live on the shards, and what the environment
+# sets (SHARDSVC_REPLICA_MAX_LAG, SHARDSVC_DIRECTORY_LOCAL_TTL, ...). Everything else keeps
+# its default.
+SHARDSVC = {
+    "SHARD_MAP": _shard_map,
+    "SHARDED_APPS": ["comments"],
+    **environ_overrides(os.environ),
+}
 # Where a request names its tenant, tried in order: "path", "header", "host".
 TENANT_SOURCES = ["path", "header"]
 TENANT_PATH_PATTERN = r"^/api/sites/(?P<tenant>[^/]+)/"
@@ -289,8 +289,6 @@ THROTTLE_AUTH_FAILURES = _env_rate("SHARDSVC_THROTTLE_AUTH_FAILURES", "20/m")
 THROTTLE_WRITES = _env_rate("SHARDSVC_THROTTLE_WRITES", "60/m")
 # Failed admin logins, per client address and per username.
 THROTTLE_ADMIN_LOGIN = _env_rate("SHARDSVC_THROTTLE_ADMIN_LOGIN", "5/15m")
-# A write that hits a moving tenant's fence waits (retrying) this long for the move to flip.
-FENCE_RETRY_SECONDS = _env_float("SHARDSVC_FENCE_RETRY_SECONDS", 10.0)
 # Bodies past this size get a 413 before they are read.
 MAX_REQUEST_BYTES = 64 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES

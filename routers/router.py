@@ -1,5 +1,6 @@
 """The database router: where every query goes. No SQL here, no settings reads per call: the
-shard map, the current tenant and the replica health are all in memory.
+shard map, the current tenant and the replica health (the runtime registry's, shards.runtime,
+so a test can inject a fake) are all in memory.
 
     write                              -> the tenant's shard primary (control models: default)
     read inside atomic() on the primary -> that primary
@@ -16,11 +17,11 @@ from typing import Any
 from django.db import connections
 from django.db.models import Model
 
-from routers import replicas
 from routers.context import primary_pinned
 from routers.state import current_state
 from shards.errors import CrossShardRelation, NoTenantContext, WrongTenant
 from shards.preparation import sharded_apps
+from shards.runtime import replica_health
 from shards.sharded import ShardedModel
 from shards.tenancy import current_tenant
 from shards.topology import CONTROL_ALIAS, get_shard_map
@@ -105,7 +106,7 @@ def explain_read_choice(cluster: str, *, min_lsn: int = 0) -> tuple[str, str]:
         if state.distrust_replicas:
             return cluster, "bad_token"
         min_lsn = state.min_position(cluster, min_lsn)
-    usable = replicas.get_replica_health().usable_replicas(cluster, min_lsn=min_lsn)
+    usable = replica_health().usable_replicas(cluster, min_lsn=min_lsn)
     if not usable:
         return cluster, "no_replica_caught_up" if min_lsn else "no_healthy_replica"
     return random.choice(usable), "replica"

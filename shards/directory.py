@@ -1,11 +1,11 @@
 """The tenant directory: tenant -> shard, read through two caches.
 
 Authoritative rows live in the control database (`shards.models.Tenant`). Lookups go through an
-in-process cache (per worker, `DIRECTORY_LOCAL_TTL` seconds, default 1) and Redis
-(`DIRECTORY_REDIS_TTL`, default 30), and only then to a control replica (the primary only for a
-slug the replica does not know yet). Every change made through this module or a `Tenant.save()`
-is written through to Redis with its version, and Redis keeps the higher version, so a stale
-replica read can never overwrite a newer placement.
+in-process cache (per worker, `DIRECTORY_LOCAL_TTL` seconds) and Redis (`DIRECTORY_REDIS_TTL`;
+both keys of ``settings.SHARDSVC``, defaults in `shards.runtime.Conf`), and only then to a
+control replica (the primary only for a slug the replica does not know yet). Every change made
+through this module or a `Tenant.save()` is written through to Redis with its version, and Redis
+keeps the higher version, so a stale replica read can never overwrite a newer placement.
 
 Bound: a placement change made through Django is seen by every worker within DIRECTORY_LOCAL_TTL;
 one made with raw SQL within DIRECTORY_LOCAL_TTL + DIRECTORY_REDIS_TTL. Routing correctness does
@@ -18,12 +18,9 @@ import contextlib
 import json
 import logging
 import re
-import threading
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from redis.exceptions import RedisError
 
@@ -31,7 +28,9 @@ from shards import redisguard
 from shards.errors import MalformedTenantKey, UnknownTenant
 from shards.placement import choose_shard
 from shards.redisguard import RedisUnavailable
+from shards.runtime import Conf, Slot, runtime
 from shards.topology import get_shard_map
+from shards.ttlcache import TtlCache
 
 logger = logging.getLogger("shardsvc.directory")
 
@@ -89,26 +88,27 @@ def parse_key(key: str | int) -> tuple[str, str | int]:
 
 
 class TenantDirectory:
-    def __init__(self, *, local_ttl: float = 1.0, redis_ttl: int = 30,
-                 negative_ttl: float = 1.0) -> None:
+    def __init__(self, *, local_ttl: float, redis_ttl: int, negative_ttl: float = 1.0) -> None:
         if local_ttl < 0 or redis_ttl < 1 or negative_ttl < 0:
             raise ValueError("directory TTLs must be positive")
         self.local_ttl = local_ttl
         self.redis_ttl = redis_ttl
         self.negative_ttl = negative_ttl
-        self._local: dict[tuple[str, str | int], tuple[float, TenantEntry | None]] = {}
-        self._lock = threading.Lock()
+        self._local: TtlCache[tuple[str, str | int], TenantEntry | None] = TtlCache(
+            ttl=local_ttl, max_entries=_LOCAL_MAX_ENTRIES)
 
     # --- reads ---
     def lookup(self, key: str | int, *, fresh: bool = False) -> TenantEntry:
         """The tenant's entry; `fresh` skips this worker's cache (after a write hit a fence)."""
         parsed = parse_key(key)
-        now = time.monotonic()
-        hit = None if fresh else self._local.get(parsed)
-        if hit is not None and hit[0] > now:
-            if hit[1] is None:
-                raise UnknownTenant(key)
-            return hit[1]
+        # Taken before the fetch: an entry's age counts from when it was asked for.
+        now = self._local.clock()
+        if not fresh:
+            found, cached = self._local.lookup(parsed)
+            if found:
+                if cached is None:
+                    raise UnknownTenant(key)
+                return cached
         entry = self._from_redis(parsed) or self._from_database(parsed)
         self._remember(parsed, entry, now)
         if entry is None:
@@ -118,10 +118,7 @@ class TenantDirectory:
     def _remember(self, parsed: tuple[str, str | int], entry: TenantEntry | None,
                   now: float) -> None:
         ttl = self.local_ttl if entry is not None else self.negative_ttl
-        with self._lock:
-            if len(self._local) >= _LOCAL_MAX_ENTRIES:
-                self._local.clear()  # crude bound; a miss only costs a Redis read
-            self._local[parsed] = (now + ttl, entry)
+        self._local.put(parsed, entry, ttl=ttl, since=now)
 
     def _from_redis(self, parsed: tuple[str, str | int]) -> TenantEntry | None:
         try:
@@ -160,7 +157,7 @@ class TenantDirectory:
         """
         redisguard.write_or_defer(f"tenant:{entry.id}", lambda: self._publish_redis(entry),
                                   rank=entry.version)
-        now = time.monotonic()
+        now = self._local.clock()
         self._remember(("id", entry.id), entry, now)
         self._remember(("slug", entry.slug), entry, now)
 
@@ -171,34 +168,21 @@ class TenantDirectory:
             client.eval(_SET_IF_NEWER, 1, _redis_key(parsed), entry.version,
                         entry.to_json(), self.redis_ttl)
 
-    def clear_local(self) -> None:
-        with self._lock:
-            self._local.clear()
-
 
 def _redis_key(parsed: tuple[str, str | int]) -> str:
     return f"shardsvc:tenant:{parsed[0]}:{parsed[1]}"
 
 
-_directory: TenantDirectory | None = None
-_directory_lock = threading.Lock()
+def _build_directory(conf: Conf) -> TenantDirectory:
+    return TenantDirectory(local_ttl=conf.directory_local_ttl, redis_ttl=conf.directory_redis_ttl)
+
+
+_directory: Slot[TenantDirectory] = runtime.slot("directory", _build_directory)
 
 
 def get_directory() -> TenantDirectory:
-    global _directory
-    if _directory is None:
-        with _directory_lock:
-            if _directory is None:
-                _directory = TenantDirectory(
-                    local_ttl=float(getattr(settings, "DIRECTORY_LOCAL_TTL", 1.0)),
-                    redis_ttl=int(getattr(settings, "DIRECTORY_REDIS_TTL", 30)),
-                )
-    return _directory
-
-
-def reset_directory() -> None:
-    global _directory
-    _directory = None
+    """This process's directory, built from the runtime registry (shards.runtime) on first use."""
+    return _directory.get()
 
 
 def lookup(key: str | int, *, fresh: bool = False) -> TenantEntry:

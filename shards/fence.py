@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from django.conf import settings
 from django.db import DatabaseError, connections
 
 from shards.directory import get_directory
+from shards.runtime import runtime
 from shards.tenancy import current_tenant, tenant
 
 logger = logging.getLogger("shardsvc.fence")
@@ -89,12 +89,12 @@ class TenantStillFenced(DatabaseError):
 def retry_fenced_writes(function: Callable[..., T]) -> Callable[..., T]:
     """Run a write of the current tenant; when it hits the fence (the tenant is being moved),
     reload the tenant's placement and try again until the move flips it, for at most
-    settings.FENCE_RETRY_SECONDS. The write must be one transaction (it is rolled back whole
+    ``SHARDSVC["FENCE_RETRY_SECONDS"]``. The write must be one transaction (it is rolled back whole
     by the fence error), so running it again is safe."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> T:
-        budget = float(getattr(settings, "FENCE_RETRY_SECONDS", 10.0))
+        budget = runtime.conf().fence_retry_seconds
         deadline = time.monotonic() + budget
         delay = 0.01
         entry = current_tenant()

@@ -1,15 +1,15 @@
-"""Where a new tenant goes. The policy is pluggable (settings.PLACEMENT_POLICY, a dotted path to
-a callable taking the candidate shard names and their tenant counts); the default puts it on the
-least loaded shard."""
+"""Where a new tenant goes. The policy is pluggable (``SHARDSVC["PLACEMENT_POLICY"]``, a dotted
+path to a callable taking the candidate shard names and their tenant counts); the default puts it
+on the least loaded shard."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from django.conf import settings
 from django.db.models import Count
 from django.utils.module_loading import import_string
 
+from shards.runtime import runtime
 from shards.topology import get_shard_map
 
 Policy = Callable[[Sequence[str], Mapping[str, int]], str]
@@ -51,9 +51,7 @@ def tenant_counts() -> dict[str, int]:
 
 
 def choose_shard() -> str:
-    policy: Policy = import_string(
-        getattr(settings, "PLACEMENT_POLICY", "shards.placement.least_loaded")
-    )
+    policy: Policy = import_string(runtime.conf().placement_policy)
     candidates = candidate_shards()
     choice = policy(candidates, tenant_counts())
     if choice not in candidates:

@@ -16,19 +16,19 @@ import logging
 from typing import Any
 
 from django.apps import apps
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import CommandError
 from django.db import DatabaseError, connections, transaction
 
 from shards import fence, global_ids
+from shards.runtime import runtime
 from shards.topology import CONTROL_ALIAS, get_shard_map
 
 logger = logging.getLogger("shardsvc.migrate")
 
 
 def sharded_apps() -> frozenset[str]:
-    return frozenset(getattr(settings, "SHARDED_APPS", ()))
+    return frozenset(runtime.conf().sharded_apps)
 
 
 def ensure_registered(name: str) -> Any:
@@ -131,7 +131,7 @@ def check_sharded_apps() -> None:
         if is_sharded and label not in declared:
             raise ImproperlyConfigured(
                 f"{model._meta.label} is a ShardedModel but app {label!r} is not in "
-                "settings.SHARDED_APPS: add it there"
+                "settings.SHARDSVC['SHARDED_APPS']: add it there"
             )
         if label in declared and not is_sharded and not model._meta.auto_created:
             raise ImproperlyConfigured(

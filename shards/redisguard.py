@@ -32,7 +32,6 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-from django.conf import settings
 from django.core.signals import request_started
 from django_redis import get_redis_connection
 from redis import Redis
@@ -42,6 +41,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shards.breaker import CALL, CLOSED, OPEN, PROBE, BreakerSnapshot, CircuitBreaker
+from shards.runtime import Conf, Slot, runtime
 
 logger = logging.getLogger("shardsvc.redis")
 
@@ -73,29 +73,23 @@ request_started.connect(forget_request_failure, dispatch_uid="shards.redisguard.
 
 # ----- the breaker of this process ---------------------------------------------------------
 
-_breaker: CircuitBreaker | None = None
-_breaker_lock = threading.Lock()
 _observers: list[Observer] = []
 
 
+def _build_breaker(conf: Conf) -> CircuitBreaker:
+    made = CircuitBreaker(failure_threshold=conf.redis_breaker_failures,
+                          reset_after=conf.redis_breaker_reset)
+    made.add_listener(_on_state_change)
+    return made
+
+
+_breaker: Slot[CircuitBreaker] = runtime.slot("redis_breaker", _build_breaker)
+
+
 def get_breaker() -> CircuitBreaker:
-    global _breaker
-    if _breaker is None:
-        with _breaker_lock:
-            if _breaker is None:
-                made = CircuitBreaker(
-                    failure_threshold=int(getattr(settings, "REDIS_BREAKER_FAILURES", 3)),
-                    reset_after=float(getattr(settings, "REDIS_BREAKER_RESET", 1.0)),
-                )
-                made.add_listener(_on_state_change)
-                _breaker = made
-    return _breaker
-
-
-def reset_breaker() -> None:
-    """Forget the breaker (tests, settings changes): the next command builds a new one."""
-    global _breaker
-    _breaker = None
+    """This process's breaker, built from the runtime registry (shards.runtime) on first use;
+    a registry reset (tests, settings changes) makes the next command build a new one."""
+    return _breaker.get()
 
 
 def observe(observer: Observer) -> None:

@@ -11,7 +11,7 @@ from django.db import OperationalError, connections, models
 
 from shards.errors import NoTenantContext, WrongTenant
 from shards.global_ids import NextGlobalId
-from shards.signals import replica_read_failed
+from shards.runtime import replica_health
 from shards.tenancy import current_tenant
 from shards.topology import get_shard_map
 
@@ -77,7 +77,7 @@ class ShardedQuerySet(models.QuerySet):
 
 def _drop_replica(alias: str, exc: Exception) -> None:
     logger.warning("read on %s failed, retrying elsewhere: %s", alias, exc)
-    replica_read_failed.send(sender=ShardedQuerySet, alias=alias, error=exc)
+    replica_health().mark_failed(alias, str(exc))
     try:
         connections[alias].close()
     except Exception:  # the connection is already broken; the pool frees its slot

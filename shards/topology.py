@@ -3,7 +3,7 @@
 One TOML file names the control database and every shard, each with a pooled DSN (through
 PgBouncer, for the app) and a direct DSN (for DDL and replication), plus their replicas. Settings
 call ``load_shard_map()`` once and ``databases_setting()`` on the result; nothing else reads the
-file. Everyone else asks ``get_shard_map()``, which returns ``settings.SHARD_MAP``.
+file. Everyone else asks ``get_shard_map()``, which returns ``settings.SHARDSVC["SHARD_MAP"]``.
 
 Aliases are derived, never written in the file: ``default``, ``default_replica_1``, ...,
 ``shard_0``, ``shard_0_replica_1``, ... so adding a shard is a file edit plus a reload.
@@ -12,7 +12,6 @@ Aliases are derived, never written in the file: ``default``, ``default_replica_1
 from __future__ import annotations
 
 import copy
-import functools
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -20,12 +19,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psycopg
-from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.core.signals import setting_changed
 from psycopg.conninfo import conninfo_to_dict
 
 from shards.errors import UnknownAlias, UnknownShard
+from shards.runtime import Conf, Slot, runtime
 
 Role = Literal["primary", "replica"]
 
@@ -386,27 +384,21 @@ def _database(dsn: str, engine: str, options: dict[str, Any] | None) -> dict[str
 # --- process-wide accessor -------------------------------------------------------------------
 
 
-@functools.cache
-def get_shard_map() -> ShardMap:
-    """The ShardMap from ``settings.SHARD_MAP``, read once per process (until reset)."""
-    shard_map = getattr(settings, "SHARD_MAP", None)
+def _build_shard_map(conf: Conf) -> ShardMap:
+    shard_map = conf.shard_map
     if not isinstance(shard_map, ShardMap):
         raise ImproperlyConfigured(
-            f"settings.SHARD_MAP is {type(shard_map).__name__}, not a ShardMap. "
-            "Fix: set SHARD_MAP = shards.topology.load_shard_map(<topology file>) in settings."
+            f'settings.SHARDSVC["SHARD_MAP"] is {type(shard_map).__name__}, not a ShardMap. '
+            'Fix: set SHARDSVC = {"SHARD_MAP": shards.topology.load_shard_map(<topology file>), '
+            "...} in settings."
         )
     return shard_map
 
 
-def reset_shard_map() -> None:
-    """Forget the cached map, so the next get_shard_map() reads settings again (tests, reload)."""
-    get_shard_map.cache_clear()
+_shard_map: Slot[ShardMap] = runtime.slot("shard_map", _build_shard_map)
 
 
-def _reset_on_setting_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting == "SHARD_MAP":
-        reset_shard_map()
-
-
-# So override_settings(SHARD_MAP=...) takes effect, as Django does for DATABASES.
-setting_changed.connect(_reset_on_setting_changed, dispatch_uid="shards.topology.reset")
+def get_shard_map() -> ShardMap:
+    """The ShardMap of ``settings.SHARDSVC["SHARD_MAP"]``, read once per process (until the
+    registry resets: shards.runtime)."""
+    return _shard_map.get()

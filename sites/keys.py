@@ -1,8 +1,9 @@
 """Site API keys, checked on every request without a control-database read each time.
 
 A key's hash maps to its site's tenant id and key generation, cached per worker for
-KEY_CACHE_SECONDS and in Redis. Saving a Site (key rotation) marks its old hash as no site's
-key in Redis, so a rotated key stops working within KEY_CACHE_SECONDS.
+KEY_CACHE_SECONDS and in Redis for KEY_REDIS_SECONDS (keys of ``settings.SHARDSVC``, defaults in
+`shards.runtime.Conf`). Saving a Site (key rotation) marks its old hash as no site's key in
+Redis, so a rotated key stops working within KEY_CACHE_SECONDS.
 
 The generation is a property of the key (a rotation makes a new key and a new generation), so a
 cached pair is never stale while its key is valid: user tokens are checked against it with no
@@ -12,8 +13,6 @@ query of their own.
 from __future__ import annotations
 
 import re
-import threading
-import time
 from typing import Any, NamedTuple, cast
 
 from django.core.cache import cache
@@ -21,10 +20,10 @@ from django.db import transaction
 from django_redis.cache import RedisCache
 
 from shards import redisguard
+from shards.runtime import Conf, Slot, runtime
+from shards.ttlcache import TtlCache
 from sites.models import KEY_PREFIX, Site, hash_key
 
-KEY_CACHE_SECONDS = 10.0
-REDIS_SECONDS = 300
 _NO_SITE = (0, 0)  # cached "this hash is no site's key"
 
 
@@ -33,10 +32,16 @@ class KeyOwner(NamedTuple):
     generation: int
 
 
-_local: dict[str, tuple[float, tuple[int, int]]] = {}
 # What Site.new_key makes: the prefix and token_urlsafe(32), 43 characters of base64url.
 KEY_SHAPE = re.compile(re.escape(KEY_PREFIX) + r"[A-Za-z0-9_-]{43}")
-_lock = threading.Lock()
+
+
+def _build_key_cache(conf: Conf) -> TtlCache[str, tuple[int, int]]:
+    return TtlCache(ttl=conf.key_cache_seconds)
+
+
+# This worker's cache: key hash -> (tenant id, generation), or _NO_SITE.
+_local: Slot[TtlCache[str, tuple[int, int]]] = runtime.slot("site_keys", _build_key_cache)
 
 
 def _cache_key(key_hash: str) -> str:
@@ -49,24 +54,22 @@ def owner_of_key(raw_key: str) -> KeyOwner | None:
     if not KEY_SHAPE.fullmatch(raw_key):
         return None  # can never be a key: no cache entry, no lookup
     key_hash = hash_key(raw_key)
-    now = time.monotonic()
-    hit = _local.get(key_hash)
-    if hit is None or hit[0] <= now:
+    local = _local.get()
+    now = local.clock()
+    found, owner = local.lookup(key_hash)
+    if not found or owner is None:
         owner = cache.get(_cache_key(key_hash))
         if owner is None:
             # The primary, not a replica: a key made a moment ago must work at once, and
             # the answer is cached right after.
             row = Site.objects.using("default").filter(api_key_hash=key_hash)
-            found = row.values_list("tenant_id", "key_generation").first()
-            owner = (found[0], found[1]) if found else _NO_SITE
+            found_row = row.values_list("tenant_id", "key_generation").first()
+            owner = (found_row[0], found_row[1]) if found_row else _NO_SITE
             # add, not set: never overwrite what a rotation wrote meanwhile (see forget).
-            cache.add(_cache_key(key_hash), owner, timeout=REDIS_SECONDS)
-        with _lock:
-            if len(_local) > 100_000:
-                _local.clear()
-            _local[key_hash] = (now + KEY_CACHE_SECONDS, owner)
-        hit = _local[key_hash]
-    tenant_id, generation = hit[1]
+            cache.add(_cache_key(key_hash), owner,
+                      timeout=runtime.conf().key_redis_seconds)
+        local.put(key_hash, owner, since=now)
+    tenant_id, generation = owner
     return KeyOwner(tenant_id, generation) if tenant_id else None
 
 
@@ -74,11 +77,12 @@ def forget(sender: Any, instance: Site, **kwargs: Any) -> None:
     """After a Site is saved (and committed): its current key is looked up afresh, and a key it
     replaced is marked as no site's key in Redis. A mark rather than a delete: a lookup that
     read the row before the rotation committed would otherwise put the old key (and with it
-    the old generation's user tokens) back into Redis for REDIS_SECONDS. Redis may be
+    the old generation's user tokens) back into Redis for KEY_REDIS_SECONDS. Redis may be
     unreachable at that moment: the writes are then replayed once it answers, else a rotated key
-    would keep working from Redis for REDIS_SECONDS after it comes back."""
+    would keep working from Redis for KEY_REDIS_SECONDS after it comes back."""
     current = instance.api_key_hash
     previous = getattr(instance, "_previous_hash", None)
+    redis_seconds = runtime.conf().key_redis_seconds
 
     def invalidate() -> None:
         if previous and previous != current:
@@ -89,13 +93,11 @@ def forget(sender: Any, instance: Site, **kwargs: Any) -> None:
             mark = cast(RedisCache, cache).client.encode(_NO_SITE)
             redisguard.write_or_defer(
                 previous_key,
-                lambda: redisguard.client().set(previous_key, mark, ex=REDIS_SECONDS),
+                lambda: redisguard.client().set(previous_key, mark, ex=redis_seconds),
             )
         current_key = cache.make_key(_cache_key(current))
         redisguard.write_or_defer(current_key,
                                   lambda: redisguard.client().delete(current_key))
-        with _lock:
-            for key_hash in (current, previous):
-                _local.pop(key_hash or "", None)
+        _local.get().discard(current, previous or "")
 
     transaction.on_commit(invalidate, using=kwargs.get("using") or "default")

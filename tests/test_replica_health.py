@@ -24,9 +24,9 @@ from routers.replicas import (
     format_lsn,
     get_replica_health,
     parse_lsn,
-    reset_replica_health,
 )
 from shards.errors import UnknownAlias, UnknownShard
+from shards.runtime import runtime
 from shards.topology import ShardMap, load_shard_map
 from tests.client import wait_until
 
@@ -433,22 +433,23 @@ def test_get_replica_health_builds_once_from_settings_and_starts(shard_map) -> N
     from django.conf import settings
     from django.test import override_settings
 
-    reset_replica_health()
+    runtime.reset()
     try:
         health = get_replica_health()
         assert get_replica_health() is health
         assert health.running
         # A first check ran synchronously: the first request already has data.
         assert set(health.states()) == replica_aliases(shard_map)
-        assert health.max_lag == getattr(settings, "REPLICA_MAX_LAG", 5.0)
-        assert health.interval == getattr(settings, "REPLICA_CHECK_INTERVAL", 0.5)
+        assert health.max_lag == runtime.conf().replica_max_lag
+        assert health.interval == runtime.conf().replica_check_interval
 
-        with override_settings(REPLICA_MAX_LAG=1.5, REPLICA_CHECK_INTERVAL=0.2):
+        changed = {**settings.SHARDSVC, "REPLICA_MAX_LAG": 1.5, "REPLICA_CHECK_INTERVAL": 0.2}
+        with override_settings(SHARDSVC=changed):
             assert not health.running  # the settings change dropped it
             other = get_replica_health()
             assert other is not health
             assert (other.max_lag, other.interval) == (1.5, 0.2)
         assert not other.running
     finally:
-        reset_replica_health()
+        runtime.reset()
     assert not health.running

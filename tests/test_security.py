@@ -17,6 +17,7 @@ from django.test import RequestFactory, override_settings
 
 from deploy.topology import LocalTopology, ServiceProcess
 from routers import causal
+from shards.runtime import runtime
 from tests.api_client import create_site
 from tests.client import get, wait_until
 
@@ -179,7 +180,7 @@ def test_rotating_a_site_key_revokes_its_user_tokens(service: ServiceProcess,
     assert keys.owner_of_key(new_key) == (row.tenant_id, 2)
     # Every worker drops the old key within its local cache's lifetime.
     wait_until(lambda: user.call("GET", f"/threads/{thread}").status == 401,
-               timeout=keys.KEY_CACHE_SECONDS + 2, what="the old key to stop working")
+               timeout=runtime.conf().key_cache_seconds + 2, what="the old key to stop working")
 
     for token in (user.user_token, legacy):
         answer = user.call("POST", f"/threads/{thread}/comments", {"body": "after"},

@@ -207,6 +207,7 @@ class ConnectionPool:
             self._leave_queue(waiter, keep=False)
             raise
         if not self._leave_queue(waiter, keep=True):
+            _count_timeout(self.name)
             raise pool_timeout(self.name, self.max_size, self.timeout)
         # A handed-over connection was returned healthy a moment ago: no SELECT 1 needed.
         return waiter.conn, time.monotonic()
@@ -362,6 +363,27 @@ def _close_quietly(conn: Connection) -> None:
         conn.close()
     except Exception:
         logger.debug("error closing a discarded connection", exc_info=True)
+
+
+# -- counters ----------------------------------------------------------------------------------
+
+# Checkouts that gave up waiting (PoolTimeout), by alias, since the process started. Per alias,
+# not per pool: a pool retired after a settings change must not take its count with it, so the
+# totals only ever grow (what a Prometheus counter needs).
+_timeouts: dict[str, int] = {}
+_counter_lock = threading.Lock()
+
+
+def _count_timeout(alias: str) -> None:
+    with _counter_lock:
+        _timeouts[alias] = _timeouts.get(alias, 0) + 1
+
+
+def timeout_counts() -> dict[str, int]:
+    """Checkouts per alias that waited the pool's timeout and gave up, since the process
+    started (metrics read this)."""
+    with _counter_lock:
+        return dict(_timeouts)
 
 
 # -- registry ----------------------------------------------------------------------------------

@@ -282,9 +282,9 @@ def run(args: argparse.Namespace) -> int:
             from django.db import connections
 
             from project.pgpool.pool import close_all_pools
-            from routers.replicas import reset_replica_health
+            from shards.runtime import runtime
 
-            reset_replica_health()
+            runtime.reset()
             connections.close_all()
             close_all_pools()
         except Exception as exc:  # Django never set up: nothing to close

@@ -14,6 +14,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shards import redisguard
 from shards.breaker import CALL, CLOSED, HALF_OPEN, OPEN, PROBE, REFUSE, CircuitBreaker
+from shards.runtime import runtime
 from tests.client import wait_until
 
 
@@ -117,12 +118,8 @@ def test_breaker_refuses_nonsense_settings() -> None:
 def local_breaker() -> Iterator[CircuitBreaker]:
     """This process's Redis guard with a breaker of its own for one test."""
     breaker = CircuitBreaker(failure_threshold=2, reset_after=60.0)
-    saved = redisguard._breaker
-    redisguard._breaker = breaker
-    try:
+    with runtime.injected("redis_breaker", breaker):
         yield breaker
-    finally:
-        redisguard._breaker = saved
 
 
 def test_guarded_commands_trip_the_breaker_and_then_skip_redis(local_breaker) -> None:

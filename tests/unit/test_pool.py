@@ -389,3 +389,32 @@ def test_a_waiter_killed_in_the_queue_leaves_it(gevent_results: dict[str, Any]) 
     left = scenario(gevent_results, "killed_waiting")
     assert left["waiting_after_kill"] == 0
     assert left["stats_after_return"] == {"size": 1, "in_use": 0, "idle": 1, "waiting": 0}
+
+
+def test_the_pool_counts_its_timeouts_and_metrics_publish_them_once(
+        connector: Connector) -> None:
+    from prometheus_client import REGISTRY
+
+    from project import metrics
+    from project.pgpool import timeout_counts
+
+    pool = ConnectionPool(name="unit-counted", connect=connector, max_size=1, timeout=0.01)
+    held = pool.getconn()
+    before = timeout_counts().get("unit-counted", 0)
+    for _ in range(2):
+        with pytest.raises(PoolTimeout):
+            pool.getconn()
+    assert timeout_counts()["unit-counted"] == before + 2
+    pool.putconn(held)
+    pool.getconn()  # a checkout that is served counts nothing
+    assert timeout_counts()["unit-counted"] == before + 2
+
+    def published() -> float:
+        value = REGISTRY.get_sample_value("shardsvc_pool_timeouts_total",
+                                          {"alias": "unit-counted"})
+        return value or 0.0
+
+    metrics._sample_pool_timeouts()
+    assert published() == before + 2
+    metrics._sample_pool_timeouts()  # a second sample adds nothing new
+    assert published() == before + 2

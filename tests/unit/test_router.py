@@ -2,9 +2,9 @@
 
 Replica health is the real `ReplicaHealth` (its fitness rules are part of the table: reachable,
 in recovery, within the lag bound, replayed past the position, freshly checked) with only its
-one query replaced. The router reads it through `routers.replicas.get_replica_health()`, which
-builds and starts a checker against the real servers; there is no way yet to hand the router a
-health source, so the `health` fixture substitutes that function for the test.
+one query replaced. The router reads it from the runtime registry (shards.runtime), which would
+build and start a checker against the real servers; the `health` fixture injects this one there
+instead.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from django.db import connections
 from django.db import router as django_router
 
 from comments.models import Thread
-from routers import replicas
 from routers.context import use_primary
 from routers.replicas import ReplicaHealth, ReplicaState
 from routers.router import ShardRouter, choose_read_alias, explain_read_choice
@@ -31,6 +30,7 @@ from routers.writes import WriteTracker
 from shards.directory import TenantEntry
 from shards.errors import CrossShardRelation, NoTenantContext, WrongTenant
 from shards.models import Tenant
+from shards.runtime import runtime
 from shards.tenancy import tenant
 from shards.topology import get_shard_map
 
@@ -75,11 +75,11 @@ class ScriptedHealth(ReplicaHealth):
 
 
 @pytest.fixture
-def health(monkeypatch: pytest.MonkeyPatch) -> Iterator[ScriptedHealth]:
+def health() -> Iterator[ScriptedHealth]:
     scripted = ScriptedHealth({})
     scripted.check_once()
-    monkeypatch.setattr(replicas, "get_replica_health", lambda: scripted)
-    yield scripted
+    with runtime.injected("replica_health", scripted):
+        yield scripted
     scripted.stop()
 
 

@@ -160,17 +160,18 @@ def test_get_shard_map_reads_settings_once(tmp_path: Path) -> None:
         from django.conf import settings
         from django.core.exceptions import ImproperlyConfigured
         from django.test import override_settings
-        from shards.topology import get_shard_map, load_shard_map, reset_shard_map
+        from shards.runtime import runtime
+        from shards.topology import get_shard_map, load_shard_map
 
         first = load_shard_map({str(path)!r})
-        settings.configure(SHARD_MAP=first)
+        settings.configure(SHARDSVC={{"SHARD_MAP": first}})
         assert get_shard_map() is first
         second = load_shard_map({str(path)!r})
-        settings.SHARD_MAP = second
+        settings.SHARDSVC = {{"SHARD_MAP": second}}
         assert get_shard_map() is first  # cached until reset
-        reset_shard_map()
+        runtime.reset()
         assert get_shard_map() is second
-        with override_settings(SHARD_MAP=None):
+        with override_settings(SHARDSVC={{}}):
             try:
                 get_shard_map()
             except ImproperlyConfigured as e:

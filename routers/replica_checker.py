@@ -1,0 +1,371 @@
+"""The replica health checker: a background thread per worker that checks every replica of
+every cluster concurrently (`replica_probe`) and keeps each one's latest `ReplicaState`.
+
+Routers call `usable_replicas()`, which only reads in-memory state: no SQL, no settings, no
+I/O per query. A request that sees a replica fail calls `mark_failed()`, which skips it at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+import weakref
+
+from routers.replica_probe import Check, Connections, probe, unstick
+from routers.replica_state import (
+    ReplicaState,
+    describe_unhealthy,
+    error_text,
+    failed_state,
+    format_lsn,
+)
+from shards.errors import UnknownShard
+from shards.runtime import Conf
+from shards.topology import Server, ShardMap
+
+logger = logging.getLogger("shardsvc.replicas")
+
+
+class ReplicaHealth:
+    """Tracks reachability, recovery, replay LSN and lag of every replica in a ShardMap.
+
+    One per worker process (built by the runtime registry: `routers.replicas.get_replica_health()`).
+    `usable_replicas()` is safe to call from any thread or greenlet: states are immutable and
+    replaced whole, so readers take no lock.
+    """
+
+    def __init__(
+        self,
+        shard_map: ShardMap,
+        *,
+        interval: float = Conf.replica_check_interval,
+        max_lag: float = Conf.replica_max_lag,
+        stale_after: float = 3.0,
+        check_timeout: float = 1.0,
+    ) -> None:
+        if not isinstance(shard_map, ShardMap):
+            raise TypeError(f"shard_map must be a ShardMap, got {type(shard_map).__name__}")
+        _check_number("interval", interval, minimum=0.0, inclusive=False)
+        _check_number("max_lag", max_lag, minimum=0.0, inclusive=True)
+        _check_number("stale_after", stale_after, minimum=0.0, inclusive=False)
+        _check_number("check_timeout", check_timeout, minimum=0.0, inclusive=False)
+        if stale_after <= interval:
+            raise ValueError(
+                f"stale_after ({stale_after:g} s) must be longer than interval ({interval:g} s), "
+                "else every replica reads as stale between two checks"
+            )
+        self.shard_map = shard_map
+        self.interval = float(interval)
+        self.max_lag = float(max_lag)
+        self.stale_after = float(stale_after)
+        self.check_timeout = float(check_timeout)
+
+        self._replicas: dict[str, tuple[Server, ...]] = {
+            c.name: c.replicas for c in shard_map.clusters
+        }
+        self._cluster_of: dict[str, str] = {
+            s.alias: c.name for c in shard_map.clusters for s in c.replicas
+        }
+        self._states: dict[str, ReplicaState] = {}
+        # alias -> monotonic time of the last mark_failed(): checks begun before it cannot
+        # restore the replica, since they may have read it just before the failure.
+        self._failed_at: dict[str, float] = {}
+        self._inflight: dict[str, Check] = {}
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._thread: threading.Thread | None = None
+        self._thread_pid: int | None = None
+        self._res = Connections()
+        # Closes the connections and stops the thread when the object is dropped without stop().
+        self._finalizer = weakref.finalize(self, self._res.close)
+        _instances.add(self)
+
+    def __repr__(self) -> str:
+        running = self._thread is not None and self._thread_pid == os.getpid()
+        return (
+            f"<ReplicaHealth {len(self._cluster_of)} replicas interval={self.interval:g}s "
+            f"max_lag={self.max_lag:g}s {'running' if running else 'stopped'}>"
+        )
+
+    # ----- reads: the routers' hot path, no I/O ------------------------------------------------
+
+    def state(self, alias: str) -> ReplicaState | None:
+        """The latest state of a replica, or None if it was never checked (or is not a replica)."""
+        return self._states.get(alias)
+
+    def states(self) -> dict[str, ReplicaState]:
+        """A snapshot of every replica's latest state, by alias."""
+        return dict(self._states)
+
+    def usable_replicas(self, cluster: str, *, min_lsn: int = 0) -> list[str]:
+        """Aliases of `cluster`'s replicas fit to serve a read that must see `min_lsn`.
+
+        Fit: reachable, in recovery, lag <= max_lag, replayed past min_lsn, and checked within
+        stale_after seconds (a checker that stopped running must not keep vouching for them).
+        Topology order; an empty list means "read from the primary".
+        """
+        try:
+            replicas = self._replicas[cluster]
+        except KeyError:
+            raise UnknownShard(
+                f"unknown cluster {cluster!r}: the shard map has "
+                f"{', '.join(self._replicas)}. Pass a cluster name, not a replica alias."
+            ) from None
+        oldest = time.monotonic() - self.stale_after
+        usable = []
+        for server in replicas:
+            state = self._states.get(server.alias)
+            if (
+                state is not None
+                and state.reachable
+                and state.in_recovery
+                and state.lag_seconds <= self.max_lag
+                and state.replay_lsn >= min_lsn
+                and state.checked_at >= oldest
+            ):
+                usable.append(server.alias)
+        return usable
+
+    def mark_failed(self, alias: str, error: str) -> None:
+        """A request saw a connection error on `alias`: skip it until a check started later passes.
+
+        Primaries are not tracked here (a primary has no fallback), so their aliases are ignored.
+        """
+        cluster = self._cluster_of.get(alias)
+        if cluster is None:
+            self.shard_map.server(alias)  # an unknown alias raises UnknownAlias, naming the known
+            return
+        state = failed_state(alias, cluster, error)
+        with self._lock:
+            self._failed_at[alias] = state.checked_at
+            previous = self._states.get(alias)
+            self._states[alias] = state
+        self._log_change(previous, state)
+
+    # ----- checks ---------------------------------------------------------------------------------
+
+    def check_once(self) -> None:
+        """Check every replica concurrently; return within about check_timeout. Never raises.
+
+        A replica whose previous check is still running is not checked twice: that check is
+        awaited instead, so a hung server never piles up threads.
+        """
+        self._forget_if_forked()
+        now = time.monotonic()
+        pid = os.getpid()
+        checks: list[Check] = []
+        # Critical section: decide, per replica, to join the running check or start a new one,
+        # so two callers (the loop and a request or test) never run two checks of one replica.
+        with self._lock:
+            for cluster, replicas in self._replicas.items():
+                for server in replicas:
+                    check = self._inflight.get(server.alias)
+                    if check is None:
+                        check = Check(server=server, cluster=cluster, started=now, pid=pid)
+                        check.thread = threading.Thread(
+                            target=self._run_check,
+                            args=(check,),
+                            name=f"replica-check-{server.alias}",
+                            daemon=True,
+                        )
+                        self._inflight[server.alias] = check
+                        check.thread.start()
+                    checks.append(check)
+        for check in checks:
+            assert check.thread is not None
+            check.thread.join(max(0.0, check.started + self.check_timeout - time.monotonic()))
+        for check in checks:
+            if not check.done:
+                self._give_up(check)
+
+    def _run_check(self, check: Check) -> None:
+        alias = check.server.alias
+        try:
+            state = self._query(check)
+        except Exception as exc:  # never raise: any failure is an unreachable replica
+            state = failed_state(alias, check.cluster, error_text(exc))
+        finally:
+            with self._lock:
+                if self._inflight.get(alias) is check:
+                    del self._inflight[alias]
+            check.done = True
+        if check.pid != os.getpid():
+            _exit_copied_greenlet()
+            return
+        self._record(check, state)
+
+    def _query(self, check: Check) -> ReplicaState:
+        return probe(check, self._res, timeout=self.check_timeout)
+
+    def _give_up(self, check: Check) -> None:
+        """The check outlived check_timeout: report the replica unreachable and unstick it."""
+        if check.done:
+            return  # finished just now: its own result is recorded
+        elapsed = time.monotonic() - check.started
+        self._record(check, failed_state(
+            check.server.alias, check.cluster,
+            f"no answer within {self.check_timeout:g} s (check running for {elapsed:.1f} s)",
+        ))
+        unstick(check)
+
+    def _record(self, check: Check, state: ReplicaState) -> None:
+        alias = state.alias
+        with self._lock:
+            if check.pid != os.getpid():
+                return  # a check the parent started before a fork: not this process's data
+            if state.reachable and check.started < self._failed_at.get(alias, -math.inf):
+                return  # began before a request saw it fail: cannot vouch for it
+            previous = self._states.get(alias)
+            newer = previous is not None and previous.checked_at > state.checked_at
+            if newer and not state.reachable:
+                return  # an older failure must not overwrite a newer answer
+            self._states[alias] = state
+        self._log_change(previous, state)
+
+    def _log_change(self, previous: ReplicaState | None, state: ReplicaState) -> None:
+        # Log transitions only: a replica down for an hour is one warning, not 7,200 lines.
+        was = None if previous is None else describe_unhealthy(previous, self.max_lag)
+        now = describe_unhealthy(state, self.max_lag)
+        if now is not None and (previous is None or was is None):
+            logger.warning("replica %s unhealthy: %s", state.alias, now)
+        elif now is None and was is not None:
+            logger.info(
+                "replica %s healthy again: replay %s, lag %.2f s",
+                state.alias, format_lsn(state.replay_lsn), state.lag_seconds,
+            )
+
+    # ----- background thread ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background checks in this process. Idempotent; after a fork, starts anew."""
+        self._forget_if_forked()
+        with self._lock:
+            pid = os.getpid()
+            if self._thread is not None and self._thread_pid == pid and self._thread.is_alive():
+                return
+            if self._res.stop.is_set():
+                self._res.stop = threading.Event()
+            # The thread gets a weak reference: a dropped ReplicaHealth stops its own thread.
+            thread = threading.Thread(
+                target=_check_loop,
+                args=(weakref.ref(self), self._res.stop, pid),
+                name="shardsvc-replica-health",
+                daemon=True,
+            )
+            self._thread, self._thread_pid = thread, pid
+            thread.start()
+
+    def stop(self) -> None:
+        """Stop the background checks and close the check connections."""
+        self._forget_if_forked()
+        with self._lock:
+            thread, pid = self._thread, self._thread_pid
+            self._thread = self._thread_pid = None
+            self._res.stop.set()
+        if thread is not None and pid == os.getpid() and thread is not threading.current_thread():
+            thread.join(self.interval + self.check_timeout + 1.0)
+        with self._lock:
+            inflight = list(self._inflight.values())
+        for check in inflight:
+            assert check.thread is not None
+            check.thread.join(max(0.0, check.started + self.check_timeout - time.monotonic()))
+            if not check.done:
+                self._give_up(check)
+        # Never close a connection a check thread is still using (freeing it under a running
+        # libpq call is a use-after-free); after _give_up that thread fails and closes it itself.
+        with self._lock:
+            busy = set(self._inflight)
+        for alias, conn in list(self._res.conns.items()):
+            if alias not in busy:
+                self._res.conns.pop(alias, None)
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    @property
+    def running(self) -> bool:
+        thread = self._thread
+        return thread is not None and self._thread_pid == os.getpid() and thread.is_alive()
+
+    # ----- fork safety ----------------------------------------------------------------------------
+
+    def _forget_if_forked(self) -> None:
+        if self._pid != os.getpid():
+            self._after_fork_in_child()
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: drop everything shared with the parent without touching it.
+
+        Runs right after fork (os.register_at_fork), with the pid check in start() as a backstop.
+        """
+        # Locks may have been copied while held by a parent thread that does not exist here.
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._inflight = {}
+        self._thread = self._thread_pid = None
+        inherited, self._res = self._res, Connections()
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, self._res.close)
+        # The inherited sockets are the parent's sessions. Closing them normally would send
+        # the server a Terminate and end the parent's session, and merely forgetting them does
+        # the same once they are garbage collected. Pointing the fd at /dev/null first makes
+        # that Terminate harmless while freeing the fd number.
+        devnull = os.open(os.devnull, os.O_RDWR)
+        try:
+            for conn in inherited.conns.values():
+                with contextlib.suppress(Exception):
+                    if not conn.closed:
+                        os.dup2(devnull, conn.fileno())
+                    conn.close()
+        finally:
+            os.close(devnull)
+
+
+def _check_loop(ref: weakref.ref[ReplicaHealth], stop: threading.Event, pid: int) -> None:
+    """The background loop: holds its owner only while checking, so dropping it ends the loop."""
+    while not stop.is_set():
+        health = ref()
+        if os.getpid() != pid:
+            _exit_copied_greenlet()
+            return
+        if health is None:
+            return
+        try:
+            health.check_once()
+        except Exception:  # check_once never raises; if it ever does, keep checking
+            logger.exception("replica health check failed")
+        interval = health.interval
+        del health
+        stop.wait(interval)
+
+
+def _exit_copied_greenlet() -> None:
+    """Let a thread that a fork copied into this process end quietly.
+
+    Real threads do not survive fork, but under gevent our "threads" are greenlets and do:
+    the parent's loop wakes up in the child (a Gunicorn worker forked from a preloaded master).
+    threading already forgot it there, so its exit would die in threading._delete with a
+    KeyError traceback in every worker; current_thread() registers this ident again first.
+    """
+    threading.current_thread()
+
+
+def _check_number(name: str, value: float, *, minimum: float, inclusive: bool) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < minimum or (value == minimum and not inclusive):
+        bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+        raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
+
+
+_instances: weakref.WeakSet[ReplicaHealth] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for health in list(_instances):
+        health._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
