@@ -59,7 +59,7 @@ from prometheus_client import (
 )
 
 from project.errors import error
-from project.pgpool import pool_stats
+from project.pgpool import pool_stats, timeout_counts
 from routers.replicas import get_replica_health
 from routers.state import current_state
 from shards import redisguard
@@ -214,8 +214,6 @@ _pool_timeouts_lock = threading.Lock()
 def _sample_pool_timeouts() -> None:
     """Add the pools' new timeouts to the counter: the pool counts, this only publishes. Under a
     lock, so a scrape and the background sampler never add the same timeouts twice."""
-    from project.pgpool import timeout_counts
-
     with _pool_timeouts_lock:
         for alias, total in timeout_counts().items():
             new = total - _pool_timeouts_seen.get(alias, 0)

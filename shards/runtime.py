@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
 
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.utils.module_loading import import_string
@@ -255,8 +256,6 @@ class Runtime:
     def _read_entry(self) -> Mapping[str, Any]:
         if self._entry is not None:
             return self._entry
-        from django.conf import settings  # the lazy object: reading it configures settings
-
         return getattr(settings, SETTINGS_NAME, {})
 
     def slot(self, name: str, build: Callable[[Conf], T], *,
