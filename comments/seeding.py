@@ -36,8 +36,10 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from comments.models import MAX_DEPTH
+from shards.aliases import CONTROL_ALIAS
 from shards.directory import SLUG_RE, TenantEntry
-from shards.global_ids import EPOCH_MS, GENERATOR_BITS, SEQUENCE_BITS
+from shards.global_ids import id_millis
+from shards.lsn import insert_lsn
 
 MAX_SITES = 100_000
 MAX_COMMENTS = 100_000_000
@@ -224,10 +226,10 @@ def ensure_sites(options: SeedOptions, echo: Callable[[str], None] = print, *,
     plan = zipf_split(options.comments, options.sites, options.zipf)
     slugs = [site_slug(options.prefix, n) for n in range(1, options.sites + 1)]
     existing = {
-        row.slug: row for row in Tenant.objects.using("default").filter(slug__in=slugs)
+        row.slug: row for row in Tenant.objects.using(CONTROL_ALIAS).filter(slug__in=slugs)
     }
     names = dict(
-        Site.objects.using("default").filter(tenant__slug__in=slugs)
+        Site.objects.using(CONTROL_ALIAS).filter(tenant__slug__in=slugs)
         .values_list("tenant__slug", "name")
     )
     moving = sorted(slug for slug, row in existing.items() if row.state != Tenant.State.ACTIVE)
@@ -246,7 +248,7 @@ def ensure_sites(options: SeedOptions, echo: Callable[[str], None] = print, *,
         try:
             new = create_site(slug, name)
         except SiteExists:  # another run made it a moment ago
-            row = Tenant.objects.using("default").get(slug=slug)
+            row = Tenant.objects.using(CONTROL_ALIAS).get(slug=slug)
             sites.append(SeededSite(number, TenantEntry.from_model(row), name, None,
                                     plan[number - 1]))
             continue
@@ -333,7 +335,7 @@ _timestamps: dict[int, str] = {}
 
 def _id_time(global_id: int) -> str:
     """The id's own millisecond, as COPY text: created_at agrees with id order."""
-    millis = (global_id >> (GENERATOR_BITS + SEQUENCE_BITS)) + EPOCH_MS
+    millis = id_millis(global_id)
     text = _timestamps.get(millis)
     if text is None:
         if len(_timestamps) > 100_000:
@@ -561,9 +563,9 @@ class ShardLoader:
         from a database that has replayed it."""
         from comments import cache
 
-        lsn = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()[0]
+        position = insert_lsn(conn)
         for tid, (site, _thread) in threads.items():
-            cache.raise_mark(site.entry, tid, int(lsn))
+            cache.raise_mark(site.entry, tid, position)
 
 
 # ----- the whole run ---------------------------------------------------------------------------

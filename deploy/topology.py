@@ -29,6 +29,8 @@ import psycopg
 from deploy import processes as proc
 from deploy.processes import TopologyError
 from shards import pg
+from shards.aliases import CONTROL_ALIAS
+from shards.lsn import current_lsn, format_lsn
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_DIR = PROJECT_DIR / ".var"
@@ -98,7 +100,7 @@ class LocalLayout:
 
     @property
     def cluster_names(self) -> list[str]:
-        return ["default"] + [f"shard_{i}" for i in range(self.shards)]
+        return [CONTROL_ALIAS] + [f"shard_{i}" for i in range(self.shards)]
 
     def nodes(self) -> list[Node]:
         nodes = []
@@ -421,7 +423,7 @@ class LocalTopology:
             by_cluster.setdefault(node.cluster, []).append(node)
         for cluster, nodes in by_cluster.items():
             primary, replicas = nodes[0], nodes[1:]
-            table = "control" if cluster == "default" else "shards"
+            table = "control" if cluster == CONTROL_ALIAS else "shards"
             lines.append("[control]" if table == "control" else "[[shards]]")
             if table == "shards":
                 lines.append(f'name = "{cluster}"')
@@ -555,7 +557,7 @@ class LocalTopology:
         return pg.connect(f"host=127.0.0.1 port={node.port} user={ADMIN_USER} dbname={dbname}")
 
     def status_rows(self) -> Iterator[dict[str, str]]:
-        primaries_lsn: dict[str, str] = {}
+        primaries_lsn: dict[str, int] = {}
         for node in self.layout.nodes():
             row = {"component": "postgres", "name": node.alias, "port": str(node.port),
                    "state": "stopped", "detail": ""}
@@ -580,28 +582,26 @@ class LocalTopology:
                    "state": "running" if service.running() else "stopped",
                    "detail": "gunicorn + gevent"}
 
-    def _replication_detail(self, node: Node, primaries_lsn: dict[str, str]) -> str:
+    def _replication_detail(self, node: Node, primaries_lsn: dict[str, int]) -> str:
         with self.admin_connect(node) as conn:
             if node.role == "primary":
-                lsn = pg.fetch_value(conn, "SELECT pg_current_wal_lsn()::text")
-                primaries_lsn[node.cluster] = lsn
+                wal = current_lsn(conn)
+                primaries_lsn[node.cluster] = wal
                 senders = pg.fetch_value(conn, "SELECT count(*) FROM pg_stat_replication")
-                return f"primary, {senders} streaming replica(s), wal {lsn}"
+                return f"primary, {senders} streaming replica(s), wal {format_lsn(wal)}"
             replay, delay = pg.fetch_row(
                 conn,
-                "SELECT pg_last_wal_replay_lsn()::text, "
+                "SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn, "
                 "CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 "
                 "ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END",
             )
+            if replay is None:
+                return f"replica, nothing replayed yet, lag {float(delay or 0):.2f} s"
             behind = ""
-            if node.cluster in primaries_lsn and replay:
-                lag_bytes = pg.fetch_value(
-                    conn,
-                    "SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)",
-                    [primaries_lsn[node.cluster], replay],
-                )
-                behind = f", {max(int(lag_bytes), 0)} bytes behind"
-            return f"replica, replay {replay}, lag {float(delay or 0):.2f} s{behind}"
+            if node.cluster in primaries_lsn:
+                behind = f", {max(primaries_lsn[node.cluster] - int(replay), 0)} bytes behind"
+            return (f"replica, replay {format_lsn(int(replay))}, "
+                    f"lag {float(delay or 0):.2f} s{behind}")
 
     def down(self) -> None:
         for folder in sorted(self.layout.root.glob("*/gunicorn.pid")):

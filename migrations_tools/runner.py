@@ -51,7 +51,8 @@ from migrations_tools.safety import (
     parse_duration,
     sqlstate,
 )
-from shards.topology import CONTROL_ALIAS, get_shard_map
+from shards.aliases import CONTROL_ALIAS
+from shards.topology import get_shard_map
 
 Status = Literal["ok", "failed", "stopped", "skipped"]
 T = TypeVar("T")

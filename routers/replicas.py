@@ -9,7 +9,8 @@ so a check through it would hang where a direct connection fails at once. Router
     health.usable_replicas("shard_0", min_lsn=token)  # ["shard_0_replica_1"] or []
     health.mark_failed("shard_0_replica_1", str(exc)) # a request saw it fail: skip it now
 
-LSNs are 64-bit ints here (`parse_lsn("16/B374D848")`), so causal tokens compare as numbers.
+LSNs are 64-bit ints here (`shards.lsn.parse_lsn("16/B374D848")`), so causal tokens compare as
+numbers.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import socket
 import threading
 import time
@@ -32,6 +32,7 @@ from psycopg import sql
 
 from shards import pg
 from shards.errors import UnknownShard
+from shards.lsn import format_lsn, parse_lsn
 from shards.topology import Server, ShardMap, get_shard_map
 
 logger = logging.getLogger("shardsvc.replicas")
@@ -51,28 +52,6 @@ CHECK_QUERY = (
     "CASE WHEN pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 "
     "ELSE extract(epoch from now() - pg_last_xact_replay_timestamp()) END"
 )
-
-_LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
-_LSN_MAX = (1 << 64) - 1
-
-
-def parse_lsn(text: str) -> int:
-    """A pg_lsn as PostgreSQL prints it ("16/B374D848") -> a 64-bit int ((X << 32) + Y)."""
-    match = _LSN_RE.match(text.strip()) if isinstance(text, str) else None
-    if match is None:
-        raise ValueError(
-            f"invalid LSN {text!r}: expected two hex numbers of up to 8 digits as X/Y, "
-            "as pg_current_wal_lsn()::text prints it (e.g. '16/B374D848')"
-        )
-    return (int(match[1], 16) << 32) + int(match[2], 16)
-
-
-def format_lsn(value: int) -> str:
-    """A 64-bit int -> the pg_lsn text PostgreSQL prints ("16/B374D848")."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _LSN_MAX:
-        raise ValueError(f"invalid LSN {value!r}: expected an int from 0 to 2**64 - 1")
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
-
 
 @dataclass(frozen=True)
 class ReplicaState:
@@ -616,8 +595,6 @@ setting_changed.connect(_reset_on_setting_changed, dispatch_uid="routers.replica
 __all__ = [
     "ReplicaHealth",
     "ReplicaState",
-    "format_lsn",
     "get_replica_health",
-    "parse_lsn",
     "reset_replica_health",
 ]

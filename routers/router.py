@@ -18,7 +18,8 @@ from django.db.models import Model
 
 from routers.context import current_routing, current_tenant, primary_pinned
 from routers.errors import CrossShardRelation, NoTenantContext, WrongTenant
-from shards.topology import CONTROL_ALIAS, get_shard_map
+from shards.aliases import CONTROL_ALIAS
+from shards.topology import get_shard_map
 
 
 def is_sharded(model: type) -> bool:

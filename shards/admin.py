@@ -39,7 +39,9 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from shards.aliases import CONTROL_ALIAS
 from shards.errors import UnknownShard
+from shards.lsn import format_lsn
 from shards.models import MoveJob, Shard, Tenant
 from shards.topology import Cluster, get_shard_map
 
@@ -67,7 +69,7 @@ class TenantForm(forms.ModelForm):
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     form = TenantForm
-    list_display = ["slug", "id", "shard", "state", "version", "min_lsn", "updated_at"]
+    list_display = ["slug", "id", "shard", "state", "version", "min_position", "updated_at"]
     list_filter = ["shard", "state"]
     search_fields = ["slug"]
     readonly_fields = ["id", "version", "created_at", "updated_at"]
@@ -89,9 +91,13 @@ class TenantAdmin(admin.ModelAdmin):
             fields.append("slug")  # URLs, cache keys and API clients know the tenant by it
         return fields
 
+    @admin.display(description="min LSN", ordering="min_lsn")
+    def min_position(self, obj: Tenant) -> str:
+        return format_lsn(obj.min_lsn)
+
     @admin.action(description="Move to another shard (online, in the background)")
     def move_to_another_shard(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> Any:
-        tenants = list(queryset.using("default").order_by("slug"))
+        tenants = list(queryset.using(CONTROL_ALIAS).order_by("slug"))
         applying = "apply" in request.POST
         form = MoveTargetForm(request.POST if applying else None)
         if applying and form.is_valid():
@@ -114,7 +120,7 @@ class TenantAdmin(admin.ModelAdmin):
     def _start_moves(self, request: HttpRequest, tenants: list[Tenant], target: str) -> None:
         from migrations_tools.lock import current_holder
 
-        active = {job.tenant_id: job for job in MoveJob.objects.using("default").filter(
+        active = {job.tenant_id: job for job in MoveJob.objects.using(CONTROL_ALIAS).filter(
             tenant__in=tenants, state__in=MoveJob.ACTIVE_STATES)}
         chosen = []
         for tenant in tenants:
@@ -252,7 +258,7 @@ class ShardAdmin(admin.ModelAdmin):
 
 
 def _open_shard_choices() -> list[tuple[str, str]]:
-    closed = set(Shard.objects.using("default").filter(accepts_tenants=False)
+    closed = set(Shard.objects.using(CONTROL_ALIAS).filter(accepts_tenants=False)
                  .values_list("name", flat=True))
     return [(name, name) for name in get_shard_map().shard_names if name not in closed]
 
@@ -354,9 +360,9 @@ class MoveJobAdmin(admin.ModelAdmin):
     search_fields = ["tenant__slug"]
     ordering = ["-created_at"]
     readonly_fields = ("id", "tenant", "source", "target", "state", "reason", "progress",
-                       "rows_total", "rows_copied", "lag", "write_pause", "flip_lsn", "verified",
-                       "error", "created_at", "updated_at", "finished_at", "replication_name",
-                       "report_json")
+                       "rows_total", "rows_copied", "lag", "write_pause", "flip_position",
+                       "verified", "error", "created_at", "updated_at", "finished_at",
+                       "replication_name", "report_json")
     fields = readonly_fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -382,6 +388,10 @@ class MoveJobAdmin(admin.ModelAdmin):
     @admin.display(description="lag")
     def lag(self, obj: MoveJob) -> str:
         return f"{obj.lag_bytes} bytes"
+
+    @admin.display(description="flip LSN")
+    def flip_position(self, obj: MoveJob) -> str:
+        return "-" if obj.flip_lsn is None else format_lsn(obj.flip_lsn)
 
     @admin.display(description="write pause", ordering="write_pause_ms")
     def write_pause(self, obj: MoveJob) -> str:

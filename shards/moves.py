@@ -34,7 +34,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from shards import pg, replication, verify
+from shards.aliases import CONTROL_ALIAS
 from shards.directory import lookup, set_placement
+from shards.lsn import current_lsn, insert_lsn
 from shards.models import MoveJob, Tenant
 from shards.topology import get_shard_map
 
@@ -123,7 +125,7 @@ def start_move(tenant_key: str | int, target: str, *, reason: str = "") -> MoveJ
         raise MoveError(f"unknown shard {target!r}; known shards: "
                         f"{', '.join(shard_map.shard_names)}")
     entry = lookup(tenant_key)
-    active = MoveJob.objects.using("default").filter(
+    active = MoveJob.objects.using(CONTROL_ALIAS).filter(
         tenant_id=entry.id, state__in=MoveJob.ACTIVE_STATES).first()
     if active is not None:
         if active.target != target:
@@ -132,14 +134,14 @@ def start_move(tenant_key: str | int, target: str, *, reason: str = "") -> MoveJ
         return active
     from shards.models import Shard
 
-    if Shard.objects.using("default").filter(name=target, accepts_tenants=False).exists():
+    if Shard.objects.using(CONTROL_ALIAS).filter(name=target, accepts_tenants=False).exists():
         raise MoveError(f"shard {target} is closed to new tenants (Shard.accepts_tenants); "
                         "open it in the admin first")
-    tenant_row = Tenant.objects.using("default").get(id=entry.id)
+    tenant_row = Tenant.objects.using(CONTROL_ALIAS).get(id=entry.id)
     if tenant_row.shard == target:
         raise MoveError(f"tenant {entry.slug} is already on {target}")
-    with transaction.atomic(using="default"):
-        job = MoveJob.objects.using("default").create(
+    with transaction.atomic(using=CONTROL_ALIAS):
+        job = MoveJob.objects.using(CONTROL_ALIAS).create(
             tenant_id=entry.id, source=tenant_row.shard, target=target, reason=reason)
         set_placement(entry.id, tenant_row.shard, state=Tenant.State.MOVING)
     return job
@@ -190,7 +192,7 @@ class Mover:
             fields["state"] = state
         for key, value in fields.items():
             setattr(self.job, key, value)
-        MoveJob.objects.using("default").filter(pk=self.job.pk).update(
+        MoveJob.objects.using(CONTROL_ALIAS).filter(pk=self.job.pk).update(
             updated_at=timezone.now(), **fields)
         if state is not None:
             self.progress(f"[{self.job.state}]")
@@ -266,7 +268,7 @@ class Mover:
         if applied is None:
             raise MoveError(f"replication slot {self.name} vanished from {self.job.source}: "
                             "abort the move and start it again")
-        return max(replication.current_lsn(self.source) - applied, 0)
+        return max(current_lsn(self.source) - applied, 0)
 
     def _catch_up(self) -> None:
         deadline = time.monotonic() + self.settings.copy_timeout
@@ -285,7 +287,7 @@ class Mover:
             time.sleep(0.005)
 
     def _cutover(self) -> None:
-        tenant_row = Tenant.objects.using("default").get(id=self.job.tenant_id)
+        tenant_row = Tenant.objects.using(CONTROL_ALIAS).get(id=self.job.tenant_id)
         if tenant_row.shard == self.job.target:  # flipped before a crash
             self._set(State.FLIPPED)
             return
@@ -325,7 +327,7 @@ class Mover:
             snapshot.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             snapshot.execute("SELECT 1")
             self._target_snapshot = snapshot
-            min_lsn = replication.insert_lsn(self.target)
+            min_lsn = insert_lsn(self.target)
             # From here on the fence must outlive any crash: writers with a stale placement
             # must never write to the source again. Checked to still be ours first.
             kept = self.source.execute(
@@ -335,7 +337,7 @@ class Mover:
             ).rowcount
             if not kept:
                 raise MoveError("the fence lease ran out before the flip; retry the move")
-            with transaction.atomic(using="default"):
+            with transaction.atomic(using=CONTROL_ALIAS):
                 set_placement(self.job.tenant_id, self.job.target, min_lsn=min_lsn,
                               state=Tenant.State.ACTIVE)
                 pause_ms = (time.monotonic() - fenced) * 1000
@@ -355,14 +357,14 @@ class Mover:
             self.source.execute("SET LOCAL synchronous_commit = on")
             self.source.execute("UPDATE shardsvc_fence SET fenced_at = fenced_at "
                                 "WHERE tenant_id = %s", [self.job.tenant_id])
-        return replication.insert_lsn(self.source)
+        return insert_lsn(self.source)
 
     def _after_failed_cutover(self) -> None:
         """Lift the fence only when the directory certainly still names the source: if the
         flip's commit was lost in flight it may have happened, and lifting the fence then would
         let stale writers write to the old shard. Unsure: keep the fence; a rerun settles it."""
         try:
-            shard = Tenant.objects.using("default").values_list("shard", flat=True).get(
+            shard = Tenant.objects.using(CONTROL_ALIAS).values_list("shard", flat=True).get(
                 id=self.job.tenant_id)
         except Exception:
             logger.exception("cutover failed and the directory cannot be read: fence kept")
@@ -444,7 +446,7 @@ class Mover:
                                batch=self.settings.delete_batch, pause=0)
             self.source.execute("DELETE FROM shardsvc_fence WHERE tenant_id = %s",
                                 [self.job.tenant_id])
-            with transaction.atomic(using="default"):
+            with transaction.atomic(using=CONTROL_ALIAS):
                 set_placement(self.job.tenant_id, self.job.source, state=Tenant.State.ACTIVE)
                 self._set(State.ABORTED, finished_at=timezone.now())
         finally:

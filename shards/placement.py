@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db.models import Count
 from django.utils.module_loading import import_string
 
+from shards.aliases import CONTROL_ALIAS
 from shards.topology import get_shard_map
 
 Policy = Callable[[Sequence[str], Mapping[str, int]], str]
@@ -29,7 +30,8 @@ def candidate_shards() -> list[str]:
     from shards.models import Shard
 
     closed = set(
-        Shard.objects.using("default").filter(accepts_tenants=False).values_list("name", flat=True)
+        Shard.objects.using(CONTROL_ALIAS).filter(accepts_tenants=False)
+        .values_list("name", flat=True)
     )
     names = [name for name in get_shard_map().shard_names if name not in closed]
     if not names:

@@ -22,7 +22,8 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, connections, transaction
 
 from shards import global_ids
-from shards.topology import CONTROL_ALIAS, get_shard_map
+from shards.aliases import CONTROL_ALIAS
+from shards.topology import get_shard_map
 
 logger = logging.getLogger("shardsvc.migrate")
 

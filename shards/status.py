@@ -35,6 +35,8 @@ import psycopg
 from psycopg import sql
 
 from shards import pg
+from shards.aliases import CONTROL_ALIAS
+from shards.lsn import current_lsn, parse_lsn
 from shards.replication import PREFIX
 
 SYNC_SLOT_RE = re.compile(r"^pg_(\d+)_sync_(\d+)_(\d+)$")
@@ -90,7 +92,7 @@ class ServerState:
 def check_servers() -> list[ServerState]:
     """Every server of the topology, checked directly and concurrently; primaries first so a
     replica's bytes behind compare with a primary position read just before."""
-    from routers.replicas import CHECK_QUERY, parse_lsn
+    from routers.replicas import CHECK_QUERY
     from shards.topology import get_shard_map
 
     shard_map = get_shard_map()
@@ -106,8 +108,7 @@ def check_servers() -> list[ServerState]:
         state = by_alias[server.alias]
         try:
             with _connect(server.direct_dsn, "check") as conn:
-                state.wal_lsn = int(pg.fetch_value(
-                    conn, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+                state.wal_lsn = current_lsn(conn)
                 state.up = True
         except Exception as exc:
             state.error = _one_line(exc)
@@ -156,9 +157,9 @@ def summarize_shards() -> list[ShardSummary]:
     from shards.topology import get_shard_map
 
     shard_map = get_shard_map()
-    registry = {s.name: s.accepts_tenants for s in Shard.objects.using("default").all()}
+    registry = {s.name: s.accepts_tenants for s in Shard.objects.using(CONTROL_ALIAS).all()}
     placed: dict[str, set[int]] = {}
-    for tenant_id, shard in Tenant.objects.using("default").values_list("id", "shard"):
+    for tenant_id, shard in Tenant.objects.using(CONTROL_ALIAS).values_list("id", "shard"):
         placed.setdefault(shard, set()).add(tenant_id)
     tables = sharded_tables()
     summaries = {
@@ -255,7 +256,7 @@ def scan_all() -> dict[str, ReplicationObjects]:
 def active_move_names() -> set[str]:
     from shards.models import MoveJob
 
-    return {f"{PREFIX}{pk}" for pk in MoveJob.objects.using("default").filter(
+    return {f"{PREFIX}{pk}" for pk in MoveJob.objects.using(CONTROL_ALIAS).filter(
         state__in=MoveJob.ACTIVE_STATES).values_list("pk", flat=True)}
 
 
@@ -377,7 +378,7 @@ def moves() -> tuple[list[Any], list[Any]]:
     """(unfinished moves, the last 10 finished ones)."""
     from shards.models import MoveJob
 
-    jobs = MoveJob.objects.using("default").select_related("tenant")
+    jobs = MoveJob.objects.using(CONTROL_ALIAS).select_related("tenant")
     active = list(jobs.filter(state__in=MoveJob.ACTIVE_STATES).order_by("created_at"))
     recent = list(jobs.exclude(state__in=MoveJob.ACTIVE_STATES).order_by("-created_at")[:10])
     return active, recent

@@ -24,12 +24,11 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from psycopg.conninfo import conninfo_to_dict
 
+from shards.aliases import CONTROL_ALIAS, REPLICA_INFIX
 from shards.errors import UnknownAlias, UnknownShard
 
 Role = Literal["primary", "replica"]
 
-CONTROL_ALIAS = "default"
-REPLICA_INFIX = "_replica_"
 SHARD_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
 _CREATE_FIX = (

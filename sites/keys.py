@@ -21,6 +21,7 @@ from django.db import transaction
 from django_redis.cache import RedisCache
 
 from shards import redisguard
+from shards.aliases import CONTROL_ALIAS
 from sites.models import KEY_PREFIX, Site, hash_key
 
 KEY_CACHE_SECONDS = 10.0
@@ -56,7 +57,7 @@ def owner_of_key(raw_key: str) -> KeyOwner | None:
         if owner is None:
             # The primary, not a replica: a key made a moment ago must work at once, and
             # the answer is cached right after.
-            row = Site.objects.using("default").filter(api_key_hash=key_hash)
+            row = Site.objects.using(CONTROL_ALIAS).filter(api_key_hash=key_hash)
             found = row.values_list("tenant_id", "key_generation").first()
             owner = (found[0], found[1]) if found else _NO_SITE
             # add, not set: never overwrite what a rotation wrote meanwhile (see forget).
@@ -98,4 +99,4 @@ def forget(sender: Any, instance: Site, **kwargs: Any) -> None:
             for key_hash in (current, previous):
                 _local.pop(key_hash or "", None)
 
-    transaction.on_commit(invalidate, using=kwargs.get("using") or "default")
+    transaction.on_commit(invalidate, using=kwargs.get("using") or CONTROL_ALIAS)

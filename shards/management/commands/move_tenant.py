@@ -10,6 +10,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrations_tools.lock import cluster_lock
+from shards.aliases import CONTROL_ALIAS
 from shards.directory import lookup
 from shards.errors import MalformedTenantKey, UnknownTenant
 from shards.models import MoveJob
@@ -74,7 +75,7 @@ class Command(BaseCommand):
         self.stdout.write(f"{time.strftime('%H:%M:%S')} {message}")
 
     def abort(self, tenant_id: int, slug: str) -> None:
-        job = MoveJob.objects.using("default").filter(
+        job = MoveJob.objects.using(CONTROL_ALIAS).filter(
             tenant_id=tenant_id, state__in=MoveJob.ACTIVE_STATES).first()
         if job is None:
             raise CommandError(f"tenant {slug} has no unfinished move to abort")

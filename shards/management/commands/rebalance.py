@@ -15,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrations_tools.lock import cluster_lock
 from migrations_tools.safety import parse_duration
+from shards.aliases import CONTROL_ALIAS
 from shards.models import MoveJob, Tenant
 from shards.moves import Mover, MoveSettings, start_move
 from shards.rebalance import WEIGHTS, Plan, format_plan, format_table, measure, plan_rebalance
@@ -110,7 +111,7 @@ class Command(BaseCommand):
             if number > 1 and pause:
                 self.stdout.write(f"pausing {pause:g} s before the next move")
                 time.sleep(pause)
-            current = Tenant.objects.using("default").filter(id=move.tenant_id).values_list(
+            current = Tenant.objects.using(CONTROL_ALIAS).filter(id=move.tenant_id).values_list(
                 "shard", flat=True).first()
             if current != move.source:
                 self.stdout.write(f"{label} skipped: now on {current}, not {move.source} "

@@ -12,6 +12,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrations_tools.safety import parse_duration
 from shards import status
+from shards.aliases import CONTROL_ALIAS
 
 
 def table(rows: list[list[str]], header: list[str], indent: str = "  ") -> list[str]:
@@ -101,7 +102,7 @@ class Command(BaseCommand):
 
         rows_of = {s.name: s for s in summaries}
         rows = []
-        for t in Tenant.objects.using("default").order_by("shard", "slug"):
+        for t in Tenant.objects.using(CONTROL_ALIAS).order_by("shard", "slug"):
             summary = rows_of.get(t.shard)
             count = "?" if summary is None or summary.error else str(
                 summary.rows_by_tenant.get(t.id, 0))
