@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shards.status import Leak, ReplicationObjects, find_leaks
+from shards.leaks import Leak, ReplicationObjects, find_leaks
 from tests.client import wait_until
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent

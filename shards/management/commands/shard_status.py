@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from migrations_tools.safety import parse_duration
 from shards import status
 from shards.aliases import CONTROL_ALIAS
+from shards.leaks import LeakReport, check_leaks, sweep
 
 
 def table(rows: list[list[str]], header: list[str], indent: str = "  ") -> list[str]:
@@ -52,9 +53,9 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
             out("")
             out("sweeping leaked replication objects:")
-            report = status.sweep(progress=lambda m: out(f"  {m}"), lock_wait=wait)
+            report = sweep(progress=lambda m: out(f"  {m}"), lock_wait=wait)
         else:
-            report = status.check_leaks()
+            report = check_leaks()
         self.leaks(report, swept=options["sweep"])
 
     def servers(self) -> None:
@@ -155,7 +156,7 @@ class Command(BaseCommand):
             out("recent moves: none")
         out(f"cluster lock: {'held by ' + holder.describe() if holder else 'free'}")
 
-    def leaks(self, report: status.LeakReport, *, swept: bool) -> None:
+    def leaks(self, report: LeakReport, *, swept: bool) -> None:
         out = self.stdout.write
         out("")
         for shard, error in sorted(report.unchecked.items()):
