@@ -25,7 +25,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -35,116 +34,15 @@ from django.utils import timezone
 
 from shards import pg, replication, verify
 from shards.aliases import CONTROL_ALIAS
-from shards.directory import lookup, set_placement
+from shards.directory import set_placement
 from shards.lsn import current_lsn, insert_lsn
 from shards.models import MoveJob, Tenant
+from shards.move_jobs import MoveError, MoveSettings
+from shards.tenant_rows import Progress, delete_tenant_rows, sharded_tables, tenant_rows
 from shards.topology import get_shard_map
 
 logger = logging.getLogger("shardsvc.moves")
 State = MoveJob.State
-Progress = Callable[[str], None]
-
-
-class MoveError(RuntimeError):
-    """A move cannot start or go on; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class MoveSettings:
-    grace_seconds: float = 2.0  # source rows are kept (fenced) this long after the flip
-    cutover_timeout: float = 10.0  # fenced longer than this: give up, unfence, retry later
-    # The fence expires by itself after this long if the mover dies before the flip; the
-    # mover only flips well inside it (cutover_timeout is much shorter).
-    fence_lease: float = 60.0
-    catchup_lag_bytes: int = 1 << 20  # cut over once the target is this close
-    copy_timeout: float = 3600.0
-    delete_batch: int = 5000
-    delete_pause: float = 0.01  # between batches: leave the source room for its other tenants
-    poll: float = 0.05
-
-
-def sharded_tables() -> list[str]:
-    """Tables of sharded models, those that reference others first (the order to delete in)."""
-    from shards.preparation import sharded_models
-
-    models = sharded_models()
-    tables = {m._meta.db_table: m for m in models}
-
-    def depth(model: Any, seen: frozenset[str] = frozenset()) -> int:
-        parents = [f.related_model for f in model._meta.get_fields()
-                   if f.many_to_one and f.concrete and f.related_model is not model
-                   and f.related_model._meta.db_table in tables
-                   and f.related_model._meta.db_table not in seen]
-        return 1 + max((depth(p, seen | {model._meta.db_table}) for p in parents), default=0)
-
-    return sorted(tables, key=lambda t: (-depth(tables[t]), t))
-
-
-def tenant_rows(conn: psycopg.Connection[Any], tables: list[str], tenant_id: int) -> int:
-    from psycopg import sql
-
-    total = 0
-    for table in tables:
-        total += pg.fetch_value(
-            conn,
-            sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(sql.Identifier(table)),
-            [tenant_id],
-        )
-    return total
-
-
-def delete_tenant_rows(conn: psycopg.Connection[Any], tables: list[str], tenant_id: int, *,
-                       batch: int, pause: float, progress: Progress | None = None) -> int:
-    """Delete a tenant's rows in small transactions, children first and newest first (a reply's
-    id is always above its parent's), past the fence of a moved tenant."""
-    from psycopg import sql
-
-    deleted = 0
-    for table in tables:
-        query = sql.SQL(
-            "DELETE FROM {t} WHERE tenant_id = %s AND id IN "
-            "(SELECT id FROM {t} WHERE tenant_id = %s ORDER BY id DESC LIMIT %s)"
-        ).format(t=sql.Identifier(table))
-        while True:
-            with conn.transaction():
-                conn.execute("SET LOCAL shardsvc.fence_bypass = 'on'")
-                count = conn.execute(query, [tenant_id, tenant_id, batch]).rowcount
-            deleted += count
-            if count < batch:
-                break
-            if progress:
-                progress(f"deleted {deleted} rows")
-            time.sleep(pause)
-    return deleted
-
-
-def start_move(tenant_key: str | int, target: str, *, reason: str = "") -> MoveJob:
-    """The job for moving a tenant to `target`: a new one, or the unfinished one to resume."""
-    shard_map = get_shard_map()
-    if target not in shard_map.shard_names:
-        raise MoveError(f"unknown shard {target!r}; known shards: "
-                        f"{', '.join(shard_map.shard_names)}")
-    entry = lookup(tenant_key)
-    active = MoveJob.objects.using(CONTROL_ALIAS).filter(
-        tenant_id=entry.id, state__in=MoveJob.ACTIVE_STATES).first()
-    if active is not None:
-        if active.target != target:
-            raise MoveError(f"tenant {entry.slug} is already moving to {active.target} (job "
-                            f"{active.pk}, {active.state}): finish it or abort it first")
-        return active
-    from shards.models import Shard
-
-    if Shard.objects.using(CONTROL_ALIAS).filter(name=target, accepts_tenants=False).exists():
-        raise MoveError(f"shard {target} is closed to new tenants (Shard.accepts_tenants); "
-                        "open it in the admin first")
-    tenant_row = Tenant.objects.using(CONTROL_ALIAS).get(id=entry.id)
-    if tenant_row.shard == target:
-        raise MoveError(f"tenant {entry.slug} is already on {target}")
-    with transaction.atomic(using=CONTROL_ALIAS):
-        job = MoveJob.objects.using(CONTROL_ALIAS).create(
-            tenant_id=entry.id, source=tenant_row.shard, target=target, reason=reason)
-        set_placement(entry.id, tenant_row.shard, state=Tenant.State.MOVING)
-    return job
 
 
 class Mover:

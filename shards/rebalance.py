@@ -310,7 +310,7 @@ def measure_shard(dsn: str, shard: str, tables: list[str], *,
 def measure_shards(*, recent_seconds: float = 3600.0,
                    shards: Iterable[str] | None = None) -> dict[str, ShardMeasurement]:
     """Every shard primary at once; raises RuntimeError naming the shards that failed."""
-    from shards.moves import sharded_tables
+    from shards.tenant_rows import sharded_tables
     from shards.topology import get_shard_map
 
     shard_map = get_shard_map()

@@ -112,8 +112,8 @@ class ShardSummary:
 
 def summarize_shards() -> list[ShardSummary]:
     from shards.models import Shard, Tenant
-    from shards.moves import sharded_tables
     from shards.rebalance import measure_shard
+    from shards.tenant_rows import sharded_tables
     from shards.topology import get_shard_map
 
     shard_map = get_shard_map()

@@ -14,7 +14,8 @@ import pytest
 from deploy.topology import LocalTopology
 from migrations_tools.lock import cluster_lock
 from shards.models import MoveJob, Tenant
-from shards.moves import Mover, MoveSettings, start_move
+from shards.move_jobs import MoveSettings, start_move
+from shards.moves import Mover
 from tests.api_client import create_site
 from tests.client import wait_until
 

@@ -14,8 +14,10 @@ from shards.aliases import CONTROL_ALIAS
 from shards.directory import lookup
 from shards.errors import MalformedTenantKey, UnknownTenant
 from shards.models import MoveJob
-from shards.moves import MoveError, Mover, MoveSettings, sharded_tables, start_move, tenant_rows
+from shards.move_jobs import MoveError, MoveSettings, start_move
+from shards.moves import Mover
 from shards.replication import connect
+from shards.tenant_rows import sharded_tables, tenant_rows
 from shards.topology import get_shard_map
 
 

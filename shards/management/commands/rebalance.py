@@ -17,7 +17,8 @@ from migrations_tools.lock import cluster_lock
 from migrations_tools.safety import parse_duration
 from shards.aliases import CONTROL_ALIAS
 from shards.models import MoveJob, Tenant
-from shards.moves import Mover, MoveSettings, start_move
+from shards.move_jobs import MoveSettings, start_move
+from shards.moves import Mover
 from shards.rebalance import WEIGHTS, Plan, format_plan, format_table, measure, plan_rebalance
 
 
