@@ -26,6 +26,7 @@ from migrations_tools.errors import ClusterLockHeld
 from migrations_tools.lock import cluster_lock, current_holder
 from migrations_tools.safety import ExecutionPolicy
 from shards import pg
+from tests.client import wait_until
 from tests.conftest import make_topology
 from tests.dba_migrations import (
     ALIASES,
@@ -228,10 +229,9 @@ def test_a_long_transaction_delays_only_its_shard_and_never_blocks_the_app(
     try:
         # While shard_0 waits and retries, a second run fails at once naming the first.
         dsn = fleet.node("default").direct_dsn
-        deadline = time.monotonic() + 30
-        while (holder := current_holder(dsn=dsn)) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert holder is not None and holder.purpose == "migrate_shards"
+        holder = wait_until(lambda: current_holder(dsn=dsn), timeout=30, interval=0.05,
+                            what="the first run to take the cluster lock")
+        assert holder.purpose == "migrate_shards"
         second = manage(fleet, "migrate_shards", env=versions["v2"], timeout=60)
         assert migration.poll() is None, "the first run should still be retrying shard_0"
         assert second.returncode == 1

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from deploy.topology import LocalTopology
+from routers.replicas import ReplicaState
 from shards.lsn import current_lsn
 from tests import replica_checks
 from tests.client import wait_until
@@ -58,7 +59,15 @@ def test_stopped_replica_drops_out_and_comes_back(topology, make_health, shard_m
         # Restarted on an idle shard, its receive LSN sits behind replay until the primary
         # writes: that must not read as lag growing past max_lag.
         strict = make_health(max_lag=0.5)
-        time.sleep(1.0)
+
+        def idle_past_max_lag() -> bool:
+            # Lag read from the replay timestamp alone would now exceed max_lag.
+            with topology.admin_connect(topology.node(STOPPED)) as conn:
+                return bool(conn.execute(
+                    "SELECT now() - coalesce(pg_last_xact_replay_timestamp(), "
+                    "pg_postmaster_start_time()) > interval '1 second'").fetchone()[0])
+
+        wait_until(idle_past_max_lag, timeout=15, what=f"{STOPPED} idle for over max_lag")
         strict.check_once()
         assert strict.state(STOPPED).lag_seconds == 0
         assert strict.usable_replicas("shard_1") == [STOPPED]
@@ -135,17 +144,17 @@ def test_lagging_replica_is_excluded_then_returns(topology, make_health, admin) 
     primary.execute("CREATE TABLE IF NOT EXISTS replica_lag_probe (id bigserial, v text)")
     how = _set_apply_delay(topology, replica, "2s")
     try:
-        seen_lag = None
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
+        def excluded_while_written_to() -> ReplicaState | None:
+            # A write each check: the delayed replica falls further behind it.
             primary.execute("INSERT INTO replica_lag_probe (v) VALUES ('x')")
             health.check_once()
             state = health.state(LAGGY)
             if state is not None and state.reachable and health.usable_replicas("shard_0") == []:
-                seen_lag = state.lag_seconds
-                break
-            time.sleep(0.1)
-        assert seen_lag is not None, "the delayed replica was never excluded"
+                return state
+            return None
+
+        seen_lag = wait_until(excluded_while_written_to, timeout=15,
+                              what="the delayed replica to be excluded").lag_seconds
         assert seen_lag > 0.5
         assert health.state(LAGGY).in_recovery
         # The same replica with a looser bound is still fine: it lags, it is not down.
