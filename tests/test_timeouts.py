@@ -360,9 +360,8 @@ def test_a_paused_pgbouncer_costs_requests_a_bounded_503_and_the_service_recover
     pid = _pgbouncer_pid(topology)
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = [pool.submit(client, i) for i in range(8)]
-        # Load before the pause: every client has had an answer.
         wait_until(lambda: len({o.client for o in outcomes}) == 8, timeout=30,
-                   what="every client answered before the pause")
+                   what="load before the pause: every client answered")
         paused_at = time.monotonic()
         os.kill(pid, signal.SIGSTOP)
 
