@@ -103,17 +103,19 @@ def test_move_under_load_loses_and_duplicates_nothing(service, topology) -> None
             pool.submit(writer, "other", other, o_thread, n)
         for _ in range(3):
             pool.submit(reader)
-        # The move starts under load: every writer and reader has been answered already.
-        wait_until(lambda: len(acked["moving"]) >= 12 and len(acked["other"]) >= 6
-                   and sum(read_statuses.values()) >= 6,
-                   timeout=30, what="writes and reads flowing before the move")
-        move = manage(topology, "move_tenant", moving.slug, "shard_1", "--grace", "1")
-        # ... and goes on after it: writes acknowledged by the tenant's new shard.
-        after_move = len(acked["moving"])
-        wait_until(lambda: len(acked["moving"]) >= max(after_move + 12, 21)
-                   and len(acked["other"]) >= 6,
-                   timeout=30, what="writes acknowledged after the move")
-        stop.set()
+        try:
+            # The move starts under load: writes to both sites and reads already answered.
+            wait_until(lambda: len(acked["moving"]) >= 12 and len(acked["other"]) >= 6
+                       and sum(read_statuses.values()) >= 6,
+                       timeout=30, what="writes and reads flowing before the move")
+            move = manage(topology, "move_tenant", moving.slug, "shard_1", "--grace", "1")
+            # ... and goes on after it: writes acknowledged by the tenant's new shard.
+            after_move = len(acked["moving"])
+            wait_until(lambda: len(acked["moving"]) >= max(after_move + 12, 21)
+                       and len(acked["other"]) >= 6,
+                       timeout=30, what="writes acknowledged after the move")
+        finally:
+            stop.set()  # the workers end; a failed wait still reports
     print(move.stdout[-2500:])
     assert move.returncode == 0, move.stdout[-2000:] + move.stderr[-3000:]
     assert failures == []
