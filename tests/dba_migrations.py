@@ -12,8 +12,6 @@ import datetime as dt
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,15 +79,6 @@ def write_versions(root: Path, comments_leaf: str) -> dict[str, dict[str, str]]:
             "PYTHONPATH": f"{root}{os.pathsep}{PROJECT_DIR}",
         }
     return envs
-
-
-def manage(topo: LocalTopology, *args: str, env: dict[str, str] | None = None,
-           timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=PROJECT_DIR, env=topo.service_env(**(env or {})),
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )
 
 
 def row(output: str, alias: str) -> str:

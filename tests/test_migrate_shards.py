@@ -27,13 +27,13 @@ from migrations_tools.lock import cluster_lock, current_holder
 from migrations_tools.safety import ExecutionPolicy
 from shards import pg
 from tests.client import wait_until
+from tests.commands import manage
 from tests.conftest import make_topology
 from tests.dba_migrations import (
     ALIASES,
     SHARDS,
     applied,
     dummy_insert,
-    manage,
     prefix,
     row,
     scalar,
@@ -232,7 +232,7 @@ def test_a_long_transaction_delays_only_its_shard_and_never_blocks_the_app(
         holder = wait_until(lambda: current_holder(dsn=dsn), timeout=30, interval=0.05,
                             what="the first run to take the cluster lock")
         assert holder.purpose == "migrate_shards"
-        second = manage(fleet, "migrate_shards", env=versions["v2"], timeout=60)
+        second = manage(fleet, "migrate_shards", **versions["v2"], timeout=60)
         assert migration.poll() is None, "the first run should still be retrying shard_0"
         assert second.returncode == 1
         assert "cannot take the cluster lock for 'migrate_shards': it is held by" in second.stderr
@@ -276,16 +276,16 @@ def test_a_long_transaction_delays_only_its_shard_and_never_blocks_the_app(
     assert slowest < policy.lock_timeout + 1.5, slowest
 
     # With the transaction gone, finishing shard_0 alone works.
-    rerun = manage(fleet, "migrate_shards", "--shard", "shard_0", env=versions["v2"])
+    rerun = manage(fleet, "migrate_shards", "--shard", "shard_0", **versions["v2"])
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"{prefix('shard_0', ['default', 'shard_0'])} Applying {label}... OK" in rerun.stdout
-    check = manage(fleet, "migrate_shards", "--check", env=versions["v2"])
+    check = manage(fleet, "migrate_shards", "--check", **versions["v2"])
     assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_lint_flags_unsafe_operations_on_existing_tables(
         fleet: LocalTopology, versions: dict[str, dict[str, str]]) -> None:
-    plan = manage(fleet, "migrate_shards", "--plan", "--lint", env=versions["v3"])
+    plan = manage(fleet, "migrate_shards", "--plan", "--lint", **versions["v3"])
     assert plan.returncode == 1, plan.stdout + plan.stderr
     out = plan.stdout
     for shard in SHARDS:
@@ -307,12 +307,12 @@ def test_lint_flags_unsafe_operations_on_existing_tables(
     assert "dba_ok" not in lint and "dba_note from" not in lint
     assert "lint flagged 3 operation(s)" in plan.stderr
 
-    refused = manage(fleet, "migrate_shards", "--lint", env=versions["v3"])
+    refused = manage(fleet, "migrate_shards", "--lint", **versions["v3"])
     assert refused.returncode == 1
     assert "Nothing was migrated" in refused.stderr
     assert not applied(fleet, "shard_0", "comments", "9002_dba_unsafe")
 
-    check = manage(fleet, "migrate_shards", "--check", env=versions["v3"])
+    check = manage(fleet, "migrate_shards", "--check", **versions["v3"])
     assert check.returncode == 1
     for shard in SHARDS:
         assert f"{prefix(shard)} comments.9002_dba_unsafe" in check.stdout

@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from deploy.topology import PROJECT_DIR, LocalTopology
+from deploy.topology import LocalTopology
 from migrations_tools.lock import cluster_lock
 from shards.models import MoveJob, Tenant
 from tests.api_client import SiteClient, create_site
 from tests.client import wait_until
+from tests.commands import manage
 
 pytestmark = pytest.mark.usefixtures("django_db")
-
-
-def manage(topology: LocalTopology, *args: str, timeout: float = 300,
-           **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=PROJECT_DIR, capture_output=True, text=True,
-        env=topology.service_env(**env), timeout=timeout, check=False,
-    )
 
 
 def replication_objects(topology: LocalTopology) -> dict[str, list[str]]:
