@@ -40,7 +40,7 @@ proc_name = "shardsvc"
 
 def worker_exit(server, worker):
     # Close pooled connections so PgBouncer does not keep dead clients around.
-    from project.pgpool.pool import close_all_pools
+    from project.pgpool import close_all_pools
 
     close_all_pools()
 

@@ -9,24 +9,15 @@ tenant whose rows already are on the new shard (or that has none).
 
 The tenant list's action "Move to another shard" is the online move: it asks for the target,
 then starts `manage.py move_tenant <id> <target>` in the background (a detached process with
-this process's environment, output in a log file next to the topology file), and the move jobs
-(`MoveJob`, read-only here) show its state and progress.
+this process's environment, output in a log file next to the topology file: `admin_moves.py`),
+and the move jobs (`MoveJob`, read-only here) show its state and progress.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import logging
 import math
-import os
-import shlex
-import subprocess
-import sys
-import tempfile
-import threading
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from django import forms
@@ -34,20 +25,19 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.http import HttpRequest
-from django.template import engines
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
+from migrations_tools.admin_moves import MoveTargetForm, launch_moves, move_form_template
 from migrations_tools.lock import current_holder
+from shards.aliases import CONTROL_ALIAS
 from shards.errors import UnknownShard
+from shards.lsn import format_lsn
 from shards.models import MoveJob, Shard, Tenant
 from shards.runtime import replica_health
 from shards.topology import Cluster, get_shard_map
-
-logger = logging.getLogger("shardsvc.admin")
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def _shard_choices() -> list[tuple[str, str]]:
@@ -70,7 +60,7 @@ class TenantForm(forms.ModelForm):
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     form = TenantForm
-    list_display = ["slug", "id", "shard", "state", "version", "min_lsn", "updated_at"]
+    list_display = ["slug", "id", "shard", "state", "version", "min_position", "updated_at"]
     list_filter = ["shard", "state"]
     search_fields = ["slug"]
     readonly_fields = ["id", "version", "created_at", "updated_at"]
@@ -92,9 +82,13 @@ class TenantAdmin(admin.ModelAdmin):
             fields.append("slug")  # URLs, cache keys and API clients know the tenant by it
         return fields
 
+    @admin.display(description="min LSN", ordering="min_lsn")
+    def min_position(self, obj: Tenant) -> str:
+        return format_lsn(obj.min_lsn)
+
     @admin.action(description="Move to another shard (online, in the background)")
     def move_to_another_shard(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> Any:
-        tenants = list(queryset.using("default").order_by("slug"))
+        tenants = list(queryset.using(CONTROL_ALIAS).order_by("slug"))
         applying = "apply" in request.POST
         form = MoveTargetForm(request.POST if applying else None)
         if applying and form.is_valid():
@@ -112,10 +106,10 @@ class TenantAdmin(admin.ModelAdmin):
             "jobs_url": reverse("admin:shards_movejob_changelist"),
         }
         request.current_app = self.admin_site.name
-        return TemplateResponse(request, _move_form_template(), context)
+        return TemplateResponse(request, move_form_template(), context)
 
     def _start_moves(self, request: HttpRequest, tenants: list[Tenant], target: str) -> None:
-        active = {job.tenant_id: job for job in MoveJob.objects.using("default").filter(
+        active = {job.tenant_id: job for job in MoveJob.objects.using(CONTROL_ALIAS).filter(
             tenant__in=tenants, state__in=MoveJob.ACTIVE_STATES)}
         chosen = []
         for tenant in tenants:
@@ -243,98 +237,7 @@ class ShardAdmin(admin.ModelAdmin):
         return getattr(obj, "tenant_count", None) or 0
 
 
-# --- the online move: the action's form, the background process, the jobs ----------------------
-
-
-def _open_shard_choices() -> list[tuple[str, str]]:
-    closed = set(Shard.objects.using("default").filter(accepts_tenants=False)
-                 .values_list("name", flat=True))
-    return [(name, name) for name in get_shard_map().shard_names if name not in closed]
-
-
-class MoveTargetForm(forms.Form):
-    target = forms.ChoiceField(
-        label="Target shard", choices=_open_shard_choices,
-        help_text="Shards closed to new tenants are not offered. The tenant keeps serving; "
-                  "its writes pause briefly at the cutover.",
-    )
-
-
-_MOVE_FORM = """{% extends "admin/base_site.html" %}{% load admin_urls %}
-{% block breadcrumbs %}<div class="breadcrumbs"><a href="{% url 'admin:index' %}">Home</a>
-&rsaquo; <a href="{% url 'admin:app_list' app_label=opts.app_label %}">
-{{ opts.app_config.verbose_name }}</a>
-&rsaquo; <a href="{% url opts|admin_urlname:'changelist' %}">
-{{ opts.verbose_name_plural|capfirst }}</a>
-&rsaquo; Move to another shard</div>{% endblock %}
-{% block content %}
-<p>Move online, one after the other (each under the cluster lock): copy with logical
-replication, catch up, fence and flip, verify, clean up. Follow them in
-<a href="{{ jobs_url }}">move jobs</a>.</p>
-<ul>{% for t in tenants %}<li>{{ t.slug }} (id {{ t.pk }}, on {{ t.shard }}, {{ t.state }})</li>
-{% endfor %}</ul>
-<form method="post">{% csrf_token %}
-{{ form.as_p }}
-{% for t in tenants %}<input type="hidden" name="{{ action_checkbox_name }}" value="{{ t.pk }}">
-{% endfor %}<input type="hidden" name="action" value="{{ action }}">
-<input type="hidden" name="apply" value="yes">
-<input type="submit" value="Start the move">
-<a href="{% url opts|admin_urlname:'changelist' %}" class="button cancel-link">Cancel</a>
-</form>
-{% endblock %}
-"""
-
-
-def _move_form_template() -> Any:
-    # An inline template: this page is the only one the shards admin adds.
-    return engines["django"].from_string(_MOVE_FORM)
-
-
-def move_log_dir() -> Path:
-    """`moves/` next to the topology file, or a temporary folder if that is not writable."""
-    for folder in (get_shard_map().source.parent / "moves",
-                   Path(tempfile.gettempdir()) / "shardsvc-moves"):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            if os.access(folder, os.W_OK):
-                return folder
-        except OSError:
-            continue
-    raise OSError("no writable folder for the move log")
-
-
-def launch_moves(tenants: list[tuple[int, str]], target: str, *,
-                 reason: str) -> tuple[int, Path]:
-    """Start `manage.py move_tenant <id> <target>` for each tenant, one after the other, in a
-    detached process (its own session: it outlives this worker) with this process's
-    environment; stdout and stderr go to a log file. Returns (pid, log path)."""
-    env = dict(os.environ)
-    # A command must not write its metrics into the running service's multiprocess folder.
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    env["SHARDSVC_TOPOLOGY"] = str(get_shard_map().source)
-    env.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-    commands = [[sys.executable, str(PROJECT_DIR / "manage.py"), "move_tenant", str(tenant_id),
-                 target, "--reason", reason] for tenant_id, _slug in tenants]
-    if len(commands) == 1:
-        argv = commands[0]
-    else:  # sequential: every move takes the cluster lock
-        argv = ["/bin/sh", "-c", " ; ".join(shlex.join(c) for c in commands)]
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    name = tenants[0][1] if len(tenants) == 1 else f"{len(tenants)}-tenants"
-    log = move_log_dir() / f"move-{name}-{target}-{stamp}-{os.getpid()}.log"
-    with log.open("ab") as handle:
-        handle.write(f"# {stamp} {reason}: {shlex.join(argv)}\n".encode())
-        handle.flush()
-        process = subprocess.Popen(
-            argv, cwd=PROJECT_DIR, env=env, stdin=subprocess.DEVNULL, stdout=handle,
-            stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-        )
-    # Reap it when it ends (no zombie while this worker lives); under gevent a greenlet.
-    threading.Thread(target=process.wait, name=f"move-reaper-{process.pid}",
-                     daemon=True).start()
-    logger.info("started move of %s to %s: pid %s, log %s",
-                ", ".join(slug for _id, slug in tenants), target, process.pid, log)
-    return process.pid, log
+# --- the move jobs ----------------------------------------------------------------------------
 
 
 @admin.register(MoveJob)
@@ -349,9 +252,9 @@ class MoveJobAdmin(admin.ModelAdmin):
     search_fields = ["tenant__slug"]
     ordering = ["-created_at"]
     readonly_fields = ("id", "tenant", "source", "target", "state", "reason", "progress",
-                       "rows_total", "rows_copied", "lag", "write_pause", "flip_lsn", "verified",
-                       "error", "created_at", "updated_at", "finished_at", "replication_name",
-                       "report_json")
+                       "rows_total", "rows_copied", "lag", "write_pause", "flip_position",
+                       "verified", "error", "created_at", "updated_at", "finished_at",
+                       "replication_name", "report_json")
     fields = readonly_fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -377,6 +280,10 @@ class MoveJobAdmin(admin.ModelAdmin):
     @admin.display(description="lag")
     def lag(self, obj: MoveJob) -> str:
         return f"{obj.lag_bytes} bytes"
+
+    @admin.display(description="flip LSN")
+    def flip_position(self, obj: MoveJob) -> str:
+        return "-" if obj.flip_lsn is None else format_lsn(obj.flip_lsn)
 
     @admin.display(description="write pause", ordering="write_pause_ms")
     def write_pause(self, obj: MoveJob) -> str:

@@ -26,7 +26,9 @@ from typing import Any
 import psycopg
 
 from shards import pg
-from shards.topology import CONTROL_ALIAS, Server, get_shard_map
+from shards.aliases import CONTROL_ALIAS
+from shards.lsn import current_lsn, format_lsn
+from shards.topology import Server, get_shard_map
 
 _SCHEMAS = (
     "n.nspname NOT IN ('pg_catalog', 'information_schema') "
@@ -157,7 +159,7 @@ class Fingerprint:
         return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def fingerprint(server: Server, *, cluster: str, primary_lsn: str | None = None,
+def fingerprint(server: Server, *, cluster: str, primary_lsn: int | None = None,
                 replica_wait: float = 10.0) -> Fingerprint:
     """Read one server's schema; a replica first waits (bounded) to replay `primary_lsn`."""
     result = Fingerprint(alias=server.alias, role=server.role, cluster=cluster)
@@ -174,23 +176,24 @@ def fingerprint(server: Server, *, cluster: str, primary_lsn: str | None = None,
     return result
 
 
-def _wait_for_replay(conn: psycopg.Connection[Any], lsn: str, timeout: float) -> str:
+def _wait_for_replay(conn: psycopg.Connection[Any], lsn: int, timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while True:
-        row = conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn]).fetchone()
+        row = conn.execute("SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn >= %s",
+                           [lsn]).fetchone()
         replayed = row is not None and row[0]
         if replayed:
             return ""
         if time.monotonic() >= deadline:
-            return f"had not replayed its primary's WAL {lsn} after {timeout:g}s: may be stale"
+            return (f"had not replayed its primary's WAL {format_lsn(lsn)} after {timeout:g}s: "
+                    "may be stale")
         time.sleep(0.1)
 
 
-def current_lsn(server: Server) -> str | None:
+def primary_position(server: Server) -> int | None:
     try:
         with pg.connect(server.direct_dsn) as conn:
-            row = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
-            return None if row is None else str(row[0])
+            return current_lsn(conn)
     except psycopg.Error:
         return None
 
@@ -289,7 +292,7 @@ def check_fleet(*, shards: Sequence[str] | None = None, replicas: bool = True,
     for cluster in clusters:
         servers += [(s, cluster.name) for s in cluster.servers if replicas or s.role == "primary"]
     # Replicas are compared after replaying what their primary had when the check started.
-    lsns = {c.name: current_lsn(c.primary) for c in clusters} if replicas else {}
+    lsns = {c.name: primary_position(c.primary) for c in clusters} if replicas else {}
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="schema") as pool:
         prints = list(pool.map(
             lambda pair: fingerprint(pair[0], cluster=pair[1], primary_lsn=lsns.get(pair[1]),

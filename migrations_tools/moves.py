@@ -25,119 +25,25 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from django.db import transaction
 from django.utils import timezone
-from psycopg import sql
 
 from migrations_tools import replication, verify
+from migrations_tools.move_jobs import MoveError, MoveSettings
+from migrations_tools.tenant_rows import Progress, delete_tenant_rows, sharded_tables, tenant_rows
 from shards import pg
-from shards.directory import lookup, set_placement
-from shards.models import MoveJob, Shard, Tenant
-from shards.preparation import sharded_models
+from shards.aliases import CONTROL_ALIAS
+from shards.directory import set_placement
+from shards.lsn import current_lsn, insert_lsn
+from shards.models import MoveJob, Tenant
 from shards.runtime import runtime
 from shards.topology import get_shard_map
 
 logger = logging.getLogger("shardsvc.moves")
 State = MoveJob.State
-Progress = Callable[[str], None]
-
-
-class MoveError(RuntimeError):
-    """A move cannot start or go on; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class MoveSettings:
-    grace_seconds: float = 2.0  # source rows are kept (fenced) this long after the flip
-    cutover_timeout: float = 10.0  # fenced longer than this: give up, unfence, retry later
-    # The fence expires by itself after this long if the mover dies before the flip; the
-    # mover only flips well inside it (cutover_timeout is much shorter).
-    fence_lease: float = 60.0
-    catchup_lag_bytes: int = 1 << 20  # cut over once the target is this close
-    copy_timeout: float = 3600.0
-    delete_batch: int = 5000
-    delete_pause: float = 0.01  # between batches: leave the source room for its other tenants
-    poll: float = 0.05
-
-
-def sharded_tables() -> list[str]:
-    """Tables of sharded models, those that reference others first (the order to delete in)."""
-    models = sharded_models()
-    tables = {m._meta.db_table: m for m in models}
-
-    def depth(model: Any, seen: frozenset[str] = frozenset()) -> int:
-        parents = [f.related_model for f in model._meta.get_fields()
-                   if f.many_to_one and f.concrete and f.related_model is not model
-                   and f.related_model._meta.db_table in tables
-                   and f.related_model._meta.db_table not in seen]
-        return 1 + max((depth(p, seen | {model._meta.db_table}) for p in parents), default=0)
-
-    return sorted(tables, key=lambda t: (-depth(tables[t]), t))
-
-
-def tenant_rows(conn: psycopg.Connection[Any], tables: list[str], tenant_id: int) -> int:
-    total = 0
-    for table in tables:
-        total += pg.fetch_value(
-            conn,
-            sql.SQL("SELECT count(*) FROM {} WHERE tenant_id = %s").format(sql.Identifier(table)),
-            [tenant_id],
-        )
-    return total
-
-
-def delete_tenant_rows(conn: psycopg.Connection[Any], tables: list[str], tenant_id: int, *,
-                       batch: int, pause: float, progress: Progress | None = None) -> int:
-    """Delete a tenant's rows in small transactions, children first and newest first (a reply's
-    id is always above its parent's), past the fence of a moved tenant."""
-    deleted = 0
-    for table in tables:
-        query = sql.SQL(
-            "DELETE FROM {t} WHERE tenant_id = %s AND id IN "
-            "(SELECT id FROM {t} WHERE tenant_id = %s ORDER BY id DESC LIMIT %s)"
-        ).format(t=sql.Identifier(table))
-        while True:
-            with conn.transaction():
-                conn.execute("SET LOCAL shardsvc.fence_bypass = 'on'")
-                count = conn.execute(query, [tenant_id, tenant_id, batch]).rowcount
-            deleted += count
-            if count < batch:
-                break
-            if progress:
-                progress(f"deleted {deleted} rows")
-            time.sleep(pause)
-    return deleted
-
-
-def start_move(tenant_key: str | int, target: str, *, reason: str = "") -> MoveJob:
-    """The job for moving a tenant to `target`: a new one, or the unfinished one to resume."""
-    shard_map = get_shard_map()
-    if target not in shard_map.shard_names:
-        raise MoveError(f"unknown shard {target!r}; known shards: "
-                        f"{', '.join(shard_map.shard_names)}")
-    entry = lookup(tenant_key)
-    active = MoveJob.objects.using("default").filter(
-        tenant_id=entry.id, state__in=MoveJob.ACTIVE_STATES).first()
-    if active is not None:
-        if active.target != target:
-            raise MoveError(f"tenant {entry.slug} is already moving to {active.target} (job "
-                            f"{active.pk}, {active.state}): finish it or abort it first")
-        return active
-    if Shard.objects.using("default").filter(name=target, accepts_tenants=False).exists():
-        raise MoveError(f"shard {target} is closed to new tenants (Shard.accepts_tenants); "
-                        "open it in the admin first")
-    tenant_row = Tenant.objects.using("default").get(id=entry.id)
-    if tenant_row.shard == target:
-        raise MoveError(f"tenant {entry.slug} is already on {target}")
-    with transaction.atomic(using="default"):
-        job = MoveJob.objects.using("default").create(
-            tenant_id=entry.id, source=tenant_row.shard, target=target, reason=reason)
-        set_placement(entry.id, tenant_row.shard, state=Tenant.State.MOVING)
-    return job
 
 
 class Mover:
@@ -185,7 +91,7 @@ class Mover:
             fields["state"] = state
         for key, value in fields.items():
             setattr(self.job, key, value)
-        MoveJob.objects.using("default").filter(pk=self.job.pk).update(
+        MoveJob.objects.using(CONTROL_ALIAS).filter(pk=self.job.pk).update(
             updated_at=timezone.now(), **fields)
         if state is not None:
             self.progress(f"[{self.job.state}]")
@@ -261,7 +167,7 @@ class Mover:
         if applied is None:
             raise MoveError(f"replication slot {self.name} vanished from {self.job.source}: "
                             "abort the move and start it again")
-        return max(replication.current_lsn(self.source) - applied, 0)
+        return max(current_lsn(self.source) - applied, 0)
 
     def _catch_up(self) -> None:
         deadline = time.monotonic() + self.settings.copy_timeout
@@ -280,7 +186,7 @@ class Mover:
             time.sleep(0.005)
 
     def _cutover(self) -> None:
-        tenant_row = Tenant.objects.using("default").get(id=self.job.tenant_id)
+        tenant_row = Tenant.objects.using(CONTROL_ALIAS).get(id=self.job.tenant_id)
         if tenant_row.shard == self.job.target:  # flipped before a crash
             self._set(State.FLIPPED)
             return
@@ -320,7 +226,7 @@ class Mover:
             snapshot.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             snapshot.execute("SELECT 1")
             self._target_snapshot = snapshot
-            min_lsn = replication.insert_lsn(self.target)
+            min_lsn = insert_lsn(self.target)
             # From here on the fence must outlive any crash: writers with a stale placement
             # must never write to the source again. Checked to still be ours first.
             kept = self.source.execute(
@@ -330,7 +236,7 @@ class Mover:
             ).rowcount
             if not kept:
                 raise MoveError("the fence lease ran out before the flip; retry the move")
-            with transaction.atomic(using="default"):
+            with transaction.atomic(using=CONTROL_ALIAS):
                 set_placement(self.job.tenant_id, self.job.target, min_lsn=min_lsn,
                               state=Tenant.State.ACTIVE)
                 pause_ms = (time.monotonic() - fenced) * 1000
@@ -350,14 +256,14 @@ class Mover:
             self.source.execute("SET LOCAL synchronous_commit = on")
             self.source.execute("UPDATE shardsvc_fence SET fenced_at = fenced_at "
                                 "WHERE tenant_id = %s", [self.job.tenant_id])
-        return replication.insert_lsn(self.source)
+        return insert_lsn(self.source)
 
     def _after_failed_cutover(self) -> None:
         """Lift the fence only when the directory certainly still names the source: if the
         flip's commit was lost in flight it may have happened, and lifting the fence then would
         let stale writers write to the old shard. Unsure: keep the fence; a rerun settles it."""
         try:
-            shard = Tenant.objects.using("default").values_list("shard", flat=True).get(
+            shard = Tenant.objects.using(CONTROL_ALIAS).values_list("shard", flat=True).get(
                 id=self.job.tenant_id)
         except Exception:
             logger.exception("cutover failed and the directory cannot be read: fence kept")
@@ -439,7 +345,7 @@ class Mover:
                                batch=self.settings.delete_batch, pause=0)
             self.source.execute("DELETE FROM shardsvc_fence WHERE tenant_id = %s",
                                 [self.job.tenant_id])
-            with transaction.atomic(using="default"):
+            with transaction.atomic(using=CONTROL_ALIAS):
                 set_placement(self.job.tenant_id, self.job.source, state=Tenant.State.ACTIVE)
                 self._set(State.ABORTED, finished_at=timezone.now())
         finally:

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 
 from psycopg import sql
 
-from migrations_tools.moves import sharded_tables
+from migrations_tools.tenant_rows import sharded_tables
 from shards import pg
-from shards.global_ids import EPOCH_MS, GENERATOR_BITS, SEQUENCE_BITS
+from shards.aliases import CONTROL_ALIAS
+from shards.global_ids import first_id_at
 from shards.models import MoveJob, Shard, Tenant
 from shards.topology import get_shard_map
 
@@ -283,8 +284,7 @@ class ShardMeasurement:
 def recent_id_threshold(recent_seconds: float, *, now_ms: int | None = None) -> int:
     """The smallest global id made within the last `recent_seconds`."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    since = max(now_ms - int(recent_seconds * 1000) - EPOCH_MS, 0)
-    return since << (GENERATOR_BITS + SEQUENCE_BITS)
+    return first_id_at(now_ms - int(recent_seconds * 1000))
 
 
 def measure_shard(dsn: str, shard: str, tables: list[str], *,
@@ -347,7 +347,7 @@ def measure(*, recent_seconds: float = 3600.0) -> Measurement:
     """Tenants from the directory (control primary) with their sizes on their own shard, and
     the shards with whether they accept tenants (the registry)."""
     shard_map = get_shard_map()
-    registry = {s.name: s for s in Shard.objects.using("default").all()}
+    registry = {s.name: s for s in Shard.objects.using(CONTROL_ALIAS).all()}
     shards = []
     for name in shard_map.shard_names:
         row = registry.get(name)
@@ -357,12 +357,13 @@ def measure(*, recent_seconds: float = 3600.0) -> Measurement:
             shards.append(ShardInfo(name, row.accepts_tenants,
                                     "" if row.accepts_tenants else "closed to new tenants"))
     per_shard = measure_shards(recent_seconds=recent_seconds)
-    moving = set(MoveJob.objects.using("default").filter(state__in=MoveJob.ACTIVE_STATES)
+    moving = set(MoveJob.objects.using(CONTROL_ALIAS).filter(state__in=MoveJob.ACTIVE_STATES)
                  .values_list("tenant_id", flat=True))
     tenants = []
     placed: dict[str, set[int]] = {}
     for tenant_id, slug, shard, state in (
-        Tenant.objects.using("default").order_by("id").values_list("id", "slug", "shard", "state")
+        Tenant.objects.using(CONTROL_ALIAS).order_by("id")
+        .values_list("id", "slug", "shard", "state")
     ):
         if shard not in per_shard:
             continue  # placed on a shard missing from the topology: not ours to plan

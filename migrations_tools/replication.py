@@ -71,14 +71,6 @@ def confirmed_lsn(source: psycopg.Connection[Any], slot: str) -> int | None:
     return int(row[0]) if row and row[0] is not None else None
 
 
-def current_lsn(conn: psycopg.Connection[Any]) -> int:
-    return int(pg.fetch_value(conn, "SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
-
-
-def insert_lsn(conn: psycopg.Connection[Any]) -> int:
-    return int(pg.fetch_value(conn, "SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn"))
-
-
 def drop_subscription(target: psycopg.Connection[Any], name: str, *,
                       source_reachable: bool = True) -> bool:
     """Drop the subscription (and, through it, its slots on the source). With the source

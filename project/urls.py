@@ -2,14 +2,14 @@ from django.contrib import admin
 from django.contrib.auth.signals import user_login_failed
 from django.urls import path
 
-from project import health, metrics
+from project import health, metrics_endpoint
 from project.api import api
 from sites import throttle
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
-    path("metrics", metrics.metrics_view, name="metrics"),
+    path("metrics", metrics_endpoint.metrics_view, name="metrics"),
     # Before admin.site.urls, so this wrapper answers the admin's login URL.
     path("admin/login/", throttle.throttled_login(admin.site.login)),
     path("admin/", admin.site.urls),

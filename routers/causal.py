@@ -12,6 +12,7 @@ from django.core import signing
 from django.db import DatabaseError, connections
 
 from routers.state import current_state
+from shards.lsn import INSERT_LSN_SQL
 
 COOKIE = "shardsvc_causal"
 HEADER = "X-Causal-Token"
@@ -75,12 +76,11 @@ def position_after_writes(cluster: str) -> int | None:
 
 
 def primary_position(cluster: str) -> int | None:
-    """The primary's WAL insert position now, after the request's commits. The insert position
-    is past every record already inserted, commit records included, even when they are not
-    flushed yet (synchronous_commit=off)."""
+    """The primary's WAL insert position now, after the request's commits (see
+    `shards.lsn.INSERT_LSN_SQL` for why the insert position)."""
     try:
         with connections[cluster].cursor() as cursor:
-            cursor.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn")
+            cursor.execute(INSERT_LSN_SQL)
             return int(cursor.fetchone()[0])
     except DatabaseError:
         return None

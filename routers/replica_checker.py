@@ -21,9 +21,9 @@ from routers.replica_state import (
     describe_unhealthy,
     error_text,
     failed_state,
-    format_lsn,
 )
 from shards.errors import UnknownShard
+from shards.lsn import format_lsn
 from shards.runtime import Conf
 from shards.topology import Server, ShardMap
 

@@ -20,8 +20,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from routers.replica_state import ReplicaState, parse_lsn
+from routers.replica_state import ReplicaState
 from shards import pg
+from shards.lsn import parse_lsn
 from shards.topology import Server
 
 APPLICATION_NAME = "shardsvc-replica-health"

@@ -1,35 +1,14 @@
-"""What one check of one replica found, and the WAL positions it is measured in.
+"""What one check of one replica found.
 
-LSNs are 64-bit ints here (`parse_lsn("16/B374D848")`), so causal tokens compare as numbers.
+LSNs are 64-bit ints here (`shards.lsn.parse_lsn("16/B374D848")`), so causal tokens compare as
+numbers.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass
-
-_LSN_RE = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
-_LSN_MAX = (1 << 64) - 1
-
-
-def parse_lsn(text: str) -> int:
-    """A pg_lsn as PostgreSQL prints it ("16/B374D848") -> a 64-bit int ((X << 32) + Y)."""
-    match = _LSN_RE.match(text.strip()) if isinstance(text, str) else None
-    if match is None:
-        raise ValueError(
-            f"invalid LSN {text!r}: expected two hex numbers of up to 8 digits as X/Y, "
-            "as pg_current_wal_lsn()::text prints it (e.g. '16/B374D848')"
-        )
-    return (int(match[1], 16) << 32) + int(match[2], 16)
-
-
-def format_lsn(value: int) -> str:
-    """A 64-bit int -> the pg_lsn text PostgreSQL prints ("16/B374D848")."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _LSN_MAX:
-        raise ValueError(f"invalid LSN {value!r}: expected an int from 0 to 2**64 - 1")
-    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from routers.replica_checker import ReplicaHealth
 from routers.replica_probe import APPLICATION_NAME, CHECK_QUERY
-from routers.replica_state import ReplicaState, format_lsn, parse_lsn
+from routers.replica_state import ReplicaState
 from shards.runtime import Conf, ReplicaHealthSource, replica_health
 from shards.topology import get_shard_map
 
@@ -40,7 +40,5 @@ __all__ = [
     "ReplicaHealth",
     "ReplicaState",
     "build_replica_health",
-    "format_lsn",
     "get_replica_health",
-    "parse_lsn",
 ]

@@ -19,12 +19,13 @@ from django.db.models import Model
 
 from routers.context import primary_pinned
 from routers.state import current_state
+from shards.aliases import CONTROL_ALIAS
 from shards.errors import CrossShardRelation, NoTenantContext, WrongTenant
 from shards.preparation import sharded_apps
 from shards.runtime import replica_health
 from shards.sharded import ShardedModel
 from shards.tenancy import current_tenant
-from shards.topology import CONTROL_ALIAS, get_shard_map
+from shards.topology import get_shard_map
 
 
 def is_sharded(model: type) -> bool:

@@ -25,6 +25,7 @@ from django.db import transaction
 from redis.exceptions import RedisError
 
 from shards import redisguard
+from shards.aliases import CONTROL_ALIAS
 from shards.errors import MalformedTenantKey, UnknownTenant
 from shards.placement import choose_shard
 from shards.redisguard import RedisUnavailable
@@ -139,7 +140,7 @@ class TenantDirectory:
         # not be there yet, so ask the primary before calling it unknown.
         row = Tenant.objects.filter(**lookup).first()
         if row is None:
-            row = Tenant.objects.using("default").filter(**lookup).first()
+            row = Tenant.objects.using(CONTROL_ALIAS).filter(**lookup).first()
         if row is None:
             return None
         entry = TenantEntry.from_model(row)
@@ -201,7 +202,7 @@ def create_tenant(slug: str, *, shard: str | None = None) -> TenantEntry:
         get_shard_map().shard(shard)  # UnknownShard for a name not in the topology
     # The id comes back from the database default (RETURNING); the post_save signal publishes
     # the entry to the caches once the transaction commits.
-    row = Tenant.objects.using("default").create(slug=slug, shard=shard)
+    row = Tenant.objects.using(CONTROL_ALIAS).create(slug=slug, shard=shard)
     return TenantEntry.from_model(row)
 
 
@@ -212,8 +213,8 @@ def set_placement(tenant_id: int, shard: str, *, min_lsn: int | None = None,
     from shards.models import Tenant
 
     get_shard_map().shard(shard)  # UnknownShard for a name not in the topology
-    with transaction.atomic(using="default"):
-        row = Tenant.objects.using("default").select_for_update().get(id=tenant_id)
+    with transaction.atomic(using=CONTROL_ALIAS):
+        row = Tenant.objects.using(CONTROL_ALIAS).select_for_update().get(id=tenant_id)
         row.shard = shard
         if min_lsn is not None:
             row.min_lsn = min_lsn
@@ -227,5 +228,5 @@ def on_tenant_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
     """Write every saved placement through to the caches, also from the admin or a shell."""
     transaction.on_commit(
         lambda: get_directory().publish(TenantEntry.from_model(instance)),
-        using=kwargs.get("using") or "default",
+        using=kwargs.get("using") or CONTROL_ALIAS,
     )

@@ -55,12 +55,21 @@ class NextGlobalId(Func):
     output_field = BigIntegerField()
 
 
+def id_millis(global_id: int) -> int:
+    """When an id was made, in unix milliseconds."""
+    return (global_id >> (GENERATOR_BITS + SEQUENCE_BITS)) + EPOCH_MS
+
+
+def first_id_at(unix_millis: int) -> int:
+    """The smallest id made at or after `unix_millis` (0 for any time before the epoch)."""
+    return max(unix_millis - EPOCH_MS, 0) << (GENERATOR_BITS + SEQUENCE_BITS)
+
+
 def split_id(global_id: int) -> tuple[int, int, int]:
     """(unix milliseconds, generator id, sequence) of an id."""
     sequence = global_id & ((1 << SEQUENCE_BITS) - 1)
     generator = (global_id >> SEQUENCE_BITS) & MAX_GENERATOR_ID
-    millis = (global_id >> (GENERATOR_BITS + SEQUENCE_BITS)) + EPOCH_MS
-    return millis, generator, sequence
+    return id_millis(global_id), generator, sequence
 
 
 def install(alias: str, *, generator_id: int, name: str) -> None:

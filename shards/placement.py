@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from django.db.models import Count
 from django.utils.module_loading import import_string
 
+from shards.aliases import CONTROL_ALIAS
 from shards.runtime import runtime
 from shards.topology import get_shard_map
 
@@ -31,7 +32,8 @@ def candidate_shards() -> list[str]:
     from shards.models import Shard
 
     closed = set(
-        Shard.objects.using("default").filter(accepts_tenants=False).values_list("name", flat=True)
+        Shard.objects.using(CONTROL_ALIAS).filter(accepts_tenants=False)
+        .values_list("name", flat=True)
     )
     names = [name for name in get_shard_map().shard_names if name not in closed]
     if not names:

@@ -21,8 +21,9 @@ from django.core.management.base import CommandError
 from django.db import DatabaseError, connections, transaction
 
 from shards import fence, global_ids
+from shards.aliases import CONTROL_ALIAS
 from shards.runtime import runtime
-from shards.topology import CONTROL_ALIAS, get_shard_map
+from shards.topology import get_shard_map
 
 logger = logging.getLogger("shardsvc.migrate")
 

@@ -10,6 +10,7 @@ from django.http import HttpRequest
 from ninja import Query, Router
 from ninja.security import APIKeyHeader
 
+from shards.aliases import CONTROL_ALIAS
 from shards.models import Tenant
 from sites import throttle
 from sites.models import Site
@@ -41,7 +42,7 @@ ERRORS = {400: ErrorOut, 401: ErrorOut, 409: ErrorOut, 413: ErrorOut, 422: Error
 def create(request: HttpRequest, payload: SiteIn):
     """Create a site: placed on a shard by the placement policy unless `shard` is given."""
     made = create_site(payload.slug, payload.name, shard=payload.shard)
-    created = Tenant.objects.using("default").get(id=made.entry.id).created_at
+    created = Tenant.objects.using(CONTROL_ALIAS).get(id=made.entry.id).created_at
     return 201, {"slug": made.entry.slug, "name": made.name, "shard": made.entry.shard,
                  "created_at": created, "api_key": made.api_key}
 

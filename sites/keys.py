@@ -20,6 +20,7 @@ from django.db import transaction
 from django_redis.cache import RedisCache
 
 from shards import redisguard
+from shards.aliases import CONTROL_ALIAS
 from shards.runtime import Conf, Slot, runtime
 from shards.ttlcache import TtlCache
 from sites.models import KEY_PREFIX, Site, hash_key
@@ -62,7 +63,7 @@ def owner_of_key(raw_key: str) -> KeyOwner | None:
         if owner is None:
             # The primary, not a replica: a key made a moment ago must work at once, and
             # the answer is cached right after.
-            row = Site.objects.using("default").filter(api_key_hash=key_hash)
+            row = Site.objects.using(CONTROL_ALIAS).filter(api_key_hash=key_hash)
             found_row = row.values_list("tenant_id", "key_generation").first()
             owner = (found_row[0], found_row[1]) if found_row else _NO_SITE
             # add, not set: never overwrite what a rotation wrote meanwhile (see forget).
@@ -100,4 +101,4 @@ def forget(sender: Any, instance: Site, **kwargs: Any) -> None:
                                   lambda: redisguard.client().delete(current_key))
         _local.get().discard(current, previous or "")
 
-    transaction.on_commit(invalidate, using=kwargs.get("using") or "default")
+    transaction.on_commit(invalidate, using=kwargs.get("using") or CONTROL_ALIAS)

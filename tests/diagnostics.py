@@ -15,10 +15,11 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from routers.state import current_state, request_tenant
+from shards.aliases import CONTROL_ALIAS
 
 
 def _alias(request: HttpRequest) -> str:
-    alias = request.GET.get("alias", "default")
+    alias = request.GET.get("alias", CONTROL_ALIAS)
     if alias not in settings.DATABASES:
         raise KeyError(alias)
     return alias

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,11 +19,11 @@ import pytest
 from deploy.processes import read_pid
 from deploy.topology import LocalTopology
 from tests.client import get
+from tests.commands import manage
 from tests.conftest import make_topology
 
 pytestmark = pytest.mark.slow
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 # (slug, comments): placement alternates shard_0, shard_1 (least loaded, ties in topology order)
 SITES = [("grow-a", 30), ("grow-b", 30), ("grow-c", 20), ("grow-d", 20), ("grow-e", 10),
          ("grow-f", 10)]
@@ -48,13 +45,6 @@ for slug, count in {SITES!r}:
     placed[slug] = [site.entry.id, site.entry.shard]
 print("PLACED " + json.dumps(placed))
 """
-
-
-def manage(topo: LocalTopology, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=PROJECT_DIR, env=topo.service_env(),
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )
 
 
 def rows(topo: LocalTopology, alias: str, sql: str, params: list[Any] | None = None) -> list:

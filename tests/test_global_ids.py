@@ -12,6 +12,7 @@ from comments.models import Thread
 from shards.global_ids import split_id
 from shards.models import Shard
 from shards.tenancy import tenant
+from tests.client import wait_until
 
 pytestmark = pytest.mark.usefixtures("django_db")
 
@@ -43,7 +44,10 @@ def test_ids_follow_time_and_carry_it(tenants) -> None:
     with tenant(tenants["b"]):
         for i in range(20):
             ids.append(Thread.objects.create(url=f"/ordered/{i}").id)
-            time.sleep(0.002)
+            # The next id comes from a later millisecond than this one's.
+            made_ms = split_id(ids[-1])[0]
+            wait_until(lambda made_ms=made_ms: time.time() * 1000 >= made_ms + 1, timeout=5,
+                       interval=0.0005, what="the clock to pass the last id's millisecond")
     assert ids == sorted(ids)
     now_ms = time.time() * 1000
     for global_id in ids:

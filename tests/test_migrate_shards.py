@@ -6,70 +6,41 @@ the topology's environment, asserting exit codes and output. The tests run in fi
 build on each other (fresh fleet -> partly failed -> finished -> a new migration held up by a
 long transaction -> an unsafe migration), like the life of a real fleet.
 
-Extra migrations for the comments app come from a throwaway migrations package (the real
-migrations copied, plus test ones on top) selected by a settings module that sets
-MIGRATION_MODULES: no test-only app in the project's settings.
+Extra migrations for the comments app: see tests/dba_migrations.py.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from deploy.topology import LocalTopology
+from deploy.topology import PROJECT_DIR, LocalTopology
 from migrations_tools.errors import ClusterLockHeld
 from migrations_tools.lock import cluster_lock, current_holder
-from migrations_tools.safety import ExecutionPolicy, parse_duration
+from migrations_tools.safety import ExecutionPolicy
 from shards import pg
+from tests.client import wait_until
+from tests.commands import manage
 from tests.conftest import make_topology
+from tests.dba_migrations import (
+    ALIASES,
+    SHARDS,
+    applied,
+    dummy_insert,
+    prefix,
+    row,
+    scalar,
+    write_versions,
+)
 
 pytestmark = pytest.mark.slow
-
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-SHARDS = ["shard_0", "shard_1", "shard_2"]
-ALIASES = ["default", *SHARDS]
-
-V2_MIGRATION = '''
-from django.db import migrations, models
-
-
-class Migration(migrations.Migration):
-    dependencies = [("comments", "{leaf}")]
-    operations = [
-        migrations.AddField("comment", "dba_note", models.CharField(max_length=50, null=True)),
-        migrations.AddField("comment", "dba_rank", models.IntegerField(null=True)),
-    ]
-'''
-
-V3_MIGRATION = '''
-from django.db import migrations, models
-
-
-class Migration(migrations.Migration):
-    dependencies = [("comments", "9001_dba_columns")]
-    operations = [
-        migrations.AddIndex("comment", models.Index(fields=["dba_note"], name="comments_dba_note")),
-        migrations.AlterField("comment", "dba_rank", models.BigIntegerField(null=True)),
-        migrations.AddField("comment", "dba_flag", models.BooleanField()),
-        migrations.AddField("comment", "dba_ok", models.IntegerField(null=True)),
-        migrations.AlterField("comment", "dba_note", models.TextField(null=True)),
-    ]
-'''
-
-
-def prefix(alias: str, aliases: list[str] = ALIASES) -> str:
-    return f"[{aliases.index(alias) + 1}/{len(aliases)} {alias}]"
 
 
 @pytest.fixture(scope="module")
@@ -95,80 +66,8 @@ def comments_migrations() -> list[str]:
 @pytest.fixture(scope="module")
 def versions(tmp_path_factory: pytest.TempPathFactory,
              comments_migrations: list[str]) -> dict[str, dict[str, str]]:
-    """Environment overrides selecting comments migrations v2 (real + 9001_dba_columns) or
-    v3 (+ 9002_dba_unsafe)."""
-    root = tmp_path_factory.mktemp("dba_migrations")
-    real = PROJECT_DIR / "comments" / "migrations"
-    envs = {}
-    for version, extra in (("v2", ["9001"]), ("v3", ["9001", "9002"])):
-        package = root / f"dba_{version}" / "comments"
-        package.mkdir(parents=True)
-        (package.parent / "__init__.py").write_text("")
-        for source in real.glob("*.py"):
-            shutil.copy(source, package / source.name)
-        if "9001" in extra:
-            (package / "9001_dba_columns.py").write_text(
-                V2_MIGRATION.format(leaf=comments_migrations[-1])
-            )
-        if "9002" in extra:
-            (package / "9002_dba_unsafe.py").write_text(V3_MIGRATION)
-        (root / f"dba_settings_{version}.py").write_text(
-            "from project.settings import *  # noqa: F403\n"
-            f'MIGRATION_MODULES = {{"comments": "dba_{version}.comments"}}\n'
-        )
-        envs[version] = {
-            "DJANGO_SETTINGS_MODULE": f"dba_settings_{version}",
-            "PYTHONPATH": f"{root}{os.pathsep}{PROJECT_DIR}",
-        }
-    return envs
-
-
-def manage(topo: LocalTopology, *args: str, env: dict[str, str] | None = None,
-           timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=PROJECT_DIR, env=topo.service_env(**(env or {})),
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )
-
-
-def row(output: str, alias: str) -> str:
-    """The summary table's row of `alias`."""
-    rows = [line for line in output.splitlines() if re.match(rf"^{alias}\s", line)]
-    assert rows, f"no summary row for {alias} in:\n{output}"
-    return rows[-1]
-
-
-def scalar(topo: LocalTopology, alias: str, sql: str, params: list[Any] | None = None) -> Any:
-    with topo.admin_connect(topo.node(alias)) as conn:
-        return conn.execute(sql, params or []).fetchone()[0]
-
-
-def applied(topo: LocalTopology, alias: str, app: str, name: str) -> bool:
-    with topo.admin_connect(topo.node(alias)) as conn:
-        if conn.execute("SELECT to_regclass('django_migrations')").fetchone()[0] is None:
-            return False
-        return bool(conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM django_migrations WHERE app = %s AND name = %s)",
-            [app, name],
-        ).fetchone()[0])
-
-
-# --- pure functions ---------------------------------------------------------------------------
-
-
-def test_durations_and_policy_bounds() -> None:
-    assert parse_duration("500ms") == 0.5
-    assert parse_duration("15min") == 900
-    assert parse_duration("2") == 2
-    with pytest.raises(ValueError, match="not a duration"):
-        parse_duration("soon")
-    with pytest.raises(ValueError, match="lock_timeout must be above 0"):
-        ExecutionPolicy(lock_timeout=0)
-    policy = ExecutionPolicy(lock_timeout=1, retries=2, retry_delay=0.5, jitter=0.2)
-    assert policy.startup_options() == "-c lock_timeout=1000 -c statement_timeout=900000"
-    assert [policy.base_delay(n) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
-    assert policy.worst_case_lock_wait() == pytest.approx(3 * 1 + 1.5 * 1.2)
+    """Environment overrides selecting comments migrations v2 or v3 (see dba_migrations)."""
+    return write_versions(tmp_path_factory.mktemp("dba_migrations"), comments_migrations[-1])
 
 
 # --- the fleet --------------------------------------------------------------------------------
@@ -281,39 +180,13 @@ def test_the_cluster_lock_makes_a_second_run_fail_fast_naming_the_holder(
     assert current_holder(dsn=dsn) is None
 
 
-def _dummy_insert(conn: Any, table: str, overrides: dict[str, Any]) -> tuple[str, list[Any]]:
-    """An INSERT filling every required column of `table` with a harmless value, so the test
-    does not depend on the comments model's current fields."""
-    columns = conn.execute(
-        "SELECT column_name, data_type FROM information_schema.columns "
-        "WHERE table_name = %s AND is_nullable = 'NO' AND column_default IS NULL",
-        [table],
-    ).fetchall()
-    names, values = [], []
-    for name, data_type in columns:
-        names.append(name)
-        if name in overrides:
-            values.append(overrides[name])
-        elif "int" in data_type or data_type == "numeric":
-            values.append(1)
-        elif data_type == "boolean":
-            values.append(False)
-        elif data_type.startswith("timestamp"):
-            values.append(dt.datetime.now(dt.UTC))
-        else:
-            values.append("x")
-    sql = (f"INSERT INTO {table} ({', '.join(names)}) "
-           f"VALUES ({', '.join(['%s'] * len(names))}) RETURNING id")
-    return sql, values
-
-
 def test_a_long_transaction_delays_only_its_shard_and_never_blocks_the_app(
         fleet: LocalTopology, versions: dict[str, dict[str, str]]) -> None:
     policy = ExecutionPolicy(lock_timeout=1.0, retries=2, retry_delay=0.5)
     with fleet.admin_connect(fleet.node("shard_0")) as admin:
-        sql, values = _dummy_insert(admin, "comments_thread", {})
+        sql, values = dummy_insert(admin, "comments_thread", {})
         thread_id = admin.execute(sql, values).fetchone()[0]
-        comment_insert = _dummy_insert(admin, "comments_comment",
+        comment_insert = dummy_insert(admin, "comments_comment",
                                        {"thread_id": thread_id, "parent_id": None})
 
     # The long transaction: a session that read the table and stays open (ACCESS SHARE lock).
@@ -356,11 +229,10 @@ def test_a_long_transaction_delays_only_its_shard_and_never_blocks_the_app(
     try:
         # While shard_0 waits and retries, a second run fails at once naming the first.
         dsn = fleet.node("default").direct_dsn
-        deadline = time.monotonic() + 30
-        while (holder := current_holder(dsn=dsn)) is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert holder is not None and holder.purpose == "migrate_shards"
-        second = manage(fleet, "migrate_shards", env=versions["v2"], timeout=60)
+        holder = wait_until(lambda: current_holder(dsn=dsn), timeout=30, interval=0.05,
+                            what="the first run to take the cluster lock")
+        assert holder.purpose == "migrate_shards"
+        second = manage(fleet, "migrate_shards", **versions["v2"], timeout=60)
         assert migration.poll() is None, "the first run should still be retrying shard_0"
         assert second.returncode == 1
         assert "cannot take the cluster lock for 'migrate_shards': it is held by" in second.stderr
@@ -404,16 +276,16 @@ def test_a_long_transaction_delays_only_its_shard_and_never_blocks_the_app(
     assert slowest < policy.lock_timeout + 1.5, slowest
 
     # With the transaction gone, finishing shard_0 alone works.
-    rerun = manage(fleet, "migrate_shards", "--shard", "shard_0", env=versions["v2"])
+    rerun = manage(fleet, "migrate_shards", "--shard", "shard_0", **versions["v2"])
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"{prefix('shard_0', ['default', 'shard_0'])} Applying {label}... OK" in rerun.stdout
-    check = manage(fleet, "migrate_shards", "--check", env=versions["v2"])
+    check = manage(fleet, "migrate_shards", "--check", **versions["v2"])
     assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_lint_flags_unsafe_operations_on_existing_tables(
         fleet: LocalTopology, versions: dict[str, dict[str, str]]) -> None:
-    plan = manage(fleet, "migrate_shards", "--plan", "--lint", env=versions["v3"])
+    plan = manage(fleet, "migrate_shards", "--plan", "--lint", **versions["v3"])
     assert plan.returncode == 1, plan.stdout + plan.stderr
     out = plan.stdout
     for shard in SHARDS:
@@ -435,12 +307,12 @@ def test_lint_flags_unsafe_operations_on_existing_tables(
     assert "dba_ok" not in lint and "dba_note from" not in lint
     assert "lint flagged 3 operation(s)" in plan.stderr
 
-    refused = manage(fleet, "migrate_shards", "--lint", env=versions["v3"])
+    refused = manage(fleet, "migrate_shards", "--lint", **versions["v3"])
     assert refused.returncode == 1
     assert "Nothing was migrated" in refused.stderr
     assert not applied(fleet, "shard_0", "comments", "9002_dba_unsafe")
 
-    check = manage(fleet, "migrate_shards", "--check", env=versions["v3"])
+    check = manage(fleet, "migrate_shards", "--check", **versions["v3"])
     assert check.returncode == 1
     for shard in SHARDS:
         assert f"{prefix(shard)} comments.9002_dba_unsafe" in check.stdout

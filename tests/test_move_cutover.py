@@ -13,7 +13,8 @@ import pytest
 
 from deploy.topology import LocalTopology
 from migrations_tools.lock import cluster_lock
-from migrations_tools.moves import Mover, MoveSettings, start_move
+from migrations_tools.move_jobs import MoveSettings, start_move
+from migrations_tools.moves import Mover
 from shards.models import MoveJob, Tenant
 from tests.api_client import create_site
 from tests.client import wait_until

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from deploy.topology import PROJECT_DIR, LocalTopology
+from deploy.topology import LocalTopology
 from migrations_tools.lock import cluster_lock
 from shards.models import MoveJob, Tenant
 from tests.api_client import SiteClient, create_site
 from tests.client import wait_until
+from tests.commands import manage
 
 pytestmark = pytest.mark.usefixtures("django_db")
-
-
-def manage(topology: LocalTopology, *args: str, timeout: float = 300,
-           **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=PROJECT_DIR, capture_output=True, text=True,
-        env=topology.service_env(**env), timeout=timeout, check=False,
-    )
 
 
 def replication_objects(topology: LocalTopology) -> dict[str, list[str]]:
@@ -104,10 +94,19 @@ def test_move_under_load_loses_and_duplicates_nothing(service, topology) -> None
             pool.submit(writer, "other", other, o_thread, n)
         for _ in range(3):
             pool.submit(reader)
-        time.sleep(1.5)
-        move = manage(topology, "move_tenant", moving.slug, "shard_1", "--grace", "1")
-        time.sleep(1.5)
-        stop.set()
+        try:
+            # The move starts under load: writes to both sites and reads already answered.
+            wait_until(lambda: len(acked["moving"]) >= 12 and len(acked["other"]) >= 6
+                       and sum(read_statuses.values()) >= 6,
+                       timeout=30, what="writes and reads flowing before the move")
+            move = manage(topology, "move_tenant", moving.slug, "shard_1", "--grace", "1")
+            # ... and goes on after it: writes acknowledged by the tenant's new shard.
+            after_move = len(acked["moving"])
+            wait_until(lambda: len(acked["moving"]) >= max(after_move + 12, 21)
+                       and len(acked["other"]) >= 6,
+                       timeout=30, what="writes acknowledged after the move")
+        finally:
+            stop.set()  # the workers end; a failed wait still reports
     print(move.stdout[-2500:])
     assert move.returncode == 0, move.stdout[-2000:] + move.stderr[-3000:]
     assert failures == []

@@ -120,15 +120,25 @@ def test_reads_survive_a_replica_stopped_mid_run(service, tenants, topology) -> 
     with ThreadPoolExecutor(max_workers=8) as pool:
         for _ in range(8):
             pool.submit(reader)
-        time.sleep(1)
-        topology.stop_node("shard_1_replica_1", mode="immediate")
         try:
-            time.sleep(4)
-            during = served.copy()
+            # Readers are being served by the replica when it stops ...
+            wait_until(lambda: served["shard_1_replica_1"] >= 16, timeout=30,
+                       what="reads served by the replica before it stops")
+            topology.stop_node("shard_1_replica_1", mode="immediate")
+            try:
+                # ... and keep being served, by the primary, while it is down.
+                on_primary = served["shard_1"]
+                wait_until(lambda: served["shard_1"] >= on_primary + 40, timeout=30,
+                           what="reads served by the primary while the replica is down")
+                during = served.copy()
+            finally:
+                topology.start_node("shard_1_replica_1")
+            # Reads go on while it comes back, until it serves them again.
+            on_replica = served["shard_1_replica_1"]
+            wait_until(lambda: served["shard_1_replica_1"] > on_replica, timeout=30,
+                       what="reads to return to the replica under load")
         finally:
-            topology.start_node("shard_1_replica_1")
-        time.sleep(1)
-        stop.set()
+            stop.set()  # the readers end; a failed wait still reports
     assert failures == []
     assert during["shard_1"] > 0  # the primary took over
     # Back on the replica once it is healthy again.

@@ -1,4 +1,5 @@
-"""The per-worker replica health checker against the real harness topology: real stops, real lag.
+"""The per-worker replica health checker against the real harness topology: its checks, its
+states, its thread. Real faults (a stopped, hung or lagging replica): test_replica_faults.py.
 
 Tests assert behaviour with deadlines, never timings; what a fault took is printed (pytest -s).
 """
@@ -8,86 +9,33 @@ from __future__ import annotations
 import gc
 import math
 import os
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
-import psycopg
 import pytest
 
-from deploy.topology import LocalTopology
 from routers.replicas import (
-    APPLICATION_NAME,
     ReplicaHealth,
-    format_lsn,
     get_replica_health,
-    parse_lsn,
 )
 from shards.errors import UnknownAlias, UnknownShard
+from shards.lsn import current_lsn, format_lsn, parse_lsn
 from shards.runtime import runtime
-from shards.topology import ShardMap, load_shard_map
+from shards.topology import ShardMap
+from tests import replica_checks
 from tests.client import wait_until
+from tests.replica_checks import (
+    FAR_FUTURE,
+    LAGGY,
+    all_healthy,
+    checker_backends,
+    replica_aliases,
+)
 
-LAGGY = "shard_0_replica_1"
-STOPPED = "shard_1_replica_1"
-FAR_FUTURE = parse_lsn("FFFFFFFF/FFFFFFFF")
-
-
-@pytest.fixture(scope="module")
-def shard_map(topology: LocalTopology) -> ShardMap:
-    # Straight from the topology file: only get_replica_health() needs Django settings.
-    return load_shard_map(topology.layout.topology_file)
-
-
-@pytest.fixture
-def make_health(shard_map: ShardMap) -> Iterator[Callable[..., ReplicaHealth]]:
-    made: list[ReplicaHealth] = []
-
-    def make(**kwargs: Any) -> ReplicaHealth:
-        health = ReplicaHealth(shard_map, **kwargs)
-        made.append(health)
-        return health
-
-    yield make
-    for health in made:
-        health.stop()
-
-
-def replica_aliases(shard_map: ShardMap) -> set[str]:
-    return {s.alias for c in shard_map.clusters for s in c.replicas}
-
-
-def all_healthy(health: ReplicaHealth, shard_map: ShardMap) -> bool:
-    health.check_once()
-    states = health.states()
-    return set(states) == replica_aliases(shard_map) and all(
-        s.reachable and s.in_recovery and s.error is None and s.replay_lsn > 0
-        and s.lag_seconds <= health.max_lag
-        for s in states.values()
-    )
-
-
-def wait_streaming(topology: LocalTopology, replica: str, *, timeout: float = 30) -> None:
-    """Until the replica's primary shows it streaming: later tests share this topology."""
-    primary = topology.node(replica).cluster
-
-    def streaming() -> bool:
-        with topology.admin_connect(topology.node(primary)) as conn:
-            row = conn.execute(
-                "SELECT state FROM pg_stat_replication WHERE application_name = %s", [replica]
-            ).fetchone()
-            return row is not None and row[0] == "streaming"
-
-    wait_until(streaming, timeout=timeout, interval=0.2, what=f"{replica} streaming again")
-
-
-def primary_lsn(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-    assert row is not None
-    return parse_lsn(row[0])
-
+# The shared fixtures, bound here so pytest finds them for this module's tests.
+make_health = replica_checks.make_health
+shard_map = replica_checks.shard_map
 
 # ----- LSNs and construction --------------------------------------------------------------------
 
@@ -98,17 +46,6 @@ def test_lsn_round_trip_matches_postgres(text: str, admin) -> None:
     assert format_lsn(value) == text
     row = admin("shard_0").execute("SELECT (%s::pg_lsn - '0/0'::pg_lsn)::text", [text]).fetchone()
     assert value == int(row[0])
-
-
-def test_lsn_known_value_and_bad_input() -> None:
-    assert parse_lsn("16/B374D848") == (0x16 << 32) + 0xB374D848
-    assert parse_lsn("16/b374d848") == parse_lsn("16/B374D848")
-    for bad in ["", "16", "16/", "/1", "G/0", "1/2/3", "123456789/0", "1 /2"]:
-        with pytest.raises(ValueError, match="invalid LSN"):
-            parse_lsn(bad)
-    for bad_value in [-1, 1 << 64, 1.5, True]:
-        with pytest.raises(ValueError, match="invalid LSN"):
-            format_lsn(bad_value)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
@@ -174,7 +111,7 @@ def test_min_lsn_filters_replicas_that_have_not_replayed_it(make_health, shard_m
     primary.execute("CREATE TABLE IF NOT EXISTS replica_lsn_probe (v text)")
     try:
         primary.execute("INSERT INTO replica_lsn_probe VALUES ('x')")
-        written = primary_lsn(primary)
+        written = current_lsn(primary)
         assert written > replayed
 
         def replayed_write() -> bool:
@@ -184,152 +121,6 @@ def test_min_lsn_filters_replicas_that_have_not_replayed_it(make_health, shard_m
         wait_until(replayed_write, timeout=15, what=f"{LAGGY} replaying {format_lsn(written)}")
     finally:
         primary.execute("DROP TABLE replica_lsn_probe")
-
-
-# ----- faults -----------------------------------------------------------------------------------
-
-
-def test_stopped_replica_drops_out_and_comes_back(topology, make_health, shard_map) -> None:
-    health = make_health()  # default interval, as a worker runs it
-    health.check_once()
-    health.start()
-    wait_until(lambda: health.usable_replicas("shard_1") == [STOPPED], timeout=15,
-               what=f"{STOPPED} usable")
-    try:
-        stop_began = time.monotonic()
-        topology.stop_node(STOPPED, mode="immediate")
-        stopped = time.monotonic()
-        wait_until(lambda: health.usable_replicas("shard_1") == [], timeout=15, interval=0.02,
-                   what=f"{STOPPED} excluded")
-        excluded = time.monotonic()
-        state = health.state(STOPPED)
-        assert state is not None and not state.reachable
-        assert state.error and "OperationalError" in state.error
-        # Only that replica: the others keep serving.
-        assert health.usable_replicas("shard_0") == ["shard_0_replica_1"]
-
-        topology.start_node(STOPPED)
-        started = time.monotonic()
-        wait_until(lambda: health.usable_replicas("shard_1") == [STOPPED], timeout=30,
-                   interval=0.02, what=f"{STOPPED} usable again")
-        back = time.monotonic()
-        state = health.state(STOPPED)
-        assert state.reachable and state.in_recovery and state.error is None
-        # Restarted on an idle shard, its receive LSN sits behind replay until the primary
-        # writes: that must not read as lag growing past max_lag.
-        strict = make_health(max_lag=0.5)
-        time.sleep(1.0)
-        strict.check_once()
-        assert strict.state(STOPPED).lag_seconds == 0
-        assert strict.usable_replicas("shard_1") == [STOPPED]
-        print(
-            f"\n[replica health] pg_ctl stop -m immediate took {stopped - stop_began:.2f} s; "
-            f"excluded {excluded - stopped:.2f} s after it returned; "
-            f"usable again {back - started:.2f} s after pg_ctl start returned"
-        )
-    finally:
-        health.stop()
-        topology.start_node(STOPPED)  # no-op when running
-        wait_streaming(topology, STOPPED)
-
-
-def _backends_of_checker(topology: LocalTopology, alias: str) -> list[int]:
-    with topology.admin_connect(topology.node(alias)) as conn:
-        rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [APPLICATION_NAME]
-        ).fetchall()
-    return [pid for (pid,) in rows]
-
-
-def test_hung_replica_is_reported_and_the_check_returns(topology, make_health, shard_map) -> None:
-    """A server that accepts but never answers (SIGSTOP'd backend) must not stall the checker."""
-    health = make_health(check_timeout=1.0)
-    wait_until(lambda: all_healthy(health, shard_map), timeout=15, what="every replica healthy")
-    pids = _backends_of_checker(topology, STOPPED)
-    assert pids, "the checker keeps a connection per replica"
-    try:
-        for pid in pids:
-            os.kill(pid, signal.SIGSTOP)
-        began = time.monotonic()
-        health.check_once()
-        took = time.monotonic() - began
-        state = health.state(STOPPED)
-        assert state is not None and not state.reachable
-        assert "no answer within 1 s" in (state.error or "")
-        assert health.usable_replicas("shard_1") == []
-        assert health.usable_replicas("shard_0") == ["shard_0_replica_1"]
-        assert took < 10, f"check_once hung for {took:.1f} s"
-        print(f"\n[replica health] check_once with a hung replica returned in {took:.2f} s")
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGCONT)
-
-    def reconnected() -> bool:
-        health.check_once()
-        return health.usable_replicas("shard_1") == [STOPPED]
-
-    wait_until(reconnected, timeout=15, what=f"{STOPPED} usable after SIGCONT")
-
-
-def _set_apply_delay(topology: LocalTopology, conn: psycopg.Connection[Any], value: str) -> str:
-    """Set recovery_min_apply_delay on a standby; returns how ("ALTER SYSTEM" or "auto.conf")."""
-    try:
-        if value:
-            conn.execute(f"ALTER SYSTEM SET recovery_min_apply_delay = '{value}'")
-        else:
-            conn.execute("ALTER SYSTEM RESET recovery_min_apply_delay")
-        how = "ALTER SYSTEM"
-    except psycopg.Error:
-        # Fallback if a standby refuses ALTER SYSTEM: edit the file it writes.
-        auto = topology.node(LAGGY).datadir / "postgresql.auto.conf"
-        lines = [line for line in auto.read_text().splitlines()
-                 if not line.startswith("recovery_min_apply_delay")]
-        if value:
-            lines.append(f"recovery_min_apply_delay = '{value}'")
-        auto.write_text("\n".join(lines) + "\n")  # root keeps the postgres owner on rewrite
-        how = "auto.conf"
-    conn.execute("SELECT pg_reload_conf()")
-    expected = value or "0"
-    wait_until(
-        lambda: conn.execute("SHOW recovery_min_apply_delay").fetchone()[0] == expected,
-        timeout=10, what=f"recovery_min_apply_delay = {expected}",
-    )
-    return how
-
-
-def test_lagging_replica_is_excluded_then_returns(topology, make_health, admin) -> None:
-    health = make_health(max_lag=0.5)
-    replica, primary = admin(LAGGY), admin("shard_0")
-    primary.execute("CREATE TABLE IF NOT EXISTS replica_lag_probe (id bigserial, v text)")
-    how = _set_apply_delay(topology, replica, "2s")
-    try:
-        seen_lag = None
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            primary.execute("INSERT INTO replica_lag_probe (v) VALUES ('x')")
-            health.check_once()
-            state = health.state(LAGGY)
-            if state is not None and state.reachable and health.usable_replicas("shard_0") == []:
-                seen_lag = state.lag_seconds
-                break
-            time.sleep(0.1)
-        assert seen_lag is not None, "the delayed replica was never excluded"
-        assert seen_lag > 0.5
-        assert health.state(LAGGY).in_recovery
-        # The same replica with a looser bound is still fine: it lags, it is not down.
-        assert seen_lag < 60
-        print(f"\n[replica health] recovery_min_apply_delay set by {how}; "
-              f"excluded at lag {seen_lag:.2f} s")
-    finally:
-        _set_apply_delay(topology, replica, "")
-        primary.execute("DROP TABLE IF EXISTS replica_lag_probe")
-        target = primary_lsn(primary)
-
-        def caught_up() -> bool:
-            health.check_once()
-            return health.usable_replicas("shard_0", min_lsn=target) == [LAGGY]
-
-        wait_until(caught_up, timeout=20, what=f"{LAGGY} caught up after the delay is reset")
 
 
 def test_mark_failed_excludes_at_once_until_the_next_good_check(make_health, shard_map) -> None:
@@ -377,12 +168,12 @@ def test_dropped_instance_stops_its_thread_and_closes_connections(shard_map, top
     health.start()
     thread = health._thread
     assert thread is not None and thread.is_alive()
-    before = len(_backends_of_checker(topology, LAGGY))
+    before = len(checker_backends(topology, LAGGY))
     del health
     gc.collect()
     thread.join(timeout=5)
     assert not thread.is_alive()
-    wait_until(lambda: len(_backends_of_checker(topology, LAGGY)) == before - 1, timeout=5,
+    wait_until(lambda: len(checker_backends(topology, LAGGY)) == before - 1, timeout=5,
                what="the dropped checker's connection closed")
 
 

@@ -7,20 +7,16 @@ pytest process's own Django settings belong to the session topology.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from deploy.topology import LocalTopology
 from migrations_tools.drift import Fingerprint, compare
+from tests.commands import manage
 from tests.conftest import make_topology
 
 pytestmark = pytest.mark.slow
-
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +27,6 @@ def fleet() -> Iterator[LocalTopology]:
         yield topo
     finally:
         topo.destroy()
-
-
-def manage(topo: LocalTopology, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=PROJECT_DIR, env=topo.service_env(),
-        capture_output=True, text=True, timeout=120, check=False,
-    )
 
 
 # --- comparison rules, no database ------------------------------------------------------------

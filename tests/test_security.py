@@ -340,7 +340,7 @@ def test_a_bad_metrics_network_stops_start_up(topology: LocalTopology) -> None:
 def test_scrape_allowed(remote: str, authorization: str | None, allowed: bool) -> None:
     import ipaddress
 
-    from project.metrics import scrape_allowed
+    from project.metrics_endpoint import scrape_allowed
 
     headers = {"HTTP_AUTHORIZATION": authorization} if authorization else {}
     request = RequestFactory().get("/metrics", REMOTE_ADDR=remote,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from django.core.management.base import CommandError
 
 from deploy.topology import PROJECT_DIR, LocalTopology
 from tests.api_client import SiteClient
+from tests.client import wait_until
 
 pytestmark = pytest.mark.usefixtures("django_db")
 
@@ -48,11 +48,9 @@ def wait_replicated(admin, shards: list[str], timeout: float = 30.0) -> None:
     for shard in shards:
         target = admin(shard).execute("SELECT pg_current_wal_lsn()").fetchone()[0]
         replica = admin(f"{shard}_replica_1")
-        deadline = time.monotonic() + timeout
-        while not replica.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn",
-                                  [target]).fetchone()[0]:
-            assert time.monotonic() < deadline, f"{shard}_replica_1 did not replay the seed"
-            time.sleep(0.05)
+        wait_until(lambda replica=replica, target=target: replica.execute(
+            "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [target]).fetchone()[0],
+            timeout=timeout, interval=0.05, what=f"{shard}_replica_1 to replay the seed")
 
 
 def printed_shard_totals(stdout: str) -> dict[str, int]:

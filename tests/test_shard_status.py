@@ -5,25 +5,14 @@ and the tenant action that starts a real move in the background."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 
-from migrations_tools.fleet_status import Leak, ReplicationObjects, find_leaks
+from migrations_tools.leaks import Leak, ReplicationObjects, find_leaks
 from tests.client import wait_until
-
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-
-
-def manage(topology, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=PROJECT_DIR, env=topology.service_env(),
-        capture_output=True, text=True, timeout=timeout, check=False,
-    )
-
+from tests.commands import manage
 
 # --- leak detection, pure ---------------------------------------------------------------------
 

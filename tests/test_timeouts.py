@@ -360,17 +360,18 @@ def test_a_paused_pgbouncer_costs_requests_a_bounded_503_and_the_service_recover
     pid = _pgbouncer_pid(topology)
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = [pool.submit(client, i) for i in range(8)]
-        time.sleep(0.5)  # load before the pause
-        paused_at = time.monotonic()
-        os.kill(pid, signal.SIGSTOP)
+        try:  # SIGCONT in `finally` is harmless when the pause never began
+            wait_until(lambda: len({o.client for o in outcomes}) == 8, timeout=30,
+                       what="load before the pause: every client answered")
+            paused_at = time.monotonic()
+            os.kill(pid, signal.SIGSTOP)
 
-        def every_client_came_back() -> bool:
-            # Writers always need the database; a reader may be served from the cache.
-            with lock:
-                return all(any(o.client == i and o.started > paused_at for o in outcomes)
-                           for i in range(8))
+            def every_client_came_back() -> bool:
+                # Writers always need the database; a reader may be served from the cache.
+                with lock:
+                    return all(any(o.client == i and o.started > paused_at for o in outcomes)
+                               for i in range(8))
 
-        try:
             wait_until(every_client_came_back, timeout=4 * REQUEST_BOUND,
                        what="every client's request to end while PgBouncer is paused")
         finally:

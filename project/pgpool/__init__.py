@@ -9,8 +9,10 @@ block of code (a request). Call ``close_all_pools()`` at worker exit; read ``poo
 ``timeout_counts()`` for metrics.
 """
 
+from .counters import timeout_counts
 from .errors import PoolTimeout
-from .pool import PoolKey, PoolStats, close_all_pools, pool_stats, timeout_counts
+from .pool import PoolKey, PoolStats
+from .registry import close_all_pools, pool_stats
 
 __all__ = ["PoolKey", "PoolStats", "PoolTimeout", "close_all_pools", "pool_stats",
            "timeout_counts"]

@@ -26,7 +26,8 @@ from psycopg import IsolationLevel
 
 from .deadline import Deadline, current_deadline
 from .options import POOL_KEYS, PoolOptions
-from .pool import Connection, ConnectionPool, PoolKey, close_all_pools, get_pool, retire_pool
+from .pool import Connection, ConnectionPool, PoolKey
+from .registry import close_all_pools, get_pool, retire_pool
 from .session import SessionSetup
 from .timeouts import timeouts_cursor_class
 

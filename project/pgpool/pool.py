@@ -1,4 +1,5 @@
-"""A capped, fair pool of psycopg 3 connections, and the per-process registry of pools.
+"""A capped, fair pool of psycopg 3 connections (the per-process registry of pools is
+`registry.py`, their counters `counters.py`).
 
 Why not django-db-geventpool's pool: it counts a connection only after ``connect()`` returns (and
 connecting yields under gevent, so a cold burst overshoots the cap), its waiters block forever and
@@ -31,6 +32,7 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg.pq import TransactionStatus
 
+from .counters import count_timeout
 from .errors import pool_timeout
 
 logger = logging.getLogger("project.pgpool")
@@ -207,7 +209,7 @@ class ConnectionPool:
             self._leave_queue(waiter, keep=False)
             raise
         if not self._leave_queue(waiter, keep=True):
-            _count_timeout(self.name)
+            count_timeout(self.name)
             raise pool_timeout(self.name, self.max_size, self.timeout)
         # A handed-over connection was returned healthy a moment ago: no SELECT 1 needed.
         return waiter.conn, time.monotonic()
@@ -363,56 +365,3 @@ def _close_quietly(conn: Connection) -> None:
         conn.close()
     except Exception:
         logger.debug("error closing a discarded connection", exc_info=True)
-
-
-# -- counters ----------------------------------------------------------------------------------
-
-# Checkouts that gave up waiting (PoolTimeout), by alias, since the process started. Per alias,
-# not per pool: a pool retired after a settings change must not take its count with it, so the
-# totals only ever grow (what a Prometheus counter needs).
-_timeouts: dict[str, int] = {}
-_counter_lock = threading.Lock()
-
-
-def _count_timeout(alias: str) -> None:
-    with _counter_lock:
-        _timeouts[alias] = _timeouts.get(alias, 0) + 1
-
-
-def timeout_counts() -> dict[str, int]:
-    """Checkouts per alias that waited the pool's timeout and gave up, since the process
-    started (metrics read this)."""
-    with _counter_lock:
-        return dict(_timeouts)
-
-
-# -- registry ----------------------------------------------------------------------------------
-
-_pools: dict[PoolKey, ConnectionPool] = {}
-
-
-def get_pool(key: PoolKey, factory: Callable[[], ConnectionPool]) -> ConnectionPool:
-    """The pool for ``key``, created by ``factory`` on first use (which opens no connection)."""
-    pool = _pools.get(key)
-    if pool is None:
-        # setdefault is atomic: of two racing creators the first wins, the other pool is unused.
-        pool = _pools.setdefault(key, factory())
-    return pool
-
-
-def retire_pool(key: PoolKey) -> None:
-    """Drop the pool for ``key`` so the next checkout builds one from current settings."""
-    pool = _pools.pop(key, None)
-    if pool is not None:
-        pool.retire()
-
-
-def close_all_pools() -> None:
-    """Close the idle connections of every pool (tests, worker exit); pools stay usable."""
-    for pool in list(_pools.values()):
-        pool.close_idle()
-
-
-def pool_stats() -> dict[PoolKey, PoolStats]:
-    """Stats of every pool in this process, for metrics."""
-    return {key: pool.stats() for key, pool in list(_pools.items())}

@@ -281,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             from django.db import connections
 
-            from project.pgpool.pool import close_all_pools
+            from project.pgpool import close_all_pools
             from shards.runtime import runtime
 
             runtime.reset()

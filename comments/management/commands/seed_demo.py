@@ -19,14 +19,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from comments.seeding import (
-    SeededSite,
-    SeedError,
-    SeedOptions,
-    SeedResult,
-    ensure_sites,
-    load_sites,
-)
+from comments.seed_options import SeededSite, SeedError, SeedOptions, SeedResult
+from comments.seeding import ensure_sites, load_sites
 from shards.console import Console, render_table
 
 

@@ -22,18 +22,16 @@ from django.utils.module_loading import module_has_submodule
 
 from migrations_tools.lint import Finding
 from migrations_tools.lock import cluster_lock
-from migrations_tools.runner import (
+from migrations_tools.plans import (
     DatabasePlan,
-    DatabaseResult,
-    FleetResult,
     default_jobs,
     describe_plan,
-    migrate_fleet,
     outstanding,
     plan_fleet,
     policy_from_options,
     selected_aliases,
 )
+from migrations_tools.runner import DatabaseResult, FleetResult, migrate_fleet
 from migrations_tools.safety import ExecutionPolicy, parse_duration
 from shards.console import Console, render_table
 from shards.topology import get_shard_map

@@ -10,15 +10,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrations_tools.lock import cluster_lock
-from migrations_tools.moves import (
-    MoveError,
-    Mover,
-    MoveSettings,
-    sharded_tables,
-    start_move,
-    tenant_rows,
-)
+from migrations_tools.move_jobs import MoveError, MoveSettings, start_move
+from migrations_tools.moves import Mover
 from migrations_tools.replication import connect
+from migrations_tools.tenant_rows import sharded_tables, tenant_rows
+from shards.aliases import CONTROL_ALIAS
 from shards.directory import lookup
 from shards.errors import MalformedTenantKey, UnknownTenant
 from shards.models import MoveJob
@@ -81,7 +77,7 @@ class Command(BaseCommand):
         self.stdout.write(f"{time.strftime('%H:%M:%S')} {message}")
 
     def abort(self, tenant_id: int, slug: str) -> None:
-        job = MoveJob.objects.using("default").filter(
+        job = MoveJob.objects.using(CONTROL_ALIAS).filter(
             tenant_id=tenant_id, state__in=MoveJob.ACTIVE_STATES).first()
         if job is None:
             raise CommandError(f"tenant {slug} has no unfinished move to abort")

@@ -15,7 +15,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrations_tools.lock import cluster_lock
-from migrations_tools.moves import Mover, MoveSettings, start_move
+from migrations_tools.move_jobs import MoveSettings, start_move
+from migrations_tools.moves import Mover
 from migrations_tools.rebalance import (
     WEIGHTS,
     Plan,
@@ -25,6 +26,7 @@ from migrations_tools.rebalance import (
     plan_rebalance,
 )
 from migrations_tools.safety import parse_duration
+from shards.aliases import CONTROL_ALIAS
 from shards.models import MoveJob, Tenant
 
 
@@ -118,7 +120,7 @@ class Command(BaseCommand):
             if number > 1 and pause:
                 self.stdout.write(f"pausing {pause:g} s before the next move")
                 time.sleep(pause)
-            current = Tenant.objects.using("default").filter(id=move.tenant_id).values_list(
+            current = Tenant.objects.using(CONTROL_ALIAS).filter(id=move.tenant_id).values_list(
                 "shard", flat=True).first()
             if current != move.source:
                 self.stdout.write(f"{label} skipped: now on {current}, not {move.source} "

@@ -9,7 +9,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from migrations_tools.runner import default_jobs, selected_aliases
+from migrations_tools.plans import default_jobs, selected_aliases
 from migrations_tools.status import matrix
 from shards.console import render_table
 from shards.topology import get_shard_map

@@ -11,8 +11,10 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from migrations_tools import fleet_status
+from migrations_tools.leaks import LeakReport, check_leaks, sweep
 from migrations_tools.lock import current_holder
 from migrations_tools.safety import parse_duration
+from shards.aliases import CONTROL_ALIAS
 from shards.models import Tenant
 from shards.topology import get_shard_map
 
@@ -54,9 +56,9 @@ class Command(BaseCommand):
                 raise CommandError(str(exc)) from exc
             out("")
             out("sweeping leaked replication objects:")
-            report = fleet_status.sweep(progress=lambda m: out(f"  {m}"), lock_wait=wait)
+            report = sweep(progress=lambda m: out(f"  {m}"), lock_wait=wait)
         else:
-            report = fleet_status.check_leaks()
+            report = check_leaks()
         self.leaks(report, swept=options["sweep"])
 
     def servers(self) -> None:
@@ -100,7 +102,7 @@ class Command(BaseCommand):
     def tenants(self, summaries: list[fleet_status.ShardSummary]) -> None:
         rows_of = {s.name: s for s in summaries}
         rows = []
-        for t in Tenant.objects.using("default").order_by("shard", "slug"):
+        for t in Tenant.objects.using(CONTROL_ALIAS).order_by("shard", "slug"):
             summary = rows_of.get(t.shard)
             count = "?" if summary is None or summary.error else str(
                 summary.rows_by_tenant.get(t.id, 0))
@@ -152,7 +154,7 @@ class Command(BaseCommand):
             out("recent moves: none")
         out(f"cluster lock: {'held by ' + holder.describe() if holder else 'free'}")
 
-    def leaks(self, report: fleet_status.LeakReport, *, swept: bool) -> None:
+    def leaks(self, report: LeakReport, *, swept: bool) -> None:
         out = self.stdout.write
         out("")
         for shard, error in sorted(report.unchecked.items()):

@@ -1,0 +1,187 @@
+"""The service of the local topology: Gunicorn processes, their environment and secrets.
+
+`ServiceControl` is part of LocalTopology (it needs its layout); `ServiceProcess` is one running
+Gunicorn master, found again by its folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from deploy import processes as proc
+from deploy.layout import PROJECT_DIR, LocalLayout
+from deploy.processes import TopologyError
+
+
+class ServiceControl:
+    """Starting the service and running management commands against a LocalLayout."""
+
+    layout: LocalLayout
+    echo: Callable[[str], None]
+
+    def settings_env(self) -> dict[str, str]:
+        """What any process loading the settings for this topology needs: the service, its
+        management commands, and a test or benchmark process that sets Django up itself."""
+        return {
+            "DJANGO_SETTINGS_MODULE": "project.settings",
+            "SHARDSVC_TOPOLOGY": str(self.layout.topology_file),
+            "SHARDSVC_SECRET_KEY": self.secret_key(),
+            # Plain HTTP on loopback: no HTTPS redirect, no Secure-only cookies, no HSTS.
+            "SHARDSVC_HTTPS": "0",
+        }
+
+    def service_env(self, **overrides: str) -> dict[str, str]:
+        env = dict(os.environ)
+        # Only a service gets a Prometheus folder (start_service): a management command writing
+        # its samples into a running service's folder would show up in that service's /metrics.
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        env.update(self.settings_env())
+        env.update(
+            SHARDSVC_OPS_TOKEN=self.ops_token(),
+            SHARDSVC_BIND=f"127.0.0.1:{self.layout.http_port}",
+            SHARDSVC_WORKERS=str(self.layout.workers),
+            PYTHONPATH=str(PROJECT_DIR),
+        )
+        env.update(overrides)
+        return env
+
+    def ops_token(self) -> str:
+        """The token of the ops API for this topology, made once and kept in its folder."""
+        return self._secret_file("ops-token", 24)
+
+    def secret_key(self) -> str:
+        """Django's SECRET_KEY for this topology (signs user and causal tokens, sessions):
+        made once, kept next to the topology file."""
+        return self._secret_file("secret-key", 48)
+
+    def _secret_file(self, name: str, nbytes: int) -> str:
+        path = self.layout.root / name
+        if not path.exists():
+            # Created with mode 600 (not chmod after writing): never readable by others.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(nbytes) + "\n")
+        return path.read_text().strip()
+
+    def manage(self, *args: str, **env: str) -> str:
+        return proc.run(
+            [sys.executable, "-m", "django", *args],
+            what=f"django-admin {' '.join(args)}",
+            env=self.service_env(**env),
+            cwd=PROJECT_DIR,
+        )
+
+    def migrate(self) -> None:
+        # migrate_shards migrates control first (shards take their global id generator from its
+        # registry), then every shard primary in parallel, over direct connections, under the
+        # cluster lock; it exits non-zero (TopologyError here) unless everything is migrated.
+        self.echo("migrating control and shards (manage.py migrate_shards)")
+        output = self.manage("migrate_shards")
+        # The summary table: a header, one row per database, and the timing line.
+        for line in output.splitlines()[-(len(self.layout.cluster_names) + 2):]:
+            self.echo(line)
+
+    def start_service(
+        self, *, name: str = "service", port: int | None = None, **env: str
+    ) -> ServiceProcess:
+        port = port or self.layout.http_port
+        folder = proc.make_dir(self.layout.root / name)
+        service = ServiceProcess(folder=folder, port=port)
+        if service.running():
+            return service
+        (folder / "port").write_text(f"{port}\n")
+        (folder / "env.json").write_text(json.dumps(env))  # for restart_services
+        proc.require_free_port(port, f"the service ({name})")
+        env.setdefault("SHARDSVC_BIND", f"127.0.0.1:{port}")
+        # Prometheus multiprocess files of this service's workers, emptied before it starts:
+        # files of an earlier run would add their counts to this one's.
+        metrics_dir = Path(env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(folder / "metrics")))
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        with (folder / "gunicorn.log").open("ab") as log:
+            subprocess.Popen(
+                [
+                    sys.executable, "-m", "gunicorn",
+                    "-c", str(PROJECT_DIR / "deploy" / "gunicorn.conf.py"),
+                    "--pid", str(service.pidfile),
+                    "project.wsgi:application",
+                ],
+                cwd=PROJECT_DIR,
+                env=self.service_env(**env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # survives the caller; `down` stops it by pid file
+            )
+        service.wait_ready(timeout=60)
+        self.echo(f"service: http://127.0.0.1:{port}/ (log {folder / 'gunicorn.log'})")
+        return service
+
+    def restart_services(self) -> None:
+        """Stop and start every running service with the settings it was started with."""
+        for pidfile in sorted(self.layout.root.glob("*/gunicorn.pid")):
+            service = ServiceProcess.in_folder(pidfile.parent)
+            if not service.running():
+                continue
+            env_file = pidfile.parent / "env.json"
+            env = json.loads(env_file.read_text()) if env_file.exists() else {}
+            service.stop()
+            self.echo(f"restarting service {pidfile.parent.name} for the new topology")
+            self.start_service(name=pidfile.parent.name, port=service.port, **env)
+
+
+@dataclass
+class ServiceProcess:
+    """A Gunicorn master started by LocalTopology.start_service."""
+
+    folder: Path
+    port: int
+
+    @property
+    def pidfile(self) -> Path:
+        return self.folder / "gunicorn.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "gunicorn.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def running(self) -> bool:
+        return proc.read_pid(self.pidfile) is not None
+
+    @classmethod
+    def in_folder(cls, folder: Path) -> ServiceProcess:
+        port_file = folder / "port"
+        return cls(folder=folder, port=int(port_file.read_text()) if port_file.exists() else 0)
+
+    def wait_ready(self, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last_error = ""
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError as exc:
+                last_error = str(exc)
+            time.sleep(0.1)
+        raise TopologyError(
+            f"the service did not answer /healthz on port {self.port} within {timeout:.0f} s "
+            f"({last_error}){proc.log_tail(self.log, 40)}"
+        )
+
+    def stop(self) -> None:
+        proc.stop_pid(self.pidfile, timeout=20)
