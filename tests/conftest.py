@@ -21,6 +21,7 @@ import pytest
 
 from deploy.processes import port_in_use
 from deploy.topology import LocalLayout, LocalTopology, ServiceProcess
+from tests.api_client import UNREACHED_THROTTLES
 
 # A non-UTC server default, so a test can tell whether the app set UTC on its connections.
 SERVER_TIME_ZONE = "Pacific/Chatham"
@@ -120,11 +121,8 @@ def service(topology: LocalTopology) -> Iterator[ServiceProcess]:
     diagnostics endpoints). Its throttles are on with limits no test session reaches (every test
     calls from 127.0.0.1, schema fuzzing writes as one user): tests/test_throttle.py checks the
     limits on a service of its own."""
-    svc = topology.start_service(
-        name="service", SHARDSVC_URLCONF="tests.urls",
-        SHARDSVC_THROTTLE_AUTH_FAILURES="100000/m", SHARDSVC_THROTTLE_WRITES="100000/m",
-        SHARDSVC_THROTTLE_ADMIN_LOGIN="1000/m",
-    )
+    svc = topology.start_service(name="service", SHARDSVC_URLCONF="tests.urls",
+                                 **UNREACHED_THROTTLES)
     try:
         yield svc
     finally:

@@ -18,7 +18,7 @@ import pytest
 from deploy import processes as proc
 from deploy.topology import LocalTopology, ServiceProcess
 from project.pgpool.timeouts import set_local_sql
-from tests.api_client import SiteClient, create_site
+from tests.api_client import UNREACHED_THROTTLES, SiteClient, create_site
 from tests.client import Response, get, get_many, wait_until
 
 pytestmark = pytest.mark.usefixtures("django_db")
@@ -44,6 +44,7 @@ def timeouts_service(topology: LocalTopology) -> Iterator[ServiceProcess]:
         SHARDSVC_DB_LOCK_TIMEOUT=str(LOCK_TIMEOUT),
         SHARDSVC_REQUEST_DEADLINE=str(DEADLINE),
         SHARDSVC_POOL_MAX_CONNS=str(POOL_MAX_CONNS), SHARDSVC_POOL_TIMEOUT=str(POOL_TIMEOUT),
+        **UNREACHED_THROTTLES,  # its load writes as one user
     )
     try:
         yield svc
