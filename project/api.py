@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 
 from comments.api import router as site_router
 from comments.cursors import BadCursor
+from comments.ops import router as ops_comments_router
 from comments.service import Conflict, Forbidden, Invalid, NotFound
 from project.throttle import Throttled
 from routers.errors import RoutingError
@@ -92,6 +93,7 @@ api = ServiceAPI(
     parser=JsonBodyParser(),
 )
 api.add_router("/ops", ops_router)
+api.add_router("/ops/comments", ops_comments_router)
 api.add_router("/sites/{site}", site_router)
 
 
