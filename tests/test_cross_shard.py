@@ -1,0 +1,351 @@
+"""Cross-shard reads on a 3-shard topology: the ops listing (merge, cursor pages, a tenant moving
+between two pages, a stopped shard), counts against direct SQL, moderation, and `user_data`
+export / erase (also killed halfway and run again).
+
+The pytest process's Django belongs to the session's 2-shard topology, so this module starts one
+3-shard topology for all its tests (like tests/test_add_shard.py) and drives it as ops do: HTTP
+to its service, `manage.py` subprocesses, and direct SQL on its servers for the expectations.
+Tests run in file order and build on the seed: the pagination tests run before anything moves.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.parse
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy.topology import LocalTopology, ServiceProcess
+from tests.client import Response, get, request
+from tests.conftest import make_topology, wait_until_serving
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+SHARDS = ("shard_0", "shard_1", "shard_2")
+# Two sites per shard; the first of shard_0 moves to shard_2 between two pages.
+SITES = {f"x{n}{letter}": shard for n, shard in enumerate(SHARDS) for letter in "ab"}
+MOVING_SITE = "x0a"
+TOTAL = 10_000
+ROUNDS = 5  # rows are inserted shard after shard in rounds, so ids interleave across shards
+# Authors of the seed: the plain ones fill up to TOTAL; the others are small sets per test.
+SPECIAL = {"mover": 20, "gdpr": 15, "crashy": 60}  # rows per site per author
+
+SEED = f"""
+import json
+from comments.service import get_or_create_thread
+from routers.context import tenant
+from sites.service import create_site
+
+placed = {{}}
+for slug, shard in {SITES!r}.items():
+    site = create_site(slug, slug.upper(), shard=shard)
+    with tenant(site.entry):
+        thread, _ = get_or_create_thread(f"https://{{slug}}.example/1", "first post")
+    placed[slug] = [site.entry.id, thread.id, shard]
+print("PLACED " + json.dumps(placed))
+"""
+
+
+def manage(topo: LocalTopology, *args: str, cwd: Path = PROJECT_DIR,
+           timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "manage.py"), *args], cwd=cwd,
+        env=topo.service_env(), capture_output=True, text=True, timeout=timeout, check=False,
+    )
+
+
+def sql(topo: LocalTopology, alias: str, query: str, params: list[Any] | None = None) -> list:
+    with topo.admin_connect(topo.node(alias)) as conn:
+        return conn.execute(query, params or []).fetchall()
+
+
+class Cluster:
+    def __init__(self, topo: LocalTopology, service: ServiceProcess,
+                 placed: dict[str, list]) -> None:
+        self.topo, self.service = topo, service
+        self.tenant_ids = {slug: p[0] for slug, p in placed.items()}
+        self.slugs = {p[0]: slug for slug, p in placed.items()}
+
+    def ops(self, method: str, path: str, headers: dict[str, str] | None = None,
+            **params: Any) -> Response:
+        query = urllib.parse.urlencode({k: v for k, v in params.items() if v is not None})
+        url = f"{self.service.url}/api/ops/comments{path}" + (f"?{query}" if query else "")
+        return request(method, url, timeout=60,
+                       headers={"X-Ops-Token": self.topo.ops_token(), **(headers or {})})
+
+    def rows(self, where: str = "TRUE", params: list[Any] | None = None) -> list[tuple]:
+        """(id, site, shard) of every comment matching `where`, straight from every primary,
+        counting each tenant only on the shard the directory places it on."""
+        placement = dict(sql(self.topo, "default", "SELECT id, shard FROM shards_tenant"))
+        found = []
+        for shard in SHARDS:
+            for comment_id, tenant_id in sql(
+                    self.topo, shard,
+                    f"SELECT id, tenant_id FROM comments_comment WHERE {where}", params):
+                if placement.get(tenant_id) == shard and tenant_id in self.slugs:
+                    found.append((comment_id, self.slugs[tenant_id], shard))
+        return found
+
+    def walk(self, limit: int, between=None, **params: Any) -> list[dict]:
+        """Every page of the listing; `between(pages_so_far)` runs before each next page."""
+        items: list[dict] = []
+        cursor = None
+        pages = 0
+        while True:
+            answer = self.ops("GET", "", limit=limit, cursor=cursor, **params)
+            assert answer.status == 200, answer.body
+            assert answer.body["partial"] is False, answer.body
+            assert len(answer.body["items"]) <= limit
+            items += answer.body["items"]
+            pages += 1
+            cursor = answer.body["next_cursor"]
+            if cursor is None:
+                return items
+            if between is not None:
+                between(pages)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    topo = make_topology("shardsvc-scatter-", shards=3, replicas=1)
+    try:
+        topo.up(service=False, migrate=True)
+        seeded = manage(topo, "shell", "-c", SEED)
+        assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+        placed = json.loads(seeded.stdout.split("PLACED ", 1)[1])
+        plain = TOTAL - sum(SPECIAL.values()) * len(SITES)
+        per_site = {slug: plain // len(SITES) + (1 if n < plain % len(SITES) else 0)
+                    for n, slug in enumerate(SITES)}
+        for round_ in range(ROUNDS):
+            for slug, (tenant_id, thread_id, shard) in placed.items():
+                authors = [(f"u{round_ % 7}", _share(per_site[slug], round_))]
+                authors += [(name, _share(n, round_)) for name, n in SPECIAL.items()]
+                with topo.admin_connect(topo.node(shard)) as conn:
+                    for author, count in authors:
+                        conn.execute(
+                            "INSERT INTO comments_comment (tenant_id, thread_id, author, "
+                            "author_name, body, created_at, deleted, score, depth) "
+                            "SELECT %s, %s, %s, 'Name', 'body ' || g, now(), false, 0, 0 "
+                            "FROM generate_series(1, %s) g",
+                            [tenant_id, thread_id, author, count])
+                    conn.execute("UPDATE comments_thread SET comment_count = comment_count + %s"
+                                 " WHERE id = %s", [sum(n for _, n in authors), thread_id])
+        service = topo.start_service(name="service")
+        wait_until_serving(topo)
+        yield Cluster(topo, service, placed)
+    finally:
+        topo.destroy()
+
+
+def _share(total: int, round_: int) -> int:
+    return total // ROUNDS + (1 if round_ < total % ROUNDS else 0)
+
+
+def test_merged_order_equals_the_order_of_the_union(cluster: Cluster) -> None:
+    union = sorted(cluster.rows(), reverse=True)
+    assert len(union) == TOTAL
+    assert {shard for _, _, shard in union} == set(SHARDS)
+    newest = cluster.ops("GET", "", order="newest", limit=500)
+    assert newest.status == 200, newest.body
+    assert [(i["id"], i["site"], i["shard"]) for i in newest.body["items"]] == union[:500]
+    oldest = cluster.ops("GET", "", order="oldest", limit=300)
+    assert [i["id"] for i in oldest.body["items"]] == [r[0] for r in sorted(union)[:300]]
+    mine = cluster.ops("GET", "", order="newest", author="gdpr", limit=500)
+    expected = sorted(cluster.rows("author = %s", ["gdpr"]), reverse=True)
+    assert [i["id"] for i in mine.body["items"]] == [r[0] for r in expected]
+    assert mine.body["next_cursor"] is None and mine.body["partial"] is False
+
+
+def test_pages_of_37_over_10000_rows_return_every_row_exactly_once(cluster: Cluster) -> None:
+    items = cluster.walk(37, order="newest")
+    ids = [i["id"] for i in items]
+    assert len(ids) == TOTAL == len(set(ids))
+    assert ids == [r[0] for r in sorted(cluster.rows(), reverse=True)]
+
+
+def test_a_cursor_of_another_query_or_a_forged_one_is_refused(cluster: Cluster) -> None:
+    first = cluster.ops("GET", "", author="gdpr", limit=5)
+    cursor = first.body["next_cursor"]
+    other = cluster.ops("GET", "", author="mover", limit=5, cursor=cursor)
+    assert other.status == 400 and "other filters" in other.body["message"]
+    forged = cluster.ops("GET", "", author="gdpr", limit=5, cursor=cursor[:-3] + "abc")
+    assert forged.status == 400 and forged.body["error"] == "bad_cursor"
+    unauthorized = request("GET", f"{cluster.service.url}/api/ops/comments")
+    assert unauthorized.status == 401
+
+
+def test_a_tenant_moved_between_two_pages_is_read_once(cluster: Cluster) -> None:
+    """The move is stopped twice on its way (move_tenant's fault injection) so pages are read
+    while both shards hold the site's rows: first with the copy made and the directory still on
+    the source, then flipped to the target with the source rows not yet deleted."""
+    expected = sorted(cluster.rows("author = %s", ["mover"]), reverse=True)
+    moved = [r for r in expected if r[1] == MOVING_SITE]
+    assert moved and {r[2] for r in moved} == {"shard_0"}
+    tenant_id = cluster.tenant_ids[MOVING_SITE]
+
+    def on(shard: str) -> int:
+        return sql(cluster.topo, shard, "SELECT count(*) FROM comments_comment WHERE "
+                   "tenant_id = %s", [tenant_id])[0][0]
+
+    def placed() -> str:
+        return sql(cluster.topo, "default", "SELECT shard FROM shards_tenant WHERE id = %s",
+                   [tenant_id])[0][0]
+
+    def move(*extra: str) -> subprocess.CompletedProcess:
+        return manage(cluster.topo, "move_tenant", MOVING_SITE, "shard_2", "--grace", "0.5",
+                      *extra)
+
+    def step(pages: int) -> None:
+        if pages == 1:
+            assert move("--crash-at", "cutover").returncode == 70
+            assert (placed(), on("shard_2")) == ("shard_0", on("shard_0"))  # copied, not flipped
+        elif pages == 2:
+            assert move("--crash-at", "cleanup").returncode == 70
+            assert (placed(), on("shard_0")) == ("shard_2", on("shard_2"))  # flipped, not cleaned
+        elif pages == 3:
+            done = move()
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert (placed(), on("shard_0")) == ("shard_2", 0)
+
+    items = cluster.walk(20, between=step, order="newest", author="mover")
+    ids = [i["id"] for i in items]
+    assert len(ids) == len(set(ids)) == len(expected)
+    assert ids == [r[0] for r in expected]
+    # The moved site's rows came from both shards, on either side of the flip.
+    shards_of_moved = Counter(i["shard"] for i in items if i["site"] == MOVING_SITE)
+    assert set(shards_of_moved) == {"shard_0", "shard_2"}, shards_of_moved
+
+
+def test_counts_equal_a_direct_count_over_every_shard(cluster: Cluster) -> None:
+    direct: Counter[str] = Counter()
+    authors: Counter[str] = Counter()
+    for shard in SHARDS:
+        for tenant_id, count in sql(cluster.topo, shard, "SELECT tenant_id, count(*) FROM "
+                                    "comments_comment GROUP BY tenant_id"):
+            direct[cluster.slugs[tenant_id]] += count
+        for author, count in sql(cluster.topo, shard, "SELECT author, count(*) FROM "
+                                 "comments_comment GROUP BY author"):
+            authors[author] += count
+    by_site = cluster.ops("GET", "/counts", by="site")
+    assert by_site.status == 200, by_site.body
+    assert by_site.body["counts"] == dict(direct) and by_site.body["total"] == TOTAL
+    by_author = cluster.ops("GET", "/counts", by="author")
+    assert by_author.body["counts"] == dict(authors)
+    one = cluster.ops("GET", "/counts", by="site", author="gdpr")
+    assert one.body["counts"] == {slug: SPECIAL["gdpr"] for slug in SITES}
+
+
+def test_moderation_soft_deletes_the_comment_on_its_sites_shard(cluster: Cluster) -> None:
+    target = cluster.ops("GET", "", author="u3", limit=1).body["items"][0]
+    done = cluster.ops("DELETE", f"/{target['site']}/{target['id']}")
+    assert done.status == 200, done.body
+    assert done.body == {"id": target["id"], "site": target["site"], "deleted": True,
+                         "changed": True}
+    assert sql(cluster.topo, target["shard"], "SELECT deleted, body FROM comments_comment "
+               "WHERE id = %s", [target["id"]])[0][0] is True
+    again = cluster.ops("DELETE", f"/{target['site']}/{target['id']}")
+    assert again.status == 200 and again.body["changed"] is False
+    # The write's causal token, handed back, makes the cross-shard read see it (read your
+    # writes, as on one shard): a replica that has not replayed it is skipped.
+    token = {"X-Causal-Token": done.headers["X-Causal-Token"]}
+    shown = cluster.ops("GET", "", headers=token, author="u3", limit=1).body["items"][0]
+    assert (shown["id"], shown["deleted"], shown["body"]) == (target["id"], True, "")
+    other_site = next(s for s in SITES if s != target["site"])
+    assert cluster.ops("DELETE", f"/{other_site}/{target['id']}").status == 404
+    assert cluster.ops("DELETE", f"/no-such-site/{target['id']}").status == 404
+
+
+def test_export_then_erase_then_export_again_is_empty(cluster: Cluster, tmp_path: Path) -> None:
+    expected = Counter(site for _, site, _ in cluster.rows("author = %s", ["gdpr"]))
+    assert set(expected) == set(SITES)
+    exported = manage(cluster.topo, "user_data", "gdpr", "--export", str(tmp_path / "a.json"))
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    assert "[3/3 shard_2]" in exported.stdout
+    data = json.loads((tmp_path / "a.json").read_text())
+    assert data["count"] == sum(expected.values()) and data["sites"] == dict(expected)
+    assert {c["author"] for c in data["comments"]} == {"gdpr"}
+    assert [c["id"] for c in data["comments"]] == sorted(c["id"] for c in data["comments"])
+
+    erased = manage(cluster.topo, "user_data", "gdpr", "--erase", cwd=tmp_path)
+    assert erased.returncode == 0, erased.stdout + erased.stderr
+    assert _report(erased) == dict(expected)
+    again = manage(cluster.topo, "user_data", "gdpr", "--export", str(tmp_path / "b.json"))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads((tmp_path / "b.json").read_text())["count"] == 0
+    # Idempotent: a second run erases nothing more and reports the same job.
+    rerun = manage(cluster.topo, "user_data", "gdpr", "--erase", cwd=tmp_path)
+    assert rerun.returncode == 0 and _report(rerun) == dict(expected)
+    assert "resuming erasure job" in rerun.stdout
+
+
+def test_an_erasure_killed_halfway_finishes_when_run_again(cluster: Cluster,
+                                                            tmp_path: Path) -> None:
+    expected = Counter(site for _, site, _ in cluster.rows("author = %s", ["crashy"]))
+    total = sum(expected.values())
+    progress = str(tmp_path / "erase.json")
+    crashed = manage(cluster.topo, "user_data", "crashy", "--erase", "--progress", progress,
+                     "--crash-after", str(total // 2))
+    assert crashed.returncode == 70, crashed.stdout + crashed.stderr
+    left = len(cluster.rows("author = %s", ["crashy"]))
+    assert 0 < left < total
+    finished = manage(cluster.topo, "user_data", "crashy", "--erase", "--progress", progress)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert "resuming erasure job" in finished.stdout
+    assert _report(finished) == dict(expected)
+    assert cluster.rows("author = %s", ["crashy"]) == []
+    # Blanked, and the threads' visible counts went down by what was erased.
+    assert sql(cluster.topo, "shard_1", "SELECT count(*) FROM comments_comment WHERE "
+               "author LIKE 'erased:%%' AND (body <> '' OR author_name <> '' OR NOT deleted)"
+               ) == [(0,)]
+
+
+def test_a_stopped_shard_gives_a_partial_answer_naming_it(cluster: Cluster) -> None:
+    for alias in ("shard_1", "shard_1_replica_1"):
+        cluster.topo.stop_node(alias, mode="immediate")
+    try:
+        partial = cluster.ops("GET", "", limit=50, timeout=1)
+        assert partial.status == 200, partial.body
+        assert partial.body["partial"] is True
+        assert [f["shard"] for f in partial.body["failed_shards"]] == ["shard_1"]
+        assert partial.body["failed_shards"][0]["reason"] in {"timeout", "unavailable"}
+        assert partial.body["items"] and {i["shard"] for i in partial.body["items"]} <= {
+            "shard_0", "shard_2"}
+        refused = cluster.ops("GET", "", limit=50, timeout=1, partial="fail")
+        assert refused.status == 503, refused.body
+        assert refused.body["error"] == "shards_unavailable"
+        assert "shard_1" in refused.body["message"]
+        assert [f["shard"] for f in refused.body["failed_shards"]] == ["shard_1"]
+        counts = cluster.ops("GET", "/counts", timeout=1)
+        assert counts.body["partial"] is True
+        assert not {s for s, shard in SITES.items() if shard == "shard_1"} & set(
+            counts.body["counts"])
+        metrics = get(f"{cluster.service.url}/metrics").body
+        assert _sample(metrics, "shardsvc_scatter_total", kind="page", outcome="partial") >= 1
+        assert _sample(metrics, "shardsvc_scatter_total", kind="page", outcome="failed") >= 1
+        assert _sample(metrics, "shardsvc_scatter_total", kind="aggregate",
+                       outcome="partial") >= 1
+        assert _sample(metrics, "shardsvc_scatter_shard_failures_total", shard="shard_1") >= 3
+    finally:
+        for alias in ("shard_1", "shard_1_replica_1"):
+            cluster.topo.start_node(alias)
+        wait_until_serving(cluster.topo)
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        series, value = line.rsplit(" ", 1)
+        if all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+def _report(result: subprocess.CompletedProcess) -> dict[str, int]:
+    return json.loads(result.stdout.split("REPORT ", 1)[1])
