@@ -79,6 +79,7 @@ class ShardFailure:
     reason: Reason
     # For logs and operators: may name hosts and ports, so APIs answer `public_message` instead.
     detail: str
+    error: BaseException | None = field(default=None, compare=False, repr=False)
 
     @property
     def public_message(self) -> str:
@@ -190,8 +191,9 @@ def gather(
         done, _ = wait(futures, timeout=budget)
         for future, name in futures.items():
             if future not in done:
-                outcome.failures.append(ShardFailure(
-                    name, "timeout", f"no answer within {budget:.3g} s"))
+                message = f"no answer within {budget:.3g} s"
+                outcome.failures.append(ShardFailure(name, "timeout", message,
+                                                     TimeoutError(message)))
                 continue
             exc = future.exception()
             if exc is None:
@@ -243,10 +245,11 @@ def _run_on_shard(task: Callable[[str, str], T], name: str, seconds: float, prim
                     return task(name, alias)
                 except OperationalError as exc:
                     if limit.expired or limit.remaining() <= 0:
-                        raise _ShardError(ShardFailure(name, "timeout", _text(exc))) from exc
+                        raise _ShardError(ShardFailure(name, "timeout", _text(exc), exc)) from exc
                     replica = get_shard_map().server(alias).role == "replica"
                     if not replica or attempt == READ_ATTEMPTS - 1:
-                        raise _ShardError(ShardFailure(name, "unavailable", _text(exc))) from exc
+                        raise _ShardError(
+                            ShardFailure(name, "unavailable", _text(exc), exc)) from exc
                     logger.warning("scatter read on %s failed, retrying elsewhere: %s", alias, exc)
                     get_replica_health().mark_failed(alias, str(exc))
                     try:
@@ -254,7 +257,7 @@ def _run_on_shard(task: Callable[[str, str], T], name: str, seconds: float, prim
                     except Exception:  # already broken; the pool frees its slot
                         logger.debug("closing the failed connection to %s", alias, exc_info=True)
                 except DatabaseError as exc:
-                    raise _ShardError(ShardFailure(name, "error", _text(exc))) from exc
+                    raise _ShardError(ShardFailure(name, "error", _text(exc), exc)) from exc
             raise AssertionError("unreachable: the last attempt returns or raises")
     finally:
         timer.cancel()
