@@ -137,6 +137,12 @@ def report(iterations: int) -> None:
         "(SELECT 1 FROM shardsvc_generator, pg_sleep(CASE WHEN shard_name = %s THEN %s "
         "ELSE 0 END)) = 1"], params=[SLOW_SHARD, DELAY])
 
+    aliases = {shard: choose_read_alias(shard) for shard in placement.tenants}
+
+    def one_after_another() -> object:
+        return [list(Comment.unscoped.using(aliases[shard]).filter(tenant_id__in=list(tenants))
+                     .order_by("-id")[:51]) for shard, tenants in placement.tenants.items()]
+
     for warm in (one_shard, merged):
         timed(warm, 20)
     print(f"\n{iterations} iterations each; ms         {'p50':>8} {'p95':>8} {'p99':>8} "
@@ -146,6 +152,8 @@ def report(iterations: int) -> None:
     merged_s, _ = timed(merged, iterations)
     print(row("merged, newest 50 across 3 shards", merged_s,
               f"x{statistics.median(merged_s) / statistics.median(single):.2f} of one shard"))
+    sequential, _ = timed(one_after_another, iterations)
+    print(row("  for scale: the 3 shard queries in a row", sequential))
     placement_s, _ = timed(read_placement, iterations)
     print(row("  part of it: placement read (control)", placement_s))
     # Each slow-shard page below logs the cut connection and the timed-out shard: expected here.
