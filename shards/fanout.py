@@ -2,9 +2,11 @@
 
 A thin face over shards.scatter.gather, which does the work: one thread (a greenlet under the
 gevent worker) per shard with a copy of the caller's context, the tenant cleared, its own Django
-connections, a caught-up replica unless primary=True, and a time limit. A shard that fails or runs
-out of time is reported in `errors`, never dropped silently: callers decide whether a partial
-answer is good enough. For ordered, paged or aggregated reads use shards.scatter directly.
+connections, a caught-up replica unless primary=True, and a time limit. A shard whose database
+fails or that runs out of time is reported in `errors`, never dropped silently: callers decide
+whether a partial answer is good enough. An error of `function` itself (not a database error) is
+the same bug on every shard and is raised. For ordered, paged or aggregated reads use
+shards.scatter directly.
 """
 
 from __future__ import annotations

@@ -35,12 +35,11 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
 
 from django.db import DatabaseError, OperationalError, connections
 from django.db.models import Count, Max, Min, Model, QuerySet, Sum
@@ -51,6 +50,9 @@ from routers.router import choose_read_alias
 from shards.merge import Ordering, merge
 from shards.scatter_cursor import decode_cursor, encode_cursor
 from shards.topology import CONTROL_ALIAS, get_shard_map
+
+if TYPE_CHECKING:
+    from project.pgpool.deadline import Deadline
 
 logger = logging.getLogger("shardsvc.scatter")
 
@@ -180,15 +182,22 @@ def gather(
     # Every shard starts at once, so one wait covers both bounds.
     budget = min(timeout, clock.remaining())
     lsn = min_lsn or {}
+    from project.pgpool.deadline import Deadline
 
+    # One deadline per shard; this thread is their timer: when the wait below ends, the shards
+    # still running have their connections cut, which wakes their queries at once.
+    limits = {name: Deadline(max(budget, 0.001)) for name in names}
     pool = ThreadPoolExecutor(max_workers=len(names), thread_name_prefix="scatter")
     try:
         futures: dict[Future[T], str] = {
             pool.submit(contextvars.copy_context().run, _run_on_shard, task, name,
-                        budget, primary, lsn.get(name, 0)): name
+                        limits[name], primary, lsn.get(name, 0)): name
             for name in names
         }
         done, _ = wait(futures, timeout=budget)
+        for future, name in futures.items():
+            if future not in done:
+                limits[name].expire()
         for future, name in futures.items():
             if future not in done:
                 message = f"no answer within {budget:.3g} s"
@@ -227,16 +236,11 @@ class _ShardError(Exception):
         self.failure = failure
 
 
-def _run_on_shard(task: Callable[[str, str], T], name: str, seconds: float, primary: bool,
+def _run_on_shard(task: Callable[[str, str], T], name: str, limit: Deadline, primary: bool,
                   min_lsn: int) -> T:
-    from project.pgpool.deadline import Deadline, deadline_scope
+    from project.pgpool.deadline import deadline_scope
     from routers.replicas import get_replica_health
 
-    limit = Deadline(max(seconds, 0.001))
-    # A thread, not the gevent hub's timer: this runs in plain threads too (manage.py).
-    timer = threading.Timer(limit.seconds, limit.expire)
-    timer.daemon = True
-    timer.start()
     try:
         with deadline_scope(limit), no_tenant():
             for attempt in range(READ_ATTEMPTS):
@@ -260,7 +264,6 @@ def _run_on_shard(task: Callable[[str, str], T], name: str, seconds: float, prim
                     raise _ShardError(ShardFailure(name, "error", _text(exc), exc)) from exc
             raise AssertionError("unreachable: the last attempt returns or raises")
     finally:
-        timer.cancel()
         connections.close_all()
 
 
