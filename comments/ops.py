@@ -86,6 +86,13 @@ class ModeratedOut(Schema):
     changed: bool
 
 
+def bad_author(author: str | None) -> tuple[int, dict[str, str]] | None:
+    # PostgreSQL text cannot hold NUL: refuse it here rather than fail on every shard.
+    if author is not None and "\x00" in author:
+        return 422, {"error": "invalid", "message": "author must not contain NUL characters"}
+    return None
+
+
 def failed(failures: list[ShardFailure]) -> list[dict[str, str]]:
     return [{"shard": f.shard, "reason": f.reason, "message": f.public_message}
             for f in failures]
@@ -110,6 +117,8 @@ def list_comments(
     timeout: Timeout = 2.0,
 ):
     """Comments of every site, merged across shards, newest (or oldest) first."""
+    if refused := bad_author(author):
+        return refused
     rows = Comment.unscoped.all()
     if author is not None:
         rows = rows.filter(author=author)
@@ -140,6 +149,8 @@ def count_comments(
     timeout: Timeout = 2.0,
 ):
     """Comment counts over every shard, by site or by author."""
+    if refused := bad_author(author):
+        return refused
     rows = Comment.unscoped.all()
     if author is not None:
         rows = rows.filter(author=author)

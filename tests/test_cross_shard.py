@@ -176,6 +176,8 @@ def test_a_cursor_of_another_query_or_a_forged_one_is_refused(cluster: Cluster) 
     assert forged.status == 400 and forged.body["error"] == "bad_cursor"
     unauthorized = request("GET", f"{cluster.service.url}/api/ops/comments")
     assert unauthorized.status == 401
+    nul = cluster.ops("GET", "", author="a\x00b")
+    assert nul.status == 422 and "NUL" in nul.body["message"]
 
 
 def test_a_tenant_moved_between_two_pages_is_read_once(cluster: Cluster) -> None:
