@@ -129,8 +129,8 @@ def cluster() -> Any:
                         conn.execute(
                             "INSERT INTO comments_comment (tenant_id, thread_id, author, "
                             "author_name, body, created_at, deleted, score, depth) "
-                            "SELECT %s, %s, %s, 'Name', 'body ' || g, now(), false, 0, 0 "
-                            "FROM generate_series(1, %s) g",
+                            "SELECT %s, %s, %s, 'Name', 'body ' || g, now(), false, "
+                            "(g %% 7) - 3, 0 FROM generate_series(1, %s) g",
                             [tenant_id, thread_id, author, count])
                     conn.execute("UPDATE comments_thread SET comment_count = comment_count + %s"
                                  " WHERE id = %s", [sum(n for _, n in authors), thread_id])
@@ -277,6 +277,43 @@ def test_counts_equal_a_direct_count_over_every_shard(cluster: Cluster) -> None:
     assert by_author.body["counts"] == dict(authors)
     one = cluster.ops("GET", "/counts", by="site", author="gdpr")
     assert one.body["counts"] == {slug: SPECIAL["gdpr"] for slug in SITES}
+
+
+AGGREGATES = """
+import json
+from comments.models import Comment
+from shards.scatter import aggregate
+
+answers = {}
+for function, field in (("count", "id"), ("sum", "score"), ("min", "id"), ("max", "id")):
+    result = aggregate(Comment.unscoped.filter(author="mover"), function=function, field=field,
+                       group_by="tenant_id", primary=True, allow_partial=False)
+    answers[function] = {str(k): v for k, v in result.values.items()}
+    answers[function + "_all"] = aggregate(Comment.unscoped.all(), function=function,
+                                           field=field, primary=True).values[None]
+print("AGGREGATES " + json.dumps(answers))
+"""
+
+
+def test_the_library_aggregates_equal_direct_sql(cluster: Cluster) -> None:
+    ran = manage(cluster.topo, "shell", "-c", AGGREGATES)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    answers = json.loads(ran.stdout.split("AGGREGATES ", 1)[1])
+    parts = [row for shard in SHARDS for row in sql(
+        cluster.topo, shard, "SELECT tenant_id, count(id), sum(score), min(id), max(id) FROM "
+        "comments_comment WHERE author = 'mover' GROUP BY tenant_id")]
+    totals = [row for shard in SHARDS for row in sql(
+        cluster.topo, shard, "SELECT count(id), sum(score), min(id), max(id) FROM "
+        "comments_comment")]
+    assert any(r[2] for r in parts), "the seed's scores must not sum to zero everywhere"
+    assert answers["count"] == {str(t): n for t, n, _, _, _ in parts}
+    assert answers["sum"] == {str(t): s for t, _, s, _, _ in parts}
+    assert answers["min"] == {str(t): m for t, _, _, m, _ in parts}
+    assert answers["max"] == {str(t): m for t, _, _, _, m in parts}
+    assert answers["count_all"] == sum(r[0] for r in totals)
+    assert answers["sum_all"] == sum(r[1] for r in totals)
+    assert answers["min_all"] == min(r[2] for r in totals)
+    assert answers["max_all"] == max(r[3] for r in totals)
 
 
 def test_moderation_soft_deletes_the_comment_on_its_sites_shard(cluster: Cluster) -> None:
