@@ -215,6 +215,23 @@ def delete_comment(comment_id: int, *, user: str) -> None:
 
 
 @retry_fenced_writes
+def moderate_delete(comment_id: int) -> bool:
+    """Soft-delete a comment of the current tenant for a moderator (no authorship check), as
+    delete_comment does. False when it was deleted already: repeating the action is harmless."""
+    with transaction.atomic(using=_shard()):
+        comment = Comment.objects.select_for_update().filter(id=comment_id).first()
+        if comment is None:
+            raise NotFound("no such comment on this site")
+        if comment.deleted:
+            return False
+        comment.deleted = True
+        comment.save(update_fields=["deleted"])
+        Thread.objects.filter(id=comment.thread_id).update(comment_count=F("comment_count") - 1)
+    _after_write(comment.thread_id)
+    return True
+
+
+@retry_fenced_writes
 def vote(comment_id: int, *, user: str, value: int) -> tuple[int, int]:
     """Set the user's vote (1, -1, or 0 to remove); idempotent. Returns (value, new score)."""
     with transaction.atomic(using=_shard()):

@@ -15,6 +15,7 @@ from ninja.parser import Parser
 from ninja.types import DictStrAny
 
 from comments.api import router as site_router
+from comments.ops import router as ops_comments_router
 from project.error_map import RULES, UnsupportedMediaType, answer_for
 from project.errors import error, error_response
 from sites.api import router as ops_router
@@ -75,6 +76,7 @@ api = ServiceAPI(
     parser=JsonBodyParser(),
 )
 api.add_router("/ops", ops_router)
+api.add_router("/ops/comments", ops_comments_router)
 api.add_router("/sites/{site}", site_router)
 
 

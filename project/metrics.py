@@ -23,6 +23,9 @@ this process is served.
     shardsvc_redis_errors_total                       Redis commands that failed (timeouts, errors)
     shardsvc_redis_short_circuits_total               commands refused at once by an open breaker
     shardsvc_redis_deferred_writes{state}             pending / dropped invalidations to replay
+    shardsvc_scatter_total{kind,outcome}              cross-shard reads: complete / partial / failed
+    shardsvc_scatter_shard_failures_total{shard,reason}  shards that did not answer one (timeout,
+                                                      unavailable, error)
 
 Gauges (and the pool timeout counter, which the pool keeps itself: ``pgpool.timeout_counts()``)
 are sampled by each worker in the background (``SAMPLE_INTERVAL``) and by the worker that
@@ -52,6 +55,7 @@ from prometheus_client import (
 
 from project.pgpool import pool_stats, timeout_counts
 from routers.replicas import get_replica_health
+from routers.signals import scatter_finished
 from routers.state import current_state
 from shards import redisguard
 from shards.errors import UnknownAlias
@@ -133,6 +137,22 @@ REDIS_DEFERRED = Gauge(
     "Invalidations Redis could not take: pending replay, or dropped past the bound (summed).",
     ["state"], multiprocess_mode="livesum",
 )
+SCATTER = Counter(
+    "shardsvc_scatter", "Cross-shard reads (shards/scatter.py) by kind and outcome: complete, "
+    "partial (answered without some shards) or failed (partial answers refused).",
+    ["kind", "outcome"],
+)
+SCATTER_SHARD_FAILURES = Counter(
+    "shardsvc_scatter_shard_failures", "Shards that did not answer a cross-shard read, by reason.",
+    ["shard", "reason"],
+)
+
+
+def _on_scatter(sender: Any, *, kind: str, outcome: str, failures: list[Any],
+                **kwargs: Any) -> None:
+    SCATTER.labels(kind, outcome).inc()
+    for failure in failures:
+        SCATTER_SHARD_FAILURES.labels(failure.shard, failure.reason).inc()
 
 
 # ----- queries ------------------------------------------------------------------------------
@@ -191,6 +211,7 @@ def install() -> None:
         for conn in connections.all(initialized_only=True):
             _on_connection_created(type(conn), conn)
         redisguard.observe(_on_redis_event)
+        scatter_finished.connect(_on_scatter, dispatch_uid="shardsvc.metrics.scatter")
         _installed = True
 
 

@@ -1,24 +1,24 @@
-"""Run one read on every shard at once and merge the answers (admin pages, reports).
+"""Run one function on every shard at once, results by shard (admin pages, reports).
 
-Each shard's call runs in its own thread, which is a greenlet under the gevent worker, with a
-copy of the caller's context (a new greenlet starts with an empty one) and its own Django
-connections, closed when it is done. A shard that fails is reported in `errors`, never dropped
-silently: callers decide whether a partial answer is good enough.
+A thin face over routers.scatter.gather, which does the work: one thread (a greenlet under the
+gevent worker) per shard with a copy of the caller's context, the tenant cleared, its own Django
+connections, a caught-up replica unless primary=True, and a time limit. A shard whose database
+fails or that runs out of time is reported in `errors`, never dropped silently: callers decide
+whether a partial answer is good enough. An error of `function` itself (not a database error) is
+the same bug on every shard and is raised. For ordered, paged or aggregated reads use
+routers.scatter directly.
 """
 
 from __future__ import annotations
 
-import contextvars
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from django.db import connections
+from routers.scatter import gather
 
-from routers.router import choose_read_alias
-from shards.tenancy import no_tenant
-from shards.topology import get_shard_map
+# Reports and admin pages may scan whole tables: far more than an interactive read's 2 s.
+DEFAULT_TIMEOUT = 30.0
 
 T = TypeVar("T")
 
@@ -49,27 +49,15 @@ def on_every_shard(
     *,
     shards: Iterable[str] | None = None,
     primary: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
 ) -> FanoutResult[T]:
     """Call `function(alias)` for each shard, concurrently; `alias` is a caught-up replica of
     that shard (or its primary with primary=True, or when no replica qualifies). Use it with
-    `Model.unscoped.using(alias)` or `connections[alias]`."""
-    names = list(shards) if shards is not None else list(get_shard_map().shard_names)
-    outcome: FanoutResult[T] = FanoutResult()
-    if not names:
-        return outcome
-
-    def run(name: str) -> None:
-        alias = name if primary else choose_read_alias(name)
-        try:
-            with no_tenant():
-                outcome.results[name] = function(alias)
-        except Exception as exc:
-            outcome.errors[name] = exc
-        finally:
-            connections.close_all()
-
-    with ThreadPoolExecutor(max_workers=len(names)) as pool:
-        futures = [pool.submit(contextvars.copy_context().run, run, name) for name in names]
-        for future in futures:
-            future.result()
+    `Model.unscoped.using(alias)` or `connections[alias]`. A shard still running after `timeout`
+    seconds has its connections cut and is reported as failed."""
+    gathered = gather(lambda _shard, alias: function(alias), shards=shards, primary=primary,
+                      timeout=timeout, deadline=timeout, kind="call")
+    outcome: FanoutResult[T] = FanoutResult(results=gathered.results)
+    for failure in gathered.failures:
+        outcome.errors[failure.shard] = failure.error or RuntimeError(failure.detail)
     return outcome
