@@ -10,7 +10,7 @@ merged in order, paged by an opaque signed cursor, and explicit when a shard did
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from django.http import HttpRequest
 from ninja import Path, Query, Router, Schema
@@ -18,10 +18,10 @@ from ninja import Path, Query, Router, Schema
 from comments import service
 from comments.models import Comment
 from comments.schemas import MAX_ID
-from routers.scatter import IncompleteScatter, ShardFailure
+from routers.scatter import ShardFailure
 from routers.scatter_queries import aggregate, query_page
 from shards.errors import MalformedTenantKey, UnknownTenant
-from shards.scatter_cursor import MAX_CURSOR, BadCursor
+from shards.scatter_cursor import MAX_CURSOR
 from shards.tenancy import tenant
 from sites.api import OpsToken
 from sites.schemas import ErrorOut
@@ -88,24 +88,15 @@ class ModeratedOut(Schema):
     changed: bool
 
 
-def bad_author(author: str | None) -> tuple[int, dict[str, str]] | None:
+def check_author(author: str | None) -> None:
     # PostgreSQL text cannot hold NUL: refuse it here rather than fail on every shard.
     if author is not None and "\x00" in author:
-        return 422, {"error": "invalid", "message": "author must not contain NUL characters"}
-    return None
+        raise service.Invalid("author must not contain NUL characters")
 
 
 def failed(failures: list[ShardFailure]) -> list[dict[str, str]]:
     return [{"shard": f.shard, "reason": f.reason, "message": f.public_message}
             for f in failures]
-
-
-def incomplete(exc: IncompleteScatter) -> tuple[int, dict[str, Any]]:
-    return 503, {"error": "shards_unavailable",
-                 "message": f"{len(exc.failures)} shard(s) did not answer: "
-                            + ", ".join(f"{f.shard} ({f.reason})" for f in exc.failures)
-                            + "; retry, or pass partial=allow",
-                 "failed_shards": failed(exc.failures)}
 
 
 @router.get("", response={200: OpsCommentPageOut, **ERRORS})
@@ -119,19 +110,15 @@ def list_comments(
     timeout: Timeout = 2.0,
 ):
     """Comments of every site, merged across shards, newest (or oldest) first."""
-    if refused := bad_author(author):
-        return refused
+    check_author(author)
     rows = Comment.unscoped.all()
     if author is not None:
         rows = rows.filter(author=author)
-    try:
-        page = query_page(rows, order_by=ORDERS[order], limit=limit, cursor=cursor,
-                          scope=f"author={author!r}", allow_partial=partial == "allow",
-                          timeout=timeout, deadline=timeout + DEADLINE_MARGIN)
-    except IncompleteScatter as exc:
-        return incomplete(exc)
-    except BadCursor as exc:
-        return 400, {"error": "bad_cursor", "message": str(exc)}
+    # IncompleteScatter (503, naming the shards) and a bad cursor (400) are answered by the
+    # error map (project/error_map.py), as every API error is.
+    page = query_page(rows, order_by=ORDERS[order], limit=limit, cursor=cursor,
+                      scope=f"author={author!r}", allow_partial=partial == "allow",
+                      timeout=timeout, deadline=timeout + DEADLINE_MARGIN)
     items = [{
         "id": c.id, "site": page.placement.slug(c.tenant_id), "shard": shard,
         "thread_id": c.thread_id, "parent_id": c.parent_id, "author": c.author,
@@ -151,17 +138,13 @@ def count_comments(
     timeout: Timeout = 2.0,
 ):
     """Comment counts over every shard, by site or by author."""
-    if refused := bad_author(author):
-        return refused
+    check_author(author)
     rows = Comment.unscoped.all()
     if author is not None:
         rows = rows.filter(author=author)
-    try:
-        result = aggregate(rows, function="count", group_by="tenant_id" if by == "site"
-                           else "author", allow_partial=partial == "allow", timeout=timeout,
-                           deadline=timeout + DEADLINE_MARGIN)
-    except IncompleteScatter as exc:
-        return incomplete(exc)
+    result = aggregate(rows, function="count", group_by="tenant_id" if by == "site"
+                       else "author", allow_partial=partial == "allow", timeout=timeout,
+                       deadline=timeout + DEADLINE_MARGIN)
     if by == "site":
         counts = {result.placement.slug(k): v for k, v in result.values.items()}
     else:
@@ -181,5 +164,5 @@ def moderate(
         with tenant(site) as entry:
             changed = service.moderate_delete(comment_id)
     except (UnknownTenant, MalformedTenantKey):
-        return 404, {"error": "not_found", "message": f"no site {site!r}"}
+        raise service.NotFound(f"no site {site!r}") from None
     return {"id": comment_id, "site": entry.slug, "deleted": True, "changed": changed}

@@ -21,9 +21,11 @@ from comments.service import Conflict, Forbidden, Invalid, NotFound
 from project.errors import RETRY_AFTER_SECONDS, ErrorAnswer, code_for_status
 from project.pgpool.deadline import current_deadline
 from project.pgpool.errors import DeadlineExceeded, PoolTimeout
+from routers.scatter import IncompleteScatter
 from shards.errors import MalformedTenantKey, RoutingError, UnknownShard, UnknownTenant
 from shards.fence import TenantStillFenced
 from shards.placement import NoShardAcceptsTenants
+from shards.scatter_cursor import BadCursor as BadScatterCursor
 from sites.service import SiteExists
 from sites.throttle import Throttled
 
@@ -105,6 +107,21 @@ def _timeout_message(exc: BaseException) -> str | None:
     return None
 
 
+def _incomplete_scatter(exc: BaseException, path: str) -> ErrorAnswer:
+    """Shards that did not answer a read the caller wanted whole: named, worth retrying."""
+    failures = exc.failures if isinstance(exc, IncompleteScatter) else []
+    requests_logger.warning("503 for %s: %s", path, exc)
+    return ErrorAnswer(
+        503, "shards_unavailable",
+        f"{len(failures)} shard(s) did not answer: "
+        + ", ".join(f"{f.shard} ({f.reason})" for f in failures)
+        + "; retry, or accept a partial answer",
+        RETRY_AFTER_SECONDS,
+        extra={"failed_shards": [{"shard": f.shard, "reason": f.reason,
+                                  "message": f.public_message} for f in failures]},
+    )
+
+
 def _database_unavailable(exc: BaseException, path: str) -> ErrorAnswer:
     """A database that cannot serve the request right now: 503, worth retrying."""
     requests_logger.warning("503 for %s: %s", path, exc)
@@ -160,12 +177,14 @@ RULES: dict[type[BaseException], Rule] = {
     Forbidden: _plain(403, "forbidden"),
     Invalid: _plain(422, "invalid"),
     BadCursor: _plain(400, "bad_cursor"),
+    BadScatterCursor: _plain(400, "bad_cursor"),
     Conflict: _plain(409, "conflict"),
     SiteExists: _plain(409, "conflict"),
     UnknownShard: _unknown_shard,
     DataError: _data_error,
     RoutingError: _routing_error,
     # what the service depends on, unavailable for now
+    IncompleteScatter: _incomplete_scatter,
     OperationalError: _database_unavailable,
     TenantStillFenced: _database_unavailable,
     NoShardAcceptsTenants: _plain(503, "unavailable"),

@@ -8,7 +8,9 @@ apps) and every middleware can use it. Which exception gets which answer is `pro
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from django.http import HttpResponse
 
@@ -37,9 +39,12 @@ class ErrorAnswer:
     message: str
     # seconds for Retry-After; None sends no header
     retry_after: int | None = None
+    # more fields of the body, for errors that say more than a message (e.g. which shards)
+    extra: Mapping[str, Any] | None = None
 
     def body(self) -> bytes:
-        return json.dumps({"error": self.code, "message": self.message}).encode()
+        return json.dumps({"error": self.code, "message": self.message,
+                           **(self.extra or {})}).encode()
 
 
 def error_response(answer: ErrorAnswer) -> HttpResponse:

@@ -19,10 +19,12 @@ from project.error_map import RULES, UnsupportedMediaType, answer_for, is_databa
 from project.errors import ErrorAnswer, code_for_status, error, error_response
 from project.pgpool.deadline import Deadline, deadline_scope
 from project.pgpool.errors import DeadlineExceeded, pool_timeout
+from routers.scatter import IncompleteScatter, ShardFailure
 from shards.errors import MalformedTenantKey, NoTenantContext, UnknownShard, UnknownTenant
 from shards.fence import TenantStillFenced
 from shards.placement import NoShardAcceptsTenants
 from shards.redisguard import RedisUnavailable
+from shards.scatter_cursor import BadCursor as BadScatterCursor
 from sites.service import SiteExists
 from sites.throttle import Throttled
 
@@ -153,3 +155,26 @@ def test_error_response_is_the_json_error_shape() -> None:
 def test_one_code_per_status(status: int, code: str) -> None:
     assert code_for_status(status) == code
 
+
+
+def test_an_incomplete_scatter_names_its_shards_and_asks_for_a_retry() -> None:
+    failures = [ShardFailure("shard_1", "timeout", "host 10.0.0.5:6432 hung"),
+                ShardFailure("shard_2", "unavailable", "connection refused")]
+    answer = answer_for(IncompleteScatter(failures))
+    assert (answer.status, answer.code, answer.retry_after) == (503, "shards_unavailable", 2)
+    assert "shard_1 (timeout), shard_2 (unavailable)" in answer.message
+    body = json.loads(answer.body())
+    assert body["failed_shards"] == [
+        {"shard": "shard_1", "reason": "timeout",
+         "message": "the shard did not answer within the time allowed"},
+        {"shard": "shard_2", "reason": "unavailable",
+         "message": "the shard's database is unavailable"},
+    ]
+    assert "10.0.0.5" not in answer.body().decode()  # details stay in the log
+    # An OperationalError, so the middlewares answer it too (with the same rule).
+    assert is_database_unavailable(IncompleteScatter(failures))
+
+
+def test_a_cross_shard_cursor_that_was_not_issued_is_a_400() -> None:
+    answer = answer_for(BadScatterCursor("not a cursor of this query"))
+    assert answer == ErrorAnswer(400, "bad_cursor", "not a cursor of this query")
