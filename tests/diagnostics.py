@@ -61,7 +61,7 @@ def _served_by() -> dict[str, str | int]:
 
 @csrf_exempt
 def threads(request: HttpRequest, tenant: str) -> JsonResponse:
-    """POST: create a thread for the current tenant. Used by routing tests and benchmarks."""
+    """POST: create a thread for the current tenant. Used by the routing and metrics tests."""
     from comments.models import Thread
 
     if request.method != "POST":

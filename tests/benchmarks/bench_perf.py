@@ -92,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         import django
 
         django.setup()
+        # This process's replica checker exists for the router timing only: what it logs about
+        # replicas (lag after idle periods, the servers stopping at the end) is not the service's.
+        logging.getLogger("shardsvc.replicas").setLevel(logging.ERROR)
         from django.conf import settings
 
         ab_site = mixed.seed(topology, root / "ab-keys.json", sites=1, comments=args.ab_comments,
@@ -138,8 +141,6 @@ def run(args: argparse.Namespace) -> int:
             from django.db import connections
 
             connections.close_all()
-        # This process's replica checker sees the servers stop: expected, not worth a warning.
-        logging.getLogger("shardsvc").setLevel(logging.CRITICAL)
         topology.destroy()
     failed = report(phases, decisions, setup, args, load_before, loadavg(),
                     time.monotonic() - started)

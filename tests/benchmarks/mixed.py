@@ -102,11 +102,11 @@ def write_mix_data(path: Path, sites: list[dict[str, Any]], users: list[dict[str
     lines += [" },", " ops = {"]
     for _thread in range(wrk_threads):
         picks = rng.choices(range(len(threads)), weights=weights, k=OPS_PER_THREAD)
-        user = [rng.choice(users_of[threads[i][0]["slug"]]) for i in picks]
+        chosen = [rng.choice(users_of[threads[i][0]["slug"]]) for i in picks]
         write = [1 if rng.random() < write_share else 0 for _ in picks]
         lines.append("  {")
         lines.append("   thread = {" + ",".join(str(i + 1) for i in picks) + "},")
-        lines.append("   user = {" + ",".join(map(str, user)) + "},")
+        lines.append("   user = {" + ",".join(map(str, chosen)) + "},")
         lines.append("   write = {" + ",".join(map(str, write)) + "},")
         lines.append("  },")
     lines += [" },", "}", ""]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ class Kind:
     label: str
     url: str
     data: Path
+    first: dict[str, Any] = field(default_factory=dict)  # the first request, for checks
 
 
 @dataclass
@@ -101,7 +101,7 @@ def ab_kinds(root: Path, service: str, plain: str, site: dict[str, Any],
         "plain_write": ("plain: POST comment", plain, plain_posts, False),
     }
     return {name: Kind(name, label, url, write_requests(root / f"{name}.lua", requests,
-                                                       fresh_cursor=fresh))
+                                                       fresh_cursor=fresh), requests[0])
             for name, (label, url, requests, fresh) in specs.items()}
 
 
@@ -109,14 +109,10 @@ def check_shapes(kinds: dict[str, Kind]) -> list[str]:
     """One request of each GET kind, answered 200, and the service's and the plain project's
     answers with the same JSON keys; returns the lines to report."""
     def first(kind: Kind) -> dict[str, Any]:
-        text = kind.data.read_text()
-        path = re.search(r'\["path"\] = "([^"]*)"', text)
-        headers = dict(re.findall(r'\["(X-Api-Key)"\] = "([^"]*)"', text))
-        assert path is not None
-        status, body = mixed.http("GET", kind.url + path.group(1), headers=headers)
+        path = kind.first["path"]
+        status, body = mixed.http("GET", kind.url + path, headers=kind.first["headers"])
         if status != 200:
-            raise BenchmarkFailed(f"{kind.label}: GET {path.group(1)} answered {status}: "
-                                  f"{body[:300]!r}")
+            raise BenchmarkFailed(f"{kind.label}: GET {path} answered {status}: {body[:300]!r}")
         answer: dict[str, Any] = json.loads(body)
         return answer
 

@@ -181,8 +181,8 @@ def report(phases: PhaseRuns, decisions: list[Decision], setup: Setup,
     out()
     out("Targets (wrk is closed-loop: each rate is what the server answered at that many "
         "connections)")
-    for target in targets:
-        out("  " + target.line())
+    for goal in targets:
+        out("  " + goal.line())
     every = [*phases.ab, *phases.mixed, *phases.tails, *phases.latency]
     failed = sum(r.wrk.failed for r in every)
     out()
