@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from deploy.topology import LocalTopology
 from tests.benchmarks import mixed
 from tests.benchmarks.perf_phases import (
     Kind,
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         service = topology.start_service(name="perf", SHARDSVC_THROTTLE_WRITES="off")
         plain = start_plain(topology, alias=ab_site["shard"], port=base + 3, max_conns=cap,
                             workers=topology.layout.workers)
-        setup = Setup(workers=topology.layout.workers, cap=cap, site=ab_site,
+        setup = Setup(workers=topology.layout.workers, cap=cap,
                       pgbouncer=pgbouncer_sizes(topology.pgbouncer_config()),
                       latency_cap=args.latency_pool_cap or cap, plain_dsn=plain.dsn)
         decisions = router_costs(ab_site["slug"], n=args.decisions, repeats=args.repeats)
@@ -147,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def tails_phase(topology, args: argparse.Namespace, row: Kind, port: int) -> list[Measured]:
+def tails_phase(topology: LocalTopology, args: argparse.Namespace, row: Kind,
+                port: int) -> list[Measured]:
     """Single-row reads on a service whose pool holds at most `--tails-cap` connections per
     alias per worker, with the topology's (the default) worker count."""
     print(f"[perf] pool tails: cap {args.tails_cap}, {topology.layout.workers} workers", flush=True)
@@ -164,7 +166,8 @@ def tails_phase(topology, args: argparse.Namespace, row: Kind, port: int) -> lis
         service.stop()
 
 
-def latency_phase(topology, args: argparse.Namespace, shard: str, port: int) -> list[Measured]:
+def latency_phase(topology: LocalTopology, args: argparse.Namespace, shard: str,
+                  port: int) -> list[Measured]:
     """`--latency` seconds of real server-side wait per request (`pg_sleep` on the shard's
     replica through PgBouncer, the test URLconf's /_diag/sleep) on gevent and on sync workers,
     same worker count and pool cap, alternating."""

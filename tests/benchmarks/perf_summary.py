@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from tests.benchmarks.perf_phases import Measured
 from tests.benchmarks.perf_report import (
@@ -32,7 +32,6 @@ class PhaseRuns(Protocol):
 class Setup:
     workers: int
     cap: int
-    site: dict[str, Any]
     pgbouncer: dict[str, int]
     latency_cap: int
     plain_dsn: str
