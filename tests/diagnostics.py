@@ -61,7 +61,7 @@ def _served_by() -> dict[str, str | int]:
 
 @csrf_exempt
 def threads(request: HttpRequest, tenant: str) -> JsonResponse:
-    """POST: create a thread for the current tenant. Used by routing tests and benchmarks."""
+    """POST: create a thread for the current tenant. Used by the routing and metrics tests."""
     from comments.models import Thread
 
     if request.method != "POST":
@@ -81,18 +81,6 @@ def thread(request: HttpRequest, tenant: str, thread_id: int) -> JsonResponse:
     return JsonResponse(body, status=200 if found else 404)
 
 
-def thread_plain(request: HttpRequest, alias: str, thread_id: int) -> JsonResponse:
-    """The same ORM query on one fixed database, with no tenant lookup and no router: the
-    baseline the routing benchmark compares against, so the ratio prices routing alone."""
-    from comments.models import Thread
-
-    if alias not in settings.DATABASES:
-        return JsonResponse({"error": "bad alias"}, status=400)
-    found = Thread.unscoped.using(alias).filter(id=thread_id).values(
-        "id", "tenant_id", "url").first()
-    return JsonResponse({"thread": found}, status=200 if found else 404)
-
-
 def where(request: HttpRequest, tenant: str) -> JsonResponse:
     """The current tenant's directory entry as this worker sees it."""
     entry = request_tenant()
@@ -100,30 +88,3 @@ def where(request: HttpRequest, tenant: str) -> JsonResponse:
         return JsonResponse({"error": "no tenant"}, status=404)
     return JsonResponse({"slug": entry.slug, "shard": entry.shard, "version": entry.version,
                          "pid": os.getpid()})
-
-
-def comments_plain(request: HttpRequest, alias: str, tenant_id: int,
-                   thread_id: int) -> JsonResponse:
-    """The read of `GET /api/sites/<site>/threads/<id>/comments` (the thread, a page of
-    top-level comments newest first, their replies) with the same SQL on one fixed database:
-    no tenant lookup, no API key, no router, no cache, no API framework. The load benchmark's
-    baseline (tests/benchmarks/bench_load.py)."""
-    from comments import cursors
-    from comments.models import Comment, Thread
-    from comments.service import page_with_replies
-
-    if alias not in settings.DATABASES:
-        return JsonResponse({"error": "bad alias"}, status=400)
-    try:
-        limit = min(max(int(request.GET.get("limit", "20")), 1), 100)
-    except ValueError:
-        return JsonResponse({"error": "bad limit"}, status=400)
-    own = {"tenant_id": tenant_id}
-    if Thread.unscoped.using(alias).filter(**own, id=thread_id).first() is None:
-        return JsonResponse({"error": "not_found"}, status=404)
-    roots = Comment.unscoped.using(alias).filter(
-        **own, thread_id=thread_id, parent__isnull=True).order_by("-id")
-    items, page, more = page_with_replies(
-        roots, Comment.unscoped.using(alias).filter(**own), limit)
-    next_cursor = cursors.encode("newest", [page[-1].id]) if more and page else None
-    return JsonResponse({"items": items, "next_cursor": next_cursor})

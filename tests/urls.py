@@ -12,9 +12,6 @@ from tests import diagnostics
 urlpatterns = [
     path("_diag/sleep", diagnostics.sleep),
     path("_diag/session", diagnostics.session),
-    path("_diag/plain/<str:alias>/threads/<int:thread_id>", diagnostics.thread_plain),
-    path("_diag/plain/<str:alias>/sites/<int:tenant_id>/threads/<int:thread_id>/comments",
-         diagnostics.comments_plain),
     # Under the production tenant path (settings.TENANT_PATH_PATTERN), so the tenant middleware
     # resolves these exactly as it resolves the API's. Django tries patterns in order: ahead of
     # the "api/" include, these are matched before django-ninja sees the path.

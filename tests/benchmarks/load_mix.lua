@@ -1,19 +1,20 @@
--- wrk script of tests/benchmarks/bench_load.py: a mixed, skewed workload on the comments API.
+-- wrk script of the mixed workload of tests/benchmarks/bench_perf.py: skewed reads and writes on
+-- the comments API.
 --
---   wrk ... -s tests/benchmarks/load_mix.lua <url> -- <data.lua> <mixed|plain>
+--   wrk ... -s tests/benchmarks/load_mix.lua <url> -- <data.lua>
 --
--- <data.lua> (written by bench_load.py) returns {users = {...}, ops = {[thread] = {...}},
--- paths = {...}, plain = {...}}: the requests are sampled there (skewed sites, skewed threads,
--- the write share), so every run replays the same sequence. Each wrk thread replays its own list.
+-- <data.lua> (written by tests/benchmarks/mixed.py) returns {users = {...},
+-- ops = {[thread] = {...}}, paths = {...}}: the requests are sampled there (skewed sites, skewed
+-- threads, the write share), so every run replays the same sequence. Each wrk thread replays its
+-- own list.
 --
--- mixed: reads GET a thread's comment page; writes POST a comment as one of the site's end
---        users. Read-your-writes is on: like a browser keeping the cookie, each (virtual) end
---        user keeps the X-Causal-Token of its last write and sends it on its later requests.
---        wrk's Lua cannot tell connections apart, so the user is read back from the response
---        (the new comment's author), never guessed from the connection.
--- plain: the same reads on the plain single-database diagnostics view.
+-- Reads GET a thread's comment page; writes POST a comment as one of the site's end users.
+-- Read-your-writes is on: like a browser keeping the cookie, each (virtual) end user keeps the
+-- X-Causal-Token of its last write and sends it on its later requests. wrk's Lua cannot tell
+-- connections apart, so the user is read back from the response (the new comment's author),
+-- never guessed from the connection.
 --
--- done() prints one "LOADMIX ..." line of per-status counts that bench_load.py parses.
+-- done() prints one "LOADMIX ..." line of per-status counts that bench_perf.py parses.
 
 local threads = {}
 local counter = 0
@@ -24,7 +25,7 @@ function setup(thread)
    table.insert(threads, thread)
 end
 
-local data, mode, ops, n
+local data, ops, n
 local i = 0
 local tokens = {}          -- user index -> latest causal token of that user
 statuses = {}              -- status -> count (global: done() reads it per thread)
@@ -33,7 +34,6 @@ with_token = 0             -- requests that carried a causal token
 
 function init(args)
    data = dofile(args[1])
-   mode = args[2] or "mixed"
    ops = data.ops[id]
    n = #ops.user
    i = (id * 7919) % n     -- threads start at different places of their lists
@@ -42,9 +42,6 @@ end
 function request()
    i = i % n + 1
    local t = ops.thread[i]
-   if mode == "plain" then
-      return wrk.format("GET", data.plain[t])
-   end
    local u = ops.user[i]
    local user = data.users[u]
    local headers = {["X-Api-Key"] = user.key}
