@@ -115,6 +115,11 @@ REPLICA_HEALTHY = Gauge(
 )
 # Labelled by cache alias, so no process that never samples (the Gunicorn master, which imports
 # this module with preload_app) holds a 0 that livemin would report forever.
+DATABASE_UP = Gauge(
+    "shardsvc_database_up",
+    "1 if the database answered the latest /readyz/shards check (primary: and is writable).",
+    ["alias", "role"], multiprocess_mode="livemostrecent",
+)
 REDIS_UP = Gauge(
     "shardsvc_redis_up",
     "1 if the worker's breaker is closed and its last Redis command succeeded (min over workers).",
