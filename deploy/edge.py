@@ -163,10 +163,15 @@ class EdgeControl:
             service.stop()
             return
         pid = proc.read_pid(service.pidfile)
-        if pid is not None:
-            for child in children(pid):
-                os.kill(child, signal.SIGKILL)
-            os.kill(pid, signal.SIGKILL)
+        if pid is None:
+            return
+        for child in children(pid):
+            os.kill(child, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while proc.alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        service.pidfile.unlink(missing_ok=True)  # a killed master leaves its pid file behind
 
     # ----- nginx
     def edge_config(self) -> str:

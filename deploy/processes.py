@@ -162,14 +162,14 @@ def stop_pid(pidfile: Path, *, timeout: float = 15.0, sig: int = signal.SIGTERM)
     os.kill(pid, sig)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if read_pid(pidfile) is None or not _alive(pid):
+        if read_pid(pidfile) is None or not alive(pid):
             return True
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
     return True
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
