@@ -141,6 +141,8 @@ class EdgeControl:
         take it out of rotation (graceful nginx reload), let its requests finish, stop it
         gracefully, start it (new code, new settings), wait for /readyz, put it back."""
         hosts = self.app_hosts()
+        if len(hosts) < 2:
+            self.echo("one app host: clients see errors while it restarts (use --app-hosts 2+)")
         for host in hosts:
             service = self.app_service(host)
             env, _prefix = service.start_settings()

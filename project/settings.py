@@ -239,7 +239,7 @@ TENANT_HOST_SUFFIX: str | None = None
 MIDDLEWARE = [
     # First: every later layer (logs, throttles, /metrics) sees the client behind the proxy.
     "project.proxy.TrustedProxyMiddleware",
-    # Outermost: request id and access log, then request metrics (both see every answer).
+    # Then request id and access log, then request metrics (both see every answer).
     "project.request_log.RequestLogMiddleware",
     "project.metrics.MetricsMiddleware",
     # Inside the two above, so the 503 of a request past its deadline is logged and counted.

@@ -8,6 +8,7 @@ namespace behind nginx, started once; tests that stop a host start it again.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 import urllib.request
@@ -82,6 +83,21 @@ def read_comments(edge: LocalTopology, site: Site, base: str | None = None,
 
 def reads(edge: LocalTopology, site: Site) -> Load:
     return Load(lambda: read_comments(edge, site), ok=lambda a: a.status == 200)
+
+
+def reads_and_writes(edge: LocalTopology, site: Site) -> Load:
+    """Every other request a comment posted (not retried by nginx once sent: a write must
+    never reach a host that is going away)."""
+    turn = itertools.count()
+    url = f"{edge.edge_url}/api/sites/{site.slug}/threads/{site.thread}/comments"
+
+    def call() -> Response:
+        if next(turn) % 2:
+            return read_comments(edge, site)
+        return request("POST", url, body={"body": "during the restart"},
+                       headers={"X-Api-Key": site.key, "X-User-Token": site.user_token})
+
+    return Load(call, ok=lambda a: a.status in (200, 201))
 
 
 def served(edge: LocalTopology, host: AppHost, route_part: str) -> float:
@@ -210,7 +226,7 @@ def test_a_rolling_restart_under_load_fails_no_request(
     edge: LocalTopology, sites: dict[str, Site]
 ) -> None:
     masters = {h.name: read_pid(edge.app_service(h).pidfile) for h in edge.app_hosts()}
-    with reads(edge, sites["shard_1"]) as load:
+    with reads_and_writes(edge, sites["shard_1"]) as load:
         load.wait_for(50)
         edge.restart_app_hosts_rolling(drain_seconds=0.5)
         load.wait_for(50)
