@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import subprocess
 from dataclasses import dataclass
 
@@ -52,6 +53,8 @@ class AppNetwork:
         return _ip("link", "show", self.bridge, check=False).returncode == 0
 
     def namespaces(self) -> list[str]:
+        if shutil.which("ip") is None:
+            return []  # no iproute2: nothing can have been made
         listing = _ip("netns", "list", check=False).stdout
         prefix = f"ssvc{self.base_port}-app"
         return sorted(
