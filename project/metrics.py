@@ -17,6 +17,7 @@ this process is served.
     shardsvc_pool_timeouts_total{alias}               checkouts that gave up (503s)
     shardsvc_replica_lag_seconds{alias}               as the workers' health checkers see it
     shardsvc_replica_healthy{alias}                   1 if reads may go there now
+    shardsvc_database_up{alias,role}                  from the latest /readyz/shards check
     shardsvc_redis_up{cache}                          0 if any worker's last Redis command failed
                                                       or its breaker is not closed
     shardsvc_redis_breaker_open{cache}                workers skipping Redis now (breaker open)
