@@ -156,6 +156,15 @@ def test_requests_reach_app_hosts_in_other_namespaces(edge: LocalTopology) -> No
     assert re.fullmatch(r"[0-9a-f]{32}", made.headers["X-Request-Id"])  # made by nginx
 
 
+def test_the_app_takes_the_client_address_from_its_proxy(edge: LocalTopology) -> None:
+    # The test process reaches an app host from the bridge's address, nginx's own: the app
+    # believes its X-Real-IP, so a client named outside the /metrics allow-list is refused.
+    host = edge.app_service(edge.app_hosts()[0])
+    assert get(f"{host.url}/metrics").status == 200
+    named = get(f"{host.url}/metrics", headers={"X-Real-IP": "203.0.113.9"})
+    assert named.status == 403 and named.body["error"] == "forbidden"
+
+
 def test_nginx_errors_are_json(edge: LocalTopology) -> None:
     too_big = request("POST", f"{edge.edge_url}/api/ops/sites", data=b"x" * 70_000,
                       headers={"Content-Type": "application/json"})
