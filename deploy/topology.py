@@ -157,9 +157,9 @@ class LocalTopology(PostgresNodes, ServiceControl, EdgeControl):
         )
         pid = proc.read_pid(folder / "pgbouncer.pid")
         listening = folder / "listen_addr"
-        if pid is not None and listening.exists() and (
-            listening.read_text() != self.listen_addresses()
-        ):
+        # Started before the file was kept: it listens on loopback only.
+        current = listening.read_text() if listening.exists() else "127.0.0.1"
+        if pid is not None and current != self.listen_addresses():
             # A reload does not change where PgBouncer listens; a restart does.
             proc.stop_pid(folder / "pgbouncer.pid")
             pid = None
@@ -186,7 +186,7 @@ class LocalTopology(PostgresNodes, ServiceControl, EdgeControl):
         bind = self.listen_addresses().replace(",", " ")
         listening = folder / "bind"
         if proc.read_pid(folder / "redis.pid") is not None:
-            if not listening.exists() or listening.read_text() == bind:
+            if (listening.read_text() if listening.exists() else "127.0.0.1") == bind:
                 return
             proc.stop_pid(folder / "redis.pid")  # a cache without persistence: nothing lost
         listening.write_text(bind)
