@@ -1,7 +1,8 @@
 """Where the local topology lives and listens: its folder, its servers and their ports.
 
-Ports are derived from one base port: PgBouncer on base, Redis on base+1, the service on base+2,
-PostgreSQL servers from base+10 (each primary followed by its replicas).
+Ports are derived from one base port: PgBouncer on base, Redis on base+1, the service (each app
+host, on its own address) on base+2, nginx on base+3, PostgreSQL servers from base+10 (each
+primary followed by its replicas).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class LocalLayout:
     replicas: int = 1
     durable: bool = True
     workers: int = 2
+    # 0: one service on loopback; N: N app hosts, each in its own network namespace.
+    app_hosts: int = 0
     # Extra postgresql.conf settings for every server (tests set a non-UTC time zone here).
     pg_settings: Mapping[str, str] = field(default_factory=dict)
 
@@ -63,6 +66,8 @@ class LocalLayout:
             raise TopologyError("--shards must be at least 1")
         if not 0 <= self.replicas <= 4:
             raise TopologyError("--replicas must be between 0 and 4")
+        if not 0 <= self.app_hosts <= 8:
+            raise TopologyError("--app-hosts must be between 0 (one service on loopback) and 8")
         if not 1024 < self.base_port < 65000:
             raise TopologyError("--base-port must be between 1025 and 64999")
 
@@ -77,6 +82,11 @@ class LocalLayout:
     @property
     def http_port(self) -> int:
         return self.base_port + 2
+
+    @property
+    def edge_port(self) -> int:
+        """nginx, in front of the app hosts."""
+        return self.base_port + 3
 
     @property
     def topology_file(self) -> Path:

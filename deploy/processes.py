@@ -37,15 +37,27 @@ def service_user() -> str:
 
 
 def as_service_user(argv: Sequence[str]) -> list[str]:
+    return as_user(service_user(), argv)
+
+
+def as_user(user: str, argv: Sequence[str]) -> list[str]:
+    """Run as `user` when we are root; as ourselves otherwise."""
     if os.geteuid() == 0:
-        return ["runuser", "-u", service_user(), "--", *argv]
+        return ["runuser", "-u", user, "--", *argv]
     return list(argv)
 
 
 def chown_to_service_user(path: Path) -> None:
     if os.geteuid() == 0:
-        entry = pwd.getpwnam(service_user())
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+        chown_to(path, service_user())
+
+
+def chown_to(path: Path, user: str) -> None:
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise TopologyError(f"user {user!r} does not exist; create it or pick another") from None
+    os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
 def make_dir(path: Path, *, service_owned: bool = False) -> Path:
@@ -56,7 +68,7 @@ def make_dir(path: Path, *, service_owned: bool = False) -> Path:
     return path
 
 
-def check_reachable_by_service_user(path: Path) -> None:
+def check_reachable_by_service_user(path: Path, *, user: str | None = None) -> None:
     """Fail early, with the fix, when the service user cannot reach our folder.
 
     A clone under a 0700 folder (mktemp -d, a home directory) is the usual cause; PostgreSQL
@@ -64,14 +76,15 @@ def check_reachable_by_service_user(path: Path) -> None:
     """
     if os.geteuid() != 0:
         return
+    user = user or service_user()
     probe = subprocess.run(
-        as_service_user(["test", "-x", str(path)]),
+        as_user(user, ["test", "-x", str(path)]),
         capture_output=True,
         check=False,
     )
     if probe.returncode != 0:
         raise TopologyError(
-            f"user {service_user()!r} cannot enter {path}: a parent folder is private. "
+            f"user {user!r} cannot enter {path}: a parent folder is private. "
             "Give the data folder elsewhere (--dir /srv/shardsvc or SHARDSVC_DIR) or "
             "`chmod o+x` its parents"
         )
@@ -109,8 +122,8 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def require_free_port(port: int, what: str) -> None:
-    if port_in_use(port):
+def require_free_port(port: int, what: str, host: str = "127.0.0.1") -> None:
+    if port_in_use(port, host):
         raise TopologyError(
             f"port {port} (for {what}) is already in use by another process; stop it or pick "
             "other ports with --base-port / SHARDSVC_BASE_PORT"
@@ -149,14 +162,14 @@ def stop_pid(pidfile: Path, *, timeout: float = 15.0, sig: int = signal.SIGTERM)
     os.kill(pid, sig)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if read_pid(pidfile) is None or not _alive(pid):
+        if read_pid(pidfile) is None or not alive(pid):
             return True
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
     return True
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,17 +92,22 @@ class ServiceControl:
             self.echo(line)
 
     def start_service(
-        self, *, name: str = "service", port: int | None = None, **env: str
+        self, *, name: str = "service", port: int | None = None, host: str = "127.0.0.1",
+        prefix: Sequence[str] = (), **env: str
     ) -> ServiceProcess:
+        """Start a Gunicorn master on host:port and wait until it answers /healthz. `prefix`
+        runs it inside something (`ip netns exec <namespace>` for an app host)."""
         port = port or self.layout.http_port
         folder = proc.make_dir(self.layout.root / name)
-        service = ServiceProcess(folder=folder, port=port)
+        service = ServiceProcess(folder=folder, port=port, host=host)
         if service.running():
             return service
         (folder / "port").write_text(f"{port}\n")
+        (folder / "host").write_text(f"{host}\n")
         (folder / "env.json").write_text(json.dumps(env))  # for restart_services
-        proc.require_free_port(port, f"the service ({name})")
-        env.setdefault("SHARDSVC_BIND", f"127.0.0.1:{port}")
+        (folder / "prefix.json").write_text(json.dumps(list(prefix)))
+        proc.require_free_port(port, f"the service ({name})", host=host)
+        env.setdefault("SHARDSVC_BIND", f"{host}:{port}")
         # Prometheus multiprocess files of this service's workers, emptied before it starts:
         # files of an earlier run would add their counts to this one's.
         metrics_dir = Path(env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(folder / "metrics")))
@@ -111,6 +116,7 @@ class ServiceControl:
         with (folder / "gunicorn.log").open("ab") as log:
             subprocess.Popen(
                 [
+                    *prefix,
                     sys.executable, "-m", "gunicorn",
                     "-c", str(PROJECT_DIR / "deploy" / "gunicorn.conf.py"),
                     "--pid", str(service.pidfile),
@@ -124,7 +130,7 @@ class ServiceControl:
                 start_new_session=True,  # survives the caller; `down` stops it by pid file
             )
         service.wait_ready(timeout=60)
-        self.echo(f"service: http://127.0.0.1:{port}/ (log {folder / 'gunicorn.log'})")
+        self.echo(f"service: {service.url}/ (log {folder / 'gunicorn.log'})")
         return service
 
     def restart_services(self) -> None:
@@ -133,11 +139,11 @@ class ServiceControl:
             service = ServiceProcess.in_folder(pidfile.parent)
             if not service.running():
                 continue
-            env_file = pidfile.parent / "env.json"
-            env = json.loads(env_file.read_text()) if env_file.exists() else {}
+            env, prefix = service.start_settings()
             service.stop()
             self.echo(f"restarting service {pidfile.parent.name} for the new topology")
-            self.start_service(name=pidfile.parent.name, port=service.port, **env)
+            self.start_service(name=pidfile.parent.name, port=service.port, host=service.host,
+                               prefix=prefix, **env)
 
 
 @dataclass
@@ -146,6 +152,7 @@ class ServiceProcess:
 
     folder: Path
     port: int
+    host: str = "127.0.0.1"
 
     @property
     def pidfile(self) -> Path:
@@ -157,15 +164,34 @@ class ServiceProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def running(self) -> bool:
         return proc.read_pid(self.pidfile) is not None
 
     @classmethod
     def in_folder(cls, folder: Path) -> ServiceProcess:
-        port_file = folder / "port"
-        return cls(folder=folder, port=int(port_file.read_text()) if port_file.exists() else 0)
+        port_file, host_file = folder / "port", folder / "host"
+        return cls(
+            folder=folder,
+            port=int(port_file.read_text()) if port_file.exists() else 0,
+            host=host_file.read_text().strip() if host_file.exists() else "127.0.0.1",
+        )
+
+    def start_settings(self) -> tuple[dict[str, str], list[str]]:
+        """The environment and prefix it was started with, to start it again the same way."""
+        env_file, prefix_file = self.folder / "env.json", self.folder / "prefix.json"
+        env = json.loads(env_file.read_text()) if env_file.exists() else {}
+        prefix = json.loads(prefix_file.read_text()) if prefix_file.exists() else []
+        return env, prefix
+
+    def ready(self) -> bool:
+        """/readyz answers 200: this host can serve (its pool reaches the directory)."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=5) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
 
     def wait_ready(self, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -14,6 +14,8 @@ need_apt=()
 command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need_apt+=(pgbouncer)
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v wrk >/dev/null || need_apt+=(wrk)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
+command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need_apt+=(iproute2)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -25,7 +27,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
-# Debian's packages start their own PostgreSQL/PgBouncer/Redis services on the standard ports;
+# Debian's packages start their own PostgreSQL/PgBouncer/Redis/nginx services on the standard ports;
 # the project's topology uses its own ports and folder and never touches those.
 export PATH="$PATH:/usr/sbin"
 
@@ -43,5 +45,6 @@ if [ "$deps_only" = 1 ]; then exit 0; fi
 
 .venv/bin/python -m deploy.topology up "$@"
 echo
-echo "The service runs on the port in the table above (base port + 2, 15402 by default)."
+echo "nginx serves it on base port + 3 (http://127.0.0.1:15403/ by default); each app host"
+echo "listens on base port + 2 (the table above)."
 echo "Stop it with: .venv/bin/python -m deploy.topology down"

@@ -1,14 +1,18 @@
 """Local topology manager: a control cluster and N shards of PostgreSQL primaries with streaming
-replicas, PgBouncer in transaction mode, Redis, and the service under Gunicorn, all in one folder.
+replicas, PgBouncer in transaction mode, Redis, and the service under Gunicorn behind nginx, all
+in one folder.
 
     python -m deploy.topology up [--shards 2 --replicas 1 --base-port 15400 --dir .var]
+                                 [--app-hosts N]
+    python -m deploy.topology restart-app --rolling   # deploy: one app host at a time
     python -m deploy.topology status | down | destroy
 
 `up` is idempotent: it starts what is stopped, creates what is missing (so `--shards 3` on a
 two-shard topology adds `shard_2`), and rewrites the topology file that settings read.
 
 Here: PgBouncer, Redis, the topology file, status and the command line. The folder and ports are
-in `layout.py`, the PostgreSQL servers in `postgres_nodes.py`, the service in `services.py`.
+in `layout.py`, the PostgreSQL servers in `postgres_nodes.py`, the service in `services.py`,
+nginx and the app hosts in `edge.py`, their network namespaces in `app_network.py`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 import psycopg
 
 from deploy import processes as proc
+from deploy.edge import EdgeControl
 from deploy.layout import (
     ADMIN_USER,
     APP_DB,
@@ -52,7 +57,7 @@ __all__ = [
 ]
 
 
-class LocalTopology(PostgresNodes, ServiceControl):
+class LocalTopology(PostgresNodes, ServiceControl, EdgeControl):
     """Creates, starts, inspects and stops the processes of one LocalLayout."""
 
     # ----- up
@@ -66,6 +71,14 @@ class LocalTopology(PostgresNodes, ServiceControl):
             raise TopologyError(
                 f"{layout.root} holds a topology with {saved.replicas} replica(s) per primary on "
                 f"base port {saved.base_port}; run `destroy` first to change those"
+            )
+        if saved is not None and saved.app_hosts != layout.app_hosts and any(
+            ServiceProcess.in_folder(pid.parent).running()
+            for pid in layout.root.glob("*/gunicorn.pid")
+        ):
+            raise TopologyError(
+                f"{layout.root} runs {saved.app_hosts or 'no'} app host(s); run `down` first to "
+                "change --app-hosts"
             )
         if saved is not None and saved.shards > layout.shards:
             raise TopologyError(
@@ -88,6 +101,9 @@ class LocalTopology(PostgresNodes, ServiceControl):
         for node in nodes:
             if node.role == "replica":
                 self._ensure_replica(node)
+        if layout.app_hosts:
+            # PgBouncer and Redis listen on the bridge too: create it before they start.
+            self.network.ensure_bridge()
         self._ensure_pgbouncer()
         self._ensure_redis()
         before = layout.topology_file.read_text() if layout.topology_file.exists() else None
@@ -99,16 +115,23 @@ class LocalTopology(PostgresNodes, ServiceControl):
                   f"export SHARDSVC_SECRET_KEY=\"$(cat {layout.root / 'secret-key'})\")")
         if migrate:
             self.migrate()
+        self.collectstatic()
         if changed:
             # Workers load the shard map once (preload_app): a new shard needs new workers.
             self.restart_services()
         if service:
-            self.start_service()
+            self.start_app_hosts()
+            self.ensure_edge()
 
     # ----- PgBouncer and Redis -------------------------------------------------------------------
     @property
     def pgbouncer_dir(self) -> Path:
         return self.layout.root / "pgbouncer"
+
+    def listen_addresses(self) -> str:
+        """Where PgBouncer and Redis listen: loopback, and the app hosts' gateway if any."""
+        address = self.service_address()
+        return "127.0.0.1" if address == "127.0.0.1" else f"127.0.0.1,{address}"
 
     def pgbouncer_config(self) -> str:
         databases = "".join(
@@ -119,6 +142,7 @@ class LocalTopology(PostgresNodes, ServiceControl):
         return template.format(
             databases=databases,
             port=self.layout.pgbouncer_port,
+            listen_addr=self.listen_addresses(),
             dir=self.pgbouncer_dir,
             admin_user=ADMIN_USER,
         )
@@ -132,9 +156,17 @@ class LocalTopology(PostgresNodes, ServiceControl):
             folder / "userlist.txt", f'"{APP_USER}" ""\n"{ADMIN_USER}" ""\n'
         )
         pid = proc.read_pid(folder / "pgbouncer.pid")
+        listening = folder / "listen_addr"
+        # Started before the file was kept: it listens on loopback only.
+        current = listening.read_text() if listening.exists() else "127.0.0.1"
+        if pid is not None and current != self.listen_addresses():
+            # A reload does not change where PgBouncer listens; a restart does.
+            proc.stop_pid(folder / "pgbouncer.pid")
+            pid = None
         if pid is not None:
             os.kill(pid, signal.SIGHUP)  # reload: picks up new shards
             return
+        listening.write_text(self.listen_addresses())
         proc.require_free_port(self.layout.pgbouncer_port, "PgBouncer")
         proc.run(
             proc.as_service_user(["pgbouncer", "-d", str(ini)]),
@@ -151,14 +183,19 @@ class LocalTopology(PostgresNodes, ServiceControl):
 
     def _ensure_redis(self) -> None:
         folder = proc.make_dir(self.redis_dir)
+        bind = self.listen_addresses().replace(",", " ")
+        listening = folder / "bind"
         if proc.read_pid(folder / "redis.pid") is not None:
-            return
+            if (listening.read_text() if listening.exists() else "127.0.0.1") == bind:
+                return
+            proc.stop_pid(folder / "redis.pid")  # a cache without persistence: nothing lost
+        listening.write_text(bind)
         proc.require_free_port(self.layout.redis_port, "Redis")
         proc.run(
             [
                 proc.require_binary("redis-server", "redis-server"),
                 "--port", str(self.layout.redis_port),
-                "--bind", "127.0.0.1",
+                "--bind", *bind.split(),
                 "--save", "",
                 "--appendonly", "no",
                 "--daemonize", "yes",
@@ -175,7 +212,10 @@ class LocalTopology(PostgresNodes, ServiceControl):
 
     # ----- topology file
     def pooled_dsn(self, alias: str) -> str:
-        return f"postgresql://{APP_USER}@127.0.0.1:{self.layout.pgbouncer_port}/{alias}"
+        # App hosts in namespaces reach PgBouncer and Redis over the bridge, as real hosts would
+        # over the network; processes on this machine reach the same address.
+        host = self.service_address()
+        return f"postgresql://{APP_USER}@{host}:{self.layout.pgbouncer_port}/{alias}"
 
     def write_topology_file(self) -> Path:
         lines = [
@@ -199,7 +239,9 @@ class LocalTopology(PostgresNodes, ServiceControl):
                 lines.append(f'dsn = "{self.pooled_dsn(replica.alias)}"')
                 lines.append(f'direct_dsn = "{replica.direct_dsn}"')
             lines.append("")
-        lines += ["[redis]", f'url = "redis://127.0.0.1:{self.layout.redis_port}/0"', ""]
+        lines += ["[redis]",
+                  f'url = "redis://{self.service_address()}:{self.layout.redis_port}/0"', ""]
+        lines += self.topology_file_edge_lines()
         path = self.layout.topology_file
         tmp = path.with_suffix(".tmp")
         tmp.write_text("\n".join(lines))
@@ -231,17 +273,23 @@ class LocalTopology(PostgresNodes, ServiceControl):
             yield {"component": "service", "name": folder.parent.name,
                    "port": str(service.port),
                    "state": "running" if service.running() else "stopped",
-                   "detail": "gunicorn + gevent"}
+                   "detail": f"gunicorn + gevent on {service.host}"}
+        yield {"component": "nginx", "name": "edge", "port": str(self.layout.edge_port),
+               "state": "running" if self.edge_pid() else "stopped",
+               "detail": f"in front of {len(self.app_hosts())} app host(s)"}
 
     def down(self) -> None:
         for folder in sorted(self.layout.root.glob("*/gunicorn.pid")):
             if proc.stop_pid(folder, timeout=20):
                 self.echo(f"stopped service {folder.parent.name}")
+        if self.stop_edge():
+            self.echo("stopped nginx")
         if proc.stop_pid(self.pgbouncer_dir / "pgbouncer.pid"):
             self.echo("stopped pgbouncer")
         if proc.stop_pid(self.redis_dir / "redis.pid"):
             self.echo("stopped redis")
         self.stop_all_postgres()
+        self.network.remove()  # namespaces and bridge, once nothing runs in them
 
     def destroy(self) -> None:
         self.down()
@@ -265,6 +313,7 @@ def layout_from_args(args: argparse.Namespace) -> LocalLayout:
         shards=pick("shards", 2),
         replicas=pick("replicas", 1),
         workers=pick("workers", 2),
+        app_hosts=pick("app_hosts", 0),
         durable=saved.durable if saved is not None else True,
         pg_settings=saved.pg_settings if saved is not None else {},
     )
@@ -283,13 +332,18 @@ def print_table(rows: list[dict[str, str]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.topology", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("verb", choices=["up", "down", "status", "destroy"])
+    parser.add_argument("verb", choices=["up", "down", "status", "destroy", "restart-app"])
     parser.add_argument("--dir", default=os.environ.get("SHARDSVC_DIR", str(DEFAULT_DIR)),
                         help="data folder (default .var/ in the project)")
     parser.add_argument("--base-port", type=int, help="first of the ports used (default 15400)")
     parser.add_argument("--shards", type=int, help="number of shards (default 2)")
     parser.add_argument("--replicas", type=int, help="streaming replicas per primary (default 1)")
     parser.add_argument("--workers", type=int, help="gunicorn gevent workers (default 2)")
+    parser.add_argument("--app-hosts", type=int,
+                        help="app hosts, each in its own network namespace (root only; "
+                             "default 0: one service on loopback)")
+    parser.add_argument("--rolling", action="store_true",
+                        help="restart-app: one host at a time, out of rotation while it restarts")
     parser.add_argument("--no-service", action="store_true", help="do not start gunicorn")
     parser.add_argument("--no-migrate", action="store_true", help="do not run migrations")
     args = parser.parse_args(argv)
@@ -303,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"no topology in {topology.layout.root}; run `up` first")
                 return 1
             print_table(list(topology.status_rows()))
+        elif args.verb == "restart-app":
+            if not args.rolling:
+                parser.error("restart-app needs --rolling (the only way it restarts)")
+            topology.restart_app_hosts_rolling()
         elif args.verb == "down":
             topology.down()
         else:

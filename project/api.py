@@ -10,6 +10,7 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed
 from django.urls import URLPattern, URLResolver
+from django.views.decorators.cache import cache_control
 from ninja import NinjaAPI
 from ninja.parser import Parser
 from ninja.types import DictStrAny
@@ -54,6 +55,11 @@ def _json_method_not_allowed(view: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+# The schema is the same for every caller and changes only with a deploy: shared caches (the
+# edge's proxy cache, a CDN) may keep it a few minutes.
+SCHEMA_CACHE = cache_control(public=True, max_age=300)
+
+
 class ServiceAPI(NinjaAPI):
     @property
     def urls(self) -> tuple[list[URLResolver | URLPattern], str, str]:
@@ -61,6 +67,8 @@ class ServiceAPI(NinjaAPI):
         for pattern in patterns:
             if isinstance(pattern, URLPattern):
                 pattern.callback = _json_method_not_allowed(pattern.callback)
+                if pattern.name == "openapi-json":
+                    pattern.callback = SCHEMA_CACHE(pattern.callback)
         return patterns, app_name, namespace
 
 

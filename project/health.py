@@ -1,4 +1,13 @@
-"""Liveness and readiness endpoints."""
+"""Liveness and readiness endpoints.
+
+- `/healthz`: the process is alive; touches no database.
+- `/readyz`: this host can serve, the answer a load balancer acts on: its pool hands out a
+  connection to the control database (the tenant directory's home) and its shard map is
+  loaded. One shard down never makes it 503, or a load balancer would take every tenant
+  offline for one shard; a host that cannot reach the directory can serve no tenant at all.
+- `/readyz/shards`: every database and Redis in detail (also the `shardsvc_database_up`
+  gauge); 503 when any primary is unreachable or read-only. For dashboards and people.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +17,9 @@ from typing import Any
 from django.db import DatabaseError, connections, transaction
 from django.http import HttpRequest, JsonResponse
 
+from project.metrics import DATABASE_UP
 from shards import redisguard
+from shards.aliases import CONTROL_ALIAS
 from shards.topology import get_shard_map
 
 # A health check must answer fast even when a server hangs.
@@ -56,11 +67,26 @@ def check_alias(alias: str, role: str) -> dict[str, Any]:
 
 
 def readyz(request: HttpRequest) -> JsonResponse:
+    """This host can serve: 200, or 503 when its pool cannot reach the tenant directory."""
+    shard_map = get_shard_map()
+    directory = check_alias(CONTROL_ALIAS, "primary")
+    ready = bool(directory["reachable"])
+    return JsonResponse(
+        {
+            "status": "ready" if ready else "unready",
+            "directory": directory,
+            "shards": len(shard_map.shard_names),
+        },
+        status=200 if ready else 503,
+    )
+
+
+def shard_health(request: HttpRequest) -> JsonResponse:
     """Per-alias readiness, and Redis's; 503 when any primary is unreachable or not writable.
 
     A replica that is down only degrades reads (they fall back to the primary), and Redis down
     (or skipped by this worker's open breaker) only costs cache hits, so either is reported as
-    "degraded" but does not make the service unready.
+    "degraded" but not "unavailable".
     """
     servers = list(get_shard_map().servers())
     # Threads are greenlets under the gevent worker: the checks overlap, and each runs on its
@@ -74,6 +100,9 @@ def readyz(request: HttpRequest) -> JsonResponse:
                 strict=True,
             )
         )
+    for alias, result in results.items():
+        up = result.get("writable") if result["role"] == "primary" else result["reachable"]
+        DATABASE_UP.labels(alias=alias, role=result["role"]).set(1 if up else 0)
     primaries_ok = all(
         r.get("writable") for r in results.values() if r["role"] == "primary"
     )

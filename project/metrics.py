@@ -17,6 +17,7 @@ this process is served.
     shardsvc_pool_timeouts_total{alias}               checkouts that gave up (503s)
     shardsvc_replica_lag_seconds{alias}               as the workers' health checkers see it
     shardsvc_replica_healthy{alias}                   1 if reads may go there now
+    shardsvc_database_up{alias,role}                  from the latest /readyz/shards check
     shardsvc_redis_up{cache}                          0 if any worker's last Redis command failed
                                                       or its breaker is not closed
     shardsvc_redis_breaker_open{cache}                workers skipping Redis now (breaker open)
@@ -115,6 +116,11 @@ REPLICA_HEALTHY = Gauge(
 )
 # Labelled by cache alias, so no process that never samples (the Gunicorn master, which imports
 # this module with preload_app) holds a 0 that livemin would report forever.
+DATABASE_UP = Gauge(
+    "shardsvc_database_up",
+    "1 if the database answered the latest /readyz/shards check (primary: and is writable).",
+    ["alias", "role"], multiprocess_mode="livemostrecent",
+)
 REDIS_UP = Gauge(
     "shardsvc_redis_up",
     "1 if the worker's breaker is closed and its last Redis command succeeded (min over workers).",

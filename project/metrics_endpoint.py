@@ -44,8 +44,8 @@ def scrape_allowed(request: HttpRequest) -> bool:
             and hmac.compare_digest(token.strip().encode(), expected.encode())
         )
     try:
-        # REMOTE_ADDR: the peer of the socket. Nothing in front of the service is trusted to
-        # name the client (X-Forwarded-For would let anyone claim 127.0.0.1).
+        # REMOTE_ADDR: the peer of the socket, or the client a trusted proxy names
+        # (project/proxy.py); a header from anyone else would let them claim 127.0.0.1.
         address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
     except ValueError:
         return False

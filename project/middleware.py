@@ -30,7 +30,7 @@ from shards.topology import get_shard_map
 GetResponse = Callable[[HttpRequest], HttpResponse]
 # Health and metrics never belong to a tenant: an X-Tenant header (or a tenant host name) on
 # them must not turn a liveness probe into a directory lookup or a 404.
-UNTENANTED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+UNTENANTED_PATHS = frozenset({"/healthz", "/readyz", "/readyz/shards", "/metrics"})
 
 request_finished.connect(end_request, dispatch_uid="shardsvc.routing.end_request")
 

@@ -44,8 +44,8 @@ def _env_rate(name: str, default: str) -> str | None:
     return raw
 
 
-_shard_map = load_shard_map(
-    os.environ.get("SHARDSVC_TOPOLOGY", BASE_DIR / ".var" / "topology.toml"))
+_shard_map_path = os.environ.get("SHARDSVC_TOPOLOGY", BASE_DIR / ".var" / "topology.toml")
+_shard_map = load_shard_map(_shard_map_path)
 
 DEBUG = os.environ.get("SHARDSVC_DEBUG") == "1"
 ALLOWED_HOSTS = os.environ.get("SHARDSVC_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
@@ -80,24 +80,22 @@ if HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = True
     # Probes and Prometheus talk to each host directly, inside the network, in plain HTTP.
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz(/shards)?$", r"^metrics$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = int(_env_float("SHARDSVC_HSTS_SECONDS", 365 * 86400))
 X_FRAME_OPTIONS = "DENY"
-# Content-Security-Policy of HTML pages (project/csp.py): the admin needs nothing but its own
-# scripts and styles. The API docs page is Swagger UI, which django-ninja loads from its CDN
-# with an inline start-up script unless "ninja" is an installed app: it gets a policy that
-# allows exactly that, and only it.
+# Content-Security-Policy of HTML pages (project/csp.py): the admin and the API docs (Swagger UI
+# from ninja's own static files, started by a script file, no inline code) need nothing but
+# their own scripts and styles; Swagger UI sets style attributes from its script.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 CONTENT_SECURITY_POLICY_BY_PATH = {
     "/api/docs": (
-        "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-        "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-        "img-src 'self' data: https://django-ninja.dev https://cdn.jsdelivr.net; "
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; "
         "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     ),
 }
@@ -109,8 +107,8 @@ SILENCED_SYSTEM_CHECKS = [
     "security.W021",
 ]
 
-# /metrics answers only to these networks (the client's own address, REMOTE_ADDR: nothing in
-# front of the service is trusted to say who the client is) or to a request carrying
+# /metrics answers only to these networks (the client's address, REMOTE_ADDR: the peer, or who
+# a trusted proxy says the client is, see TRUSTED_PROXIES) or to a request carrying
 # "Authorization: Bearer <SHARDSVC_METRICS_TOKEN>" (Prometheus's `authorization` setting).
 try:
     METRICS_ALLOW = [
@@ -124,6 +122,20 @@ except ValueError as exc:
         "e.g. 127.0.0.0/8,10.0.0.0/8)"
     ) from None
 METRICS_TOKEN = os.environ.get("SHARDSVC_METRICS_TOKEN", "")
+# Reverse proxies (nginx) whose X-Real-IP names the client (project/proxy.py): only a request
+# whose peer is in these networks has REMOTE_ADDR replaced, so nobody else can claim an address
+# on the /metrics allow-list or dodge a per-address throttle. Empty: no proxy is trusted.
+try:
+    TRUSTED_PROXIES = [
+        ipaddress.ip_network(net.strip())
+        for net in os.environ.get("SHARDSVC_TRUSTED_PROXIES", "").split(",")
+        if net.strip()
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(
+        f"SHARDSVC_TRUSTED_PROXIES: {exc} (give networks in CIDR form, comma-separated, "
+        "e.g. 10.91.0.1/32)"
+    ) from None
 
 # Per database alias, per worker process: the pool's hard cap and how long a request waits
 # for a connection before it gets a 503.
@@ -197,6 +209,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Only for its static files and templates: Swagger UI served from here, not a CDN.
+    "ninja",
     "shards",
     "routers",
     "sites",
@@ -223,7 +237,9 @@ TENANT_HEADER = "X-Tenant"
 TENANT_HOST_SUFFIX: str | None = None
 
 MIDDLEWARE = [
-    # Outermost: request id and access log, then request metrics (both see every answer).
+    # First: every later layer (logs, throttles, /metrics) sees the client behind the proxy.
+    "project.proxy.TrustedProxyMiddleware",
+    # Then request id and access log, then request metrics (both see every answer).
     "project.request_log.RequestLogMiddleware",
     "project.metrics.MetricsMiddleware",
     # Inside the two above, so the 503 of a request past its deadline is logged and counted.
@@ -272,6 +288,17 @@ TIME_ZONE = "UTC"
 LANGUAGE_CODE = "en-us"
 USE_I18N = False
 STATIC_URL = "static/"
+# `collectstatic` (run by `deploy.topology up`) copies every app's files here under names that
+# carry a hash of their content, which nginx serves as immutable; the manifest maps the names.
+# The default is next to the topology file, so each topology has its own.
+STATIC_ROOT = Path(os.environ.get("SHARDSVC_STATIC_ROOT")
+                   or Path(_shard_map_path).resolve().parent / "static")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"
+    },
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The ops API (create and list sites) answers only to this token; unset, it answers no one.
@@ -282,8 +309,8 @@ RATELIMIT_ENABLE = os.environ.get("SHARDSVC_THROTTLE", "1") != "0"
 # Counters fail open: a Redis outage must not lock every site out (django-ratelimit's own
 # default is to refuse when its cache fails).
 RATELIMIT_FAIL_OPEN = True
-# Failed API key, user token and ops token checks per client address (REMOTE_ADDR: nothing
-# in front of the service sets X-Forwarded-For yet; IPv6 addresses count per /64).
+# Failed API key, user token and ops token checks per client address (REMOTE_ADDR, which
+# project/proxy.py sets from a trusted proxy's X-Real-IP; IPv6 addresses count per /64).
 THROTTLE_AUTH_FAILURES = _env_rate("SHARDSVC_THROTTLE_AUTH_FAILURES", "20/m")
 # Writes (post, edit, delete, vote) per end user of a site.
 THROTTLE_WRITES = _env_rate("SHARDSVC_THROTTLE_WRITES", "60/m")

@@ -9,6 +9,7 @@ from sites import throttle
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("readyz/shards", health.shard_health, name="readyz-shards"),
     path("metrics", metrics_endpoint.metrics_view, name="metrics"),
     # Before admin.site.urls, so this wrapper answers the admin's login URL.
     path("admin/login/", throttle.throttled_login(admin.site.login)),

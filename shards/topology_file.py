@@ -31,7 +31,9 @@ _KEY_FIX = {
     "name": 'add name = "shard_N"',
     "url": 'add url = "redis://host:port/0"',
 }
-_TOP_KEYS = ("control", "shards", "redis")
+# [edge] and [[app_hosts]] describe nginx and the hosts behind it: read by the deploy tools
+# (deploy/edge.py), not by the service, which only needs to accept them.
+_TOP_KEYS = ("control", "shards", "redis", "edge", "app_hosts")
 _CONTROL_KEYS = ("dsn", "direct_dsn", "replicas")
 _SHARD_KEYS = ("name", "dsn", "direct_dsn", "replicas")
 _REPLICA_KEYS = ("dsn", "direct_dsn")

@@ -67,7 +67,14 @@ def make_topology(prefix: str, *, shards: int = 2, replicas: int = 1,
         workers=2,
         pg_settings={"timezone": f"'{SERVER_TIME_ZONE}'"},
     )
-    return LocalTopology(layout, echo=lambda message: print(f"[topology] {message}"))
+    topology = LocalTopology(layout, echo=lambda message: print(f"[topology] {message}"))
+    _made.append(topology)
+    return topology
+
+
+# Every topology this session made, so the session's end removes whatever a test left running
+# (processes, app hosts' network namespaces and bridge) even when its own teardown did not run.
+_made: list[LocalTopology] = []
 
 
 _session_topology: LocalTopology | None = None
@@ -91,6 +98,9 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _session_topology is not None:
         _session_topology.destroy()  # also when no test started it: removes the folder
+    for made in _made:
+        if made.layout.root.exists() or made.network.namespaces():
+            made.destroy()
 
 
 @pytest.fixture(scope="session")

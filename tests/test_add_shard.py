@@ -73,7 +73,7 @@ def test_a_third_shard_is_added_and_rebalance_moves_tenants_onto_it() -> None:
 
         service = topo.start_service(name="service")
         old_master = read_pid(service.pidfile)
-        before = get(f"{service.url}/readyz").body["databases"]
+        before = get(f"{service.url}/readyz/shards").body["databases"]
         assert "shard_2" not in before
 
         # Grow: the same layout with one more shard; `up` adds it to the running topology and
@@ -81,7 +81,7 @@ def test_a_third_shard_is_added_and_rebalance_moves_tenants_onto_it() -> None:
         grown.up(service=False, migrate=True)
         assert "shard_2" in grown.layout.topology_file.read_text()
         assert read_pid(service.pidfile) not in (None, old_master)
-        after = get(f"{service.url}/readyz")
+        after = get(f"{service.url}/readyz/shards")
         assert after.status == 200 and after.body["databases"]["shard_2"]["writable"] is True
         assert rows(grown, "default", "SELECT accepts_tenants FROM shards_shard "
                                       "WHERE name = 'shard_2'") == [(True,)]

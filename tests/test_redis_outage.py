@@ -129,7 +129,7 @@ def describe(samples: list[Sample]) -> str:
 
 
 def readyz(service: ServiceProcess) -> dict:
-    answer = get(f"{service.url}/readyz", timeout=10)
+    answer = get(f"{service.url}/readyz/shards", timeout=10)
     assert answer.status == 200, answer.body  # Redis never makes the service unready
     return answer.body
 

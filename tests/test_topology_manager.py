@@ -19,7 +19,7 @@ def postmaster_pids(topo: LocalTopology) -> dict[str, int | None]:
 
 
 def all_ports(layout: LocalLayout) -> list[int]:
-    return [layout.pgbouncer_port, layout.redis_port, layout.http_port] + [
+    return [layout.pgbouncer_port, layout.redis_port, layout.http_port, layout.edge_port] + [
         n.port for n in layout.nodes()
     ]
 
@@ -29,7 +29,7 @@ def test_up_serves_readyz_is_idempotent_and_down_stops_everything() -> None:
     topo = make_topology("shardsvc-verbs-", shards=1, replicas=1, start_port=27400)
     try:
         topo.up(service=True, migrate=True)
-        ready = get(f"http://127.0.0.1:{topo.layout.http_port}/readyz")
+        ready = get(f"http://127.0.0.1:{topo.layout.http_port}/readyz/shards")
         assert ready.status == 200, ready.body
         assert ready.body["status"] == "ok"
         assert set(ready.body["databases"]) == {
@@ -45,12 +45,14 @@ def test_up_serves_readyz_is_idempotent_and_down_stops_everything() -> None:
         assert postmaster_pids(topo) == pids
         assert read_pid(topo.layout.root / "service" / "gunicorn.pid") == service_pid
         assert get(f"http://127.0.0.1:{topo.layout.http_port}/readyz").status == 200
+        assert get(f"{topo.edge_url}/readyz").status == 200  # nginx in front
 
         topo.down()
         assert not any(port_in_use(p) for p in all_ports(topo.layout))
         assert all(pid is None for pid in postmaster_pids(topo).values())
         assert read_pid(topo.pgbouncer_dir / "pgbouncer.pid") is None
         assert read_pid(topo.redis_dir / "redis.pid") is None
+        assert topo.edge_pid() is None
     finally:
         topo.destroy()
     assert not topo.layout.root.exists()
