@@ -31,6 +31,9 @@ class MoveSettings:
     delete_batch: int = 5000
     delete_pause: float = 0.01  # between batches: leave the source room for its other tenants
     poll: float = 0.05
+    # Finish a move left "unverified" (resumed after the flip, copy not provable): delete
+    # the kept source rows anyway. Only an operator who inspected them sets it.
+    accept_unverified: bool = False
 
 
 def start_move(tenant_key: str | int, target: str, *, reason: str = "") -> MoveJob:

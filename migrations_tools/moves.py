@@ -31,9 +31,11 @@ import psycopg
 from django.db import transaction
 from django.utils import timezone
 
-from migrations_tools import replication, verify
+from migrations_tools import replication
 from migrations_tools.move_jobs import MoveError, MoveSettings
+from migrations_tools.move_verification import VerifySteps
 from migrations_tools.tenant_rows import Progress, delete_tenant_rows, sharded_tables, tenant_rows
+from migrations_tools.verify_resumed import current_snapshot
 from shards import pg
 from shards.aliases import CONTROL_ALIAS
 from shards.directory import set_placement
@@ -46,7 +48,7 @@ logger = logging.getLogger("shardsvc.moves")
 State = MoveJob.State
 
 
-class Mover:
+class Mover(VerifySteps):
     def __init__(self, job: MoveJob, *, settings: MoveSettings | None = None,
                  progress: Progress | None = None,
                  still_locked: Callable[[], None] | None = None,
@@ -109,6 +111,7 @@ class Mover:
             State.CUTOVER: self._cutover,
             State.FLIPPED: self._verify,
             State.CLEANUP: self._cleanup,
+            State.UNVERIFIED: self._unverified,
         }
         started = time.monotonic()
         try:
@@ -224,7 +227,7 @@ class Mover:
             snapshot = replication.connect(self.target_dsn, purpose=f"verify {self.job.pk}")
             snapshot.autocommit = False
             snapshot.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            snapshot.execute("SELECT 1")
+            flip_snapshot = current_snapshot(snapshot)
             self._target_snapshot = snapshot
             min_lsn = insert_lsn(self.target)
             # From here on the fence must outlive any crash: writers with a stale placement
@@ -240,7 +243,8 @@ class Mover:
                 set_placement(self.job.tenant_id, self.job.target, min_lsn=min_lsn,
                               state=Tenant.State.ACTIVE)
                 pause_ms = (time.monotonic() - fenced) * 1000
-                self._set(State.FLIPPED, flip_lsn=min_lsn, write_pause_ms=round(pause_ms, 2))
+                self._set(State.FLIPPED, flip_lsn=min_lsn, write_pause_ms=round(pause_ms, 2),
+                          flip_snapshot=flip_snapshot)
         except BaseException:
             if self.job.state == State.CUTOVER:
                 self._after_failed_cutover()
@@ -275,35 +279,6 @@ class Mover:
                             [self.job.tenant_id])
         self._set(State.CATCHING_UP)
 
-    def _verify(self) -> None:
-        snapshot = self._target_snapshot
-        note = "against the target's snapshot at the flip"
-        if snapshot is None:
-            # The command died after the flip: the snapshot is gone and the target has taken
-            # writes since. Count and checksum can then only be compared for the rows the
-            # source had; report it, do not fail.
-            note = "snapshot lost (resumed after the flip): compared the current target"
-        diffs = verify.compare(self.source, snapshot or self.target, self.tables,
-                               self.job.tenant_id)
-        if snapshot is not None:
-            snapshot.rollback()
-            snapshot.close()
-            self._target_snapshot = None
-        clean = all(d.clean for d in diffs)
-        self._report(verification={"note": note, "tables": [
-            {"table": d.table, "source_rows": d.source_rows, "target_rows": d.target_rows,
-             "bad_buckets": d.bad_buckets} for d in diffs]})
-        self.progress("verified: " + ", ".join(
-            f"{d.table} {d.source_rows}={d.target_rows}" if d.clean
-            else f"{d.table} {d.source_rows}!={d.target_rows} buckets {d.bad_buckets}"
-            for d in diffs))
-        if not clean and snapshot is not None:
-            self._set(State.FAILED, verified=False, finished_at=timezone.now(),
-                      error="verification found differences; source rows kept (fenced)")
-            raise MoveError(f"verification failed for job {self.job.pk}: the tenant serves "
-                            "from the target; the source rows are kept for inspection")
-        self._set(State.CLEANUP, verified=clean if snapshot is not None else None)
-
     def _cleanup(self) -> None:
         self.drop_replication()
         # Workers may route by a placement cached before the flip for DIRECTORY_LOCAL_TTL; their
@@ -334,9 +309,13 @@ class Mover:
 
     def abort(self) -> MoveJob:
         """Back to the source, serving, with every replication object and copied row gone."""
-        if self.job.state in (State.FLIPPED, State.CLEANUP, State.DONE, State.FAILED):
+        if self.job.state in (State.FLIPPED, State.CLEANUP, State.DONE, State.FAILED,
+                              State.UNVERIFIED):
+            accept = (" (an unverified one: inspect it, then `move_tenant <tenant> "
+                      f"{self.job.target} --accept-unverified` removes the source rows)"
+                      if self.job.state == State.UNVERIFIED else "")
             raise MoveError(f"job {self.job.pk} already flipped {self.job.source} -> "
-                            f"{self.job.target}; to undo it, move the tenant back")
+                            f"{self.job.target}{accept}; to undo it, move the tenant back")
         if self.job.state == State.ABORTED:
             return self.job
         try:
