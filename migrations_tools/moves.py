@@ -68,6 +68,7 @@ class Mover(VerifySteps):
         self._source: psycopg.Connection[Any] | None = None
         self._target: psycopg.Connection[Any] | None = None
         self._target_snapshot: psycopg.Connection[Any] | None = None
+        self._continuous_deadline: float | None = None
 
     # --- connections
     @property
@@ -174,11 +175,19 @@ class Mover(VerifySteps):
 
     def _catch_up(self) -> None:
         deadline = time.monotonic() + self.settings.copy_timeout
-        while (lag := self._lag()) > self.settings.catchup_lag_bytes:
-            self._set(lag_bytes=lag)
-            self.progress(f"catching up: {lag} bytes behind")
-            if time.monotonic() > deadline:
-                raise MoveError("the target does not catch up with the source")
+        while True:
+            lag = self._lag()
+            behind = lag > self.settings.catchup_lag_bytes
+            if behind:
+                self._set(lag_bytes=lag)
+                self.progress(f"catching up: {lag} bytes behind")
+                if time.monotonic() > deadline:
+                    raise MoveError("the target does not catch up with the source")
+            # Meanwhile, and once caught up until it is done, compare settled id ranges.
+            if self._compare_next_range():
+                continue
+            if not behind:
+                break
             time.sleep(0.2)
         self._set(State.CUTOVER, lag_bytes=lag)
 

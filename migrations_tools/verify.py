@@ -45,11 +45,13 @@ def table_checksums(conn: psycopg.Connection[Any], table: str, tenant_id: int, *
 
 
 def compare(source: psycopg.Connection[Any], target: psycopg.Connection[Any],
-            tables: list[str], tenant_id: int) -> list[TableDiff]:
+            tables: list[str], tenant_id: int, *, condition: sql.Composable = _EVERY_ROW,
+            params: list[Any] | None = None) -> list[TableDiff]:
+    """Per table, the tenant's rows (those meeting `condition`) on both sides, by bucket."""
     diffs = []
     for table in tables:
-        a = table_checksums(source, table, tenant_id)
-        b = table_checksums(target, table, tenant_id)
+        a = table_checksums(source, table, tenant_id, condition=condition, params=params)
+        b = table_checksums(target, table, tenant_id, condition=condition, params=params)
         bad = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
         diffs.append(TableDiff(table, sum(c for c, _ in a.values()),
                                sum(c for c, _ in b.values()), bad))

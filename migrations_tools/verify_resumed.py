@@ -29,9 +29,9 @@ from migrations_tools.verify import table_checksums
 # A row's 32-bit xmin widened to the 64-bit xid that pg_visible_in_snapshot() takes: the epoch
 # is that of the current xid, or the one before for an xid numerically above it (written
 # before the last wraparound). Frozen and special xids (< 3) come out old, hence visible.
-_CURRENT_XID = sql.SQL(
+CURRENT_XID = sql.SQL(
     "CROSS JOIN (SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS cur) x")
-_UNCHANGED = sql.SQL(
+UNCHANGED = sql.SQL(
     "pg_visible_in_snapshot(greatest((x.cur >> 32 << 32) + t.xmin::text::bigint - CASE WHEN "
     "t.xmin::text::bigint > (x.cur & 4294967295) THEN 4294967296 ELSE 0 END, 0)::text::xid8, "
     "%s::pg_snapshot)")
@@ -67,10 +67,10 @@ def compare_since_flip(source: psycopg.Connection[Any], target: psycopg.Connecti
     for table in tables:
         written = [int(r[0]) for r in target.execute(
             sql.SQL("SELECT t.id FROM {} t {} WHERE NOT {} AND t.tenant_id = %s").format(
-                sql.Identifier(table), _CURRENT_XID, _UNCHANGED),
+                sql.Identifier(table), CURRENT_XID, UNCHANGED),
             [flip_snapshot, tenant_id]).fetchall()]
-        after = table_checksums(target, table, tenant_id, joined=_CURRENT_XID,
-                                condition=_UNCHANGED, params=[flip_snapshot])
+        after = table_checksums(target, table, tenant_id, joined=CURRENT_XID,
+                                condition=UNCHANGED, params=[flip_snapshot])
         # NOT IN over a subquery: PostgreSQL hashes it, where `<> ALL(array)` scans per row.
         before = table_checksums(source, table, tenant_id,
                                  condition=sql.SQL("t.id NOT IN (SELECT unnest(%s::bigint[]))"),
