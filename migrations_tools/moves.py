@@ -2,6 +2,7 @@
 
     pending -> copying -> catching_up -> cutover -> flipped -> cleanup -> done
          \\_________ abort (any state before flipped) __________/-> aborted
+    flipped -> failed (a difference) | unverified (resumed, not provable) -> cleanup (accepted)
 
 Every state is recorded in the control database (`shards.models.MoveJob`) before its work
 starts, and every step can run again, so a move whose command died resumes where it stopped
@@ -33,6 +34,7 @@ from django.utils import timezone
 
 from migrations_tools import replication
 from migrations_tools.move_jobs import MoveError, MoveSettings
+from migrations_tools.move_progress import clamp_progress, progress_text
 from migrations_tools.move_verification import VerifySteps
 from migrations_tools.tenant_rows import Progress, delete_tenant_rows, sharded_tables, tenant_rows
 from migrations_tools.verify_resumed import current_snapshot
@@ -156,15 +158,18 @@ class Mover(VerifySteps):
                                 f"{self.settings.copy_timeout:.0f} s; see the target's log")
             if time.monotonic() - last_print > 1.0:
                 copied = tenant_rows(self.target, self.tables, self.job.tenant_id)
-                self._set(rows_copied=copied)
-                self.progress(f"copied {copied}/{self.job.rows_total} rows")
+                # The tenant writes during the copy: the total grows with what is copied.
+                copied, total = clamp_progress(copied, self.job.rows_total)
+                self._set(rows_copied=copied, rows_total=total)
+                self.progress(f"copied {progress_text(copied, total)}")
                 last_print = time.monotonic()
             time.sleep(self.settings.poll)
         copied = tenant_rows(self.target, self.tables, self.job.tenant_id)
         seconds = time.monotonic() - started
         self._report(copy_seconds=round(seconds, 3),
                      copy_rows_per_second=round(copied / seconds) if seconds > 0 else None)
-        self._set(State.CATCHING_UP, rows_copied=copied)
+        copied, total = clamp_progress(copied, self.job.rows_total)
+        self._set(State.CATCHING_UP, rows_copied=copied, rows_total=total)
 
     def _lag(self) -> int:
         applied = replication.confirmed_lsn(self.source, self.name)
@@ -305,7 +310,7 @@ class Mover(VerifySteps):
         self.source.execute("DELETE FROM shardsvc_fence WHERE tenant_id = %s",
                             [self.job.tenant_id])
         self._report(source_rows_deleted=deleted)
-        self._set(State.DONE, finished_at=timezone.now())
+        self._set(State.DONE, finished_at=timezone.now(), lag_bytes=0)
         self.progress(f"done: {deleted} source rows removed")
 
     def drop_replication(self) -> None:

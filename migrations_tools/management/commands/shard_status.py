@@ -149,8 +149,10 @@ class Command(BaseCommand):
     def moves(self, only: set[int] | None) -> list[Any]:
         """Print the moves; return those stuck (no command drives them)."""
         out = self.stdout.write
-        holder = current_holder()
+        # Jobs first, then the lock: a mover takes the lock before it creates its job, so a
+        # move that starts in between is never mistaken for a stuck one.
         active, recent = fleet_status.moves(only)
+        holder = current_holder()
         stuck = []
         out("")
         if active:
