@@ -49,7 +49,8 @@ def _shard_choices() -> list[tuple[str, str]]:
 
 
 class LsnField(forms.Field):
-    """A WAL position edited as PostgreSQL prints it ("16/B374D848"), stored as an int."""
+    """A WAL position shown as PostgreSQL prints it ("16/B374D848") and stored as an int; it
+    takes either form back."""
 
     widget = forms.TextInput
 
@@ -58,6 +59,8 @@ class LsnField(forms.Field):
 
     def to_python(self, value: Any) -> int:
         text = str(value or "").strip() or "0/0"
+        if text.isdigit():  # a byte position, as the field stores it
+            return int(text)
         try:
             return parse_lsn(text)
         except ValueError as exc:
