@@ -36,6 +36,11 @@ class Command(BaseCommand):
             "progress and recent, the cluster lock, and leaked replication objects (exit 1 if "
             "any; --sweep drops them).")
 
+    # Django's system checks before the command import the URLconf and with it the whole API
+    # (django-ninja): measured at ~0.9 s of the ~1.1 s the command spent past start-up, against
+    # ~0.15 s for everything it reads from the servers. A status command reads; it skips them.
+    requires_system_checks: list[str] = []
+
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--tenants", action="store_true",
                             help="also list every tenant with its shard, state and rows")
