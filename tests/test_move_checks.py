@@ -69,6 +69,18 @@ def test_settled_ranges_are_verified_before_the_cutover_and_skipped_at_the_flip(
     assert after.value("shardsvc_move_write_pause_seconds", **labels) > 0
 
 
+
+def test_the_service_names_its_connections_by_process(service, topology, admin) -> None:
+    # Scrapes read the move jobs from the control database through PgBouncer, which passes the
+    # worker's application_name on to the server connection it lends.
+    scrape(service)
+    names = [r[0] for r in admin("default").execute(
+        "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE "
+        "'shardsvc-web-%'").fetchall()]
+    assert names, "no server connection carries a worker's application_name"
+    assert all(name.removeprefix("shardsvc-web-").isdigit() for name in names), names
+
+
 def test_a_difference_in_a_settled_range_stops_the_move_before_the_cutover(
         service, topology, admin) -> None:
     site, _thread = seeded_site(service, topology, "shard_0", comments=10)
