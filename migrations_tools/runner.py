@@ -199,10 +199,11 @@ def _apply(executor: MigrationExecutor, state: ProjectState, migration: Migratio
         suffix = f" (attempt {attempt})" if attempt > 1 else ""
         reporter.status(alias, f"applying {label}{suffix}")
         started = time.monotonic()
-        watch = _blocker_watch(executor.connection, alias, policy)
+        watch: BlockerWatch | None = None
         try:
             if "apps" not in state.__dict__:
                 state.apps  # noqa: B018 - render once up front, as Django's executor does
+            watch = _blocker_watch(executor.connection, alias, policy)
             with watch:
                 state = executor.apply_migration(state, migration)
         except Exception as exc:
@@ -212,7 +213,7 @@ def _apply(executor: MigrationExecutor, state: ProjectState, migration: Migratio
                     label,
                     _explain(exc, executor.connection, migration, policy, attempt,
                              time.monotonic() - first_try,
-                             blockers=describe_blockers(watch.blockers)),
+                             blockers=describe_blockers(watch.blockers if watch else [])),
                     attempts=attempt,
                 ) from exc
             delay = policy.delay(attempt)
