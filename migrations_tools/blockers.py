@@ -55,7 +55,7 @@ class BlockerWatch:
     """`with BlockerWatch(dsn, backend_pid, after=0.5) as watch: ...; watch.blockers`."""
 
     def __init__(self, dsn: str, backend_pid: int, *, after: float,
-                 interval: float = 0.1) -> None:
+                 interval: float = 0.2) -> None:
         self._dsn = dsn
         self._pid = backend_pid
         self._after = after
