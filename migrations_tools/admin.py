@@ -32,9 +32,11 @@ from django.utils.safestring import mark_safe
 
 from migrations_tools.admin_moves import MoveTargetForm, launch_moves, move_form_template
 from migrations_tools.lock import current_holder
+from migrations_tools.move_progress import progress_text, shown_lag
+from migrations_tools.tenant_sizes import tenant_sizes
 from shards.aliases import CONTROL_ALIAS
 from shards.errors import UnknownShard
-from shards.lsn import format_lsn
+from shards.lsn import format_lsn, parse_lsn
 from shards.models import MoveJob, Shard, Tenant
 from shards.runtime import replica_health
 from shards.topology import Cluster, get_shard_map
@@ -46,10 +48,33 @@ def _shard_choices() -> list[tuple[str, str]]:
     return [(name, name) for name in get_shard_map().shard_names]
 
 
+class LsnField(forms.Field):
+    """A WAL position shown as PostgreSQL prints it ("16/B374D848") and stored as an int; it
+    takes either form back."""
+
+    widget = forms.TextInput
+
+    def prepare_value(self, value: Any) -> Any:
+        return format_lsn(value) if isinstance(value, int) else value
+
+    def to_python(self, value: Any) -> int:
+        text = str(value or "").strip() or "0/0"
+        if text.isdigit():  # a byte position, as the field stores it
+            return int(text)
+        try:
+            return parse_lsn(text)
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from exc
+
+
 class TenantForm(forms.ModelForm):
     shard = forms.ChoiceField(
         choices=_shard_choices,
         help_text="Changing it re-routes the tenant at once (version + 1); it copies no rows.",
+    )
+    min_lsn = LsnField(
+        label="min LSN", required=False,
+        help_text="WAL position a replica of the shard must have replayed to serve the tenant.",
     )
 
     class Meta:
@@ -60,7 +85,8 @@ class TenantForm(forms.ModelForm):
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     form = TenantForm
-    list_display = ["slug", "id", "shard", "state", "version", "min_position", "updated_at"]
+    list_display = ["slug", "id", "shard", "state", "version", "rows", "size", "min_position",
+                    "updated_at"]
     list_filter = ["shard", "state"]
     search_fields = ["slug"]
     readonly_fields = ["id", "version", "created_at", "updated_at"]
@@ -85,6 +111,24 @@ class TenantAdmin(admin.ModelAdmin):
     @admin.display(description="min LSN", ordering="min_lsn")
     def min_position(self, obj: Tenant) -> str:
         return format_lsn(obj.min_lsn)
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        changelist = super().get_changelist_instance(request)
+        # One query per shard for the tenants of this page, not one per row.
+        measured = tenant_sizes(list(changelist.result_list))
+        for tenant in changelist.result_list:
+            tenant.measured = measured.get(tenant.pk)
+        return changelist
+
+    @admin.display(description="rows")
+    def rows(self, obj: Tenant) -> str:
+        measured = getattr(obj, "measured", None)
+        return "?" if measured is None else str(measured[0])
+
+    @admin.display(description="size (bytes)")
+    def size(self, obj: Tenant) -> str:
+        measured = getattr(obj, "measured", None)
+        return "?" if measured is None else str(measured[1])
 
     @admin.action(description="Move to another shard (online, in the background)")
     def move_to_another_shard(self, request: HttpRequest, queryset: QuerySet[Tenant]) -> Any:
@@ -272,14 +316,12 @@ class MoveJobAdmin(admin.ModelAdmin):
 
     @admin.display(description="progress")
     def progress(self, obj: MoveJob) -> str:
-        if obj.rows_total:
-            share = min(obj.rows_copied / obj.rows_total, 1.0)
-            return f"{obj.rows_copied}/{obj.rows_total} rows ({share:.0%})"
-        return f"{obj.rows_copied} rows"
+        return progress_text(obj.rows_copied, obj.rows_total)
 
     @admin.display(description="lag")
     def lag(self, obj: MoveJob) -> str:
-        return f"{obj.lag_bytes} bytes"
+        lag = shown_lag(obj.state, obj.lag_bytes)
+        return "-" if lag is None else f"{lag} bytes"
 
     @admin.display(description="flip LSN")
     def flip_position(self, obj: MoveJob) -> str:

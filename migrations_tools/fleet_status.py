@@ -16,7 +16,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from migrations_tools import move_progress
 from migrations_tools.fleet import connect, one_line, parallel
+from migrations_tools.lock import LockHolder
 from migrations_tools.rebalance import measure_shard
 from migrations_tools.tenant_rows import sharded_tables
 from routers.replicas import CHECK_QUERY
@@ -110,6 +112,7 @@ class ShardSummary:
     size_bytes: int = 0
     error: str = ""
     rows_by_tenant: dict[int, int] = field(default_factory=dict)
+    bytes_by_tenant: dict[int, int] = field(default_factory=dict)  # row data, see rebalance
 
 
 def summarize_shards() -> list[ShardSummary]:
@@ -143,6 +146,7 @@ def summarize_shards() -> list[ShardSummary]:
             if tenant_id in mine:
                 summary.rows += rows
                 summary.rows_by_tenant[tenant_id] = rows
+                summary.bytes_by_tenant[tenant_id] = measured.bytes_by_tenant.get(tenant_id, 0)
             else:
                 summary.stray_rows += rows
 
@@ -153,9 +157,11 @@ def summarize_shards() -> list[ShardSummary]:
 # --- moves and the lock ------------------------------------------------------------------------
 
 
-def moves() -> tuple[list[Any], list[Any]]:
-    """(unfinished moves, the last 10 finished ones)."""
+def moves(only: set[int] | None = None) -> tuple[list[Any], list[Any]]:
+    """(unfinished moves, the last 10 finished ones), of the tenants `only` if given."""
     jobs = MoveJob.objects.using(CONTROL_ALIAS).select_related("tenant")
+    if only is not None:
+        jobs = jobs.filter(tenant_id__in=only)
     active = list(jobs.filter(state__in=MoveJob.ACTIVE_STATES).order_by("created_at"))
     recent = list(jobs.exclude(state__in=MoveJob.ACTIVE_STATES).order_by("-created_at")[:10])
     return active, recent
@@ -175,10 +181,30 @@ def ago(when: dt.datetime | None) -> str:
 
 
 def progress_text(job: Any) -> str:
-    if job.rows_total:
-        share = min(job.rows_copied / job.rows_total, 1.0)
-        return f"{job.rows_copied}/{job.rows_total} rows ({share:.0%})"
-    return f"{job.rows_copied} rows"
+    return move_progress.progress_text(job.rows_copied, job.rows_total)
+
+
+def mover_running(job: Any, holder: LockHolder | None) -> bool:
+    """Whether a live command drives this move: every mover (move_tenant, rebalance, the
+    admin's background move) holds the cluster lock named for the tenant, and a session lock
+    dies with its process, so no holder by that name means nobody runs it."""
+    if holder is None or job.state == MoveJob.State.UNVERIFIED:
+        return False  # an unverified move waits for an operator, never for a command
+    mine = f"move_tenant {job.tenant.slug}"
+    return holder.purpose in (mine, f"move_tenant --abort {job.tenant.slug}") or \
+        holder.purpose.startswith(mine + " ")
+
+
+def stuck_note(job: Any) -> str:
+    """What an operator runs for a move nobody drives."""
+    slug = job.tenant.slug
+    if job.state == MoveJob.State.UNVERIFIED:
+        return (f"UNVERIFIED: source rows kept on {job.source}; inspect them, then finish "
+                f"with `move_tenant {slug} {job.target} --accept-unverified`")
+    if job.state in (MoveJob.State.FLIPPED, MoveJob.State.CLEANUP):
+        return f"NOT RUNNING: resume with `move_tenant {slug} {job.target}` (already flipped)"
+    return (f"NOT RUNNING: resume with `move_tenant {slug} {job.target}` "
+            f"or roll back with `move_tenant {slug} --abort`")
 
 
 def human_bytes(value: int | None) -> str:

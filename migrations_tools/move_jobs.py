@@ -31,6 +31,15 @@ class MoveSettings:
     delete_batch: int = 5000
     delete_pause: float = 0.01  # between batches: leave the source room for its other tenants
     poll: float = 0.05
+    # Finish a move left "unverified" (resumed after the flip, copy not provable): delete
+    # the kept source rows anyway. Only an operator who inspected them sets it.
+    accept_unverified: bool = False
+    # Continuous verification before the cutover (migrations_tools.verify_ranges): how long it
+    # may run once caught up (0: off), into how many id ranges it cuts the tenant's settled
+    # rows, and how old an id must be for its range to count as settled.
+    continuous_verify_seconds: float = 60.0
+    continuous_ranges: int = 16
+    settle_seconds: float = 5.0
 
 
 def start_move(tenant_key: str | int, target: str, *, reason: str = "") -> MoveJob:

@@ -2,6 +2,7 @@
 
     pending -> copying -> catching_up -> cutover -> flipped -> cleanup -> done
          \\_________ abort (any state before flipped) __________/-> aborted
+    flipped -> failed (a difference) | unverified (resumed, not provable) -> cleanup (accepted)
 
 Every state is recorded in the control database (`shards.models.MoveJob`) before its work
 starts, and every step can run again, so a move whose command died resumes where it stopped
@@ -31,9 +32,12 @@ import psycopg
 from django.db import transaction
 from django.utils import timezone
 
-from migrations_tools import replication, verify
+from migrations_tools import replication
 from migrations_tools.move_jobs import MoveError, MoveSettings
+from migrations_tools.move_progress import clamp_progress, progress_text
+from migrations_tools.move_verification import VerifySteps
 from migrations_tools.tenant_rows import Progress, delete_tenant_rows, sharded_tables, tenant_rows
+from migrations_tools.verify_resumed import current_snapshot
 from shards import pg
 from shards.aliases import CONTROL_ALIAS
 from shards.directory import set_placement
@@ -46,7 +50,7 @@ logger = logging.getLogger("shardsvc.moves")
 State = MoveJob.State
 
 
-class Mover:
+class Mover(VerifySteps):
     def __init__(self, job: MoveJob, *, settings: MoveSettings | None = None,
                  progress: Progress | None = None,
                  still_locked: Callable[[], None] | None = None,
@@ -66,6 +70,7 @@ class Mover:
         self._source: psycopg.Connection[Any] | None = None
         self._target: psycopg.Connection[Any] | None = None
         self._target_snapshot: psycopg.Connection[Any] | None = None
+        self._continuous_deadline: float | None = None
 
     # --- connections
     @property
@@ -109,6 +114,7 @@ class Mover:
             State.CUTOVER: self._cutover,
             State.FLIPPED: self._verify,
             State.CLEANUP: self._cleanup,
+            State.UNVERIFIED: self._unverified,
         }
         started = time.monotonic()
         try:
@@ -152,15 +158,18 @@ class Mover:
                                 f"{self.settings.copy_timeout:.0f} s; see the target's log")
             if time.monotonic() - last_print > 1.0:
                 copied = tenant_rows(self.target, self.tables, self.job.tenant_id)
-                self._set(rows_copied=copied)
-                self.progress(f"copied {copied}/{self.job.rows_total} rows")
+                # The tenant writes during the copy: the total grows with what is copied.
+                copied, total = clamp_progress(copied, self.job.rows_total)
+                self._set(rows_copied=copied, rows_total=total)
+                self.progress(f"copied {progress_text(copied, total)}")
                 last_print = time.monotonic()
             time.sleep(self.settings.poll)
         copied = tenant_rows(self.target, self.tables, self.job.tenant_id)
         seconds = time.monotonic() - started
         self._report(copy_seconds=round(seconds, 3),
                      copy_rows_per_second=round(copied / seconds) if seconds > 0 else None)
-        self._set(State.CATCHING_UP, rows_copied=copied)
+        copied, total = clamp_progress(copied, self.job.rows_total)
+        self._set(State.CATCHING_UP, rows_copied=copied, rows_total=total)
 
     def _lag(self) -> int:
         applied = replication.confirmed_lsn(self.source, self.name)
@@ -171,11 +180,19 @@ class Mover:
 
     def _catch_up(self) -> None:
         deadline = time.monotonic() + self.settings.copy_timeout
-        while (lag := self._lag()) > self.settings.catchup_lag_bytes:
-            self._set(lag_bytes=lag)
-            self.progress(f"catching up: {lag} bytes behind")
-            if time.monotonic() > deadline:
-                raise MoveError("the target does not catch up with the source")
+        while True:
+            lag = self._lag()
+            behind = lag > self.settings.catchup_lag_bytes
+            if behind:
+                self._set(lag_bytes=lag)
+                self.progress(f"catching up: {lag} bytes behind")
+                if time.monotonic() > deadline:
+                    raise MoveError("the target does not catch up with the source")
+            # Meanwhile, and once caught up until it is done, compare settled id ranges.
+            if self._compare_next_range():
+                continue
+            if not behind:
+                break
             time.sleep(0.2)
         self._set(State.CUTOVER, lag_bytes=lag)
 
@@ -224,7 +241,7 @@ class Mover:
             snapshot = replication.connect(self.target_dsn, purpose=f"verify {self.job.pk}")
             snapshot.autocommit = False
             snapshot.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            snapshot.execute("SELECT 1")
+            flip_snapshot = current_snapshot(snapshot)
             self._target_snapshot = snapshot
             min_lsn = insert_lsn(self.target)
             # From here on the fence must outlive any crash: writers with a stale placement
@@ -240,7 +257,8 @@ class Mover:
                 set_placement(self.job.tenant_id, self.job.target, min_lsn=min_lsn,
                               state=Tenant.State.ACTIVE)
                 pause_ms = (time.monotonic() - fenced) * 1000
-                self._set(State.FLIPPED, flip_lsn=min_lsn, write_pause_ms=round(pause_ms, 2))
+                self._set(State.FLIPPED, flip_lsn=min_lsn, write_pause_ms=round(pause_ms, 2),
+                          flip_snapshot=flip_snapshot)
         except BaseException:
             if self.job.state == State.CUTOVER:
                 self._after_failed_cutover()
@@ -275,35 +293,6 @@ class Mover:
                             [self.job.tenant_id])
         self._set(State.CATCHING_UP)
 
-    def _verify(self) -> None:
-        snapshot = self._target_snapshot
-        note = "against the target's snapshot at the flip"
-        if snapshot is None:
-            # The command died after the flip: the snapshot is gone and the target has taken
-            # writes since. Count and checksum can then only be compared for the rows the
-            # source had; report it, do not fail.
-            note = "snapshot lost (resumed after the flip): compared the current target"
-        diffs = verify.compare(self.source, snapshot or self.target, self.tables,
-                               self.job.tenant_id)
-        if snapshot is not None:
-            snapshot.rollback()
-            snapshot.close()
-            self._target_snapshot = None
-        clean = all(d.clean for d in diffs)
-        self._report(verification={"note": note, "tables": [
-            {"table": d.table, "source_rows": d.source_rows, "target_rows": d.target_rows,
-             "bad_buckets": d.bad_buckets} for d in diffs]})
-        self.progress("verified: " + ", ".join(
-            f"{d.table} {d.source_rows}={d.target_rows}" if d.clean
-            else f"{d.table} {d.source_rows}!={d.target_rows} buckets {d.bad_buckets}"
-            for d in diffs))
-        if not clean and snapshot is not None:
-            self._set(State.FAILED, verified=False, finished_at=timezone.now(),
-                      error="verification found differences; source rows kept (fenced)")
-            raise MoveError(f"verification failed for job {self.job.pk}: the tenant serves "
-                            "from the target; the source rows are kept for inspection")
-        self._set(State.CLEANUP, verified=clean if snapshot is not None else None)
-
     def _cleanup(self) -> None:
         self.drop_replication()
         # Workers may route by a placement cached before the flip for DIRECTORY_LOCAL_TTL; their
@@ -321,7 +310,7 @@ class Mover:
         self.source.execute("DELETE FROM shardsvc_fence WHERE tenant_id = %s",
                             [self.job.tenant_id])
         self._report(source_rows_deleted=deleted)
-        self._set(State.DONE, finished_at=timezone.now())
+        self._set(State.DONE, finished_at=timezone.now(), lag_bytes=0)
         self.progress(f"done: {deleted} source rows removed")
 
     def drop_replication(self) -> None:
@@ -334,9 +323,13 @@ class Mover:
 
     def abort(self) -> MoveJob:
         """Back to the source, serving, with every replication object and copied row gone."""
-        if self.job.state in (State.FLIPPED, State.CLEANUP, State.DONE, State.FAILED):
+        if self.job.state in (State.FLIPPED, State.CLEANUP, State.DONE, State.FAILED,
+                              State.UNVERIFIED):
+            accept = (" (an unverified one: inspect it, then `move_tenant <tenant> "
+                      f"{self.job.target} --accept-unverified` removes the source rows)"
+                      if self.job.state == State.UNVERIFIED else "")
             raise MoveError(f"job {self.job.pk} already flipped {self.job.source} -> "
-                            f"{self.job.target}; to undo it, move the tenant back")
+                            f"{self.job.target}{accept}; to undo it, move the tenant back")
         if self.job.state == State.ABORTED:
             return self.job
         try:

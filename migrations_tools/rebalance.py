@@ -278,6 +278,9 @@ class ShardMeasurement:
 
     shard: str
     by_tenant: dict[int, list[int]] = field(default_factory=dict)
+    # The tenant's row data in bytes (pg_column_size of each row, TOAST included, indexes
+    # and page overhead not): what its rows weigh, which the table sizes cannot split.
+    bytes_by_tenant: dict[int, int] = field(default_factory=dict)
     tables: dict[str, int] = field(default_factory=dict)  # table -> rows (all tenants)
 
 
@@ -297,15 +300,18 @@ def measure_shard(dsn: str, shard: str, tables: list[str], *,
                 result.tables[table] = 0  # not migrated yet: holds nothing
                 continue
             rows = conn.execute(
-                sql.SQL("SELECT tenant_id, count(*), count(*) FILTER (WHERE id >= %s) "
-                        "FROM {} GROUP BY tenant_id").format(sql.Identifier(table)),
+                sql.SQL("SELECT tenant_id, count(*), count(*) FILTER (WHERE id >= %s), "
+                        "sum(pg_column_size(t.*)) FROM {} t GROUP BY tenant_id").format(
+                    sql.Identifier(table)),
                 [threshold],
             ).fetchall()
             result.tables[table] = sum(int(r[1]) for r in rows)
-            for tenant_id, count, recent in rows:
+            for tenant_id, count, recent, size in rows:
                 slot = result.by_tenant.setdefault(int(tenant_id), [0, 0])
                 slot[0] += int(count)
                 slot[1] += int(recent)
+                result.bytes_by_tenant[int(tenant_id)] = (
+                    result.bytes_by_tenant.get(int(tenant_id), 0) + int(size or 0))
     return result
 
 

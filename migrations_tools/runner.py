@@ -37,6 +37,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.migration import Migration
 from django.db.migrations.state import ModelState, ProjectState
 
+from migrations_tools.blockers import BlockerWatch, describe_blockers
 from migrations_tools.connections import direct_connections
 from migrations_tools.errors import ClusterLockLost, MigrationFailed
 from migrations_tools.lock import ClusterLock
@@ -59,6 +60,7 @@ from migrations_tools.safety import (
     sqlstate,
 )
 from shards.aliases import CONTROL_ALIAS
+from shards.topology import get_shard_map
 
 Status = Literal["ok", "failed", "stopped", "skipped"]
 
@@ -197,17 +199,21 @@ def _apply(executor: MigrationExecutor, state: ProjectState, migration: Migratio
         suffix = f" (attempt {attempt})" if attempt > 1 else ""
         reporter.status(alias, f"applying {label}{suffix}")
         started = time.monotonic()
+        watch: BlockerWatch | None = None
         try:
             if "apps" not in state.__dict__:
                 state.apps  # noqa: B018 - render once up front, as Django's executor does
-            state = executor.apply_migration(state, migration)
+            watch = _blocker_watch(executor.connection, alias, policy)
+            with watch:
+                state = executor.apply_migration(state, migration)
         except Exception as exc:
             retryable = is_retryable(exc) and migration.atomic
             if not retryable or attempt > policy.retries or stop.is_set():
                 raise MigrationFailed(
                     label,
                     _explain(exc, executor.connection, migration, policy, attempt,
-                             time.monotonic() - first_try),
+                             time.monotonic() - first_try,
+                             blockers=describe_blockers(watch.blockers if watch else [])),
                     attempts=attempt,
                 ) from exc
             delay = policy.delay(attempt)
@@ -232,8 +238,18 @@ def _apply(executor: MigrationExecutor, state: ProjectState, migration: Migratio
         return state
 
 
+def _blocker_watch(connection: BaseDatabaseWrapper, alias: str,
+                   policy: ExecutionPolicy) -> BlockerWatch:
+    """A watch on the sessions that block this migration's backend (named if it times out)."""
+    connection.ensure_connection()
+    backend_pid = connection.connection.info.backend_pid
+    return BlockerWatch(get_shard_map().server(alias).direct_dsn, backend_pid,
+                        after=min(0.5, policy.lock_timeout / 4))
+
+
 def _explain(exc: BaseException, connection: BaseDatabaseWrapper, migration: Migration,
-             policy: ExecutionPolicy, attempts: int, elapsed: float) -> str:
+             policy: ExecutionPolicy, attempts: int, elapsed: float, *,
+             blockers: str = "") -> str:
     message = error_summary(exc)
     if is_retryable(exc) and not migration.atomic:
         return (
@@ -241,13 +257,14 @@ def _explain(exc: BaseException, connection: BaseDatabaseWrapper, migration: Mig
             "it may be applied. Check what exists, make it idempotent, then rerun"
         )
     if is_retryable(exc):
-        blockers = ""
+        oldest = ""
         try:
             with connection.cursor() as cursor:
-                blockers = describe_old_transactions(cursor, policy.lock_timeout)
+                oldest = describe_old_transactions(cursor, policy.lock_timeout)
         except Exception:  # diagnostics only: the connection may be gone
-            blockers = ""
-        detail = f" ({blockers})" if blockers else ""
+            oldest = ""
+        seen = "; ".join(part for part in (blockers, oldest) if part)
+        detail = f" ({seen})" if seen else ""
         return (
             f"{message}: could not take its locks within lock_timeout "
             f"{format_duration(policy.lock_timeout)} in {attempts} attempt(s) over "

@@ -22,6 +22,7 @@ from prometheus_client import (
 
 from project.errors import error
 from project.metrics import sample
+from project.metrics_moves import sample_moves
 
 logger = logging.getLogger("shardsvc.metrics")
 
@@ -65,6 +66,10 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
         sample()
     except Exception:
         logger.exception("metrics sampling failed")
+    try:
+        sample_moves()
+    except Exception:  # the control database down must not take the other metrics with it
+        logger.exception("sampling the moves for metrics failed")
     path = multiprocess_dir()
     if path is not None:
         registry = CollectorRegistry()

@@ -85,9 +85,12 @@ class MoveJob(models.Model):
         DONE = "done", "done"
         ABORTED = "aborted", "aborted"
         FAILED = "failed", "failed"  # flipped, but verification found a difference
+        # Flipped, but resumed after a crash and the copy could not be fully verified: the
+        # source rows are kept (fenced) until an operator accepts (--accept-unverified).
+        UNVERIFIED = "unverified", "unverified"
 
     ACTIVE_STATES = (State.PENDING, State.COPYING, State.CATCHING_UP, State.CUTOVER,
-                     State.FLIPPED, State.CLEANUP)
+                     State.FLIPPED, State.CLEANUP, State.UNVERIFIED)
 
     tenant = models.ForeignKey(Tenant, on_delete=models.PROTECT, related_name="moves")
     source = models.CharField(max_length=40)
@@ -100,6 +103,10 @@ class MoveJob(models.Model):
     lag_bytes = models.BigIntegerField(default=0)
     write_pause_ms = models.FloatField(null=True, blank=True)
     flip_lsn = models.BigIntegerField(null=True, blank=True)
+    # The target's transaction snapshot at the flip (pg_current_snapshot() text): a row of the
+    # target whose xmin it sees was not written since, so a verification resumed after a crash
+    # can still compare those rows with the frozen source.
+    flip_snapshot = models.TextField(blank=True, default="")
     verified = models.BooleanField(null=True, blank=True)
     report = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True, default="")
@@ -114,7 +121,7 @@ class MoveJob(models.Model):
             models.UniqueConstraint(
                 fields=["tenant"],
                 condition=models.Q(state__in=["pending", "copying", "catching_up", "cutover",
-                                              "flipped", "cleanup"]),
+                                              "flipped", "cleanup", "unverified"]),
                 name="shards_one_active_move_per_tenant",
             )
         ]

@@ -191,6 +191,7 @@ def test_a_long_transaction_delays_only_its_shard_and_never_blocks_the_app(
 
     # The long transaction: a session that read the table and stays open (ACCESS SHARE lock).
     blocker = fleet.admin_connect(fleet.node("shard_0"))
+    blocker.execute("SET application_name = 'dba-console'")
     blocker.autocommit = False
     blocker.execute("SELECT count(*) FROM comments_comment").fetchone()
 
@@ -254,7 +255,10 @@ def test_a_long_transaction_delays_only_its_shard_and_never_blocks_the_app(
     assert "rolled back, retry 1/2 in" in out and "rolled back, retry 2/2 in" in out
     shard_0 = row(out, "shard_0")
     assert "FAILED" in shard_0 and "lock timeout" in shard_0 and "3 attempt(s)" in shard_0
-    assert "oldest open transactions: pid" in shard_0  # names the blocking session
+    assert "oldest open transactions: pid" in shard_0
+    # The session that blocked the lock wait, as PostgreSQL saw it (pg_blocking_pids).
+    assert re.search(r"blocked by pid \d+ \(application_name 'dba-console', user \w+, "
+                     r"idle in transaction", shard_0), shard_0
     for shard in ("shard_1", "shard_2"):
         assert f"{prefix(shard)} Applying {label}... OK" in out
         assert row(out, shard).endswith(" ok")

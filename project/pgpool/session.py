@@ -9,11 +9,23 @@ greenlet) whose wrapper created it.
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 from psycopg import IsolationLevel, sql
+
+
+def application_name_for(argv: Sequence[str], pid: int) -> str:
+    """What this process calls itself in pg_stat_activity: `shardsvc-<command>` for
+    `manage.py <command>`, else `shardsvc-web-<pid>` (a Gunicorn worker), so that a DBA can
+    tell who holds a lock."""
+    if len(argv) > 1 and os.path.basename(argv[0]) == "manage.py":
+        return f"shardsvc-{argv[1]}"[:63]
+    return f"shardsvc-web-{pid}"
 
 
 @dataclass(frozen=True)
@@ -24,6 +36,11 @@ class SessionSetup:
     isolation_level: IsolationLevel | None = None
 
     def __call__(self, conn: psycopg.Connection[Any]) -> None:
+        if not conn.info.parameter_status("application_name"):
+            # Read per connection: a worker forks after the settings are loaded. PgBouncer
+            # tracks application_name and sets it on whichever server connection serves us.
+            conn.execute("SELECT set_config('application_name', %s, false)",
+                         [application_name_for(sys.argv, os.getpid())])
         # Same test as Django's _configure_timezone: with USE_TZ Django reads timestamps as UTC,
         # so a database default like Pacific/Chatham would shift every naive comparison.
         current = conn.info.parameter_status("TimeZone")

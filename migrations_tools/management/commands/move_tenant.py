@@ -37,6 +37,9 @@ class Command(BaseCommand):
         parser.add_argument("--cutover-timeout", type=float, default=10.0,
                             help="longest write pause to accept before retrying later "
                                  "(default 10 s)")
+        parser.add_argument("--accept-unverified", action="store_true",
+                            help="finish a move left unverified (resumed after the flip, copy "
+                                 "not provable): delete the kept source rows anyway")
         parser.add_argument("--reason", default="move_tenant command")
         # Fault injection for the crash tests (a state name, or "fenced"): not for operators.
         parser.add_argument("--crash-at", help=argparse.SUPPRESS)
@@ -60,9 +63,12 @@ class Command(BaseCommand):
             self.dry_run(entry, target)
             return
         settings = MoveSettings(grace_seconds=options["grace"],
-                                cutover_timeout=options["cutover_timeout"])
+                                cutover_timeout=options["cutover_timeout"],
+                                accept_unverified=options["accept_unverified"])
         with cluster_lock(f"move_tenant {entry.slug}") as lock:
             try:
+                if options["accept_unverified"]:
+                    self.check_unverified(entry.id, entry.slug)
                 job = start_move(entry.id, target, reason=options["reason"])
                 if job.state != MoveJob.State.PENDING:
                     self.stdout.write(f"resuming job {job.pk} at {job.state}")
@@ -72,6 +78,17 @@ class Command(BaseCommand):
             except MoveError as exc:
                 raise CommandError(str(exc)) from exc
         self.stdout.write(self.style.SUCCESS(self.report(job)))
+
+    @staticmethod
+    def check_unverified(tenant_id: int, slug: str) -> None:
+        # Accepting must follow a look at what was not verified, never precede it: the flag
+        # finishes a job already unverified, and is refused for any other.
+        job = MoveJob.objects.using(CONTROL_ALIAS).filter(
+            tenant_id=tenant_id, state__in=MoveJob.ACTIVE_STATES).first()
+        if job is None or job.state != MoveJob.State.UNVERIFIED:
+            now = "no unfinished move" if job is None else f"job {job.pk} is {job.state}"
+            raise MoveError(f"{slug}: {now}, not an unverified one: nothing to accept; run "
+                            "the command without --accept-unverified")
 
     def say(self, message: str) -> None:
         self.stdout.write(f"{time.strftime('%H:%M:%S')} {message}")

@@ -1,0 +1,108 @@
+"""What a move shows while it runs: continuous verification of settled id ranges before the
+cutover (and the flip's verification skipping them), a difference caught before the cutover,
+and the move's gauges in /metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from migrations_tools.lock import cluster_lock
+from migrations_tools.move_jobs import MoveError, MoveSettings, start_move
+from migrations_tools.moves import Mover
+from shards.models import MoveJob, Tenant
+from tests.test_metrics import scrape
+from tests.test_moves import fences, replication_objects, rows_on, seeded_site
+
+pytestmark = pytest.mark.usefixtures("django_db")
+
+# Every row already written counts as settled: the ranges cover the whole seeded tenant.
+SETTLED_NOW = MoveSettings(grace_seconds=0.0, settle_seconds=0.0, continuous_ranges=4)
+
+
+def run_move(slug: str, tenant_id: int, target: str, settings: MoveSettings,
+             progress: Any) -> MoveJob:
+    job = start_move(tenant_id, target, reason="move checks test")
+    with cluster_lock(f"move_tenant {slug}") as lock:
+        return Mover(job, settings=settings, progress=progress,
+                     still_locked=lock.ensure_held).run()
+
+
+def test_settled_ranges_are_verified_before_the_cutover_and_skipped_at_the_flip(
+        service, topology) -> None:
+    site, _thread = seeded_site(service, topology, "shard_0", comments=30)
+    tenant_id = Tenant.objects.using("default").get(slug=site.slug).id
+    messages: list[str] = []
+    metrics: dict[str, Any] = {}
+
+    def progress(message: str) -> None:
+        messages.append(message)
+        if message.startswith("continuous verification") and "during" not in metrics:
+            metrics["during"] = scrape(service)  # the move is running: /metrics shows it
+
+    job = run_move(site.slug, tenant_id, "shard_1", SETTLED_NOW, progress)
+    assert (job.state, job.verified) == ("done", True), job.report
+    continuous = job.report["continuous"]
+    assert len(continuous["ranges"]) == 4
+    assert sorted(continuous["verified"]) == ["0", "1", "2", "3"]
+    assert sum(sum(r["rows"].values()) for r in continuous["verified"].values()) == 1 + 30
+    progress_lines = [m for m in messages if m.startswith("continuous verification")]
+    assert progress_lines[-1] == "continuous verification: 4/4 id ranges match (31 rows)"
+    # Unchanged since, so the flip compared none of those rows again.
+    assert job.report["verification"]["skipped_ranges"] == 4
+    assert all(t["source_rows"] == 0 for t in job.report["verification"]["tables"])
+    assert rows_on(topology, "shard_0", tenant_id) == 0
+    assert rows_on(topology, "shard_1", tenant_id) == 31
+
+    labels = {"job": str(job.pk), "tenant": site.slug, "source": "shard_0",
+              "target": "shard_1"}
+    during = metrics["during"]
+    assert during.value("shardsvc_move_state", **labels, state="catching_up") == 1
+    assert during.value("shardsvc_move_state", **labels, state="done") == 0
+    assert during.value("shardsvc_move_rows_copied", **labels) == 31
+    assert during.value("shardsvc_move_rows_total", **labels) == 31
+    after = scrape(service)
+    assert after.value("shardsvc_move_state", **labels, state="done") == 1
+    assert after.value("shardsvc_move_state", **labels, state="catching_up") == 0
+    assert after.value("shardsvc_move_lag_bytes", **labels) == 0
+    assert after.value("shardsvc_move_write_pause_seconds", **labels) > 0
+
+
+
+def test_the_service_names_its_connections_by_process(service, topology, admin) -> None:
+    # Scrapes read the move jobs from the control database through PgBouncer, which passes the
+    # worker's application_name on to the server connection it lends.
+    scrape(service)
+    names = [r[0] for r in admin("default").execute(
+        "SELECT application_name FROM pg_stat_activity WHERE application_name LIKE "
+        "'shardsvc-web-%'").fetchall()]
+    assert names, "no server connection carries a worker's application_name"
+    assert all(name.removeprefix("shardsvc-web-").isdigit() for name in names), names
+
+
+def test_a_difference_in_a_settled_range_stops_the_move_before_the_cutover(
+        service, topology, admin) -> None:
+    site, _thread = seeded_site(service, topology, "shard_0", comments=10)
+    tenant_id = Tenant.objects.using("default").get(slug=site.slug).id
+    target = admin("shard_1")
+
+    def progress(message: str) -> None:
+        if message == "[catching_up]":  # copied: now the target goes wrong behind its back
+            target.execute("UPDATE comments_comment SET body = 'not what the source says' "
+                           "WHERE id = (SELECT min(id) FROM comments_comment "
+                           "WHERE tenant_id = %s)", [tenant_id])
+
+    with pytest.raises(MoveError, match=r"continuous verification: .* differ between "
+                                        r"shard_0 and shard_1"):
+        run_move(site.slug, tenant_id, "shard_1", SETTLED_NOW, progress)
+    job = MoveJob.objects.using("default").filter(tenant_id=tenant_id).latest("created_at")
+    assert job.state == "catching_up" and job.report["continuous"]["differs"]
+    # Nothing was cut over: the tenant serves from its source, unfenced.
+    assert Tenant.objects.using("default").get(id=tenant_id).shard == "shard_0"
+    assert fences(topology) == 0
+    Mover(job).abort()
+    assert rows_on(topology, "shard_1", tenant_id) == 0
+    assert rows_on(topology, "shard_0", tenant_id) == 11
+    assert replication_objects(topology) == {}
+
