@@ -12,6 +12,8 @@ from tests import diagnostics
 urlpatterns = [
     path("_diag/sleep", diagnostics.sleep),
     path("_diag/session", diagnostics.session),
+    path("_diag/spin", diagnostics.spin),
+    path("_diag/replicas", diagnostics.replicas),
     path("_diag/plain/<str:alias>/threads/<int:thread_id>", diagnostics.thread_plain),
     path("_diag/plain/<str:alias>/sites/<int:tenant_id>/threads/<int:thread_id>/comments",
          diagnostics.comments_plain),
