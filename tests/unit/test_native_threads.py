@@ -1,11 +1,20 @@
-"""Native threads, locks and events (routers.native_threads). The patched case (a greenlet
-spinning while a native thread checks) runs in the integration tier: tests/test_replica_load.py."""
+"""Native threads, locks and events (routers.native_threads), here and in a gevent-patched
+process of their own (tests/unit/gevent_native.py: patching this process would change every
+other test). Under the service's workers: tests/test_replica_load.py."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from routers.native_threads import NativeEvent, NativeThread, native_lock
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_thread_runs_joins_and_reports_liveness() -> None:
@@ -47,3 +56,36 @@ def test_native_lock_times_out() -> None:
     assert lock.acquire()
     assert not lock.acquire(True, 0.01)
     lock.release()
+
+
+@pytest.fixture(scope="module")
+def gevent_results() -> dict[str, Any]:
+    """The scenarios of tests/unit/gevent_native.py, run once in a gevent-patched process."""
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.unit.gevent_native"],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def scenario(results: dict[str, Any], name: str) -> Any:
+    outcome = results[name]
+    assert "error" not in outcome, f"scenario {name} failed: {outcome.get('error')}"
+    return outcome["result"]
+
+
+def test_patched_native_thread_runs_while_a_greenlet_holds_the_loop(
+        gevent_results: dict[str, Any]) -> None:
+    held = scenario(gevent_results, "runs_while_the_loop_is_held")
+    assert held["ticks_during_spin"] > 0
+    assert held["alive_after_join"] is False
+
+
+def test_patched_greenlet_waiting_on_native_objects_lets_others_run(
+        gevent_results: dict[str, Any]) -> None:
+    waits = scenario(gevent_results, "greenlets_run_while_one_waits")
+    assert waits["event_wait_result"] is False
+    assert waits["steps_during_event_wait"] > 1
+    assert waits["steps_during_join"] > 1
+    assert waits["joined"] is True
