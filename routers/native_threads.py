@@ -63,6 +63,10 @@ def _wait(lock: Any, timeout: float | None) -> bool:
     return True
 
 
+def _nothing() -> None:
+    pass
+
+
 class NativeEvent:
     """`threading.Event` on native locks: set from any thread or greenlet, waited on by either."""
 
@@ -123,6 +127,9 @@ class NativeThread:
         try:
             self._target(*self._args)
         finally:
+            # As threading.Thread does: a finished thread keeps no reference to what it ran,
+            # so a cycle through it (a check holding its thread) cannot keep its owner alive.
+            self._target, self._args = _nothing, ()
             _ours.discard(ident)
             self._finished = True
             self._done.release()

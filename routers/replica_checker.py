@@ -193,12 +193,8 @@ class ReplicaHealth:
         for check in (*checks, *samples):
             assert check.thread is not None
             check.thread.join(max(0.0, check.started + self.check_timeout - time.monotonic()))
-        for check in checks:
-            if not check.done:
-                self._give_up(check)
-        for check in samples:
-            if not check.done:
-                unstick(check)
+        for check in (*checks, *samples):
+            self._give_up(check)
 
     def _start(self, server: Server, cluster: str, now: float, pid: int,
                run: Callable[[Check], None]) -> Check:
@@ -256,9 +252,13 @@ class ReplicaHealth:
             return state_from_positions(check.server.alias, check.cluster, found, timeline)
 
     def _give_up(self, check: Check) -> None:
-        """The check outlived check_timeout: report the replica unreachable and unstick it."""
+        """The check outlived check_timeout: report the replica unreachable and unstick it.
+        (A primary's sample is only unstuck: its primary is not tracked here.)"""
         if check.done:
             return  # finished just now: its own result is recorded
+        if check.server.alias not in self._cluster_of:
+            unstick(check)
+            return
         elapsed = time.monotonic() - check.started
         self._record(check, failed_state(
             check.server.alias, check.cluster,
