@@ -3,8 +3,8 @@
 Under Gunicorn's gevent worker `monkey.patch_all()` turns `threading.Thread` into a greenlet and
 `threading.Lock` into a gevent lock. A "thread" then runs only when the worker's loop gets round
 to it, so whatever it measures (a replica check's timeout) includes the loop's own backlog: with
-CPU-heavy requests queued, a 1 s check "timed out" while the replica had answered in 1 ms. The
-replica checker therefore runs on threads started with the original `_thread.start_new_thread`
+CPU-heavy requests queued, checks "timed out" after 1 s while the loop had not yet run them, and
+giving up shut their sockets. The replica checker therefore runs on threads started with the original `_thread.start_new_thread`
 (`gevent.monkey.get_original` returns it whether or not the process is patched).
 
 Why a native thread in each worker, rather than

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from deploy.topology import LocalTopology, ServiceProcess
+from tests.api_client import UNREACHED_THROTTLES
 from tests.client import get, post, wait_until
 
 pytestmark = pytest.mark.usefixtures("django_db")
@@ -23,7 +24,8 @@ WORKERS = 2
 # Clients, each asking in turn for SPIN_MS of CPU (in SLICE_MS slices, yielding between them)
 # and for a token-less read: every worker's loop always has a greenlet ready to run, for the
 # whole run, with database I/O in it as under real load. (Checks that were greenlets of that
-# loop starved: their states went stale and reads went to the primaries.)
+# loop "timed out" before the loop ran them: every replica was marked unreachable, its socket
+# shut, and reads went to the primaries.)
 CLIENTS = 48
 SPIN_MS = 1000
 SLICE_MS = 5
@@ -36,6 +38,7 @@ def busy_service(topology: LocalTopology) -> Iterator[ServiceProcess]:
     svc = topology.start_service(
         name="replica-load", port=topology.layout.http_port + 7, SHARDSVC_URLCONF="tests.urls",
         SHARDSVC_WORKERS=str(WORKERS), SHARDSVC_TIMEOUT="120",
+        **UNREACHED_THROTTLES,  # every client calls from 127.0.0.1
     )
     try:
         yield svc
