@@ -4,8 +4,9 @@ Under Gunicorn's gevent worker `monkey.patch_all()` turns `threading.Thread` int
 `threading.Lock` into a gevent lock. A "thread" then runs only when the worker's loop gets round
 to it, so whatever it measures (a replica check's timeout) includes the loop's own backlog: with
 CPU-heavy requests queued, checks "timed out" after 1 s while the loop had not yet run them, and
-giving up shut their sockets. The replica checker therefore runs on threads started with the original `_thread.start_new_thread`
-(`gevent.monkey.get_original` returns it whether or not the process is patched).
+giving up shut their sockets. The replica checker therefore runs on threads started with the
+original `_thread.start_new_thread` (`gevent.monkey.get_original` returns it whether or not the
+process is patched).
 
 Why a native thread in each worker, rather than
 - gevent's threadpool: its functions run on native threads, but results come back through the
