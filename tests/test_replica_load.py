@@ -26,10 +26,10 @@ WORKERS = 2
 # whole run, with database I/O in it as under real load. (Checks that were greenlets of that
 # loop "timed out" before the loop ran them: every replica was marked unreachable, its socket
 # shut, and reads went to the primaries.)
-CLIENTS = 48
-SPIN_MS = 1000
-SLICE_MS = 5
-LOAD_SECONDS = 15.0
+CLIENTS = 64
+SPIN_MS = 500
+SLICE_MS = 50
+LOAD_SECONDS = 12.0
 REPLICA = "shard_1_replica_1"
 
 
