@@ -16,6 +16,7 @@ from django.db import connections
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from routers.replicas import get_replica_health
 from routers.state import current_state, request_tenant
 from shards.aliases import CONTROL_ALIAS
 
@@ -152,8 +153,6 @@ def spin(request: HttpRequest) -> JsonResponse:
 
 def replicas(request: HttpRequest) -> JsonResponse:
     """This worker's replica states as its router reads them, and which replicas it would use."""
-    from routers.replicas import get_replica_health
-
     health = get_replica_health()
     states = {
         alias: {"reachable": s.reachable, "in_recovery": s.in_recovery, "error": s.error,

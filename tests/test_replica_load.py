@@ -23,9 +23,10 @@ pytestmark = pytest.mark.usefixtures("django_db")
 WORKERS = 2
 # Clients, each asking in turn for SPIN_MS of CPU (in SLICE_MS slices, yielding between them)
 # and for a token-less read: every worker's loop always has a greenlet ready to run, for the
-# whole run, with database I/O in it as under real load. (Checks that were greenlets of that
-# loop "timed out" before the loop ran them: every replica was marked unreachable, its socket
-# shut, and reads went to the primaries.)
+# whole run, with database I/O in it as under real load. One turn of a worker's loop runs a
+# slice of each of its ~32 requests: longer than the 1 s check timeout. (Checks that were
+# greenlets of that loop "timed out" before the loop ran them: every replica was marked
+# unreachable, its socket shut, and reads went to the primaries.)
 CLIENTS = 64
 SPIN_MS = 500
 SLICE_MS = 50
