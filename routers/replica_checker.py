@@ -1,5 +1,13 @@
-"""The replica health checker: a background thread per worker that checks every replica of
-every cluster concurrently (`replica_probe`) and keeps each one's latest `ReplicaState`.
+"""The replica health checker: a native OS thread per worker that checks every replica of
+every cluster, and reads every primary's WAL position, concurrently (`replica_probe`), and keeps
+each replica's latest `ReplicaState`.
+
+The checks run outside the worker's gevent loop (`routers.native_threads` says why and how), so
+a loop saturated by CPU-heavy requests neither delays them nor makes them time out: a replica is
+marked down only on evidence about it (connection refused or reset, an error, or no answer
+within check_timeout measured by a thread the loop cannot hold up). Lag comes from WAL
+positions against the primary's (`routers.wal_lag`), so an idle shard's caught-up replica reads
+0 however long the idle, also while the first write after it replays.
 
 Routers call `usable_replicas()`, which only reads in-memory state: no SQL, no settings, no
 I/O per query. A request that sees a replica fail calls `mark_failed()`, which skips it at once.
@@ -11,17 +19,21 @@ import contextlib
 import logging
 import math
 import os
-import threading
 import time
 import weakref
+from collections.abc import Callable
 
-from routers.replica_probe import Check, Connections, probe, unstick
+from routers.native_threads import NativeEvent, NativeThread, native_lock
+from routers.replica_probe import Check, Connections, probe_primary, probe_replica, unstick
 from routers.replica_state import (
+    ReplicaPositions,
     ReplicaState,
     describe_unhealthy,
     error_text,
     failed_state,
+    state_from_positions,
 )
+from routers.wal_lag import DEFAULT_HORIZON, WalTimeline
 from shards.errors import UnknownShard
 from shards.lsn import format_lsn
 from shards.runtime import Conf
@@ -35,7 +47,8 @@ class ReplicaHealth:
 
     One per worker process (built by the runtime registry: `routers.replicas.get_replica_health()`).
     `usable_replicas()` is safe to call from any thread or greenlet: states are immutable and
-    replaced whole, so readers take no lock.
+    replaced whole, so readers take no lock. The lock that writers take is a native one, held
+    for a few statements only.
     """
 
     def __init__(
@@ -70,14 +83,21 @@ class ReplicaHealth:
         self._cluster_of: dict[str, str] = {
             s.alias: c.name for c in shard_map.clusters for s in c.replicas
         }
+        self._primaries: dict[str, Server] = {c.name: c.primary for c in shard_map.clusters}
         self._states: dict[str, ReplicaState] = {}
+        # cluster -> when each higher WAL position was first seen (the primary's, or a
+        # replica's receive position): what lag is measured against.
+        self._timelines: dict[str, WalTimeline] = {
+            c.name: WalTimeline(max(DEFAULT_HORIZON, 4 * self.max_lag))
+            for c in shard_map.clusters
+        }
         # alias -> monotonic time of the last mark_failed(): checks begun before it cannot
         # restore the replica, since they may have read it just before the failure.
         self._failed_at: dict[str, float] = {}
         self._inflight: dict[str, Check] = {}
-        self._lock = threading.Lock()
+        self._lock = native_lock()
         self._pid = os.getpid()
-        self._thread: threading.Thread | None = None
+        self._thread: NativeThread | None = None
         self._thread_pid: int | None = None
         self._res = Connections()
         # Closes the connections and stops the thread when the object is dropped without stop().
@@ -149,38 +169,49 @@ class ReplicaHealth:
     # ----- checks ---------------------------------------------------------------------------------
 
     def check_once(self) -> None:
-        """Check every replica concurrently; return within about check_timeout. Never raises.
+        """Check every replica, and read every primary's position, concurrently; return within
+        about check_timeout. Never raises.
 
-        A replica whose previous check is still running is not checked twice: that check is
-        awaited instead, so a hung server never piles up threads.
+        A server whose previous check is still running is not checked twice: that check is
+        awaited instead, so a hung server never piles up threads. A primary that does not
+        answer only leaves its cluster's timeline without a new sample: it says nothing about
+        the replicas.
         """
         self._forget_if_forked()
         now = time.monotonic()
         pid = os.getpid()
         checks: list[Check] = []
-        # Critical section: decide, per replica, to join the running check or start a new one,
-        # so two callers (the loop and a request or test) never run two checks of one replica.
+        samples: list[Check] = []
+        # Critical section: decide, per server, to join the running check or start a new one,
+        # so two callers (the loop and a request or test) never run two checks of one server.
         with self._lock:
+            for cluster, primary in self._primaries.items():
+                samples.append(self._start(primary, cluster, now, pid, self._run_sample))
             for cluster, replicas in self._replicas.items():
                 for server in replicas:
-                    check = self._inflight.get(server.alias)
-                    if check is None:
-                        check = Check(server=server, cluster=cluster, started=now, pid=pid)
-                        check.thread = threading.Thread(
-                            target=self._run_check,
-                            args=(check,),
-                            name=f"replica-check-{server.alias}",
-                            daemon=True,
-                        )
-                        self._inflight[server.alias] = check
-                        check.thread.start()
-                    checks.append(check)
-        for check in checks:
+                    checks.append(self._start(server, cluster, now, pid, self._run_check))
+        for check in (*checks, *samples):
             assert check.thread is not None
             check.thread.join(max(0.0, check.started + self.check_timeout - time.monotonic()))
-        for check in checks:
-            if not check.done:
-                self._give_up(check)
+        for check in (*checks, *samples):
+            self._give_up(check)
+
+    def _start(self, server: Server, cluster: str, now: float, pid: int,
+               run: Callable[[Check], None]) -> Check:
+        # Called with self._lock held.
+        check = self._inflight.get(server.alias)
+        if check is None:
+            check = Check(server=server, cluster=cluster, started=now, pid=pid)
+            check.thread = NativeThread(run, (check,), name=f"replica-check-{server.alias}")
+            self._inflight[server.alias] = check
+            check.thread.start()
+        return check
+
+    def _finish(self, check: Check) -> None:
+        with self._lock:
+            if self._inflight.get(check.server.alias) is check:
+                del self._inflight[check.server.alias]
+        check.done = True
 
     def _run_check(self, check: Check) -> None:
         alias = check.server.alias
@@ -189,22 +220,45 @@ class ReplicaHealth:
         except Exception as exc:  # never raise: any failure is an unreachable replica
             state = failed_state(alias, check.cluster, error_text(exc))
         finally:
-            with self._lock:
-                if self._inflight.get(alias) is check:
-                    del self._inflight[alias]
-            check.done = True
-        if check.pid != os.getpid():
-            _exit_copied_greenlet()
-            return
+            self._finish(check)
         self._record(check, state)
 
+    def _run_sample(self, check: Check) -> None:
+        try:
+            lsn = self._sample(check)
+        except Exception as exc:  # the primary's own health is not tracked here
+            logger.debug("primary %s position unavailable: %s", check.server.alias,
+                         error_text(exc))
+            lsn = None
+        finally:
+            self._finish(check)
+        if lsn is not None and check.pid == os.getpid():
+            with self._lock:
+                self._timelines[check.cluster].observe(lsn, time.monotonic(), authoritative=True)
+
+    def _sample(self, check: Check) -> int | None:
+        """The primary's current WAL position (None: it is in recovery)."""
+        return probe_primary(check, self._res, timeout=self.check_timeout)
+
     def _query(self, check: Check) -> ReplicaState:
-        return probe(check, self._res, timeout=self.check_timeout)
+        return self._state_from(check, probe_replica(check, self._res, timeout=self.check_timeout))
+
+    def _state_from(self, check: Check, found: ReplicaPositions) -> ReplicaState:
+        """The replica's state from what its probe read and its cluster's timeline."""
+        with self._lock:
+            timeline = self._timelines[check.cluster]
+            if found.receive_lsn is not None:
+                timeline.observe(found.receive_lsn, found.answered_at)
+            return state_from_positions(check.server.alias, check.cluster, found, timeline)
 
     def _give_up(self, check: Check) -> None:
-        """The check outlived check_timeout: report the replica unreachable and unstick it."""
+        """The check outlived check_timeout: report the replica unreachable and unstick it.
+        (A primary's sample is only unstuck: its primary is not tracked here.)"""
         if check.done:
             return  # finished just now: its own result is recorded
+        if check.server.alias not in self._cluster_of:
+            unstick(check)
+            return
         elapsed = time.monotonic() - check.started
         self._record(check, failed_state(
             check.server.alias, check.cluster,
@@ -248,13 +302,12 @@ class ReplicaHealth:
             if self._thread is not None and self._thread_pid == pid and self._thread.is_alive():
                 return
             if self._res.stop.is_set():
-                self._res.stop = threading.Event()
+                self._res.stop = NativeEvent()
             # The thread gets a weak reference: a dropped ReplicaHealth stops its own thread.
-            thread = threading.Thread(
-                target=_check_loop,
-                args=(weakref.ref(self), self._res.stop, pid),
+            thread = NativeThread(
+                _check_loop,
+                (weakref.ref(self), self._res.stop, pid),
                 name="shardsvc-replica-health",
-                daemon=True,
             )
             self._thread, self._thread_pid = thread, pid
             thread.start()
@@ -266,7 +319,7 @@ class ReplicaHealth:
             thread, pid = self._thread, self._thread_pid
             self._thread = self._thread_pid = None
             self._res.stop.set()
-        if thread is not None and pid == os.getpid() and thread is not threading.current_thread():
+        if thread is not None and pid == os.getpid() and not thread.is_current():
             thread.join(self.interval + self.check_timeout + 1.0)
         with self._lock:
             inflight = list(self._inflight.values())
@@ -302,36 +355,21 @@ class ReplicaHealth:
         Runs right after fork (os.register_at_fork), with the pid check in start() as a backstop.
         """
         # Locks may have been copied while held by a parent thread that does not exist here.
-        self._lock = threading.Lock()
+        self._lock = native_lock()
         self._pid = os.getpid()
         self._inflight = {}
         self._thread = self._thread_pid = None
         inherited, self._res = self._res, Connections()
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, self._res.close)
-        # The inherited sockets are the parent's sessions. Closing them normally would send
-        # the server a Terminate and end the parent's session, and merely forgetting them does
-        # the same once they are garbage collected. Pointing the fd at /dev/null first makes
-        # that Terminate harmless while freeing the fd number.
-        devnull = os.open(os.devnull, os.O_RDWR)
-        try:
-            for conn in inherited.conns.values():
-                with contextlib.suppress(Exception):
-                    if not conn.closed:
-                        os.dup2(devnull, conn.fileno())
-                    conn.close()
-        finally:
-            os.close(devnull)
+        inherited.abandon()
 
 
-def _check_loop(ref: weakref.ref[ReplicaHealth], stop: threading.Event, pid: int) -> None:
+def _check_loop(ref: weakref.ref[ReplicaHealth], stop: NativeEvent, pid: int) -> None:
     """The background loop: holds its owner only while checking, so dropping it ends the loop."""
     while not stop.is_set():
         health = ref()
-        if os.getpid() != pid:
-            _exit_copied_greenlet()
-            return
-        if health is None:
+        if os.getpid() != pid or health is None:
             return
         try:
             health.check_once()
@@ -340,17 +378,6 @@ def _check_loop(ref: weakref.ref[ReplicaHealth], stop: threading.Event, pid: int
         interval = health.interval
         del health
         stop.wait(interval)
-
-
-def _exit_copied_greenlet() -> None:
-    """Let a thread that a fork copied into this process end quietly.
-
-    Real threads do not survive fork, but under gevent our "threads" are greenlets and do:
-    the parent's loop wakes up in the child (a Gunicorn worker forked from a preloaded master).
-    threading already forgot it there, so its exit would die in threading._delete with a
-    KeyError traceback in every worker; current_thread() registers this ident again first.
-    """
-    threading.current_thread()
 
 
 def _check_number(name: str, value: float, *, minimum: float, inclusive: bool) -> None:

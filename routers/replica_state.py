@@ -1,4 +1,4 @@
-"""What one check of one replica found.
+"""What one check of one replica found, and the state the router reads from it.
 
 LSNs are 64-bit ints here (`shards.lsn.parse_lsn("16/B374D848")`), so causal tokens compare as
 numbers.
@@ -10,6 +10,18 @@ import math
 import time
 from dataclasses import dataclass
 
+from routers.wal_lag import WalTimeline, bytes_behind
+
+
+@dataclass(frozen=True)
+class ReplicaPositions:
+    """What one probe of a replica read (`replica_probe.REPLICA_QUERY`)."""
+
+    in_recovery: bool
+    replay_lsn: int | None  # None: nothing replayed since startup
+    receive_lsn: int | None  # None: not streaming (yet)
+    answered_at: float  # time.monotonic()
+
 
 @dataclass(frozen=True)
 class ReplicaState:
@@ -20,9 +32,35 @@ class ReplicaState:
     reachable: bool
     in_recovery: bool
     replay_lsn: int
-    lag_seconds: float  # math.inf when the server cannot tell (see replica_probe.CHECK_QUERY)
+    lag_seconds: float  # from WAL positions (routers.wal_lag); math.inf: nothing replayed yet
     checked_at: float  # time.monotonic() when the answer (or the failure) came
     error: str | None = None
+    # WAL bytes the replica has not replayed: the furthest position its cluster is known to
+    # have reached (the primary's current LSN) minus replay_lsn; 0 when caught up.
+    lag_bytes: int = 0
+
+
+def state_from_positions(alias: str, cluster: str, found: ReplicaPositions,
+                         timeline: WalTimeline) -> ReplicaState:
+    """A reachable replica's state: lag measured against its cluster's timeline, which already
+    holds the replica's own receive position."""
+    replay = found.replay_lsn
+    if replay is None:
+        lag, behind = math.inf, 0  # nothing replayed since startup: cannot tell
+    else:
+        lag = timeline.lag_seconds(replay, found.answered_at)
+        reference = timeline.latest
+        behind = bytes_behind(reference, replay) if reference is not None else 0
+    return ReplicaState(
+        alias=alias,
+        cluster=cluster,
+        reachable=True,
+        in_recovery=found.in_recovery,
+        replay_lsn=replay or 0,
+        lag_seconds=lag,
+        lag_bytes=behind,
+        checked_at=found.answered_at,
+    )
 
 
 def failed_state(alias: str, cluster: str, error: str) -> ReplicaState:

@@ -4,12 +4,14 @@
     health.usable_replicas("shard_0", min_lsn=token)  # ["shard_0_replica_1"] or []
     health.mark_failed("shard_0_replica_1", str(exc)) # a request saw it fail: skip it now
 
-The parts live in their own modules: `replica_state` (one check's result, LSN text <-> int),
-`replica_probe` (the SQL a check runs and its connection), `replica_checker` (`ReplicaHealth`,
-the background checker). This module is what the rest of the service imports, and the factory
-the runtime registry (``shards.runtime``, ``SHARDSVC["REPLICA_HEALTH_FACTORY"]``) builds the
-process's checker with; a test hands the router a fake with
-``runtime.injected("replica_health", fake)``.
+The parts live in their own modules: `replica_state` (one check's result, and the state from a
+probe's positions), `wal_lag` (lag in bytes and seconds from WAL positions), `replica_probe` (the
+SQL a check runs on a replica and on its primary, and its connection), `native_threads` (the
+OS threads the checks run on, outside the worker's gevent loop), `replica_checker`
+(`ReplicaHealth`, the background checker). This module is what the rest of the service
+imports, and the factory the runtime registry (``shards.runtime``,
+``SHARDSVC["REPLICA_HEALTH_FACTORY"]``) builds the process's checker with; a test hands the
+router a fake with ``runtime.injected("replica_health", fake)``.
 """
 
 from __future__ import annotations

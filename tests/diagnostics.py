@@ -6,7 +6,9 @@ database connections and read across tenants.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 import uuid
 
 from django.conf import settings
@@ -14,6 +16,7 @@ from django.db import connections
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from routers.replicas import get_replica_health
 from routers.state import current_state, request_tenant
 from shards.aliases import CONTROL_ALIAS
 
@@ -88,3 +91,36 @@ def where(request: HttpRequest, tenant: str) -> JsonResponse:
         return JsonResponse({"error": "no tenant"}, status=404)
     return JsonResponse({"slug": entry.slug, "shard": entry.shard, "version": entry.version,
                          "pid": os.getpid()})
+
+
+def spin(request: HttpRequest) -> JsonResponse:
+    """Burn `ms` milliseconds of CPU in slices of `slice_ms`, yielding to the worker's other
+    greenlets between slices (`time.sleep(0)` is gevent's under the worker), as a CPU-heavy
+    request with quick I/O in between does: many of these keep the worker's loop busy."""
+    try:
+        ms = min(max(float(request.GET.get("ms", "50")), 0.0), 1000.0)
+        slice_ms = min(max(float(request.GET.get("slice_ms", str(ms))), 1.0), 1000.0)
+    except ValueError:
+        return JsonResponse({"error": "bad ms or slice_ms"}, status=400)
+    until = time.monotonic() + ms / 1000
+    rounds = 0
+    while (now := time.monotonic()) < until:
+        slice_end = min(until, now + slice_ms / 1000)
+        while time.monotonic() < slice_end:
+            rounds += 1
+        time.sleep(0)
+    return JsonResponse({"spun_ms": ms, "rounds": rounds, "pid": os.getpid()})
+
+
+def replicas(request: HttpRequest) -> JsonResponse:
+    """This worker's replica states as its router reads them, and which replicas it would use."""
+    health = get_replica_health()
+    states = {
+        alias: {"reachable": s.reachable, "in_recovery": s.in_recovery, "error": s.error,
+                "lag_seconds": s.lag_seconds if math.isfinite(s.lag_seconds) else None,
+                "lag_bytes": s.lag_bytes, "checked_at": s.checked_at}
+        for alias, s in health.states().items()
+    }
+    usable = {cluster: health.usable_replicas(cluster)
+              for cluster in {state.cluster for state in health.states().values()}}
+    return JsonResponse({"pid": os.getpid(), "states": states, "usable": usable})

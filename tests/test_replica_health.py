@@ -15,12 +15,14 @@ from typing import Any
 
 import pytest
 
+from routers.replica_probe import CHECK_QUERY
+from routers.replica_state import describe_unhealthy
 from routers.replicas import (
     ReplicaHealth,
     get_replica_health,
 )
 from shards.errors import UnknownAlias, UnknownShard
-from shards.lsn import format_lsn, insert_lsn, parse_lsn
+from shards.lsn import current_lsn, format_lsn, insert_lsn, parse_lsn
 from shards.runtime import runtime
 from shards.topology import ShardMap
 from tests import replica_checks
@@ -246,3 +248,61 @@ def test_get_replica_health_builds_once_from_settings_and_starts(shard_map) -> N
     finally:
         runtime.reset()
     assert not health.running
+
+
+# ----- lag after an idle period -----------------------------------------------------------------
+
+
+def test_an_idle_replica_does_not_read_as_lagging_after_the_first_write(
+    make_health, topology, admin,
+) -> None:
+    """Lag comes from WAL positions against the primary's: after idling for longer than
+    max_lag, the first write must not make the caught-up replica read as lagging by the idle
+    time (the age of its last replayed commit), neither while the write replays nor after."""
+    replica, max_lag = "shard_1_replica_1", 1.0
+    health = make_health(max_lag=max_lag)
+    primary = admin("shard_1")
+    primary.execute("CREATE TABLE IF NOT EXISTS idle_lag_probe (id bigint, v text)")
+    try:
+        def idle_past_max_lag() -> bool:
+            with topology.admin_connect(topology.node(replica)) as conn:
+                return bool(conn.execute(
+                    "SELECT now() - pg_last_xact_replay_timestamp() > %s * interval '1 second'",
+                    [2 * max_lag]).fetchone()[0])
+
+        wait_until(idle_past_max_lag, timeout=30, what=f"{replica} idle for over 2 x max_lag")
+        health.check_once()
+        assert health.usable_replicas("shard_1") == [replica]
+
+        # The first write after the idle, checked straight away and while it replays.
+        writer = threading.Thread(target=lambda: admin("shard_1").execute(
+            "INSERT INTO idle_lag_probe SELECT g, repeat('x', 200) "
+            "FROM generate_series(1, 20000) g"))
+        seen, old_readings = [], []
+        with topology.admin_connect(topology.node(replica)) as old_style:
+            writer.start()
+            while writer.is_alive() or len(seen) < 20:
+                health.check_once()
+                seen.append(health.state(replica))
+                old_readings.append(float(old_style.execute(CHECK_QUERY).fetchone()[2] or 0))
+            writer.join()
+        written = current_lsn(primary)
+        unhealthy = [(s, describe_unhealthy(s, max_lag)) for s in seen
+                     if describe_unhealthy(s, max_lag) is not None]
+        print(f"\n[replica health] {len(seen)} checks around the first write after the idle: "
+              f"max lag {max(s.lag_seconds for s in seen):.3f} s, max bytes behind "
+              f"{max(s.lag_bytes for s in seen)}; the replay-timestamp reading peaked at "
+              f"{max(old_readings):.2f} s")
+        assert unhealthy == []
+        assert all(s.reachable and s.in_recovery for s in seen)
+
+        def caught_up() -> bool:
+            health.check_once()
+            state = health.state(replica)
+            return state.replay_lsn >= written and state.lag_bytes == 0
+
+        wait_until(caught_up, timeout=15, what=f"{replica} caught up, 0 bytes behind")
+        assert health.state(replica).lag_seconds == 0
+        assert health.usable_replicas("shard_1", min_lsn=written) == [replica]
+    finally:
+        primary.execute("DROP TABLE IF EXISTS idle_lag_probe")

@@ -12,6 +12,8 @@ from tests import diagnostics
 urlpatterns = [
     path("_diag/sleep", diagnostics.sleep),
     path("_diag/session", diagnostics.session),
+    path("_diag/spin", diagnostics.spin),
+    path("_diag/replicas", diagnostics.replicas),
     # Under the production tenant path (settings.TENANT_PATH_PATTERN), so the tenant middleware
     # resolves these exactly as it resolves the API's. Django tries patterns in order: ahead of
     # the "api/" include, these are matched before django-ninja sees the path.

@@ -40,7 +40,17 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         attempts.append(f"psycopg connect to {conninfo!r} {kwargs}")
         raise psycopg.OperationalError("the fast tier reaches no server")
 
+    class RefusedPGconn:
+        """libpq's own connect (the replica checker's blocking probes) refused too."""
+
+        @staticmethod
+        def connect(conninfo: bytes) -> None:
+            refuse_libpq(conninfo.decode(errors="replace"))
+
+        connect_start = connect
+
     monkeypatch.setattr(socket.socket, "connect", refuse_socket)
+    monkeypatch.setattr(psycopg.pq, "PGconn", RefusedPGconn)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse_socket)
     # psycopg.connect is bound once at import: both names, for callers of either.
     monkeypatch.setattr(psycopg, "connect", refuse_libpq)

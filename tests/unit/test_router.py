@@ -68,6 +68,9 @@ class ScriptedHealth(ReplicaHealth):
             lag_seconds=answer.lag_seconds, checked_at=time.monotonic() - answer.age,
         )
 
+    def _sample(self, check: Any) -> int | None:
+        return None  # no primary position: the scripted answers carry their lag
+
     def answer(self, alias: str, **facts: Any) -> None:
         """Set what `alias` answers and run one round of checks."""
         self.answers[alias] = Answer(**facts)
