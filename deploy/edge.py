@@ -179,7 +179,9 @@ class EdgeControl:
     def edge_config(self) -> str:
         values = {
             "dir": str(self.edge_dir),
-            "snippets": str(NGINX_DIR),
+            # Copies in the topology folder: nginx's user may not be able to enter the checkout
+            # (a clone under a private folder), only the topology folder, which is checked.
+            "snippets": str(self.edge_dir / "snippets"),
             "listen": f"127.0.0.1:{self.layout.edge_port}",
             "static_root": str(self.static_root),
         }
@@ -221,8 +223,10 @@ class EdgeControl:
         """Write nginx's configuration and start it, or reload it when it runs."""
         proc.require_binary("nginx", "nginx")
         folder = proc.make_dir(self.edge_dir)
-        for sub in ("tmp", "cache"):
+        for sub in ("tmp", "cache", "snippets"):
             proc.make_dir(folder / sub)
+        for snippet in sorted(NGINX_DIR.glob("*.conf")):
+            _write(folder / "snippets" / snippet.name, snippet.read_text())
         _write(folder / "nginx.conf", self.edge_config())
         self.write_upstream(drained=set())
         if os.geteuid() == 0:
