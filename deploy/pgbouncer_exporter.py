@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from prometheus_pgbouncer_exporter import cli, collectors  # type: ignore[import-not-found]
+from prometheus_pgbouncer_exporter import cli, collectors
 
 collectors.StatsCollector.metrics = {
     "total_xact_count": ("transactions_total", "Transactions pooled by pgbouncer"),
