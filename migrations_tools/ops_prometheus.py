@@ -60,10 +60,13 @@ def _get(path: str, params: dict[str, str]) -> Any:
 def chart_series(name: str, *, minutes: int = 15) -> dict[str, Any]:
     """One chart's lines over the last `minutes`: [{"label", "points": [[t, v], ...]}]."""
     chart = CHARTS[name]
-    end = time.time()
+    end = int(time.time())
     step = max(1, minutes * 60 // POINTS_PER_SERIES)
-    data = _get("query_range", {"query": chart.expr, "start": f"{end - minutes * 60:.0f}",
-                                "end": f"{end:.0f}", "step": str(step)})
+    # The grid runs from `start` in steps: ending it exactly at `end` puts the newest point
+    # now (a series a few seconds old still shows).
+    start = end - step * (minutes * 60 // step)
+    data = _get("query_range", {"query": chart.expr, "start": str(start), "end": str(end),
+                                "step": str(step)})
     lines: list[dict[str, Any]] = []
     for series in data["result"]:
         labels = series["metric"]

@@ -107,8 +107,7 @@
       line.setAttribute("points", s.points.map((p) => sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1)).join(" "));
       line.setAttribute("data-series", s.label);
       svg.append(line);
-      const item = el("li", {}, "■ " + s.label);
-      item.firstChild.textContent = "";
+      const item = el("li", {});
       const swatch = document.createElementNS(SVG, "svg");
       swatch.setAttribute("width", "10"); swatch.setAttribute("height", "10");
       const rect = document.createElementNS(SVG, "rect");
