@@ -1,6 +1,7 @@
 """The ops dashboard (/admin/ops/) in a real headless browser, through nginx, on the live
-topology with Prometheus: the page shows the fleet and a firing alert, a chart has points, and a
-move started from its button (after the confirmation) completes.
+topology with Prometheus: the page shows the fleet and a firing alert, a chart has points, a
+move started from its button (after the confirmation) completes, and a stopped move shows its
+progress bar and phase and is aborted from its button.
 
 Debian's chromium is driven by Playwright (`executable_path`, never a downloaded browser); a
 screenshot of the page is saved as the test's artefact and its path printed.
@@ -147,7 +148,7 @@ def test_a_move_started_from_the_dashboard_completes(page: Page) -> None:
         dialogs.append(dialog.message)
         dialog.accept()
 
-    page.on("dialog", accept)
+    page.once("dialog", accept)
     page.select_option("#ops-start select[name=tenant]", str(entry.id))
     page.select_option("#ops-start select[name=target]", "shard_1")
     page.click("#ops-start input[type=submit]")
@@ -163,3 +164,44 @@ def test_a_move_started_from_the_dashboard_completes(page: Page) -> None:
     shot = ARTEFACTS / "ops-dashboard-after-move.png"
     page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot: {shot}")
+
+
+def test_a_stopped_move_shows_its_progress_and_is_aborted_from_the_dashboard(
+        page: Page, topology: LocalTopology) -> None:
+    from comments.service import get_or_create_thread, post_comment
+    from shards.directory import create_tenant
+    from shards.models import MoveJob, Tenant
+    from shards.tenancy import tenant
+    from tests.commands import manage
+
+    entry = create_tenant(f"ops-stuck-{uuid.uuid4().hex[:8]}", shard="shard_0")
+    with tenant(entry):
+        thread, _ = get_or_create_thread("https://ops.example/2", "Two")
+        for n in range(3):
+            post_comment(thread.id, author="u1", author_name="", body=f"c{n}", parent_id=None)
+    # A mover that died while catching up: its job and replication objects stay behind.
+    crashed = manage(topology, "move_tenant", entry.slug, "shard_1", "--crash-at", "catching_up")
+    assert crashed.returncode == 70, crashed.stdout + crashed.stderr[-2000:]
+    job = MoveJob.objects.using("default").get(tenant_id=entry.id)
+
+    page.reload()
+    row = page.locator(f"#ops-moves .ops-move[data-job='{job.pk}']")
+    expect(row).to_contain_text(f"{entry.slug} shard_0 → shard_1 catching up")
+    bar = row.locator("progress")
+    expect(bar).to_have_attribute("max", str(job.rows_total))
+    expect(bar).to_have_attribute("value", str(job.rows_total))  # copied all, never more
+
+    dialogs: list[str] = []
+
+    def answer(dialog) -> None:  # type: ignore[no-untyped-def]
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", answer)
+    row.locator("input[type=submit][value=Abort]").click()
+    expect(page.locator(".messagelist")).to_contain_text(f"aborting move {job.pk}")
+    assert dialogs == [f"Abort the move of {entry.slug}? It stays on shard_0."]
+    done = page.locator(f"#ops-recent tr[data-job='{job.pk}']")
+    expect(done).to_have_attribute("data-state", "aborted", timeout=120_000)
+    assert Tenant.objects.using("default").get(pk=entry.id).shard == "shard_0"
+    expect(page.locator(f"#ops-moves .ops-move[data-job='{job.pk}']")).to_have_count(0)
