@@ -75,7 +75,8 @@ def chart_series(name: str, *, minutes: int = 15) -> dict[str, Any]:
         lines.append({"label": f"{labels.get('cluster', '?')} {labels.get('role', '')}".strip(),
                       "points": points})
     lines.sort(key=lambda line: str(line["label"]))
-    return {"title": chart.title, "unit": chart.unit, "series": lines}
+    return {"title": chart.title, "unit": chart.unit, "start": start, "end": end,
+            "series": lines}
 
 
 def firing_alerts() -> list[dict[str, str]]:

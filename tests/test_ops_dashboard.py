@@ -114,7 +114,7 @@ def test_the_dashboard_shows_the_fleet_charts_and_alerts(
         expect(page.locator("#ops-alerts")).to_contain_text(
             f"ReplicationSlotInactive: inactive replication slot {slot} on shard_1")
         chart = page.locator("svg#chart-rate")
-        # Redrawn every 5 s: at least two points once the series is a step (7 s) old.
+        # Redrawn every 5 s: a line of two points or more once a series is a step (7 s) old.
         expect(chart).to_have_attribute("data-points", re.compile(r"^([2-9]|[1-9][0-9]+)$"),
                                         timeout=30_000)
         expect(chart.locator("polyline").first).to_be_attached()
