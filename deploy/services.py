@@ -28,6 +28,7 @@ class ServiceControl:
 
     layout: LocalLayout
     echo: Callable[[str], None]
+    monitoring_env: Callable[[], dict[str, str]]
 
     def settings_env(self) -> dict[str, str]:
         """What any process loading the settings for this topology needs: the service, its
@@ -52,6 +53,8 @@ class ServiceControl:
             SHARDSVC_WORKERS=str(self.layout.workers),
             PYTHONPATH=str(PROJECT_DIR),
         )
+        # Where the ops dashboard finds Prometheus (deploy/monitoring.py).
+        env.update(self.monitoring_env())
         env.update(overrides)
         return env
 

@@ -17,6 +17,15 @@ command -v wrk >/dev/null || need_apt+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need_apt+=(iproute2)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
+# Monitoring (deploy/monitoring.py): Prometheus (with promtool, which the test command runs) and
+# the exporters of PostgreSQL, PgBouncer, Redis and the host's disks; the ops dashboard's browser
+# test drives Debian's chromium (never a downloaded browser).
+command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v prometheus-postgres-exporter >/dev/null || need_apt+=(prometheus-postgres-exporter)
+command -v prometheus-pgbouncer-exporter >/dev/null || need_apt+=(prometheus-pgbouncer-exporter)
+command -v prometheus-redis-exporter >/dev/null || need_apt+=(prometheus-redis-exporter)
+command -v prometheus-node-exporter >/dev/null || need_apt+=(prometheus-node-exporter)
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing packages: ${need_apt[*]}; run this script as root or install them" >&2

@@ -3,7 +3,8 @@ replicas, PgBouncer in transaction mode, Redis, and the service under Gunicorn b
 in one folder.
 
     python -m deploy.topology up [--shards 2 --replicas 1 --base-port 15400 --dir .var]
-                                 [--app-hosts N]
+                                 [--app-hosts N] [--no-monitoring]
+                                 [--scrape-interval 15s --alert-for 1s]
     python -m deploy.topology restart-app --rolling   # deploy: one app host at a time
     python -m deploy.topology status | down | destroy
 
@@ -12,7 +13,8 @@ two-shard topology adds `shard_2`), and rewrites the topology file that settings
 
 Here: PgBouncer, Redis, the topology file, status and the command line. The folder and ports are
 in `layout.py`, the PostgreSQL servers in `postgres_nodes.py`, the service in `services.py`,
-nginx and the app hosts in `edge.py`, their network namespaces in `app_network.py`.
+nginx and the app hosts in `edge.py`, their network namespaces in `app_network.py`, Prometheus
+and its exporters in `monitoring.py`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from deploy.layout import (
     Node,
     pg_bin,
 )
+from deploy.monitoring import MonitoringControl, MonitorParams
 from deploy.postgres_nodes import PostgresNodes
 from deploy.processes import TopologyError
 from deploy.services import ServiceControl, ServiceProcess
@@ -57,11 +60,12 @@ __all__ = [
 ]
 
 
-class LocalTopology(PostgresNodes, ServiceControl, EdgeControl):
+class LocalTopology(PostgresNodes, ServiceControl, EdgeControl, MonitoringControl):
     """Creates, starts, inspects and stops the processes of one LocalLayout."""
 
     # ----- up
-    def up(self, *, service: bool = True, migrate: bool = True) -> None:
+    def up(self, *, service: bool = True, migrate: bool = True,
+           monitoring: MonitorParams | None = None) -> None:
         layout = self.layout
         saved = LocalLayout.load(layout.root)
         if saved is not None and (saved.replicas, saved.base_port) != (
@@ -122,6 +126,8 @@ class LocalTopology(PostgresNodes, ServiceControl, EdgeControl):
         if service:
             self.start_app_hosts()
             self.ensure_edge()
+        if monitoring is not None:
+            self.ensure_monitoring(monitoring)
 
     # ----- PgBouncer and Redis -------------------------------------------------------------------
     @property
@@ -277,8 +283,11 @@ class LocalTopology(PostgresNodes, ServiceControl, EdgeControl):
         yield {"component": "nginx", "name": "edge", "port": str(self.layout.edge_port),
                "state": "running" if self.edge_pid() else "stopped",
                "detail": f"in front of {len(self.app_hosts())} app host(s)"}
+        yield from self.monitoring_status_rows()
 
     def down(self) -> None:
+        if self.stop_monitoring():
+            self.echo("stopped prometheus and its exporters")
         for folder in sorted(self.layout.root.glob("*/gunicorn.pid")):
             if proc.stop_pid(folder, timeout=20):
                 self.echo(f"stopped service {folder.parent.name}")
@@ -346,11 +355,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="restart-app: one host at a time, out of rotation while it restarts")
     parser.add_argument("--no-service", action="store_true", help="do not start gunicorn")
     parser.add_argument("--no-migrate", action="store_true", help="do not run migrations")
+    parser.add_argument("--no-monitoring", action="store_true",
+                        help="do not start Prometheus and its exporters")
+    parser.add_argument("--scrape-interval",
+                        help="Prometheus scrape and rule interval (default 15s; kept)")
+    parser.add_argument("--alert-for",
+                        help="replace every alert rule's `for:` (tests: 1s; default: the rules')")
     args = parser.parse_args(argv)
     try:
         topology = LocalTopology(layout_from_args(args))
         if args.verb == "up":
-            topology.up(service=not args.no_service, migrate=not args.no_migrate)
+            topology.up(service=not args.no_service, migrate=not args.no_migrate,
+                        monitoring=None if args.no_monitoring else topology.monitor_params(
+                            scrape_interval=args.scrape_interval, alert_for=args.alert_for))
             print_table(list(topology.status_rows()))
         elif args.verb == "status":
             if LocalLayout.load(topology.layout.root) is None:

@@ -88,20 +88,29 @@ def launch_moves(tenants: list[tuple[int, str]], target: str, *,
     """Start `manage.py move_tenant <id> <target>` for each tenant, one after the other, in a
     detached process (its own session: it outlives this worker) with this process's
     environment; stdout and stderr go to a log file. Returns (pid, log path)."""
+    name = tenants[0][1] if len(tenants) == 1 else f"{len(tenants)}-tenants"
+    return launch_commands(
+        [["move_tenant", str(tenant_id), target, "--reason", reason]
+         for tenant_id, _slug in tenants],
+        log_name=f"move-{name}-{target}", reason=reason)
+
+
+def launch_commands(commands: list[list[str]], *, log_name: str,
+                    reason: str) -> tuple[int, Path]:
+    """Run `manage.py <command>` for each command, one after the other, detached as
+    launch_moves describes. Returns (pid, log path)."""
     env = dict(os.environ)
     # A command must not write its metrics into the running service's multiprocess folder.
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     env["SHARDSVC_TOPOLOGY"] = str(get_shard_map().source)
     env.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
-    commands = [[sys.executable, str(PROJECT_DIR / "manage.py"), "move_tenant", str(tenant_id),
-                 target, "--reason", reason] for tenant_id, _slug in tenants]
-    if len(commands) == 1:
-        argv = commands[0]
+    argvs = [[sys.executable, str(PROJECT_DIR / "manage.py"), *command] for command in commands]
+    if len(argvs) == 1:
+        argv = argvs[0]
     else:  # sequential: every move takes the cluster lock
-        argv = ["/bin/sh", "-c", " ; ".join(shlex.join(c) for c in commands)]
+        argv = ["/bin/sh", "-c", " ; ".join(shlex.join(c) for c in argvs)]
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
-    name = tenants[0][1] if len(tenants) == 1 else f"{len(tenants)}-tenants"
-    log = move_log_dir() / f"move-{name}-{target}-{stamp}-{os.getpid()}.log"
+    log = move_log_dir() / f"{log_name}-{stamp}-{os.getpid()}.log"
     with log.open("ab") as handle:
         handle.write(f"# {stamp} {reason}: {shlex.join(argv)}\n".encode())
         handle.flush()
@@ -112,6 +121,5 @@ def launch_moves(tenants: list[tuple[int, str]], target: str, *,
     # Reap it when it ends (no zombie while this worker lives); under gevent a greenlet.
     threading.Thread(target=process.wait, name=f"move-reaper-{process.pid}",
                      daemon=True).start()
-    logger.info("started move of %s to %s: pid %s, log %s",
-                ", ".join(slug for _id, slug in tenants), target, process.pid, log)
+    logger.info("started %s: pid %s, log %s", log_name, process.pid, log)
     return process.pid, log

@@ -122,6 +122,8 @@ except ValueError as exc:
         "e.g. 127.0.0.0/8,10.0.0.0/8)"
     ) from None
 METRICS_TOKEN = os.environ.get("SHARDSVC_METRICS_TOKEN", "")
+# Prometheus's HTTP API, for the ops dashboard's charts and alerts (deploy/monitoring.py sets it).
+PROMETHEUS_URL = os.environ.get("SHARDSVC_PROMETHEUS_URL", "").rstrip("/")
 # Reverse proxies (nginx) whose X-Real-IP names the client (project/proxy.py): only a request
 # whose peer is in these networks has REMOTE_ADDR replaced, so nobody else can claim an address
 # on the /metrics allow-list or dodge a per-address throttle. Empty: no proxy is trusted.

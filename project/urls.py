@@ -1,7 +1,8 @@
 from django.contrib import admin
 from django.contrib.auth.signals import user_login_failed
-from django.urls import path
+from django.urls import include, path
 
+from migrations_tools import ops_dashboard
 from project import health, metrics_endpoint
 from project.api import api
 from sites import throttle
@@ -13,6 +14,8 @@ urlpatterns = [
     path("metrics", metrics_endpoint.metrics_view, name="metrics"),
     # Before admin.site.urls, so this wrapper answers the admin's login URL.
     path("admin/login/", throttle.throttled_login(admin.site.login)),
+    # The ops dashboard, in the admin's look and behind its login (migrations_tools).
+    path("admin/ops/", include(ops_dashboard.urlpatterns)),
     path("admin/", admin.site.urls),
     path("api/", api.urls),
 ]
