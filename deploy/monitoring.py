@@ -108,7 +108,9 @@ class MonitoringControl:
         exporters += [
             Exporter("pgbouncer-exporter", layout.base_port + 8, (
                 # Debian's exporter, with the columns of Debian's PgBouncer (see the module).
-                "/usr/bin/python3", str(PROJECT_DIR / "deploy" / "pgbouncer_exporter.py"),
+                # Its copy in the monitoring folder: the exporter's user may not be able to
+                # enter the checkout (a clone under a private folder), only the topology folder.
+                "/usr/bin/python3", str(folder / "pgbouncer_exporter.py"),
                 "--host", "127.0.0.1", "--port", str(layout.base_port + 8),
                 "--pgbouncer-host", "127.0.0.1", "--pgbouncer-port", str(layout.pgbouncer_port),
                 "--pgbouncer-user", ADMIN_USER,
@@ -189,6 +191,8 @@ class MonitoringControl:
         (folder / "queries.yml").write_text(queries)
         (folder / "queries-control.yml").write_text(
             queries + "\n" + (PROMETHEUS_DIR / "queries" / "control.yml").read_text())
+        (folder / "pgbouncer_exporter.py").write_text(
+            (PROJECT_DIR / "deploy" / "pgbouncer_exporter.py").read_text())
         rules = proc.make_dir(folder / "rules")
         for source in sorted((PROMETHEUS_DIR / "rules").glob("*.yml")):
             (rules / source.name).write_text(render_rules(source.read_text(), params.alert_for))
