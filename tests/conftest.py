@@ -109,7 +109,7 @@ def django_db(topology: LocalTopology) -> Iterator[None]:
     yield
     from django.db import connections
 
-    from project.pgpool.pool import close_all_pools
+    from project.pgpool import close_all_pools
 
     connections.close_all()
     close_all_pools()
