@@ -6,12 +6,14 @@ raises the mark, so older pages are simply never asked for again. A page is fill
 database that has replayed the mark (the request's causal minimum is raised to it), so a reader
 racing a writer cannot cache a page that misses the write. Concurrent misses on one key elect
 one filler with a Redis lock; the others wait for its page instead of all reading the database.
+
+Pages are kept as the JSON bytes the endpoint answers with (rendered through its schema once,
+when the page is built), so a hit is returned as it is stored: no parsing, no re-validation.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -67,7 +69,15 @@ def raise_mark(entry: TenantEntry, thread_id: int, lsn: int | None) -> None:
     )
 
 
-def _bypass(fill: Callable[[], dict[str, Any]], exc: RedisError) -> tuple[dict[str, Any], str]:
+Fill = Callable[[], bytes]
+
+
+def _stored(raw: bytes | str) -> bytes:
+    # The raw client answers bytes (no decode_responses); typed as either.
+    return raw if isinstance(raw, bytes) else raw.encode()
+
+
+def _bypass(fill: Fill, exc: RedisError) -> tuple[bytes, str]:
     if not isinstance(exc, RedisUnavailable):  # the breaker logs its own opening once
         logger.warning("cache: Redis unavailable, reading the database: %s", exc)
     _record("bypass")
@@ -75,19 +85,21 @@ def _bypass(fill: Callable[[], dict[str, Any]], exc: RedisError) -> tuple[dict[s
 
 
 def cached_page(entry: TenantEntry, thread_id: int, variant: str,
-                fill: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str]:
-    """(page, "hit" | "fill" | "wait" | "bypass"). Redis failing at any step means "bypass": the
-    page comes from the database and Redis is left alone."""
+                fill: Fill) -> tuple[bytes, str]:
+    """(the page's JSON bytes, "hit" | "fill" | "wait" | "bypass"); `fill` builds and renders
+    the page. Redis failing at any step means "bypass": the page comes from the database and
+    Redis is left alone."""
     try:
         client = redisguard.client()
         mark = int(client.get(_mark_key(entry, thread_id)) or 0)
-        key = f"shardsvc:page:{entry.id}:{entry.version}:{thread_id}:{mark}:{variant}"
+        # v2: the rendered answer (v1 held the page before the schema rendered it).
+        key = f"shardsvc:page:v2:{entry.id}:{entry.version}:{thread_id}:{mark}:{variant}"
         raw = client.get(key)
     except RedisError as exc:
         return _bypass(fill, exc)
     if raw is not None:
         _record("hit")
-        return json.loads(raw), "hit"
+        return _stored(raw), "hit"
 
     state = current_state()
     if state is not None and mark:
@@ -102,8 +114,7 @@ def cached_page(entry: TenantEntry, thread_id: int, variant: str,
     return _wait_for_filler(client, key, lock, fill)
 
 
-def _fill_elected(client: Any, key: str, lock: str,
-                  fill: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str]:
+def _fill_elected(client: Any, key: str, lock: str, fill: Fill) -> tuple[bytes, str]:
     try:
         # Another filler may have stored the page and dropped its lock between our read and our
         # lock: look once more before reading the database.
@@ -113,10 +124,10 @@ def _fill_elected(client: Any, key: str, lock: str,
             return _bypass(fill, exc)
         if raw is not None:
             _record("hit")
-            return json.loads(raw), "hit"
+            return _stored(raw), "hit"
         page = fill()
         try:
-            client.set(key, json.dumps(page), ex=PAGE_TTL)
+            client.set(key, page, ex=PAGE_TTL)
         except RedisError as exc:
             logger.debug("cache: page not stored: %s", exc)
             _record("bypass")
@@ -129,8 +140,7 @@ def _fill_elected(client: Any, key: str, lock: str,
     return page, "fill"
 
 
-def _wait_for_filler(client: Any, key: str, lock: str,
-                     fill: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str]:
+def _wait_for_filler(client: Any, key: str, lock: str, fill: Fill) -> tuple[bytes, str]:
     deadline = time.monotonic() + WAIT_FOR_FILL
     while time.monotonic() < deadline:
         time.sleep(POLL)  # a gevent sleep under the worker: other requests run meanwhile
@@ -142,7 +152,7 @@ def _wait_for_filler(client: Any, key: str, lock: str,
             return _bypass(fill, exc)
         if raw is not None:
             _record("hit")
-            return json.loads(raw), "wait"
+            return _stored(raw), "wait"
         if not filling:
             break  # the filler failed: read it ourselves
     _record("bypass")

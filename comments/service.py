@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from comments import cache, cursors
 from comments.models import MAX_DEPTH, Comment, Thread, Vote
-from comments.schemas import Order
+from comments.schemas import Order, page_json
 from routers import causal
 from shards.fence import retry_fenced_writes
 from shards.tenancy import current_tenant
@@ -146,15 +146,16 @@ def comment_page(thread_id: int, order: Order, cursor: str | None, limit: int) -
 
 
 def cached_comment_page(thread_id: int, order: Order, cursor: str | None,
-                        limit: int) -> tuple[dict[str, Any], str]:
+                        limit: int) -> tuple[bytes, str]:
+    """(the page's JSON answer, how the cache served it: "hit", "fill", "wait", "bypass")."""
     entry = current_tenant()
     assert entry is not None
     if cursor:
         cursors.decode(cursor, order)  # refuse garbage before it becomes a cache key
 
-    def fill() -> dict[str, Any]:
+    def fill() -> bytes:
         get_thread(thread_id)  # from the same fresh-enough database as the page
-        return comment_page(thread_id, order, cursor, limit)
+        return page_json(comment_page(thread_id, order, cursor, limit))
 
     return cache.cached_page(entry, thread_id, f"{order}:{cursor or ''}:{limit}", fill)
 
