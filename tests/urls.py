@@ -12,6 +12,9 @@ from tests import diagnostics
 urlpatterns = [
     path("_diag/sleep", diagnostics.sleep),
     path("_diag/session", diagnostics.session),
+    # The same view on both stacks (project/wsgi.py): the API's and the full one.
+    path("_diag/middleware", diagnostics.middleware),
+    path("api/_diag/middleware", diagnostics.middleware),
     path("_diag/plain/<str:alias>/threads/<int:thread_id>", diagnostics.thread_plain),
     path("_diag/plain/<str:alias>/sites/<int:tenant_id>/threads/<int:thread_id>/comments",
          diagnostics.comments_plain),
