@@ -10,8 +10,8 @@ keeps the higher version, so a stale replica read can never overwrite a newer pl
 Bound: a placement change made through Django is seen by every worker within DIRECTORY_LOCAL_TTL
 (plus the time one refill takes: while a worker refills an expired entry, its other requests
 for that tenant use the expired one); one made with raw SQL within DIRECTORY_LOCAL_TTL +
-DIRECTORY_REDIS_TTL. Routing correctness does
-not depend on that bound: a tenant's old shard refuses its writes once it moves (fencing).
+DIRECTORY_REDIS_TTL. Routing correctness does not depend on that bound: a tenant's old shard
+refuses its writes once it moves (fencing).
 """
 
 from __future__ import annotations
