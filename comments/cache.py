@@ -93,11 +93,15 @@ def _page_key(entry: TenantEntry, thread_id: int, variant: str) -> str:
 
 
 def _page_at(raw: bytes | str | None, mark: int) -> bytes | None:
-    """The stored answer if it was built at `mark`, the thread's current write mark."""
+    """The stored answer if it was built at `mark` (the thread's write mark as the caller read
+    it) or later: a page built at a later mark has every write up to it. A caller waiting
+    for a fill may find one built after a write it has not seen; never one built before."""
     if raw is None:
         return None
     head, newline, body = _stored(raw).partition(b"\n")
-    return body if newline and head == b"%d" % mark else None
+    if not newline or not head.isdigit():
+        return None
+    return body if int(head) >= mark else None
 
 
 def cached_page(entry: TenantEntry, thread_id: int, variant: str,
@@ -146,7 +150,7 @@ def _fill_elected(client: Any, key: str, mark: int, lock: str,
         page = fill()
         try:
             # A slower filler of an older mark may overwrite this later: readers at the newer
-            # mark then rebuild it. Never served at a mark it was not built at.
+            # mark then rebuild it. Never served to a reader of a later mark.
             client.set(key, b"%d\n" % mark + page, ex=PAGE_TTL)
         except RedisError as exc:
             logger.debug("cache: page not stored: %s", exc)
