@@ -1,17 +1,21 @@
 """Hot thread pages in Redis.
 
-Keys carry the site's directory version (a move never serves a page cached from the old shard)
-and the thread's write mark: the WAL position of its latest write on the shard primary. A write
-raises the mark, so older pages are simply never asked for again. A page is filled only from a
-database that has replayed the mark (the request's causal minimum is raised to it), so a reader
-racing a writer cannot cache a page that misses the write. Concurrent misses on one key elect
-one filler with a Redis lock; the others wait for its page instead of all reading the database.
+Keys carry the site's directory version (a move never serves a page cached from the old shard),
+and each page is stored with the thread's write mark it was built at: the WAL position of the
+thread's latest write on the shard primary. A write raises the mark, so a page built before it
+no longer matches and is rebuilt; one MGET reads the mark and the page together. A page is
+filled only from a database that has replayed the mark (the request's causal minimum is raised
+to it), so a reader racing a writer cannot cache a page that misses the write. Concurrent
+misses on one page elect one filler with a Redis lock; the others wait for its page instead of
+all reading the database.
+
+Pages are kept as the JSON bytes the endpoint answers with (rendered through its schema once,
+when the page is built), so a hit is returned as it is stored: no parsing, no re-validation.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -67,56 +71,87 @@ def raise_mark(entry: TenantEntry, thread_id: int, lsn: int | None) -> None:
     )
 
 
-def _bypass(fill: Callable[[], dict[str, Any]], exc: RedisError) -> tuple[dict[str, Any], str]:
+Fill = Callable[[], bytes]
+
+
+def _stored(raw: bytes | str) -> bytes:
+    # The raw client answers bytes (no decode_responses); typed as either.
+    return raw if isinstance(raw, bytes) else raw.encode()
+
+
+def _bypass(fill: Fill, exc: RedisError) -> tuple[bytes, str]:
     if not isinstance(exc, RedisUnavailable):  # the breaker logs its own opening once
         logger.warning("cache: Redis unavailable, reading the database: %s", exc)
     _record("bypass")
     return fill(), "bypass"
 
 
+def _page_key(entry: TenantEntry, thread_id: int, variant: str) -> str:
+    # v3: one key per page variant, holding "<mark>\n<the rendered answer>" (v2 keys held the
+    # answer alone, one per mark).
+    return f"shardsvc:page:v3:{entry.id}:{entry.version}:{thread_id}:{variant}"
+
+
+def _page_at(raw: bytes | str | None, mark: int) -> bytes | None:
+    """The stored answer if it was built at `mark` (the thread's write mark as the caller read
+    it) or later: a page built at a later mark has every write up to it. A caller waiting
+    for a fill may find one built after a write it has not seen; never one built before."""
+    if raw is None:
+        return None
+    head, newline, body = _stored(raw).partition(b"\n")
+    if not newline or not head.isdigit():
+        return None
+    return body if int(head) >= mark else None
+
+
 def cached_page(entry: TenantEntry, thread_id: int, variant: str,
-                fill: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str]:
-    """(page, "hit" | "fill" | "wait" | "bypass"). Redis failing at any step means "bypass": the
-    page comes from the database and Redis is left alone."""
+                fill: Fill) -> tuple[bytes, str]:
+    """(the page's JSON bytes, "hit" | "fill" | "wait" | "bypass"); `fill` builds and renders
+    the page. Redis failing at any step means "bypass": the page comes from the database and
+    Redis is left alone."""
+    key = _page_key(entry, thread_id, variant)
     try:
         client = redisguard.client()
-        mark = int(client.get(_mark_key(entry, thread_id)) or 0)
-        key = f"shardsvc:page:{entry.id}:{entry.version}:{thread_id}:{mark}:{variant}"
-        raw = client.get(key)
+        # The mark and the page in one round trip: the page is current if built at the mark.
+        raw_mark, raw = client.mget(_mark_key(entry, thread_id), key)
     except RedisError as exc:
         return _bypass(fill, exc)
-    if raw is not None:
+    mark = int(raw_mark or 0)
+    page = _page_at(raw, mark)
+    if page is not None:
         _record("hit")
-        return json.loads(raw), "hit"
+        return page, "hit"
 
     state = current_state()
     if state is not None and mark:
         state.require_position(entry.shard, mark)
-    lock = key + ":fill"
+    lock = f"{key}:{mark}:fill"
     try:
         elected = client.set(lock, "1", nx=True, px=FILL_LOCK_MS)
     except RedisError as exc:
         return _bypass(fill, exc)
     if elected:
-        return _fill_elected(client, key, lock, fill)
-    return _wait_for_filler(client, key, lock, fill)
+        return _fill_elected(client, key, mark, lock, fill)
+    return _wait_for_filler(client, key, mark, lock, fill)
 
 
-def _fill_elected(client: Any, key: str, lock: str,
-                  fill: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str]:
+def _fill_elected(client: Any, key: str, mark: int, lock: str,
+                  fill: Fill) -> tuple[bytes, str]:
     try:
         # Another filler may have stored the page and dropped its lock between our read and our
         # lock: look once more before reading the database.
         try:
-            raw = client.get(key)
+            stored = _page_at(client.get(key), mark)
         except RedisError as exc:
             return _bypass(fill, exc)
-        if raw is not None:
+        if stored is not None:
             _record("hit")
-            return json.loads(raw), "hit"
+            return stored, "hit"
         page = fill()
         try:
-            client.set(key, json.dumps(page), ex=PAGE_TTL)
+            # A slower filler of an older mark may overwrite this later: readers at the newer
+            # mark then rebuild it. Never served to a reader of a later mark.
+            client.set(key, b"%d\n" % mark + page, ex=PAGE_TTL)
         except RedisError as exc:
             logger.debug("cache: page not stored: %s", exc)
             _record("bypass")
@@ -129,20 +164,20 @@ def _fill_elected(client: Any, key: str, lock: str,
     return page, "fill"
 
 
-def _wait_for_filler(client: Any, key: str, lock: str,
-                     fill: Callable[[], dict[str, Any]]) -> tuple[dict[str, Any], str]:
+def _wait_for_filler(client: Any, key: str, mark: int, lock: str,
+                     fill: Fill) -> tuple[bytes, str]:
     deadline = time.monotonic() + WAIT_FOR_FILL
     while time.monotonic() < deadline:
         time.sleep(POLL)  # a gevent sleep under the worker: other requests run meanwhile
         try:
             filling = client.exists(lock)
             # Read after the lock check: a filler stores the page before it drops the lock.
-            raw = client.get(key)
+            page = _page_at(client.get(key), mark)
         except RedisError as exc:
             return _bypass(fill, exc)
-        if raw is not None:
+        if page is not None:
             _record("hit")
-            return json.loads(raw), "wait"
+            return page, "wait"
         if not filling:
             break  # the filler failed: read it ourselves
     _record("bypass")

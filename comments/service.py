@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from comments import cache, cursors
 from comments.models import MAX_DEPTH, Comment, Thread, Vote
-from comments.schemas import Order
+from comments.schemas import Order, page_json
 from routers import causal
 from shards.fence import retry_fenced_writes
 from shards.tenancy import current_tenant
@@ -146,15 +146,16 @@ def comment_page(thread_id: int, order: Order, cursor: str | None, limit: int) -
 
 
 def cached_comment_page(thread_id: int, order: Order, cursor: str | None,
-                        limit: int) -> tuple[dict[str, Any], str]:
+                        limit: int) -> tuple[bytes, str]:
+    """(the page's JSON answer, how the cache served it: "hit", "fill", "wait", "bypass")."""
     entry = current_tenant()
     assert entry is not None
     if cursor:
         cursors.decode(cursor, order)  # refuse garbage before it becomes a cache key
 
-    def fill() -> dict[str, Any]:
+    def fill() -> bytes:
         get_thread(thread_id)  # from the same fresh-enough database as the page
-        return comment_page(thread_id, order, cursor, limit)
+        return page_json(comment_page(thread_id, order, cursor, limit))
 
     return cache.cached_page(entry, thread_id, f"{order}:{cursor or ''}:{limit}", fill)
 
@@ -162,9 +163,10 @@ def cached_comment_page(thread_id: int, order: Order, cursor: str | None,
 @retry_fenced_writes
 def post_comment(thread_id: int, *, author: str, author_name: str, body: str,
                  parent_id: int | None) -> Comment:
-    with transaction.atomic(using=_shard()):
-        thread = Thread.objects.select_for_update().filter(id=thread_id).first()
-        if thread is None:
+    with causal.write_transaction(_shard()):
+        # The count first: the UPDATE finds the thread and locks its row (as SELECT FOR
+        # UPDATE did) in one statement; a missing thread updates nothing.
+        if not Thread.objects.filter(id=thread_id).update(comment_count=F("comment_count") + 1):
             raise NotFound(f"no thread {thread_id} on this site")
         parent = None
         if parent_id is not None:
@@ -174,12 +176,11 @@ def post_comment(thread_id: int, *, author: str, author_name: str, body: str,
             if parent.depth >= MAX_DEPTH:
                 raise Invalid(f"replies nest at most {MAX_DEPTH} levels deep")
         comment = Comment.objects.create(
-            thread=thread, parent=parent,
+            thread_id=thread_id, parent=parent,
             root_id=(parent.root_id or parent.id) if parent else None,
             depth=parent.depth + 1 if parent else 0,
             author=author, author_name=author_name, body=body,
         )
-        Thread.objects.filter(id=thread_id).update(comment_count=F("comment_count") + 1)
     _after_write(thread_id)
     return comment
 
@@ -195,7 +196,7 @@ def _own_comment(comment_id: int, user: str) -> Comment:
 
 @retry_fenced_writes
 def edit_comment(comment_id: int, *, user: str, body: str) -> Comment:
-    with transaction.atomic(using=_shard()):
+    with causal.write_transaction(_shard()):
         comment = _own_comment(comment_id, user)
         comment.body = body
         comment.edited_at = timezone.now()
@@ -206,7 +207,7 @@ def edit_comment(comment_id: int, *, user: str, body: str) -> Comment:
 
 @retry_fenced_writes
 def delete_comment(comment_id: int, *, user: str) -> None:
-    with transaction.atomic(using=_shard()):
+    with causal.write_transaction(_shard()):
         comment = _own_comment(comment_id, user)
         comment.deleted = True
         comment.save(update_fields=["deleted"])
@@ -218,7 +219,7 @@ def delete_comment(comment_id: int, *, user: str) -> None:
 def moderate_delete(comment_id: int) -> bool:
     """Soft-delete a comment of the current tenant for a moderator (no authorship check), as
     delete_comment does. False when it was deleted already: repeating the action is harmless."""
-    with transaction.atomic(using=_shard()):
+    with causal.write_transaction(_shard()):
         comment = Comment.objects.select_for_update().filter(id=comment_id).first()
         if comment is None:
             raise NotFound("no such comment on this site")
@@ -234,7 +235,7 @@ def moderate_delete(comment_id: int) -> bool:
 @retry_fenced_writes
 def vote(comment_id: int, *, user: str, value: int) -> tuple[int, int]:
     """Set the user's vote (1, -1, or 0 to remove); idempotent. Returns (value, new score)."""
-    with transaction.atomic(using=_shard()):
+    with causal.write_transaction(_shard()):
         comment = Comment.objects.select_for_update().filter(id=comment_id).first()
         if comment is None or comment.deleted:
             raise NotFound(f"no comment {comment_id} on this site")

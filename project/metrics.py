@@ -41,7 +41,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from django.db import connections
@@ -176,8 +178,25 @@ def _query_children(alias: str) -> tuple[Any, Any]:
     return DB_QUERIES.labels(*labels), DB_QUERY_SECONDS.labels(*labels)
 
 
+# Set while /metrics samples what it reports (e.g. the moves table): those queries are the
+# scrape's own cost, not the service's traffic, and counting them would make every reading of
+# shardsvc_db_queries_total change what it reads.
+_not_counted: ContextVar[bool] = ContextVar("shardsvc_queries_not_counted", default=False)
+
+
+@contextmanager
+def queries_not_counted() -> Iterator[None]:
+    token = _not_counted.set(True)
+    try:
+        yield
+    finally:
+        _not_counted.reset(token)
+
+
 def _count_query(execute: Callable[..., Any], sql: str, params: Any, many: bool,
                  context: dict[str, Any]) -> Any:
+    if _not_counted.get():
+        return execute(sql, params, many, context)
     counter, seconds = _query_children(context["connection"].alias)
     started = time.perf_counter()
     try:

@@ -260,6 +260,16 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
 ]
 
+# Left out of the stack that serves the JSON API (project/wsgi.py): it authenticates by header and
+# sets no cookie. The admin, and every other path, runs the whole MIDDLEWARE above.
+API_PATH_PREFIX = "/api/"
+BROWSER_ONLY_MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
 # Test hook: the test harness sets SHARDSVC_URLCONF=tests.urls, the service's URLconf plus
 # test-only diagnostics endpoints. Production leaves it unset.
 ROOT_URLCONF = os.environ.get("SHARDSVC_URLCONF", "project.urls")

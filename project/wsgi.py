@@ -1,9 +1,62 @@
-"""WSGI entry point for Gunicorn (see deploy/gunicorn.conf.py)."""
+"""WSGI entry point for Gunicorn (see deploy/gunicorn.conf.py): two middleware stacks by path.
+
+The JSON API (settings.API_PATH_PREFIX) authenticates every request by header and sets no cookie
+of Django's, so the middleware only browser pages need (settings.BROWSER_ONLY_MIDDLEWARE:
+session, CSRF, authentication, messages) would be work for nothing on each of its requests: it
+is served by a handler built without them. Every other path (the admin above all) gets the
+whole of settings.MIDDLEWARE. settings.MIDDLEWARE itself stays complete, so Django's system
+checks (the admin's dependencies, `check --deploy`'s CSRF and session-cookie warnings) see
+what the admin runs with.
+"""
+
+from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from django.core.wsgi import get_wsgi_application
+import django
+from django.conf import settings
+from django.core.handlers.wsgi import WSGIHandler
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
-application = get_wsgi_application()
+
+def api_middleware(every: list[str], browser_only: Iterable[str]) -> list[str]:
+    """The API's stack: settings.MIDDLEWARE in its order, less the browser-only entries."""
+    skipped = set(browser_only)
+    return [path for path in every if path not in skipped]
+
+
+class ApiHandler(WSGIHandler):
+    """Django's handler with the browser-only middleware left out of its chain."""
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        # Django builds the chain from settings.MIDDLEWARE alone; it is swapped only while this
+        # handler is built, once, at start-up, before any request is served.
+        every = settings.MIDDLEWARE
+        settings.MIDDLEWARE = api_middleware(every, settings.BROWSER_ONLY_MIDDLEWARE)
+        try:
+            super().load_middleware(is_async)
+        finally:
+            settings.MIDDLEWARE = every
+
+
+class PathHandlers:
+    """Hands each request to the API's handler or the full one, by its path."""
+
+    def __init__(self) -> None:
+        self.full = WSGIHandler()
+        self.api = ApiHandler()
+        self.prefix = settings.API_PATH_PREFIX
+
+    def handler_for(self, path: str) -> WSGIHandler:
+        return self.api if path.startswith(self.prefix) else self.full
+
+    def __call__(self, environ: dict[str, Any],
+                 start_response: Callable[..., Any]) -> Any:
+        return self.handler_for(environ.get("PATH_INFO", ""))(environ, start_response)
+
+
+django.setup(set_prefix=False)  # what get_wsgi_application does before building its handler
+application = PathHandlers()

@@ -8,11 +8,20 @@ never causes an error or a stale read: the request just reads from primaries.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from django.core import signing
-from django.db import DatabaseError, connections
+from django.db import DatabaseError, connections, transaction
 
 from routers.state import current_state
 from shards.lsn import INSERT_LSN_SQL
+
+# The commit and the position after it in one message (Django's cursors send a parameterless
+# query as one simple-protocol message, run statement by statement): one round trip, and behind
+# PgBouncer's transaction pooling one server connection, which it keeps until the whole
+# message is answered.
+COMMIT_AND_POSITION_SQL = "COMMIT; " + INSERT_LSN_SQL
 
 COOKIE = "shardsvc_causal"
 HEADER = "X-Causal-Token"
@@ -73,6 +82,29 @@ def position_after_writes(cluster: str) -> int | None:
     if state is not None and position is not None:
         state.remember_position(cluster, position)
     return position
+
+
+@contextmanager
+def write_transaction(cluster: str) -> Iterator[None]:
+    """`transaction.atomic` on `cluster`'s primary whose commit also reads the primary's WAL
+    position for the request's causal token (see `position_after_writes`): one round trip
+    instead of a COMMIT and a query after it.
+
+    Only for the outermost transaction (nested, it is a savepoint and behaves as atomic) and
+    only when the request wrote to `cluster`; the COMMIT is sent here, and Django's own commit
+    at the end of the block then finds no transaction open and sends nothing. An error of the
+    COMMIT (or anything before it) rolls back as atomic does.
+    """
+    connection = connections[cluster]
+    outermost = not connection.in_atomic_block
+    with transaction.atomic(using=cluster):
+        yield
+        state = current_state()
+        if outermost and state is not None and state.wrote_to(cluster):
+            with connection.cursor() as cursor:
+                cursor.execute(COMMIT_AND_POSITION_SQL)
+                cursor.nextset()  # past the COMMIT's result, to the position's
+                state.remember_position(cluster, int(cursor.fetchone()[0]))
 
 
 def primary_position(cluster: str) -> int | None:

@@ -7,9 +7,11 @@ control replica (the primary only for a slug the replica does not know yet). Eve
 through this module or a `Tenant.save()` is written through to Redis with its version, and Redis
 keeps the higher version, so a stale replica read can never overwrite a newer placement.
 
-Bound: a placement change made through Django is seen by every worker within DIRECTORY_LOCAL_TTL;
-one made with raw SQL within DIRECTORY_LOCAL_TTL + DIRECTORY_REDIS_TTL. Routing correctness does
-not depend on that bound: a tenant's old shard refuses its writes once it moves (fencing).
+Bound: a placement change made through Django is seen by every worker within DIRECTORY_LOCAL_TTL
+(plus the time one refill takes: while a worker refills an expired entry, its other requests
+for that tenant use the expired one); one made with raw SQL within DIRECTORY_LOCAL_TTL +
+DIRECTORY_REDIS_TTL. Routing correctness does not depend on that bound: a tenant's old shard
+refuses its writes once it moves (fencing).
 """
 
 from __future__ import annotations
@@ -102,24 +104,31 @@ class TenantDirectory:
     def lookup(self, key: str | int, *, fresh: bool = False) -> TenantEntry:
         """The tenant's entry; `fresh` skips this worker's cache (after a write hit a fence)."""
         parsed = parse_key(key)
-        # Taken before the fetch: an entry's age counts from when it was asked for.
-        now = self._local.clock()
-        if not fresh:
-            found, cached = self._local.lookup(parsed)
-            if found:
-                if cached is None:
-                    raise UnknownTenant(key)
-                return cached
-        entry = self._from_redis(parsed) or self._from_database(parsed)
-        self._remember(parsed, entry, now)
+        if fresh:
+            # Taken before the fetch: an entry's age counts from when it was asked for.
+            now = self._local.clock()
+            entry = self._fetch(parsed)
+            self._remember(parsed, entry, now)
+        else:
+            # One fill per key at a time in this worker; requests arriving meanwhile use the
+            # entry that just expired (fencing keeps a stale placement safe), so an expiry
+            # costs one Redis read, not one per request in flight.
+            entry = self._local.get_or_fill(
+                parsed, lambda: self._fetch(parsed), ttl_of=self._ttl_of,
+                stale_for=self.local_ttl)
         if entry is None:
             raise UnknownTenant(key)
         return entry
 
+    def _fetch(self, parsed: tuple[str, str | int]) -> TenantEntry | None:
+        return self._from_redis(parsed) or self._from_database(parsed)
+
+    def _ttl_of(self, entry: TenantEntry | None) -> float:
+        return self.local_ttl if entry is not None else self.negative_ttl
+
     def _remember(self, parsed: tuple[str, str | int], entry: TenantEntry | None,
                   now: float) -> None:
-        ttl = self.local_ttl if entry is not None else self.negative_ttl
-        self._local.put(parsed, entry, ttl=ttl, since=now)
+        self._local.put(parsed, entry, ttl=self._ttl_of(entry), since=now)
 
     def _from_redis(self, parsed: tuple[str, str | int]) -> TenantEntry | None:
         try:

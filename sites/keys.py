@@ -55,23 +55,25 @@ def owner_of_key(raw_key: str) -> KeyOwner | None:
     if not KEY_SHAPE.fullmatch(raw_key):
         return None  # can never be a key: no cache entry, no lookup
     key_hash = hash_key(raw_key)
-    local = _local.get()
-    now = local.clock()
-    found, owner = local.lookup(key_hash)
-    if not found or owner is None:
-        owner = cache.get(_cache_key(key_hash))
-        if owner is None:
-            # The primary, not a replica: a key made a moment ago must work at once, and
-            # the answer is cached right after.
-            row = Site.objects.using(CONTROL_ALIAS).filter(api_key_hash=key_hash)
-            found_row = row.values_list("tenant_id", "key_generation").first()
-            owner = (found_row[0], found_row[1]) if found_row else _NO_SITE
-            # add, not set: never overwrite what a rotation wrote meanwhile (see forget).
-            cache.add(_cache_key(key_hash), owner,
-                      timeout=runtime.conf().key_redis_seconds)
-        local.put(key_hash, owner, since=now)
-    tenant_id, generation = owner
+    # One fill per key at a time in this worker; the others wait for it rather than all asking
+    # Redis (and the database) at once. No stale answers: a rotated key must stop working
+    # within KEY_CACHE_SECONDS.
+    tenant_id, generation = _local.get().get_or_fill(key_hash, lambda: _fetch_owner(key_hash))
     return KeyOwner(tenant_id, generation) if tenant_id else None
+
+
+def _fetch_owner(key_hash: str) -> tuple[int, int]:
+    owner = cache.get(_cache_key(key_hash))
+    if owner is not None:
+        return owner  # what this module stored: (tenant id, generation)
+    # The primary, not a replica: a key made a moment ago must work at once, and the answer is
+    # cached right after.
+    row = Site.objects.using(CONTROL_ALIAS).filter(api_key_hash=key_hash)
+    found_row = row.values_list("tenant_id", "key_generation").first()
+    owner = (found_row[0], found_row[1]) if found_row else _NO_SITE
+    # add, not set: never overwrite what a rotation wrote meanwhile (see forget).
+    cache.add(_cache_key(key_hash), owner, timeout=runtime.conf().key_redis_seconds)
+    return owner
 
 
 def forget(sender: Any, instance: Site, **kwargs: Any) -> None:

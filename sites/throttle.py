@@ -27,10 +27,13 @@ from functools import wraps
 from typing import Any
 
 from django.conf import settings
+from django.core.cache import caches
 from django.http import HttpRequest, HttpResponse
+from django_ratelimit import core as ratelimit_core
 from django_ratelimit.core import get_usage
 
 from project.errors import error
+from shards import redisguard
 
 logger = logging.getLogger("shardsvc.throttle")
 
@@ -61,12 +64,80 @@ def _usage(request: HttpRequest, group: str, key: Key, rate: str | None, *,
     try:
         return get_usage(request, group=group, key=key, rate=rate, increment=increment)
     except Exception as exc:  # fail open: see the module docstring
-        global _last_warning
-        now = time.monotonic()
-        if now - _last_warning >= _WARN_EVERY:
-            _last_warning = now
-            logger.warning("throttle counters unavailable, not throttling: %s", exc)
+        _warn_unavailable(exc)
         return None
+
+
+def _warn_unavailable(exc: Exception) -> None:
+    global _last_warning
+    now = time.monotonic()
+    if now - _last_warning >= _WARN_EVERY:
+        _last_warning = now
+        logger.warning("throttle counters unavailable, not throttling: %s", exc)
+
+
+def _counter(group: str, value: str, rate: str) -> tuple[str, int, int, int]:
+    """(django-ratelimit's cache key for `value`'s counter in `group`, the limit, the end of
+    the current window, the period). The same key get_usage counts under, so the counters
+    read or counted here and there are one."""
+    limit, period = ratelimit_core._split_rate(rate)
+    window = ratelimit_core._get_window(value, period)
+    key = ratelimit_core._make_cache_key(group, window, rate, value, ratelimit_core.ALL)
+    return key, limit, window, period
+
+
+def _ratelimit_cache() -> Any:
+    return caches[getattr(settings, "RATELIMIT_USE_CACHE", "default")]
+
+
+def _enabled() -> bool:
+    return bool(getattr(settings, "RATELIMIT_ENABLE", True))
+
+
+def _peek_by_address(request: HttpRequest, group: str, rate: str | None) -> dict[str, Any] | None:
+    """The state of a per-address counter, read with one cache GET.
+
+    get_usage(increment=False) sends two commands (an ADD that plants a 0 for the address,
+    then a GET), and the failed-check counter is read on every authenticated request. This
+    reads the same counter (django-ratelimit's own key, window and address masking) with one;
+    an address that never failed has no key at all. A cache failure reads as no count (the
+    cache ignores its errors): fail open, as everywhere here.
+    """
+    if rate is None or not _enabled():
+        return None
+    key, limit, window, _ = _counter(group, ratelimit_core._get_ip(request), rate)
+    count = _ratelimit_cache().get(key) or 0
+    return {"count": count, "limit": limit, "should_limit": count > limit,
+            "time_left": window - int(time.time())}
+
+
+# One round trip for a count: the increment, and the expiry when it starts the window.
+_COUNT_IN_WINDOW = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return count
+"""
+
+
+def _count(group: str, value: str, rate: str | None) -> dict[str, Any] | None:
+    """Count one for `value` in `group` with one Redis call; the counter's state after it, or
+    None (limit off, or Redis unavailable: fail open).
+
+    get_usage(increment=True) sends an ADD and, once the counter exists, an EVAL of
+    django-redis's increment: two round trips on every write. Same key, same count, one."""
+    if rate is None or not _enabled():
+        return None
+    key, limit, window, period = _counter(group, value, rate)
+    cache = _ratelimit_cache()
+    try:
+        count = int(redisguard.client().eval(
+            _COUNT_IN_WINDOW, 1, cache.make_key(key),
+            period + ratelimit_core.EXPIRATION_FUDGE))
+    except Exception as exc:  # fail open: see the module docstring
+        _warn_unavailable(exc)
+        return None
+    return {"count": count, "limit": limit, "should_limit": count > limit,
+            "time_left": window - int(time.time())}
 
 
 def _full(usage: dict[str, Any] | None) -> bool:
@@ -81,7 +152,7 @@ def refuse_failing_client(request: HttpRequest) -> None:
     if getattr(request, _CHECKED, False):
         return  # one request may carry several credentials (key, then user token)
     rate = settings.THROTTLE_AUTH_FAILURES
-    usage = _usage(request, AUTH_FAILURES, "ip", rate, increment=False)
+    usage = _peek_by_address(request, AUTH_FAILURES, rate)
     if _full(usage):
         assert usage is not None
         raise Throttled(
@@ -100,8 +171,7 @@ def count_failed_check(request: HttpRequest) -> None:
 def count_write(request: HttpRequest, tenant_id: int, user_id: str) -> None:
     """Count one write by this end user of this site; raise Throttled past the limit."""
     rate = settings.THROTTLE_WRITES
-    usage = _usage(request, WRITES, lambda _group, _request: f"{tenant_id}:{user_id}", rate,
-                   increment=True)
+    usage = _count(WRITES, f"{tenant_id}:{user_id}", rate)
     if usage is not None and usage["should_limit"]:
         raise Throttled(
             f"too many writes by this user (limit {rate}); "

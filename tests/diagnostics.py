@@ -84,6 +84,14 @@ def thread(request: HttpRequest, tenant: str, thread_id: int) -> JsonResponse:
     return JsonResponse(body, status=200 if found else 404)
 
 
+def middleware(request: HttpRequest) -> JsonResponse:
+    """Which of the browser-only middleware (settings.BROWSER_ONLY_MIDDLEWARE) ran for this
+    request: each leaves its attribute on the request."""
+    return JsonResponse({"session": hasattr(request, "session"),
+                         "user": hasattr(request, "user"),
+                         "messages": hasattr(request, "_messages")})
+
+
 def where(request: HttpRequest, tenant: str) -> JsonResponse:
     """The current tenant's directory entry as this worker sees it."""
     entry = request_tenant()

@@ -275,6 +275,26 @@ def test_pages_are_cached_and_writes_show_at_once(site_a) -> None:
     assert [c["body"] for c in third.body["items"]] == ["two", "one"]  # the author sees it
 
 
+def test_a_cached_page_is_answered_as_the_endpoint_rendered_it(site_a, service) -> None:
+    thread = site_a.thread()
+    site_a.comment(thread, "rendered once")
+    first = site_a.call("GET", f"/threads/{thread}/comments")
+    second = site_a.call("GET", f"/threads/{thread}/comments")
+    assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("fill", "hit")
+    for answer in (first, second):
+        assert answer.headers["Content-Type"] == "application/json; charset=utf-8"
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert second.body == first.body
+    # Rendered by the schema (ninja's encoder: milliseconds and "Z"), not the raw page dict.
+    created = first.body["items"][0]["created_at"]
+    assert created.endswith("Z") and len(created) == len("2026-01-01T00:00:00.000Z"), created
+    # The endpoint's documented answer is still the page schema.
+    schema = get(f"{service.url}/api/openapi.json").body
+    ok = schema["paths"]["/api/sites/{site}/threads/{thread_id}/comments"]["get"]["responses"]
+    assert ok["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/CommentPageOut"}
+
+
 def test_concurrent_misses_fill_the_cache_once(site_a) -> None:
     thread = site_a.thread()
     for i in range(5):

@@ -14,6 +14,9 @@ urlpatterns = [
     path("_diag/session", diagnostics.session),
     path("_diag/spin", diagnostics.spin),
     path("_diag/replicas", diagnostics.replicas),
+    # The same view on both stacks (project/wsgi.py): the API's and the full one.
+    path("_diag/middleware", diagnostics.middleware),
+    path("api/_diag/middleware", diagnostics.middleware),
     # Under the production tenant path (settings.TENANT_PATH_PATTERN), so the tenant middleware
     # resolves these exactly as it resolves the API's. Django tries patterns in order: ahead of
     # the "api/" include, these are matched before django-ninja sees the path.
