@@ -49,6 +49,7 @@ from migrations_tools.plans import (
     executor_for,
     full_plan,
     migration_label,
+    recorded_keys,
     reload_graph,
     runs_here,
 )
@@ -202,10 +203,8 @@ def _record(executor: MigrationExecutor, migrations: list[Migration]) -> None:
         return
     recorder = executor.recorder
     recorder.ensure_schema()
-    # As MigrationExecutor.record_migration: a squashed migration records what it replaces.
     rows = [recorder.Migration(app=app_label, name=name)
-            for migration in migrations
-            for app_label, name in migration.replaces or [(migration.app_label, migration.name)]]
+            for app_label, name in recorded_keys(migrations)]
     with transaction.atomic(using=executor.connection.alias):
         recorder.migration_qs.bulk_create(rows)
     migrations.clear()
