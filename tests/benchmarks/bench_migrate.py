@@ -12,7 +12,8 @@ measures `manage.py migrate_shards` as a DBA runs it, in one run:
 Before each measurement every shard is emptied (DROP SCHEMA public CASCADE), so each run applies
 the same migrations from scratch; control stays migrated and is not part of the measured time.
 The time is the command's own "N shard(s) in X s" (the shard phase), median of --repeat runs;
-the command's wall time (Django start-up included) is shown next to it.
+the command's wall time (Django start-up included) is shown next to it. Last, the load average
+and the target: 8 shards with --jobs 8 in at most 2x the time of 1 shard, PASS/FAIL.
 """
 
 from __future__ import annotations
