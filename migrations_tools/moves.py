@@ -32,7 +32,7 @@ import psycopg
 from django.db import transaction
 from django.utils import timezone
 
-from migrations_tools import replication
+from migrations_tools import initial_copy, replication
 from migrations_tools.move_jobs import MoveError, MoveSettings
 from migrations_tools.move_progress import clamp_progress, progress_text
 from migrations_tools.move_verification import VerifySteps
@@ -143,15 +143,22 @@ class Mover(VerifySteps):
                       f"{self.job.source} to {self.job.target} ({', '.join(self.tables)})")
         replication.create_publication(self.source, self.name, self.tables, self.job.tenant_id)
         self._set(State.COPYING)
-        replication.create_subscription(self.target, self.name, self.source_dsn)
 
     def _wait_for_copy(self) -> None:
-        # A command that died between recording this state and creating the subscription
-        # resumes here: creating it is idempotent.
-        replication.create_subscription(self.target, self.name, self.source_dsn)
+        started = time.monotonic()
+        # A command that died before subscribing resumes here: the copy starts over.
+        if not replication.subscription_exists(self.target, self.name):
+            if initial_copy.supported(self.target):
+                self._copy_rows()
+                replication.create_subscription(self.target, self.name, self.source_dsn,
+                                                copy_data=False)
+            else:
+                self.progress("the target's direct user may not skip triggers: the "
+                              "subscription copies the rows (slower)")
+                self._copy_restart()
+                replication.create_subscription(self.target, self.name, self.source_dsn)
         deadline = time.monotonic() + self.settings.copy_timeout
         last_print = 0.0
-        started = time.monotonic()
         while not replication.initial_sync_done(self.target, self.name):
             if time.monotonic() > deadline:
                 raise MoveError("the initial copy did not finish within "
@@ -164,12 +171,37 @@ class Mover(VerifySteps):
                 self.progress(f"copied {progress_text(copied, total)}")
                 last_print = time.monotonic()
             time.sleep(self.settings.poll)
-        copied = tenant_rows(self.target, self.tables, self.job.tenant_id)
         seconds = time.monotonic() - started
+        copied = tenant_rows(self.target, self.tables, self.job.tenant_id)
         self._report(copy_seconds=round(seconds, 3),
                      copy_rows_per_second=round(copied / seconds) if seconds > 0 else None)
         copied, total = clamp_progress(copied, self.job.rows_total)
         self._set(State.CATCHING_UP, rows_copied=copied, rows_total=total)
+
+    def _copy_restart(self) -> None:
+        """What a copy cut short left: its slot (its snapshot died with the command) and rows."""
+        replication.drop_slots(self.source, self.name, None)
+        if tenant_rows(self.target, self.tables, self.job.tenant_id):
+            self.progress("removing the rows of an interrupted copy from the target")
+            delete_tenant_rows(self.target, self.tables, self.job.tenant_id,
+                               batch=self.settings.delete_batch, pause=0)
+
+    def _copy_rows(self) -> None:
+        self._copy_restart()
+        purpose = f"move {self.job.pk} copy"
+
+        def progress(finished: int) -> None:
+            copied = finished + initial_copy.rows_in_flight(self.target, purpose)
+            copied, total = clamp_progress(copied, self.job.rows_total)
+            self._set(rows_copied=copied, rows_total=total)
+            self.progress(f"copied {progress_text(copied, total)}")
+
+        try:
+            initial_copy.copy_tenant(self.source_dsn, self.target_dsn, self.name, self.tables,
+                                     self.job.tenant_id, purpose=purpose, on_progress=progress)
+        except psycopg.Error as exc:
+            raise MoveError(f"the initial copy failed ({exc}); rerun the same move_tenant to "
+                            "start the copy over, or roll it back with --abort") from exc
 
     def _lag(self) -> int:
         applied = replication.confirmed_lsn(self.source, self.name)
@@ -211,6 +243,13 @@ class Mover(VerifySteps):
         deadline = time.monotonic() + timeout
         if timeout >= self.settings.fence_lease / 2:
             raise MoveError("cutover_timeout must stay well below the fence lease")
+        # Connected before the fence: a new session's start-up (10-30 ms on a busy host)
+        # would otherwise lengthen the writers' pause. Its snapshot is taken after the fence.
+        snapshot = replication.connect(self.target_dsn, purpose=f"verify {self.job.pk}")
+        snapshot.autocommit = False
+        if self._target_snapshot is not None:  # an earlier attempt's
+            self._target_snapshot.close()
+        self._target_snapshot = snapshot
         with self.source.transaction():
             self.source.execute("SET LOCAL synchronous_commit = on")
             self.source.execute(
@@ -238,11 +277,8 @@ class Mover(VerifySteps):
             last_write = self._flush_source()
             self._wait_applied(last_write, deadline)
             # Snapshot of the target as the copy left it, for verification after the flip.
-            snapshot = replication.connect(self.target_dsn, purpose=f"verify {self.job.pk}")
-            snapshot.autocommit = False
             snapshot.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             flip_snapshot = current_snapshot(snapshot)
-            self._target_snapshot = snapshot
             min_lsn = insert_lsn(self.target)
             # From here on the fence must outlive any crash: writers with a stale placement
             # must never write to the source again. Checked to still be ours first.

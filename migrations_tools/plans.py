@@ -41,6 +41,13 @@ def migration_label(migration: Migration) -> str:
     return f"{migration.app_label}.{migration.name}"
 
 
+def recorded_keys(migrations: Sequence[Migration]) -> list[tuple[str, str]]:
+    """The django_migrations rows (app, name) that mark `migrations` applied, in order. As
+    MigrationExecutor.record_migration: a squashed migration records what it replaces."""
+    return [key for migration in migrations
+            for key in migration.replaces or [(migration.app_label, migration.name)]]
+
+
 def runs_here(alias: str, migration: Migration) -> bool:
     """Whether any of the migration's operations runs on `alias` (Django records every
     migration on every database, the others as no-ops). Asked per operation, with the model

@@ -39,17 +39,27 @@ def create_publication(source: psycopg.Connection[Any], name: str, tables: list[
         sql.Identifier(name), parts))
 
 
-def create_subscription(target: psycopg.Connection[Any], name: str, source_dsn: str) -> None:
-    exists = target.execute("SELECT 1 FROM pg_subscription WHERE subname = %s", [name]).fetchone()
-    if exists:
+def subscription_exists(target: psycopg.Connection[Any], name: str) -> bool:
+    return target.execute("SELECT 1 FROM pg_subscription WHERE subname = %s",
+                          [name]).fetchone() is not None
+
+
+def create_subscription(target: psycopg.Connection[Any], name: str, source_dsn: str, *,
+                        copy_data: bool = True) -> None:
+    """The move's subscription. With `copy_data` it creates its slot and copies the rows
+    itself; without, it streams from the slot `name` that the mover's own copy created
+    (see migrations_tools.initial_copy)."""
+    if subscription_exists(target, name):
         return
     # synchronous_commit=on: the slot's confirmed_flush_lsn then follows what is applied
     # closely (off, it trails by hundreds of milliseconds and lengthens the cutover).
+    flag = sql.SQL("true" if copy_data else "false")
     target.execute(sql.SQL(
         "CREATE SUBSCRIPTION {name} CONNECTION {dsn} PUBLICATION {name} "
-        "WITH (copy_data = true, create_slot = true, slot_name = {slot}, "
+        "WITH (copy_data = {flag}, create_slot = {flag}, slot_name = {slot}, "
         "synchronous_commit = 'on')"
-    ).format(name=sql.Identifier(name), dsn=sql.Literal(source_dsn), slot=sql.Literal(name)))
+    ).format(name=sql.Identifier(name), dsn=sql.Literal(source_dsn), slot=sql.Literal(name),
+             flag=flag))
 
 
 def initial_sync_done(target: psycopg.Connection[Any], name: str) -> bool:

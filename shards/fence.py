@@ -24,6 +24,7 @@ from shards.tenancy import current_tenant, tenant
 logger = logging.getLogger("shardsvc.fence")
 
 FENCE_SQLSTATE = "SV001"
+FENCE_RETRY_MAX_DELAY = 0.05  # seconds between a fenced writer's retries, at most
 T = TypeVar("T")
 
 INSTALL_SQL = f"""
@@ -96,7 +97,10 @@ def retry_fenced_writes(function: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args: Any, **kwargs: Any) -> T:
         budget = runtime.conf().fence_retry_seconds
         deadline = time.monotonic() + budget
-        delay = 0.01
+        # Short waits: a cutover pauses writes for tens of milliseconds, and a writer that
+        # slept past the flip adds its oversleep to the pause it sees. A retry costs the
+        # source one index probe, so even a writer stuck for the whole budget is cheap.
+        delay = 0.005
         entry = current_tenant()
         while True:
             try:
@@ -115,7 +119,7 @@ def retry_fenced_writes(function: Callable[..., T]) -> Callable[..., T]:
                 logger.info("write of %s fenced on %s; waiting for the move", entry.slug,
                             entry.shard)
                 time.sleep(delay)  # cooperative under gevent
-                delay = min(delay * 2, 0.2)
+                delay = min(delay * 1.5, FENCE_RETRY_MAX_DELAY)
                 entry = get_directory().lookup(entry.id, fresh=True)
 
     return wrapper

@@ -78,9 +78,11 @@ def after_migrate(sender: Any, using: str, **kwargs: Any) -> None:
             ensure_registered(name)
         return
     models = sharded_models()
-    for model in models:
-        set_replica_identity(using, model)
-    fence.install(using, [m._meta.db_table for m in models])
+    # One transaction, so one commit (a wait for the disk) rather than one per statement.
+    with transaction.atomic(using=using):
+        for model in models:
+            set_replica_identity(using, model)
+        fence.install(using, [m._meta.db_table for m in models])
 
 
 def sharded_models() -> list[Any]:

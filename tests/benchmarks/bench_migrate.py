@@ -12,7 +12,8 @@ measures `manage.py migrate_shards` as a DBA runs it, in one run:
 Before each measurement every shard is emptied (DROP SCHEMA public CASCADE), so each run applies
 the same migrations from scratch; control stays migrated and is not part of the measured time.
 The time is the command's own "N shard(s) in X s" (the shard phase), median of --repeat runs;
-the command's wall time (Django start-up included) is shown next to it.
+the command's wall time (Django start-up included) is shown next to it. Last, the load average
+and the target: 8 shards with --jobs 8 in at most 2x the time of 1 shard, PASS/FAIL.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import time
 from pathlib import Path
 
 from deploy.topology import LocalTopology
+from tests.benchmarks.perf_report import Target, loadavg_text, parse_loadavg
 from tests.conftest import make_topology
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -37,6 +39,7 @@ RESET_SQL = (
     "CREATE SCHEMA public AUTHORIZATION pg_database_owner; "
     "GRANT USAGE ON SCHEMA public TO PUBLIC"
 )
+RATIO_TARGET = 2.0  # 8 shards with --jobs 8 against 1 shard
 SHARD_PHASE = re.compile(r"and (\d+) shard\(s\) in ([\d.]+)s \(jobs (\d+)\)")
 
 
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"{SHARDS} shards, --jobs 1", ["--jobs", "1"]),
         (f"{SHARDS} shards, --jobs {SHARDS}", ["--jobs", str(SHARDS)]),
     ]
+    load_before = load_average()
     try:
         topo.up(service=False, migrate=False)
         migrate_shards(topo, "--shard", "shard_0")  # control, once; warms caches
@@ -87,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, extra in scenarios:  # interleaved: drift over time hits all alike
                 reset_shards(topo)
                 results[name].append(migrate_shards(topo, *extra))
+        load_after = load_average()
     finally:
         topo.destroy()
 
@@ -106,7 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ratio {SHARDS} shards --jobs {SHARDS} / 1 shard: {parallel / one:.2f}x "
           f"(--jobs 1: {sequential / one:.2f}x; speed-up of --jobs {SHARDS} over --jobs 1: "
           f"{sequential / parallel:.2f}x)")
+    print(f"load average at the start: {load_before}; at the end: {load_after}")
+    print(Target(f"{SHARDS} shards --jobs {SHARDS} / 1 shard (shard phase)", parallel / one, "x",
+                 at_most=RATIO_TARGET, note=f"{parallel:.2f}s / {one:.2f}s").line())
     return 0
+
+
+def load_average() -> str:
+    return loadavg_text(parse_loadavg(Path("/proc/loadavg").read_text()), os.cpu_count() or 0)
 
 
 if __name__ == "__main__":
