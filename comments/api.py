@@ -10,12 +10,12 @@ from ninja import Path, Query, Router
 from comments import service
 from comments.auth import EndUser, SiteKey, end_user, issue_user_token, site_of_request
 from comments.schemas import (
-    MAX_ID,
     CommentEdit,
     CommentIn,
     CommentOut,
     CommentPageOut,
     CountsOut,
+    IdIn,
     Order,
     ThreadIn,
     ThreadOut,
@@ -27,7 +27,7 @@ from comments.schemas import (
 from sites import throttle
 from sites.schemas import ErrorOut
 
-Id = Annotated[int, Path(ge=1, le=MAX_ID)]
+Id = Annotated[IdIn, Path()]
 # Declared by every handler so the schema documents the path parameter (django-ninja leaves out,
 # with a warning, one a handler does not take); its value is not read here: the routing
 # middleware has already resolved the site from the path (project.middleware.tenant_key).
@@ -63,7 +63,7 @@ def put_thread(request: HttpRequest, site: Site, payload: ThreadIn):
 @router.get("/threads/counts", response={200: CountsOut, **ERRORS})
 def thread_counts(
     request: HttpRequest, site: Site,
-    ids: Annotated[list[Annotated[int, Query(ge=1, le=MAX_ID)]], Query(max_length=100)],
+    ids: Annotated[list[IdIn], Query(max_length=100)],
 ):
     """Comment counts of up to 100 threads; unknown ids are left out."""
     return {"counts": service.comment_counts(ids)}

@@ -43,12 +43,13 @@ class SiteClient:
         return SiteClient(self.base, self.slug, self.key, self.shard, answer.body["token"],
                           self.causal_token)
 
-    def thread(self, url: str | None = None) -> int:
+    def thread(self, url: str | None = None) -> str:
+        """The id (a string, as the API writes every id) of the page's thread."""
         answer = self.call("PUT", "/threads", {"url": url or f"https://x.test/{uuid.uuid4()}"})
         assert answer.status in (200, 201), answer.body
         return answer.body["id"]
 
-    def comment(self, thread_id: int, body: str = "hello", parent_id: int | None = None) -> dict:
+    def comment(self, thread_id: str, body: str = "hello", parent_id: str | None = None) -> dict:
         payload: dict[str, Any] = {"body": body}
         if parent_id is not None:
             payload["parent_id"] = parent_id

@@ -178,7 +178,7 @@ def test_seed_demo_makes_skewed_consistent_data_the_api_serves(
     after = client.call("GET", f"/threads/{thread['id']}/comments?limit=5")
     assert after.status == 200
     assert after.headers.get("X-Cache") != "hit"
-    assert after.body["items"][0]["id"] > newest.body["items"][0]["id"]
+    assert int(after.body["items"][0]["id"]) > int(newest.body["items"][0]["id"])
 
 
 @pytest.mark.parametrize(("args", "message"), [
