@@ -8,7 +8,15 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Path, Query, Router
 
 from comments import service
-from comments.auth import EndUser, SiteKey, end_user, issue_user_token, site_of_request
+from comments.auth import (
+    EndUser,
+    SiteKey,
+    check_page_url,
+    end_user,
+    issue_user_token,
+    require_secret_key,
+    site_of_request,
+)
 from comments.schemas import (
     CommentEdit,
     CommentIn,
@@ -50,12 +58,14 @@ def writer(request: HttpRequest) -> EndUser:
 @router.post("/users/token", response={200: UserTokenOut, **BODY_ERRORS})
 def user_token(request: HttpRequest, site: Site, payload: UserTokenIn):
     """Sign an end-user identity for this site (call from the site's backend)."""
+    require_secret_key(request, "signing a user token")
     return {"token": issue_user_token(request, payload.user_id, payload.name)}
 
 
 @router.put("/threads", response={200: ThreadOut, 201: ThreadOut, 409: ErrorOut, **BODY_ERRORS})
 def put_thread(request: HttpRequest, site: Site, payload: ThreadIn):
     """Get or create the thread of a page URL."""
+    check_page_url(request, payload.url)
     thread, created = service.get_or_create_thread(payload.url, payload.title)
     return (201 if created else 200), thread
 

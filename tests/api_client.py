@@ -20,6 +20,8 @@ class SiteClient:
     user_token: str = ""
     # Like a browser's cookie: the latest causal token, sent back so we read our own writes.
     causal_token: str = ""
+    # The publishable key, for calls as the site's web pages make them (with an Origin).
+    public_key: str = ""
 
     @property
     def root(self) -> str:
@@ -41,7 +43,7 @@ class SiteClient:
         answer = self.call("POST", "/users/token", {"user_id": user_id, "name": name})
         assert answer.status == 200, answer.body
         return SiteClient(self.base, self.slug, self.key, self.shard, answer.body["token"],
-                          self.causal_token)
+                          self.causal_token, self.public_key)
 
     def thread(self, url: str | None = None) -> str:
         """The id (a string, as the API writes every id) of the page's thread."""
@@ -76,4 +78,5 @@ def create_site(service: ServiceProcess, topology: LocalTopology, *, prefix: str
     answer = request("POST", f"{service.url}/api/ops/sites", body=body,
                      headers={"X-Ops-Token": topology.ops_token()})
     assert answer.status == 201, answer.body
-    return SiteClient(f"{service.url}/api", slug, answer.body["api_key"], answer.body["shard"])
+    return SiteClient(f"{service.url}/api", slug, answer.body["api_key"], answer.body["shard"],
+                      public_key=answer.body["public_key"])
