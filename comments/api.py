@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from django.http import HttpRequest, HttpResponse
+from django.db import connections
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from ninja import Path, Query, Router
 
-from comments import service
+from comments import live, live_hub, service
 from comments.auth import (
     EndUser,
+    PublicKeyQuery,
     SiteKey,
     check_page_url,
     end_user,
@@ -125,3 +127,26 @@ def vote(request: HttpRequest, site: Site, comment_id: Id, payload: VoteIn):
     """Vote a comment up (1) or down (-1), or take the vote back (0). Idempotent."""
     value, score = service.vote(comment_id, user=writer(request).id, value=payload.value)
     return {"comment_id": comment_id, "value": value, "score": score}
+
+
+@router.get("/threads/{thread_id}/events", auth=[SiteKey(), PublicKeyQuery()],
+            response={200: None, **ERRORS})
+def thread_events(
+    request: HttpRequest, site: Site, thread_id: Id,
+    since: Annotated[str | None, Query(pattern=live.EVENT_ID.pattern, description=(
+        "replay the events after this id (EventSource sends Last-Event-ID by itself)"))] = None,
+):
+    """Live events of a thread (text/event-stream): comments created, edited, deleted, voted."""
+    service.get_thread(thread_id)  # another site's thread is a 404, as everywhere
+    last = request.headers.get("Last-Event-ID") or since
+    if last is not None and not live.EVENT_ID.fullmatch(last):
+        raise service.Invalid("Last-Event-ID is not an event id of this stream")
+    # The stream may stay open for minutes: give the database connections back now.
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+    response = StreamingHttpResponse(
+        live_hub.event_stream(site_of_request().id, thread_id, last),
+        content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache, no-store"
+    response["X-Accel-Buffering"] = "no"  # nginx passes each event on at once
+    return response

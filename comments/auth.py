@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from django.core import signing
 from django.http import HttpRequest
 from ninja.errors import HttpError
-from ninja.security import APIKeyHeader
+from ninja.security import APIKeyHeader, APIKeyQuery
 
 from routers.state import request_tenant
 from shards.directory import TenantEntry
@@ -62,6 +62,20 @@ class SiteKey(APIKeyHeader):
             raise HttpError(404, "no such resource on this site")
         throttle.count_failed_check(request)
         return None
+
+
+class PublicKeyQuery(APIKeyQuery):
+    """The publishable key in the query (?key=pk_...), for EventSource, which cannot send
+    headers. Publishable keys only: a secret key in a URL would end up in access logs."""
+
+    param_name = "key"
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> TenantEntry | None:
+        entry = request_tenant()
+        if entry is None or not key or not key.startswith(PUBLIC_KEY_PREFIX):
+            return None
+        throttle.refuse_failing_client(request)
+        return _publishable(request, entry, key)
 
 
 def _publishable(request: HttpRequest, entry: TenantEntry, key: str) -> TenantEntry | None:
