@@ -34,6 +34,7 @@ from comments.schemas import (
     VoteIn,
     VoteOut,
 )
+from routers.context import use_primary
 from sites import throttle
 from sites.schemas import ErrorOut
 
@@ -137,7 +138,13 @@ def thread_events(
         "replay the events after this id (EventSource sends Last-Event-ID by itself)"))] = None,
 ):
     """Live events of a thread (text/event-stream): comments created, edited, deleted, voted."""
-    service.get_thread(thread_id)  # another site's thread is a 404, as everywhere
+    try:
+        service.get_thread(thread_id)  # another site's thread is a 404, as everywhere
+    except service.NotFound:
+        # EventSource cannot send the causal token: a thread made a moment ago may not have
+        # reached the replica yet. Ask the primary before saying 404.
+        with use_primary():
+            service.get_thread(thread_id)
     last = request.headers.get("Last-Event-ID") or since
     if last is not None and not live.EVENT_ID.fullmatch(last):
         raise service.Invalid("Last-Event-ID is not an event id of this stream")
