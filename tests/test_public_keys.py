@@ -119,7 +119,7 @@ def test_a_publishable_key_of_another_site_finds_nothing(service, topology, site
     assert answer.status == 404
 
 
-def test_new_origins_apply_at_once_to_cors(service, topology) -> None:
+def test_new_origins_reach_cors_within_the_key_cache_time(service, topology) -> None:
     made = create_site(service, topology, prefix="pub-late")
     late = "http://late.localhost:9000"
     preflight = {"Origin": late, "Access-Control-Request-Method": "GET"}

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from deploy.demo import demo_dir, demo_port, page_html
 from deploy.topology import LocalTopology
@@ -23,7 +24,6 @@ from tests.client import request
 # (closing connections) must still be allowed here.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
-expect = pytest.importorskip("playwright.sync_api").expect
 LIVE = 2000  # ms: the bound for a change to reach another open page
 HOSTILE = '<b>bold</b><script>window.__owned = 1</script><img src=x onerror="window.__owned = 2">'
 
@@ -85,7 +85,7 @@ def test_post_reply_vote_edit_delete_live_on_another_page(browser, topology, wid
     bob_page, bob = open_widget(browser, write_page(topology, widget_site, user="bob",
                                                     page=post_url))
     for widget in (ann, bob):
-        expect(widget).to_have_attribute("data-live", "open")
+        expect(widget).to_have_attribute("data-live-state", "open")
 
     # Ann posts, with the keyboard: the field is found by its label, the button by Tab.
     ann.get_by_label("Add a comment").fill("First from Ann")

@@ -268,6 +268,7 @@
       var reply = el("button", { type: "button", className: "shardsvc-reply" }, "Reply");
       reply.addEventListener("click", function () { self.toggleReply(node, reply); });
       actions.append(up, score, down, reply);
+      node.votes = [up, down];
       if (this.userId && comment.author === this.userId) {
         var edit = el("button", { type: "button", className: "shardsvc-edit" }, "Edit");
         var remove = el("button", { type: "button", className: "shardsvc-delete" }, "Delete");
@@ -280,6 +281,7 @@
       actions.append(score);
     }
     (comment.replies || []).forEach(function (child) { replies.appendChild(self.render(child)); });
+    this.fill(node);  // again, now that its buttons exist (a deleted comment has none to use)
     return li;
   };
 
@@ -293,6 +295,7 @@
       node.meta.append(" ", el("span", { className: "shardsvc-edited" }, "(edited)"));
     }
     if (c.deleted && node.own) node.own.forEach(function (b) { b.remove(); });
+    if (c.deleted && node.votes) node.votes.forEach(function (b) { b.disabled = true; });
   };
 
   Widget.prototype.vote = function (node, value, up, down) {
@@ -380,8 +383,10 @@
     var source = new EventSource(url);
     this.source = source;
     source.addEventListener("comment", function (event) { self.onEvent(JSON.parse(event.data)); });
-    source.addEventListener("open", function () { self.root.dataset.live = "open"; });
-    source.addEventListener("error", function () { self.root.dataset.live = "reconnecting"; });
+    source.addEventListener("open", function () { self.root.dataset.liveState = "open"; });
+    source.addEventListener("error", function () {
+      self.root.dataset.liveState = "reconnecting";
+    });
   };
 
   Widget.prototype.onEvent = function (event) {
