@@ -1,6 +1,6 @@
 """The demo site: an example page of "a customer's site" with the comments widget on it.
 
-nginx serves it from `<topology folder>/demo` on its own port (base port + 9), so the page is
+nginx serves it from `<topology folder>/demo` on its own port (base port + 35), so the page is
 of another origin than the API (base port + 3), as a real customer's page would be. `demo`
 (`python -m deploy.topology demo`, run by `bash deploy/setup.sh`) creates the site through the
 ops API, allows the demo origins for its publishable key, signs a demo user through the site
@@ -20,11 +20,14 @@ from deploy.layout import LocalLayout
 from deploy.processes import TopologyError
 
 DEMO_SLUG = "demo"
+# Above the ports the tests' extra services take (base + 3 to + 9) and the databases' (base + 10
+# on, three per shard with two replicas), within the 40 ports a test topology claims.
+DEMO_PORT_OFFSET = 35
 DEMO_USER = ("demo-user", "Demo User")
 
 
 def demo_port(layout: LocalLayout) -> int:
-    return layout.base_port + 9
+    return layout.base_port + DEMO_PORT_OFFSET
 
 
 def demo_dir(layout: LocalLayout) -> Path:
@@ -100,7 +103,7 @@ def ensure_demo(layout: LocalLayout, *, edge_url: str, ops_token: str,
     """Create (once) the demo site and (each time) its page; returns the page's address."""
     folder = demo_dir(layout)
     folder.mkdir(parents=True, exist_ok=True)
-    saved = folder / "site.json"  # keys of the demo site, kept private to this folder
+    saved = layout.root / "demo-site.json"  # the demo site's keys: outside what nginx serves
     if saved.exists():
         site = json.loads(saved.read_text())
     else:

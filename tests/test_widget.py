@@ -14,15 +14,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from deploy.demo import demo_dir, demo_port, page_html
+from deploy.demo import demo_dir, demo_port, ensure_demo, page_html
 from deploy.topology import LocalTopology
 from tests.api_client import SiteClient, create_site
 from tests.browser import chromium
 from tests.client import request
-
-# Playwright's sync API runs an event loop in this thread; the harness's Django teardown
-# (closing connections) must still be allowed here.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 LIVE = 2000  # ms: the issue's bound for a change to reach another open page
 HOSTILE = '<b>bold</b><script>window.__owned = 1</script><img src=x onerror="window.__owned = 2">'
@@ -30,8 +26,19 @@ HOSTILE = '<b>bold</b><script>window.__owned = 1</script><img src=x onerror="win
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    with chromium() as launched:
-        yield launched
+    # Playwright's sync API keeps an event loop in this thread: the harness's Django teardown
+    # (closing connections after each test) must still be allowed meanwhile. Only meanwhile:
+    # processes started later (manage.py check --deploy) must not inherit it.
+    before = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with chromium() as launched:
+            yield launched
+    finally:
+        if before is None:
+            os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+        else:
+            os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = before
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +73,15 @@ def open_widget(browser, url: str):
     return page, widget
 
 
+def screenshot(page, tmp_path: Path) -> Path:
+    """The page as the user sees it at the end of the test, kept as the test's artefact."""
+    shot = tmp_path / "widget.png"
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"[artefact] screenshot: {shot}")
+    assert shot.stat().st_size > 0
+    return shot
+
+
 def comment(widget, body: str):
     """The comment whose own body (not a reply's) holds `body`."""
     return widget.locator(".shardsvc-comment").filter(
@@ -77,7 +93,7 @@ def own(comment_item):
     return comment_item.locator(":scope > article")
 
 
-def test_post_reply_vote_edit_delete_live_on_another_page(browser, topology, widget_site,
+def test_post_reply_vote_edit_delete_live_on_another_page(widget_site, topology, browser,
                                                           tmp_path: Path) -> None:
     post_url = f"http://demo.localhost:{demo_port(topology.layout)}/posts/{uuid.uuid4().hex}"
     ann_page, ann = open_widget(browser, write_page(topology, widget_site, user="ann",
@@ -132,15 +148,12 @@ def test_post_reply_vote_edit_delete_live_on_another_page(browser, topology, wid
     assert bob.locator(f'[data-comment-id="{reply_id}"]').count() == 1
     assert listed[0]["replies"][0]["score"] == 1
 
-    shot = tmp_path / "widget.png"
-    ann_page.screenshot(path=str(shot), full_page=True)
-    print(f"[artefact] screenshot: {shot}")
-    assert shot.stat().st_size > 0
+    screenshot(ann_page, tmp_path)
     ann_page.context.close()
     bob_page.context.close()
 
 
-def test_bodies_stay_text(browser, topology, widget_site) -> None:
+def test_bodies_stay_text(widget_site, topology, browser, tmp_path: Path) -> None:
     page, widget = open_widget(browser, write_page(topology, widget_site, user="mallory"))
     widget.get_by_label("Add a comment").fill(HOSTILE)
     widget.get_by_role("button", name="Post comment").click()
@@ -152,10 +165,12 @@ def test_bodies_stay_text(browser, topology, widget_site) -> None:
     page.reload()
     expect(page.locator(".shardsvc-body").first).to_have_text(HOSTILE)
     assert page.evaluate("window.__owned") is None
+    screenshot(page, tmp_path)
     page.context.close()
 
 
-def test_a_page_of_an_origin_not_allowed_is_refused(browser, topology, widget_site) -> None:
+def test_a_page_of_an_origin_not_allowed_is_refused(widget_site, topology, browser,
+                                                    tmp_path: Path) -> None:
     context = browser.new_context()
     page = context.new_page()
     answers: list[int] = []
@@ -166,10 +181,12 @@ def test_a_page_of_an_origin_not_allowed_is_refused(browser, topology, widget_si
     expect(widget.locator(".shardsvc-comment")).to_have_count(0)
     # The browser got no CORS answer, so the page read nothing; the API itself said 403.
     assert 200 not in answers and 201 not in answers
+    screenshot(page, tmp_path)
     context.close()
 
 
-def test_throttled_and_unavailable_answers_are_explained(browser, topology, widget_site) -> None:
+def test_throttled_and_unavailable_answers_are_explained(widget_site, topology, browser,
+                                                         tmp_path: Path) -> None:
     page, widget = open_widget(browser, write_page(topology, widget_site, user="tim"))
     origin = f"http://demo.localhost:{demo_port(topology.layout)}"
     cors = {"Access-Control-Allow-Origin": origin,
@@ -187,4 +204,43 @@ def test_throttled_and_unavailable_answers_are_explained(browser, topology, widg
         body='{"error": "shard_unavailable", "message": "down"}'))
     widget.get_by_label("Sort by").select_option("oldest")
     expect(widget.get_by_role("alert")).to_contain_text("briefly unavailable")
+    screenshot(page, tmp_path)
+    page.context.close()
+
+
+def test_the_demo_page_shows_the_widget_signed_in(widget_site, topology, browser,
+                                                  tmp_path: Path) -> None:
+    url = ensure_demo(topology.layout, edge_url=topology.edge_url,
+                      ops_token=topology.ops_token(), static_root=topology.static_root)
+    assert url == f"http://localhost:{demo_port(topology.layout)}/"
+    page, widget = open_widget(browser, url)
+    expect(widget.get_by_label("Add a comment")).to_be_visible()
+    # The script came from the edge under its hashed name, cacheable for good.
+    script = page.locator("script[src*='/static/shardsvc/widget.']").get_attribute("src")
+    answer = request("GET", script)
+    assert answer.status == 200
+    assert "immutable" in answer.headers.get("Cache-Control", "")
+    screenshot(page, tmp_path)
+    page.context.close()
+
+
+def test_load_more_and_order(widget_site, topology, browser, tmp_path: Path) -> None:
+    post_url = f"http://demo.localhost:{demo_port(topology.layout)}/posts/{uuid.uuid4().hex}"
+    writer = widget_site.as_user("writer", "Writer")
+    thread = writer.thread(post_url)
+    for i in range(25):
+        writer.comment(thread, f"number {i:02d}")
+    page, widget = open_widget(browser, write_page(topology, widget_site, page=post_url))
+    bodies = widget.locator(".shardsvc-list > .shardsvc-comment .shardsvc-body")
+    expect(bodies).to_have_count(20)
+    expect(bodies.first).to_have_text("number 24")
+    expect(widget.get_by_text("Sign in to comment.")).to_be_visible()  # no user: read-only
+    widget.get_by_role("button", name="Load more comments").click()
+    expect(bodies).to_have_count(25)
+    expect(bodies.last).to_have_text("number 00")
+    expect(widget.get_by_role("button", name="Load more comments")).to_be_hidden()
+    widget.get_by_label("Sort by").select_option("oldest")
+    expect(bodies.first).to_have_text("number 00")
+    expect(bodies).to_have_count(20)
+    screenshot(page, tmp_path)
     page.context.close()
