@@ -213,8 +213,14 @@ def test_the_demo_page_shows_the_widget_signed_in(widget_site, topology, browser
     url = ensure_demo(topology.layout, edge_url=topology.edge_url,
                       ops_token=topology.ops_token(), static_root=topology.static_root)
     assert url == f"http://localhost:{demo_port(topology.layout)}/"
-    page, widget = open_widget(browser, url)
-    expect(widget.get_by_label("Add a comment")).to_be_visible()
+    page = browser.new_context().new_page()
+    page.goto(url)
+    widget = page.locator("[data-shardsvc-comments]")
+    # At once, as a quick user would: posting waits until the page's thread is known.
+    widget.get_by_label("Add a comment").fill("Hello from the demo")
+    widget.get_by_role("button", name="Post comment").click()
+    expect(comment(widget, "Hello from the demo")).to_be_visible()
+    expect(widget.locator(".shardsvc-error")).to_be_empty()
     # The script came from the edge under its hashed name, cacheable for good.
     script = page.locator("script[src*='/static/shardsvc/widget.']").get_attribute("src")
     answer = request("GET", script)

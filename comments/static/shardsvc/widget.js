@@ -156,6 +156,9 @@
       .then(function (thread) {
         self.threadId = thread.id;
         self.root.dataset.threadId = thread.id;
+        self.root.querySelectorAll(".shardsvc-compose button").forEach(function (b) {
+          b.disabled = false;
+        });
         self.heading.textContent = "Comments (" + thread.comment_count + ")";
         self.count = thread.comment_count;
         return self.loadPage();
@@ -201,6 +204,8 @@
     var label = el("label", { "for": id }, parentId ? "Your reply" : "Add a comment");
     var area = el("textarea", { id: id, rows: "3", maxlength: "10000", required: "" });
     var button = el("button", { type: "submit" }, parentId ? "Post reply" : "Post comment");
+    // The page's thread is looked up first: posting waits for it.
+    if (!this.threadId) button.disabled = true;
     form.append(label, area, button);
     form.addEventListener("submit", function (event) {
       event.preventDefault();
