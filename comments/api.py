@@ -4,18 +4,28 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from django.http import HttpRequest, HttpResponse
+from django.db import connections
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from ninja import Path, Query, Router
 
-from comments import service
-from comments.auth import EndUser, SiteKey, end_user, issue_user_token, site_of_request
+from comments import live, live_hub, service
+from comments.auth import (
+    EndUser,
+    PublicKeyQuery,
+    SiteKey,
+    check_page_url,
+    end_user,
+    issue_user_token,
+    require_secret_key,
+    site_of_request,
+)
 from comments.schemas import (
-    MAX_ID,
     CommentEdit,
     CommentIn,
     CommentOut,
     CommentPageOut,
     CountsOut,
+    IdIn,
     Order,
     ThreadIn,
     ThreadOut,
@@ -24,10 +34,11 @@ from comments.schemas import (
     VoteIn,
     VoteOut,
 )
+from routers.context import use_primary
 from sites import throttle
 from sites.schemas import ErrorOut
 
-Id = Annotated[int, Path(ge=1, le=MAX_ID)]
+Id = Annotated[IdIn, Path()]
 # Declared by every handler so the schema documents the path parameter (django-ninja leaves out,
 # with a warning, one a handler does not take); its value is not read here: the routing
 # middleware has already resolved the site from the path (project.middleware.tenant_key).
@@ -53,12 +64,14 @@ def writer(request: HttpRequest) -> EndUser:
 @router.post("/users/token", response={200: UserTokenOut, **BODY_ERRORS})
 def user_token(request: HttpRequest, site: Site, payload: UserTokenIn):
     """Sign an end-user identity for this site (call from the site's backend)."""
+    require_secret_key(request, "signing a user token")
     return {"token": issue_user_token(request, payload.user_id, payload.name)}
 
 
 @router.put("/threads", response={200: ThreadOut, 201: ThreadOut, 409: ErrorOut, **BODY_ERRORS})
 def put_thread(request: HttpRequest, site: Site, payload: ThreadIn):
     """Get or create the thread of a page URL."""
+    check_page_url(request, payload.url)
     thread, created = service.get_or_create_thread(payload.url, payload.title)
     return (201 if created else 200), thread
 
@@ -66,7 +79,7 @@ def put_thread(request: HttpRequest, site: Site, payload: ThreadIn):
 @router.get("/threads/counts", response={200: CountsOut, **ERRORS})
 def thread_counts(
     request: HttpRequest, site: Site,
-    ids: Annotated[list[Annotated[int, Query(ge=1, le=MAX_ID)]], Query(max_length=100)],
+    ids: Annotated[list[IdIn], Query(max_length=100)],
 ):
     """Comment counts of up to 100 threads; unknown ids are left out."""
     return {"counts": service.comment_counts(ids)}
@@ -121,3 +134,32 @@ def vote(request: HttpRequest, site: Site, comment_id: Id, payload: VoteIn):
     """Vote a comment up (1) or down (-1), or take the vote back (0). Idempotent."""
     value, score = service.vote(comment_id, user=writer(request).id, value=payload.value)
     return {"comment_id": comment_id, "value": value, "score": score}
+
+
+@router.get("/threads/{thread_id}/events", auth=[SiteKey(), PublicKeyQuery()],
+            response={200: None, **ERRORS})
+def thread_events(
+    request: HttpRequest, site: Site, thread_id: Id,
+    since: Annotated[str | None, Query(pattern=live.EVENT_ID.pattern, description=(
+        "replay the events after this id (EventSource sends Last-Event-ID by itself)"))] = None,
+):
+    """Live events of a thread (text/event-stream): comments created, edited, deleted, voted."""
+    try:
+        service.get_thread(thread_id)  # another site's thread is a 404, as everywhere
+    except service.NotFound:
+        # EventSource cannot send the causal token: a thread made a moment ago may not have
+        # reached the replica yet. Ask the primary before saying 404.
+        with use_primary():
+            service.get_thread(thread_id)
+    last = request.headers.get("Last-Event-ID") or since
+    if last is not None and not live.EVENT_ID.fullmatch(last):
+        raise service.Invalid("Last-Event-ID is not an event id of this stream")
+    # The stream may stay open for minutes: give the database connections back now.
+    for connection in connections.all(initialized_only=True):
+        connection.close()
+    response = StreamingHttpResponse(
+        live_hub.event_stream(site_of_request().id, thread_id, last),
+        content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache, no-store"
+    response["X-Accel-Buffering"] = "no"  # nginx passes each event on at once
+    return response

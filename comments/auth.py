@@ -4,6 +4,12 @@ End-user identities are issued by the service (`POST /users/token`, called by th
 with its API key) and signed with the service's secret, bound to the site: a token of one site is
 worthless on another. A token also carries the generation of the site's key it was issued under
 (`g`): rotating the key revokes every token issued before.
+
+A site has two keys. The secret key (`sk_...`) is for its backend: it may do everything,
+including signing user tokens for any user id, so it is refused from any web page (a request
+with an `Origin` header). The publishable key (`pk_...`, sites/public_keys.py) is for its pages:
+it works only from the site's allowed origins and only for what a page needs (reading, and
+writing as the end user named by a token the backend signed).
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ from dataclasses import dataclass
 from django.core import signing
 from django.http import HttpRequest
 from ninja.errors import HttpError
-from ninja.security import APIKeyHeader
+from ninja.security import APIKeyHeader, APIKeyQuery
 
 from routers.state import request_tenant
 from shards.directory import TenantEntry
 from sites import throttle
 from sites.keys import owner_of_key
+from sites.models import PUBLIC_KEY_PREFIX
+from sites.public_keys import PublicKeyOwner, normalize_origin, owner_of_public_key
 
 USER_HEADER = "X-User-Token"
 _SALT = "shardsvc.user"
@@ -35,8 +43,17 @@ class SiteKey(APIKeyHeader):
         if entry is None or not key:
             return None
         throttle.refuse_failing_client(request)  # before the lookup: refused guesses cost none
+        if key.startswith(PUBLIC_KEY_PREFIX):
+            return _publishable(request, entry, key)
         owner = owner_of_key(key) if len(key) <= 200 else None
         if owner is not None and owner.tenant_id == entry.id:
+            if "origin" in request.headers:
+                # Browsers add Origin to every cross-origin call (and same-origin writes); a
+                # backend does not. A secret key in a page can sign tokens for any user.
+                raise HttpError(403, "a secret API key (sk_...) must never be used from a web "
+                                     "page: this request carries an Origin header. Use the "
+                                     "site's publishable key (pk_...) in pages, and keep the "
+                                     "secret key on the site's backend")
             request.key_generation = owner.generation  # type: ignore[attr-defined]
             return entry
         if owner is not None:
@@ -45,6 +62,73 @@ class SiteKey(APIKeyHeader):
             raise HttpError(404, "no such resource on this site")
         throttle.count_failed_check(request)
         return None
+
+
+class PublicKeyQuery(APIKeyQuery):
+    """The publishable key in the query (?key=pk_...), for EventSource, which cannot send
+    headers. Publishable keys only: a secret key in a URL would end up in access logs."""
+
+    param_name = "key"
+
+    def authenticate(self, request: HttpRequest, key: str | None) -> TenantEntry | None:
+        entry = request_tenant()
+        if entry is None or not key or not key.startswith(PUBLIC_KEY_PREFIX):
+            return None
+        throttle.refuse_failing_client(request)
+        return _publishable(request, entry, key)
+
+
+def _publishable(request: HttpRequest, entry: TenantEntry, key: str) -> TenantEntry | None:
+    owner = owner_of_public_key(key) if len(key) <= 200 else None
+    if owner is None:
+        throttle.count_failed_check(request)
+        return None
+    if owner.tenant_id != entry.id:
+        raise HttpError(404, "no such resource on this site")
+    origin = request.headers.get("origin", "")
+    try:
+        allowed = normalize_origin(origin) in owner.origins
+    except ValueError:
+        allowed = False
+    if not allowed:
+        raise HttpError(403, "this publishable key works only from a web page of one of the "
+                             f"site's allowed origins, and {origin[:100] or 'no Origin'!r} is "
+                             "not one (the site's operator sets them: "
+                             "PUT /api/ops/sites/<site>/origins)")
+    request.key_generation = owner.generation  # type: ignore[attr-defined]
+    request.public_key = owner  # type: ignore[attr-defined]
+    return entry
+
+
+def public_key_of(request: HttpRequest) -> PublicKeyOwner | None:
+    """The publishable key the request was authenticated with; None for the secret key."""
+    return getattr(request, "public_key", None)
+
+
+def require_secret_key(request: HttpRequest, action: str) -> None:
+    if public_key_of(request) is not None:
+        raise HttpError(403, f"{action} needs the site's secret API key, from its backend; "
+                             "a publishable key cannot do it")
+
+
+def check_page_url(request: HttpRequest, url: str) -> None:
+    """With a publishable key, threads are made only for pages of the site's own origins: a
+    key copied from a page cannot fill the site with threads of anyone's URLs."""
+    owner = public_key_of(request)
+    if owner is None:
+        return
+    try:
+        origin = normalize_origin(_origin_of(url))
+    except ValueError:
+        origin = ""
+    if origin not in owner.origins:
+        raise HttpError(403, "with a publishable key, a thread's URL must be a page of one of "
+                             "the site's allowed origins")
+
+
+def _origin_of(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0].split('?', 1)[0].split('#', 1)[0]}"
 
 
 def site_of_request() -> TenantEntry:

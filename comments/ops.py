@@ -17,7 +17,7 @@ from ninja import Path, Query, Router, Schema
 
 from comments import service
 from comments.models import Comment
-from comments.schemas import MAX_ID
+from comments.schemas import IdIn, IdOut
 from routers.scatter import ShardFailure
 from routers.scatter_queries import aggregate, query_page
 from shards.errors import MalformedTenantKey, UnknownTenant
@@ -54,11 +54,11 @@ ERRORS = {400: ErrorOut, 401: ErrorOut, 404: ErrorOut, 422: ErrorOut, 429: Error
 
 
 class OpsCommentOut(Schema):
-    id: int
+    id: IdOut
     site: str
     shard: str
-    thread_id: int
-    parent_id: int | None
+    thread_id: IdOut
+    parent_id: IdOut | None
     author: str
     author_name: str
     body: str
@@ -82,7 +82,7 @@ class CountsByOut(Schema):
 
 
 class ModeratedOut(Schema):
-    id: int
+    id: IdOut
     site: str
     deleted: bool
     changed: bool
@@ -157,7 +157,7 @@ def count_comments(
 def moderate(
     request: HttpRequest,
     site: Annotated[str, Path(max_length=63, description="the comment's site (slug)")],
-    comment_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    comment_id: Annotated[IdIn, Path()],
 ):
     """Soft-delete one comment (as found by the listing), on its site's shard."""
     try:

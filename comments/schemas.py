@@ -3,18 +3,45 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from ninja import Field, Schema
 from ninja.responses import NinjaJSONEncoder
-from pydantic import StrictInt
+from pydantic import BeforeValidator, PlainSerializer, StrictInt, WithJsonSchema
 
 from comments.models import MAX_BODY, MAX_URL
 from sites.schemas import Body, Text
 
 Order = Literal["newest", "oldest", "top"]
 MAX_ID = 2**63 - 1  # ids are PostgreSQL bigints
+# Ids travel as decimal strings: they pass 2**53 (JavaScript's exact integers) twelve days after
+# the id epoch, so a number would be rounded by every browser's JSON.parse.
+ID_PATTERN = r"^[1-9][0-9]{0,18}$"
+_ID_SCHEMA = {"type": "string", "pattern": ID_PATTERN, "examples": ["241315388745319891"]}
+_ID_SHAPE = re.compile(ID_PATTERN)
+
+
+def parse_id(value: Any) -> int:
+    """An id as clients send it: a decimal string (never a JSON number, which a browser may
+    already have rounded), within PostgreSQL's bigint."""
+    if not isinstance(value, str) or not _ID_SHAPE.fullmatch(value) or int(value) > MAX_ID:
+        raise ValueError(f"an id is a string of 1 to 19 digits, at most {MAX_ID}, "
+                         "e.g. \"241315388745319891\"")
+    return int(value)
+
+
+def _id_out(value: Any) -> int:
+    # Answers are built from model rows (ints); the string form is made on the way out.
+    return int(value)
+
+
+# An id in a request (body, path or query): a string, checked, handed to the view as an int.
+IdIn = Annotated[int, BeforeValidator(parse_id), WithJsonSchema(_ID_SCHEMA)]
+# An id in an answer: an int inside the service, a string in the JSON.
+IdOut = Annotated[int, BeforeValidator(_id_out), PlainSerializer(str, return_type=str),
+                  WithJsonSchema(_ID_SCHEMA)]
 
 
 class UserTokenIn(Schema):
@@ -33,7 +60,7 @@ class ThreadIn(Schema):
 
 
 class ThreadOut(Schema):
-    id: int
+    id: IdOut
     url: str
     title: str
     comment_count: int
@@ -42,8 +69,8 @@ class ThreadOut(Schema):
 
 class CommentIn(Schema):
     body: Body = Field(..., min_length=1, max_length=MAX_BODY, examples=["First!"])
-    # Strict: JSON true, 1.0 or "1" are not ids (lax pydantic would take them as 1).
-    parent_id: StrictInt | None = Field(None, ge=1, le=MAX_ID)
+    # A string (parse_id): JSON true, 1.0 or a number a browser may have rounded are not ids.
+    parent_id: IdIn | None = None
 
 
 class CommentEdit(Schema):
@@ -51,9 +78,9 @@ class CommentEdit(Schema):
 
 
 class CommentOut(Schema):
-    id: int
-    thread_id: int
-    parent_id: int | None
+    id: IdOut
+    thread_id: IdOut
+    parent_id: IdOut | None
     author: str
     author_name: str
     body: str
@@ -85,7 +112,7 @@ class VoteIn(Schema):
 
 
 class VoteOut(Schema):
-    comment_id: int
+    comment_id: IdOut
     value: int
     score: int
 

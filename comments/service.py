@@ -9,7 +9,7 @@ from django.db.models import F, Q, QuerySet, Value
 from django.db.models.functions import MD5
 from django.utils import timezone
 
-from comments import cache, cursors
+from comments import cache, cursors, live
 from comments.models import MAX_DEPTH, Comment, Thread, Vote
 from comments.schemas import Order, page_json
 from routers import causal
@@ -182,6 +182,7 @@ def post_comment(thread_id: int, *, author: str, author_name: str, body: str,
             author=author, author_name=author_name, body=body,
         )
     _after_write(thread_id)
+    live.publish("created", comment_dict(comment))
     return comment
 
 
@@ -202,6 +203,7 @@ def edit_comment(comment_id: int, *, user: str, body: str) -> Comment:
         comment.edited_at = timezone.now()
         comment.save(update_fields=["body", "edited_at"])
     _after_write(comment.thread_id)
+    live.publish("edited", comment_dict(comment))
     return comment
 
 
@@ -213,6 +215,7 @@ def delete_comment(comment_id: int, *, user: str) -> None:
         comment.save(update_fields=["deleted"])
         Thread.objects.filter(id=comment.thread_id).update(comment_count=F("comment_count") - 1)
     _after_write(comment.thread_id)
+    live.publish("deleted", comment_dict(comment))
 
 
 @retry_fenced_writes
@@ -229,6 +232,7 @@ def moderate_delete(comment_id: int) -> bool:
         comment.save(update_fields=["deleted"])
         Thread.objects.filter(id=comment.thread_id).update(comment_count=F("comment_count") - 1)
     _after_write(comment.thread_id)
+    live.publish("deleted", comment_dict(comment))
     return True
 
 
@@ -253,6 +257,7 @@ def vote(comment_id: int, *, user: str, value: int) -> tuple[int, int]:
             Comment.objects.filter(id=comment_id).update(score=F("score") + (value - before))
     if value != before:
         _after_write(comment.thread_id)
+        live.publish("voted", comment_dict(comment))
     return value, comment.score
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from deploy import processes as proc
 from deploy.app_network import AppNetwork
+from deploy.demo import demo_dir, demo_port
 from deploy.layout import PROJECT_DIR, LocalLayout
 from deploy.processes import TopologyError
 from deploy.services import ServiceProcess
@@ -184,6 +185,8 @@ class EdgeControl:
             "snippets": str(self.edge_dir / "snippets"),
             "listen": f"127.0.0.1:{self.layout.edge_port}",
             "static_root": str(self.static_root),
+            "demo_listen": f"127.0.0.1:{demo_port(self.layout)}",
+            "demo_root": str(demo_dir(self.layout)),
         }
         text = (NGINX_DIR / "nginx.conf.template").read_text()
         for key, value in values.items():
@@ -227,6 +230,7 @@ class EdgeControl:
             proc.make_dir(folder / sub)
         for snippet in sorted(NGINX_DIR.glob("*.conf")):
             _write(folder / "snippets" / snippet.name, snippet.read_text())
+        proc.make_dir(demo_dir(self.layout))
         _write(folder / "nginx.conf", self.edge_config())
         self.write_upstream(drained=set())
         if os.geteuid() == 0:

@@ -16,6 +16,8 @@ command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v wrk >/dev/null || need_apt+=(wrk)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need_apt+=(iproute2)
+# The browser tests drive Debian's chromium through Playwright (never a downloaded browser).
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 # Monitoring (deploy/monitoring.py): Prometheus (with promtool, which the test command runs) and
 # the exporters of PostgreSQL, PgBouncer, Redis and the host's disks; the ops dashboard's browser
@@ -53,6 +55,7 @@ fi
 if [ "$deps_only" = 1 ]; then exit 0; fi
 
 .venv/bin/python -m deploy.topology up "$@"
+.venv/bin/python -m deploy.topology demo "$@"
 echo
 echo "nginx serves it on base port + 3 (http://127.0.0.1:15403/ by default); each app host"
 echo "listens on base port + 2 (the table above)."

@@ -30,6 +30,7 @@ from pathlib import Path
 import psycopg
 
 from deploy import processes as proc
+from deploy.demo import ensure_demo
 from deploy.edge import EdgeControl
 from deploy.layout import (
     ADMIN_USER,
@@ -341,7 +342,8 @@ def print_table(rows: list[dict[str, str]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m deploy.topology", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("verb", choices=["up", "down", "status", "destroy", "restart-app"])
+    parser.add_argument("verb", choices=["up", "down", "status", "destroy", "restart-app",
+                                         "demo"])
     parser.add_argument("--dir", default=os.environ.get("SHARDSVC_DIR", str(DEFAULT_DIR)),
                         help="data folder (default .var/ in the project)")
     parser.add_argument("--base-port", type=int, help="first of the ports used (default 15400)")
@@ -378,6 +380,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.rolling:
                 parser.error("restart-app needs --rolling (the only way it restarts)")
             topology.restart_app_hosts_rolling()
+        elif args.verb == "demo":
+            url = ensure_demo(topology.layout, edge_url=topology.edge_url,
+                              ops_token=topology.ops_token(), static_root=topology.static_root)
+            print(f"demo page (another origin, the widget on it): {url}")
         elif args.verb == "down":
             topology.down()
         else:

@@ -213,6 +213,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     # Only for its static files and templates: Swagger UI served from here, not a CDN.
     "ninja",
+    "corsheaders",
     "shards",
     "routers",
     "sites",
@@ -250,6 +251,9 @@ MIDDLEWARE = [
     "project.limits.RequestSizeLimitMiddleware",
     # Causal tokens, the tenant, database unavailability: the request's routing, in that order.
     "project.middleware.RoutingMiddleware",
+    # After routing: which origins may call is per site (sites/cors.py), and a preflight names
+    # its site only by the path, which the routing middleware has resolved.
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "project.csp.ContentSecurityPolicyMiddleware",
@@ -315,6 +319,16 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # The ops API (create and list sites) answers only to this token; unset, it answers no one.
 OPS_TOKEN = os.environ.get("SHARDSVC_OPS_TOKEN", "")
+# CORS (django-cors-headers) on the site API only, for each site's allowed origins (sites/cors.py
+# decides per request; no global list). No credentials: the widget sends its keys and causal
+# token in headers, never cookies (third-party cookies are blocked anyway).
+CORS_URLS_REGEX = r"^/api/sites/"
+CORS_ALLOW_HEADERS = ("accept", "content-type", "x-api-key", "x-user-token", "x-causal-token")
+CORS_ALLOW_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+CORS_EXPOSE_HEADERS = ("X-Causal-Token", "Retry-After", "X-Request-Id")
+# Browsers keep a preflight's answer this long (Chromium caps it at 2 h): one preflight per page
+# and endpoint shape, not one per call.
+CORS_PREFLIGHT_MAX_AGE = 7200
 # Throttles (sites/throttle.py), counted in Redis so all workers and hosts share them.
 # Off altogether with SHARDSVC_THROTTLE=0, one by one with the value "off".
 RATELIMIT_ENABLE = os.environ.get("SHARDSVC_THROTTLE", "1") != "0"

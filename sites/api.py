@@ -7,15 +7,15 @@ from typing import Annotated
 
 from django.conf import settings
 from django.http import HttpRequest
-from ninja import Query, Router
+from ninja import Path, Query, Router
 from ninja.security import APIKeyHeader
 
 from shards.aliases import CONTROL_ALIAS
 from shards.models import Tenant
 from sites import throttle
 from sites.models import Site
-from sites.schemas import ErrorOut, SiteCreatedOut, SiteIn, SitePageOut
-from sites.service import create_site
+from sites.schemas import ErrorOut, OriginsIn, OriginsOut, SiteCreatedOut, SiteIn, SitePageOut
+from sites.service import create_site, set_origins
 
 
 class OpsToken(APIKeyHeader):
@@ -44,7 +44,7 @@ def create(request: HttpRequest, payload: SiteIn):
     made = create_site(payload.slug, payload.name, shard=payload.shard)
     created = Tenant.objects.using(CONTROL_ALIAS).get(id=made.entry.id).created_at
     return 201, {"slug": made.entry.slug, "name": made.name, "shard": made.entry.shard,
-                 "created_at": created, "api_key": made.api_key}
+                 "created_at": created, "api_key": made.api_key, "public_key": made.public_key}
 
 
 @router.get("/sites", response={200: SitePageOut, **ERRORS})
@@ -62,3 +62,18 @@ def list_sites(
               "created_at": s.tenant.created_at} for s in page[:limit]]
     next_cursor = items[-1]["slug"] if len(page) > limit else None
     return {"items": items, "next_cursor": next_cursor}
+
+
+@router.put("/sites/{slug}/origins", response={200: OriginsOut, 404: ErrorOut, **ERRORS})
+def put_origins(request: HttpRequest,
+                slug: Annotated[str, Path(max_length=63, description="the site's slug")],
+                payload: OriginsIn):
+    """Set the browser origins the site's publishable key works from (the widget's pages),
+    replacing the list; an empty list turns browser access off."""
+    try:
+        site = set_origins(slug, payload.origins, new_public_key=payload.new_public_key)
+    except LookupError:
+        return 404, {"error": "not_found", "message": f"no site {slug!r}"}
+    except ValueError as exc:
+        return 422, {"error": "invalid", "message": str(exc)}
+    return {"slug": slug, "public_key": site.public_key, "origins": site.allowed_origins}

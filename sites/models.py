@@ -10,6 +10,8 @@ from django.db import models
 from shards.models import Tenant
 
 KEY_PREFIX = "sk_"
+# Publishable keys go into web pages: they are public by design, so they are stored as they are.
+PUBLIC_KEY_PREFIX = "pk_"
 
 
 def hash_key(raw: str) -> str:
@@ -28,6 +30,11 @@ class Site(models.Model):
     # Bumped by every key rotation. User tokens carry the generation they were issued under, so
     # rotating the key (e.g. after a leak) also revokes every user token issued before.
     key_generation = models.PositiveIntegerField(default=1, db_default=1, editable=False)
+    # The publishable key (sites/public_keys.py): embedded in the site's pages by the widget, so
+    # good only for reading and for writing as an end user the site's backend signed, and only
+    # from a browser page of one of `allowed_origins` (e.g. "https://blog.example").
+    public_key = models.CharField(max_length=64, unique=True, null=True, editable=False)
+    allowed_origins = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["tenant__slug"]
@@ -38,6 +45,10 @@ class Site(models.Model):
     @staticmethod
     def new_key() -> str:
         return KEY_PREFIX + secrets.token_urlsafe(32)
+
+    @staticmethod
+    def new_public_key() -> str:
+        return PUBLIC_KEY_PREFIX + secrets.token_urlsafe(18)
 
     def set_key(self, raw: str) -> None:
         if self.api_key_hash:  # a rotation, not the site's first key

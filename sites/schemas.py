@@ -75,7 +75,22 @@ class SiteOut(Schema):
 
 
 class SiteCreatedOut(SiteOut):
-    api_key: str = Field(..., description="Shown once; only its hash is stored.")
+    api_key: str = Field(..., description="Shown once; only its hash is stored. Secret: for "
+                         "the site's backend only, refused from browsers.")
+    public_key: str = Field(..., description="The publishable key, for web pages (the widget); "
+                            "works only from the origins set with PUT /ops/sites/{slug}/origins.")
+
+
+class OriginsIn(Schema):
+    origins: list[Text] = Field(..., max_length=20,
+                                examples=[["https://blog.example", "http://localhost:8080"]])
+    new_public_key: bool = Field(False, description="Replace the publishable key too.")
+
+
+class OriginsOut(Schema):
+    slug: str
+    public_key: str
+    origins: list[str]
 
 
 class SitePageOut(Schema):

@@ -20,6 +20,8 @@ class SiteClient:
     user_token: str = ""
     # Like a browser's cookie: the latest causal token, sent back so we read our own writes.
     causal_token: str = ""
+    # The publishable key, for calls as the site's web pages make them (with an Origin).
+    public_key: str = ""
 
     @property
     def root(self) -> str:
@@ -41,14 +43,15 @@ class SiteClient:
         answer = self.call("POST", "/users/token", {"user_id": user_id, "name": name})
         assert answer.status == 200, answer.body
         return SiteClient(self.base, self.slug, self.key, self.shard, answer.body["token"],
-                          self.causal_token)
+                          self.causal_token, self.public_key)
 
-    def thread(self, url: str | None = None) -> int:
+    def thread(self, url: str | None = None) -> str:
+        """The id (a string, as the API writes every id) of the page's thread."""
         answer = self.call("PUT", "/threads", {"url": url or f"https://x.test/{uuid.uuid4()}"})
         assert answer.status in (200, 201), answer.body
         return answer.body["id"]
 
-    def comment(self, thread_id: int, body: str = "hello", parent_id: int | None = None) -> dict:
+    def comment(self, thread_id: str, body: str = "hello", parent_id: str | None = None) -> dict:
         payload: dict[str, Any] = {"body": body}
         if parent_id is not None:
             payload["parent_id"] = parent_id
@@ -75,4 +78,5 @@ def create_site(service: ServiceProcess, topology: LocalTopology, *, prefix: str
     answer = request("POST", f"{service.url}/api/ops/sites", body=body,
                      headers={"X-Ops-Token": topology.ops_token()})
     assert answer.status == 201, answer.body
-    return SiteClient(f"{service.url}/api", slug, answer.body["api_key"], answer.body["shard"])
+    return SiteClient(f"{service.url}/api", slug, answer.body["api_key"], answer.body["shard"],
+                      public_key=answer.body["public_key"])

@@ -86,6 +86,30 @@ def test_comments_replies_and_tree(site_a) -> None:
     assert counts.body == {"counts": {str(thread): 3}}
 
 
+def test_ids_are_strings_that_survive_a_round_trip(site_a) -> None:
+    """Ids pass 2**53 (JavaScript's exact integers): every answer writes them as strings, and
+    requests take them back as strings, in paths, bodies and queries."""
+    thread = site_a.thread()
+    root = site_a.comment(thread, "root")
+    reply = site_a.comment(thread, "reply", parent_id=root["id"])
+    for value in (thread, root["id"], reply["id"], reply["thread_id"], reply["parent_id"]):
+        assert isinstance(value, str) and value.isdigit(), value
+    assert int(root["id"]) > 2**53  # a JSON number would be rounded by a browser
+    assert (reply["thread_id"], reply["parent_id"]) == (thread, root["id"])
+    edited = site_a.call("PATCH", f"/comments/{reply['id']}", {"body": "edited"}, user=True)
+    assert edited.status == 200 and edited.body["id"] == reply["id"]
+    voted = site_a.call("PUT", f"/comments/{root['id']}/vote", {"value": 1}, user=True)
+    assert voted.body == {"comment_id": root["id"], "value": 1, "score": 1}
+    got = site_a.call("GET", f"/threads/{thread}")
+    assert got.body["id"] == thread
+    counts = site_a.call("GET", f"/threads/counts?ids={thread}")
+    assert counts.body == {"counts": {thread: 2}}
+    # A number where an id goes is refused: it may already have been rounded.
+    as_number = site_a.call("POST", f"/threads/{thread}/comments",
+                            {"body": "x", "parent_id": int(root["id"])}, user=True)
+    assert as_number.status == 422 and "string" in as_number.body["message"]
+
+
 @pytest.mark.parametrize("order", ["newest", "oldest", "top"])
 def test_cursor_pagination_walks_every_comment_once(site_a, order) -> None:
     thread = site_a.thread()

@@ -44,18 +44,18 @@ def test_merged_order_equals_the_order_of_the_union(cluster: Cluster) -> None:
     assert {shard for _, _, shard in union} == set(SHARDS)
     newest = cluster.ops("GET", "", order="newest", limit=500)
     assert newest.status == 200, newest.body
-    assert [(i["id"], i["site"], i["shard"]) for i in newest.body["items"]] == union[:500]
+    assert [(int(i["id"]), i["site"], i["shard"]) for i in newest.body["items"]] == union[:500]
     oldest = cluster.ops("GET", "", order="oldest", limit=300)
-    assert [i["id"] for i in oldest.body["items"]] == [r[0] for r in sorted(union)[:300]]
+    assert [int(i["id"]) for i in oldest.body["items"]] == [r[0] for r in sorted(union)[:300]]
     mine = cluster.ops("GET", "", order="newest", author="gdpr", limit=500)
     expected = sorted(cluster.rows("author = %s", ["gdpr"]), reverse=True)
-    assert [i["id"] for i in mine.body["items"]] == [r[0] for r in expected]
+    assert [int(i["id"]) for i in mine.body["items"]] == [r[0] for r in expected]
     assert mine.body["next_cursor"] is None and mine.body["partial"] is False
 
 
 def test_pages_of_37_over_10000_rows_return_every_row_exactly_once(cluster: Cluster) -> None:
     items = cluster.walk(37, order="newest")
-    ids = [i["id"] for i in items]
+    ids = [int(i["id"]) for i in items]
     assert len(ids) == TOTAL == len(set(ids))
     assert ids == [r[0] for r in sorted(cluster.rows(), reverse=True)]
 
@@ -79,13 +79,13 @@ def test_pages_stay_stable_while_rows_are_added(cluster: Cluster) -> None:
                     [cluster.tenant_ids[slug]])
 
     items = cluster.walk(37, between=write_everywhere, order="newest", author="u2")
-    assert [i["id"] for i in items] == [r[0] for r in expected]
+    assert [int(i["id"]) for i in items] == [r[0] for r in expected]
     added = len(cluster.rows("author = %s", ["u2"])) - len(expected)
     assert writes and added == len(SITES) * len(writes)
     # Rows added while walking oldest first come at the end, after every earlier row, once.
     before = sorted(cluster.rows("author = %s", ["u2"]))
     oldest = cluster.walk(37, between=write_everywhere, order="oldest", author="u2")
-    ids = [i["id"] for i in oldest]
+    ids = [int(i["id"]) for i in oldest]
     assert len(ids) == len(set(ids)) and ids[:len(before)] == [r[0] for r in before]
     assert ids == sorted(ids)
 
@@ -144,7 +144,7 @@ def test_a_tenant_moved_between_two_pages_is_read_once(cluster: Cluster) -> None
             assert (placed(), on("shard_0")) == ("shard_2", 0)
 
     items = cluster.walk(20, between=step, order="newest", author="mover")
-    ids = [i["id"] for i in items]
+    ids = [int(i["id"]) for i in items]
     assert len(ids) == len(set(ids)) == len(expected)
     assert ids == [r[0] for r in expected]
     # The moved site's rows came from both shards, on either side of the flip.
@@ -216,7 +216,7 @@ def test_moderation_soft_deletes_the_comment_on_its_sites_shard(cluster: Cluster
     assert done.body == {"id": target["id"], "site": target["site"], "deleted": True,
                          "changed": True}
     assert sql(cluster.topo, target["shard"], "SELECT deleted, body FROM comments_comment "
-               "WHERE id = %s", [target["id"]])[0][0] is True
+               "WHERE id = %s", [int(target["id"])])[0][0] is True
     again = cluster.ops("DELETE", f"/{target['site']}/{target['id']}")
     assert again.status == 200 and again.body["changed"] is False
     # The write's causal token, handed back, makes the cross-shard read see it (read your

@@ -33,7 +33,7 @@ class Site:
     slug: str
     key: str
     shard: str
-    thread: int
+    thread: str
     user_token: str
 
 

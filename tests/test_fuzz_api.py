@@ -83,6 +83,9 @@ def test_every_phase_finds_no_5xx_and_no_slow_answer(service, topology) -> None:
                    "fuzzing": {"enabled": True}, "stateful": {"enabled": True, "max-steps": 8}},
     })
     schema = schemathesis.openapi.from_url(f"{service.url}/api/openapi.json", config=config)
+    # A thread's live events stay open by design (minutes, heartbeats only): tests/test_live.py
+    # covers them; here they would hold every case that finds a real thread until it times out.
+    schema = schema.exclude(path_regex=r"/events$")
     run = run_engine(schema)
     total = sum(run.statuses.values())
     print(f"schemathesis: {total} requests, by phase {dict(run.by_phase)}, statuses "

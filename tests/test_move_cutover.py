@@ -109,7 +109,7 @@ def test_the_flip_waits_until_the_target_has_applied_the_last_write(
         held_until = time.monotonic() + HOLD_SECONDS
         while time.monotonic() < held_until:
             on_target = watch_target.execute(
-                "SELECT count(*) FROM comments_comment WHERE id = %s", [last_write["id"]],
+                "SELECT count(*) FROM comments_comment WHERE id = %s", [int(last_write["id"])],
             ).fetchone()[0]
             assert placement(tenant_id) == SOURCE, (
                 f"the directory flipped to {TARGET} while the target had not applied the last "
@@ -128,7 +128,7 @@ def test_the_flip_waits_until_the_target_has_applied_the_last_write(
         with topology.admin_connect(topology.node(TARGET)) as conn:
             assert conn.execute(
                 "SELECT body FROM comments_comment WHERE id = %s AND tenant_id = %s",
-                [last_write["id"], tenant_id],
+                [int(last_write["id"]), tenant_id],
             ).fetchone() == ("written just before the fence",)
         page = site.call("GET", f"/threads/{thread}/comments?order=oldest")
         assert [c["body"] for c in page.body["items"]] == [

@@ -77,7 +77,7 @@ def test_move_under_load_loses_and_duplicates_nothing(service, topology) -> None
             answer = me.call("POST", f"/threads/{thread}/comments",
                              {"body": f"{name} {n} {i}"}, user=True)
             if answer.status == 201:
-                acked[name].append(answer.body["id"])
+                acked[name].append(int(answer.body["id"]))
             else:
                 failures.append((name, answer.status, answer.body))
             i += 1

@@ -147,7 +147,7 @@ def test_seed_demo_makes_skewed_consistent_data_the_api_serves(
     assert len(page.body["items"]) == 50
     assert page.body["next_cursor"]
     assert any(item["replies"] for item in page.body["items"])
-    assert all(item["thread_id"] == thread["id"] for item in page.body["items"])
+    assert all(item["thread_id"] == str(thread["id"]) for item in page.body["items"])
     info = client.call("GET", f"/threads/{thread['id']}")
     assert info.status == 200
     assert info.body["comment_count"] == thread["comments"]
@@ -178,7 +178,7 @@ def test_seed_demo_makes_skewed_consistent_data_the_api_serves(
     after = client.call("GET", f"/threads/{thread['id']}/comments?limit=5")
     assert after.status == 200
     assert after.headers.get("X-Cache") != "hit"
-    assert after.body["items"][0]["id"] > newest.body["items"][0]["id"]
+    assert int(after.body["items"][0]["id"]) > int(newest.body["items"][0]["id"])
 
 
 @pytest.mark.parametrize(("args", "message"), [

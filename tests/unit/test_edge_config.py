@@ -65,6 +65,8 @@ def test_nginx_config_is_complete(tmp_path: Path) -> None:
     assert "listen 127.0.0.1:30003;" in text
     assert f"pid {tmp_path}/nginx/nginx.pid;" in text
     assert f"alias {tmp_path}/static/$asset;" in text
+    # The demo site: another origin (its own port), the topology's demo folder.
+    assert "listen 127.0.0.1:30035;" in text and f"root {tmp_path}/demo;" in text
     for snippet in re.findall(r"include (\S+/deploy/nginx/\S+);", text):
         assert Path(snippet).exists(), snippet
 

@@ -1,0 +1,71 @@
+"""Live updates of a thread: what a write publishes, and where.
+
+Every committed change of a comment (created, edited, deleted, voted) is appended to the
+thread's Redis stream (its history, for clients that reconnect: their Last-Event-ID is a stream
+id) and published on the thread's channel, in one script so the two never disagree on order.
+Both names carry the tenant id and the thread id: a subscriber of one site's thread can only
+ever be handed that channel's events (comments/live_hub.py dispatches by exact channel name).
+
+Live updates are best effort: when Redis does not answer, the write still succeeds and readers
+see the change on their next page load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any, Literal
+
+from redis.exceptions import RedisError
+
+from comments.schemas import CommentOut
+from shards import redisguard
+from shards.tenancy import current_tenant
+
+logger = logging.getLogger("shardsvc.live")
+
+Kind = Literal["created", "edited", "deleted", "voted"]
+CHANNEL_PREFIX = "shardsvc:live:"
+# Events kept per thread for catching up, and for how long after the thread's last event.
+HISTORY = 500
+HISTORY_SECONDS = 3600
+EVENT_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+
+_PUBLISH = """
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', ARGV[2], id .. ' ' .. ARGV[1])
+return id
+"""
+
+
+def channel(tenant_id: int, thread_id: int) -> str:
+    return f"{CHANNEL_PREFIX}{tenant_id}:{thread_id}"
+
+
+def history_key(tenant_id: int, thread_id: int) -> str:
+    return f"shardsvc:events:{tenant_id}:{thread_id}"
+
+
+def event_json(kind: Kind, comment: dict[str, Any]) -> str:
+    """The event as the widget reads it: the comment in the API's own shape (ids as strings)."""
+    shown = CommentOut.model_validate(comment).model_dump(mode="json")
+    return json.dumps({"type": kind, "comment": shown}, separators=(",", ":"))
+
+
+def publish(kind: Kind, comment: dict[str, Any]) -> str | None:
+    """Tell the thread's open pages about `comment` (service.comment_dict's shape); returns the
+    event id, or None when Redis did not take it."""
+    entry = current_tenant()
+    assert entry is not None, "writes only run with a tenant"
+    thread_id = int(comment["thread_id"])
+    payload = event_json(kind, comment)
+    try:
+        event_id = redisguard.client().eval(
+            _PUBLISH, 1, history_key(entry.id, thread_id), payload,
+            channel(entry.id, thread_id), HISTORY, HISTORY_SECONDS)
+    except RedisError as exc:
+        logger.warning("live: event not published (%s): readers see it on reload", exc)
+        return None
+    return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
