@@ -33,6 +33,10 @@ ROUNDS = 3  # normal and paused phases alternate; more rounds, steadier tails
 # Each client pauses this long between requests: a steady load below saturation, so latency
 # shows what the outage costs a request, not the queue a CPU-bound 2-core box builds.
 THINK_SECONDS = 0.05
+# The bound the hardening issue set for this test: p99 paused at most 100 ms above normal. The
+# phases alternate so the machine's other load hits both; the one-wait assertion below is what
+# holds whatever that load is.
+P99_ALLOWANCE = 0.100
 
 
 @dataclass
@@ -188,6 +192,8 @@ def test_paused_redis_under_load_keeps_reads_and_writes_fast(
     # rest), and an open breaker spares later requests even that one wait. Without the rule a
     # page's several Redis commands would each wait (counted here as errors).
     assert 0 < waits_while_paused <= len(paused), (waits_while_paused, len(paused))
+    assert p99(paused) <= p99(normal) + P99_ALLOWANCE, (
+        f"p99 {p99(paused) * 1000:.1f} ms paused vs {p99(normal) * 1000:.1f} ms normal")
 
     # Redis is used again within seconds: pages come from it, and they carry the comment
     # written while it was paused.
