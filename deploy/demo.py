@@ -1,6 +1,6 @@
 """The demo site: an example page of "a customer's site" with the comments widget on it.
 
-nginx serves it from `<topology folder>/demo` on its own port (base port + 35), so the page is
+nginx serves it from `<topology folder>/demo` on its own port (base port + 28), so the page is
 of another origin than the API (base port + 3), as a real customer's page would be. `demo`
 (`python -m deploy.topology demo`, run by `bash deploy/setup.sh`) creates the site through the
 ops API, allows the demo origins for its publishable key, signs a demo user through the site
@@ -20,9 +20,10 @@ from deploy.layout import LocalLayout
 from deploy.processes import TopologyError
 
 DEMO_SLUG = "demo"
-# Above the ports the tests' extra services take (base + 3 to + 9) and the databases' (base + 10
-# on, three per shard with two replicas), within the 40 ports a test topology claims.
-DEMO_PORT_OFFSET = 35
+# Within the 40 ports a test topology claims, clear of the others: the tests' extra services
+# (base + 3 to + 9, + 22), the monitoring stack (+ 6 to + 9), the databases (+ 10 to + 19) and
+# their exporters (each database's port + 20: + 30 to + 39).
+DEMO_PORT_OFFSET = 28
 DEMO_USER = ("demo-user", "Demo User")
 
 

@@ -33,14 +33,16 @@ def thread(request: HttpRequest, tenant_id: int, thread_id: int) -> JsonResponse
     found = Thread.objects.filter(tenant_id=tenant_id, id=thread_id).first()
     if found is None:
         return _error(404, f"no thread {thread_id}")
-    return JsonResponse({"id": found.id, "url": found.url, "title": found.title,
+    # Ids as strings, as the API writes them (64-bit ids do not survive JSON numbers in a browser).
+    return JsonResponse({"id": str(found.id), "url": found.url, "title": found.title,
                          "comment_count": found.comment_count,
                          "created_at": found.created_at.isoformat()})
 
 
 def comment_dict(comment: Comment) -> dict[str, Any]:
     return {
-        "id": comment.id, "thread_id": comment.thread_id, "parent_id": comment.parent_id,
+        "id": str(comment.id), "thread_id": str(comment.thread_id),
+        "parent_id": str(comment.parent_id) if comment.parent_id else None,
         "author": comment.author, "author_name": comment.author_name,
         "body": "" if comment.deleted else comment.body, "deleted": comment.deleted,
         "score": comment.score, "depth": comment.depth,
@@ -84,11 +86,11 @@ def comments(request: HttpRequest, tenant_id: int, thread_id: int) -> JsonRespon
     items = [comment_dict(c) for c in page]
     by_id = {item["id"]: item for item in items}
     if page:
-        replies = Comment.objects.filter(tenant_id=tenant_id, root_id__in=list(by_id))
+        replies = Comment.objects.filter(tenant_id=tenant_id, root_id__in=[c.id for c in page])
         for reply in replies.order_by("id")[:MAX_REPLIES_PER_PAGE]:
             node = comment_dict(reply)
             by_id[node["id"]] = node
-            parent = by_id.get(reply.parent_id)
+            parent = by_id.get(str(reply.parent_id))
             if parent is not None:
                 parent["replies"].append(node)
     next_cursor = None
