@@ -17,6 +17,7 @@ rerun continues the same job; the tag carries no personal data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -133,8 +134,6 @@ class ErasureProgress:
 
 
 def author_digest(author: str) -> str:
-    import hashlib
-
     return hashlib.sha256(author.encode()).hexdigest()
 
 

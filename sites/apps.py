@@ -1,3 +1,4 @@
+from corsheaders.signals import check_request_enabled
 from django.apps import AppConfig
 from django.db.models.signals import post_save
 
@@ -11,8 +12,6 @@ class SitesConfig(AppConfig):
 
     def ready(self) -> None:
         # Models (sites.keys imports them too): importable only once the app registry is ready.
-        from corsheaders.signals import check_request_enabled
-
         from sites import cors, keys, public_keys
         from sites.models import Site
 
