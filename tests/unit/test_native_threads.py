@@ -4,17 +4,12 @@ other test). Under the service's workers: tests/test_replica_load.py."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from routers.native_threads import NativeEvent, NativeThread, native_lock
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.unit.patched_scenarios import run_scenarios, scenario
 
 
 def test_thread_runs_joins_and_reports_liveness() -> None:
@@ -60,19 +55,7 @@ def test_native_lock_times_out() -> None:
 
 @pytest.fixture(scope="module")
 def gevent_results() -> dict[str, Any]:
-    """The scenarios of tests/unit/gevent_native.py, run once in a gevent-patched process."""
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.unit.gevent_native"],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def scenario(results: dict[str, Any], name: str) -> Any:
-    outcome = results[name]
-    assert "error" not in outcome, f"scenario {name} failed: {outcome.get('error')}"
-    return outcome["result"]
+    return run_scenarios("tests.unit.gevent_native")
 
 
 def test_patched_native_thread_runs_while_a_greenlet_holds_the_loop(

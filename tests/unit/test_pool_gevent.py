@@ -3,32 +3,16 @@ monkey-patched process of their own (patching this process would change every ot
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.unit.patched_scenarios import run_scenarios, scenario
 
 
 @pytest.fixture(scope="module")
 def gevent_results() -> dict[str, Any]:
-    """The scenarios of tests/unit/gevent_pool.py, run once in a gevent-patched process."""
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.unit.gevent_pool"],
-        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def scenario(results: dict[str, Any], name: str) -> Any:
-    outcome = results[name]
-    assert "error" not in outcome, f"scenario {name} failed: {outcome.get('error')}"
-    return outcome["result"]
+    return run_scenarios("tests.unit.gevent_pool")
 
 
 def test_greenlet_burst_stays_under_the_cap(gevent_results: dict[str, Any]) -> None:
