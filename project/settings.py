@@ -31,6 +31,18 @@ def _env_float(name: str, default: float, *, allow_zero: bool = False) -> float:
     return value
 
 
+def _env_networks(name: str, default: str, *,
+                  example: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """A comma-separated list of networks in CIDR form from the environment."""
+    try:
+        return [ipaddress.ip_network(net.strip())
+                for net in os.environ.get(name, default).split(",") if net.strip()]
+    except ValueError as exc:
+        raise ImproperlyConfigured(
+            f"{name}: {exc} (give networks in CIDR form, comma-separated, e.g. {example})"
+        ) from None
+
+
 def _env_rate(name: str, default: str) -> str | None:
     """A django-ratelimit rate such as "20/m" or "5/15m"; "off" (or "0") turns the limit off."""
     raw = os.environ.get(name, default).strip()
@@ -110,34 +122,15 @@ SILENCED_SYSTEM_CHECKS = [
 # /metrics answers only to these networks (the client's address, REMOTE_ADDR: the peer, or who
 # a trusted proxy says the client is, see TRUSTED_PROXIES) or to a request carrying
 # "Authorization: Bearer <SHARDSVC_METRICS_TOKEN>" (Prometheus's `authorization` setting).
-try:
-    METRICS_ALLOW = [
-        ipaddress.ip_network(net.strip())
-        for net in os.environ.get("SHARDSVC_METRICS_ALLOW", "127.0.0.0/8,::1/128").split(",")
-        if net.strip()
-    ]
-except ValueError as exc:
-    raise ImproperlyConfigured(
-        f"SHARDSVC_METRICS_ALLOW: {exc} (give networks in CIDR form, comma-separated, "
-        "e.g. 127.0.0.0/8,10.0.0.0/8)"
-    ) from None
+METRICS_ALLOW = _env_networks("SHARDSVC_METRICS_ALLOW", "127.0.0.0/8,::1/128",
+                              example="127.0.0.0/8,10.0.0.0/8")
 METRICS_TOKEN = os.environ.get("SHARDSVC_METRICS_TOKEN", "")
 # Prometheus's HTTP API, for the ops dashboard's charts and alerts (deploy/monitoring.py sets it).
 PROMETHEUS_URL = os.environ.get("SHARDSVC_PROMETHEUS_URL", "").rstrip("/")
 # Reverse proxies (nginx) whose X-Real-IP names the client (project/proxy.py): only a request
 # whose peer is in these networks has REMOTE_ADDR replaced, so nobody else can claim an address
 # on the /metrics allow-list or dodge a per-address throttle. Empty: no proxy is trusted.
-try:
-    TRUSTED_PROXIES = [
-        ipaddress.ip_network(net.strip())
-        for net in os.environ.get("SHARDSVC_TRUSTED_PROXIES", "").split(",")
-        if net.strip()
-    ]
-except ValueError as exc:
-    raise ImproperlyConfigured(
-        f"SHARDSVC_TRUSTED_PROXIES: {exc} (give networks in CIDR form, comma-separated, "
-        "e.g. 10.91.0.1/32)"
-    ) from None
+TRUSTED_PROXIES = _env_networks("SHARDSVC_TRUSTED_PROXIES", "", example="10.91.0.1/32")
 
 # Per database alias, per worker process: the pool's hard cap and how long a request waits
 # for a connection before it gets a 503.
