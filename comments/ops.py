@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from ninja import Path, Query, Router, Schema
 
@@ -88,10 +89,14 @@ class ModeratedOut(Schema):
     changed: bool
 
 
-def check_author(author: str | None) -> None:
+def comments_by(author: str | None) -> QuerySet[Comment]:
+    """Every site's comments, or one author's."""
+    if author is None:
+        return Comment.unscoped.all()
     # PostgreSQL text cannot hold NUL: refuse it here rather than fail on every shard.
-    if author is not None and "\x00" in author:
+    if "\x00" in author:
         raise service.Invalid("author must not contain NUL characters")
+    return Comment.unscoped.filter(author=author)
 
 
 def failed(failures: list[ShardFailure]) -> list[dict[str, str]]:
@@ -110,10 +115,7 @@ def list_comments(
     timeout: Timeout = 2.0,
 ):
     """Comments of every site, merged across shards, newest (or oldest) first."""
-    check_author(author)
-    rows = Comment.unscoped.all()
-    if author is not None:
-        rows = rows.filter(author=author)
+    rows = comments_by(author)
     # IncompleteScatter (503, naming the shards) and a bad cursor (400) are answered by the
     # error map (project/error_map.py), as every API error is.
     page = query_page(rows, order_by=ORDERS[order], limit=limit, cursor=cursor,
@@ -138,10 +140,7 @@ def count_comments(
     timeout: Timeout = 2.0,
 ):
     """Comment counts over every shard, by site or by author."""
-    check_author(author)
-    rows = Comment.unscoped.all()
-    if author is not None:
-        rows = rows.filter(author=author)
+    rows = comments_by(author)
     result = aggregate(rows, function="count", group_by="tenant_id" if by == "site"
                        else "author", allow_partial=partial == "allow", timeout=timeout,
                        deadline=timeout + DEADLINE_MARGIN)
