@@ -66,21 +66,20 @@ def normalize_origin(raw: str) -> str:
 
 
 def _lookup(cache_key: str, load: Any) -> _Entry:
-    local = _local.get()
-    now = local.clock()
-    found, entry = local.lookup(cache_key)
-    if found and entry is not None:
-        return entry
-    stored = cache.get(f"site-public:v1:{cache_key}")
-    if stored is None:
-        # The primary, not a replica: a key or origin set a moment ago must work at once.
-        row = load(Site.objects.using(CONTROL_ALIAS))
-        stored = (row[0], row[1], tuple(row[2] or ())) if row else _NONE
-        cache.add(f"site-public:v1:{cache_key}", stored,
-                  timeout=runtime.conf().key_redis_seconds)
-    entry = (int(stored[0]), int(stored[1]), tuple(stored[2]))
-    local.put(cache_key, entry, since=now)
-    return entry
+    """This worker's entry, else Redis's, else the control primary's row (cached in both); one
+    fill per key at a time, as for secret keys (sites/keys.py)."""
+
+    def fill() -> _Entry:
+        stored = cache.get(f"site-public:v1:{cache_key}")
+        if stored is None:
+            # The primary, not a replica: a key or origin set a moment ago must work at once.
+            row = load(Site.objects.using(CONTROL_ALIAS))
+            stored = (row[0], row[1], tuple(row[2] or ())) if row else _NONE
+            cache.add(f"site-public:v1:{cache_key}", stored,
+                      timeout=runtime.conf().key_redis_seconds)
+        return (int(stored[0]), int(stored[1]), tuple(stored[2]))
+
+    return _local.get().get_or_fill(cache_key, fill)
 
 
 _FIELDS = ("tenant_id", "key_generation", "allowed_origins")
