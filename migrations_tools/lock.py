@@ -98,6 +98,10 @@ class ClusterLock:
             )
 
 
+# The lock session's application_name: the prefix, then the purpose (cut to 63 bytes).
+_APPLICATION_PREFIX = "shardsvc lock: "
+
+
 def _control_dsn() -> str:
     return get_shard_map().control.primary.direct_dsn
 
@@ -124,7 +128,7 @@ def _connect(dsn: str, purpose: str) -> psycopg.Connection[Any]:
     # for long; the server side drops the session (and the lock) the same way.
     return pg.connect(
         dsn,
-        application_name=f"shardsvc lock: {purpose}"[:63],
+        application_name=f"{_APPLICATION_PREFIX}{purpose}"[:63],
         keepalives=1,
         keepalives_idle=10,
         keepalives_interval=5,
@@ -145,9 +149,10 @@ def _read_holder(conn: psycopg.Connection[Any]) -> LockHolder | None:
     if recorded is not None:
         purpose, who, since = recorded
         return LockHolder(purpose=purpose, who=who, since=since, backend_pid=pid)
-    # Taken a moment ago (row not written yet) or by hand with pg_advisory_lock.
+    # Taken a moment ago (row not written yet: the session's name carries the purpose) or by
+    # hand with pg_advisory_lock.
     return LockHolder(
-        purpose=application or "unknown purpose",
+        purpose=(application or "unknown purpose").removeprefix(_APPLICATION_PREFIX),
         who=f"{user or '?'}@{client or 'local socket'}",
         since=backend_start or dt.datetime.now(dt.UTC),
         backend_pid=pid,

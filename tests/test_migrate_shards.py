@@ -23,7 +23,7 @@ import pytest
 
 from deploy.topology import PROJECT_DIR, LocalTopology
 from migrations_tools.errors import ClusterLockHeld
-from migrations_tools.lock import cluster_lock, current_holder
+from migrations_tools.lock import LOCK_ID, LOCK_NAMESPACE, cluster_lock, current_holder
 from migrations_tools.safety import ExecutionPolicy
 from shards import pg
 from tests.client import wait_until
@@ -177,6 +177,13 @@ def test_the_cluster_lock_makes_a_second_run_fail_fast_naming_the_holder(
         with pytest.raises(ClusterLockHeld) as info, cluster_lock("rebalance", dsn=dsn):
             pass
         assert info.value.holder is not None and info.value.holder.purpose == "move_tenant acme"
+    assert current_holder(dsn=dsn) is None
+
+    # Between taking the lock and recording its row, the holder is named by its session.
+    with pg.connect(dsn, application_name="shardsvc lock: rebalance") as bare:
+        bare.execute("SELECT pg_advisory_lock(%s, %s)", [LOCK_NAMESPACE, LOCK_ID])
+        holder = current_holder(dsn=dsn)
+        assert holder is not None and holder.purpose == "rebalance"
     assert current_holder(dsn=dsn) is None
 
 
