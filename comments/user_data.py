@@ -6,6 +6,9 @@ export right after an erasure must not read a lagging replica), only over the te
 directory places on that shard (routers.scatter.read_placement: a moving tenant's copy is not read
 twice), in batches by id.
 
+Votes name their voter too: the export lists them, and erasure deletes them (taking each one's
+value off its comment's score), batch by batch as for comments.
+
 Erasure blanks the body, the author's name and id and marks the comment deleted: replies of
 other people keep their place in the tree, as with a soft delete. The author id is replaced by a
 tag of the erasure job (`erased:<job id>`), written in the same transaction as the blanking, so
@@ -32,7 +35,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from comments import cache
-from comments.models import Comment, Thread
+from comments.models import Comment, Thread, Vote
 from routers.scatter import read_placement
 from routers.scatter_queries import aggregate
 from shards.directory import TenantEntry, lookup
@@ -64,6 +67,7 @@ def export(author: str, *, say: Say) -> dict[str, Any]:
     placement = read_placement()
     names = get_shard_map().shard_names
     records: list[dict[str, Any]] = []
+    votes: list[dict[str, Any]] = []
     for number, shard in enumerate(names, 1):
         owned = placement.tenants.get(shard, {})
         found = 0
@@ -76,11 +80,32 @@ def export(author: str, *, say: Say) -> dict[str, Any]:
             records += [comment_record(c, owned[c.tenant_id], shard) for c in batch]
             found += len(batch)
             last = batch[-1].id
-        say(f"[{number}/{len(names)} {shard}] {found} comment(s) of {len(owned)} site(s)")
+        cast = _export_votes(shard, owned, author, votes)
+        say(f"[{number}/{len(names)} {shard}] {found} comment(s) and {cast} vote(s) of "
+            f"{len(owned)} site(s)")
     records.sort(key=lambda r: r["id"])
+    votes.sort(key=lambda v: (v["created_at"], v["comment_id"]))
     return {"author": author, "exported_at": timezone.now().isoformat(),
             "count": len(records), "sites": dict(Counter(r["site"] for r in records)),
-            "comments": records}
+            "comments": records, "votes": votes}
+
+
+def _export_votes(shard: str, owned: dict[int, str], voter: str,
+                  into: list[dict[str, Any]]) -> int:
+    found = 0
+    last = 0
+    while owned:
+        batch = list(Vote.unscoped.using(shard).filter(
+            voter=voter, tenant_id__in=list(owned), id__gt=last).order_by("id")
+            .values_list("id", "tenant_id", "comment_id", "value", "created_at")[:BATCH])
+        if not batch:
+            break
+        into += [{"site": owned[tenant_id], "shard": shard, "comment_id": comment_id,
+                  "value": value, "created_at": created_at.isoformat()}
+                 for _, tenant_id, comment_id, value, created_at in batch]
+        found += len(batch)
+        last = batch[-1][0]
+    return found
 
 
 @dataclass
@@ -162,6 +187,12 @@ def erase(author: str, progress: ErasureProgress, *, say: Say,
             say(f"{prefix} {count} comment(s) erased")
             if crash_after is not None and erased_now >= crash_after:
                 os._exit(70)  # fault injection: die with the job half done
+        # Deleted votes leave nothing to count later: a rerun finds none left.
+        removed = 0
+        while owned and (done := _erase_votes_batch(shard, owned, author)):
+            removed += done
+        if removed:
+            say(f"{prefix} {removed} vote(s) deleted")
         if shard not in progress.shards_done:
             progress.shards_done.append(shard)
             progress.save()
@@ -187,6 +218,26 @@ def _erase_batch(shard: str, tenants: list[int], author: str, tag: str) -> int:
             Thread.unscoped.using(shard).filter(id=thread, tenant_id=tenant_id).update(
                 comment_count=F("comment_count") - n)
     _forget_cached_pages(shard, {(tenant_id, thread) for _, tenant_id, thread, _ in rows})
+    return len(rows)
+
+
+def _erase_votes_batch(shard: str, tenants: list[int], voter: str) -> int:
+    with transaction.atomic(using=shard):
+        rows = list(Vote.unscoped.using(shard).select_for_update().filter(
+            voter=voter, tenant_id__in=tenants).order_by("id")
+            .values_list("id", "tenant_id", "comment_id", "value")[:BATCH])
+        if not rows:
+            return 0
+        Vote.unscoped.using(shard).filter(id__in=[r[0] for r in rows]).delete()
+        scores: Counter[tuple[int, int]] = Counter()
+        for _, tenant_id, comment_id, value in rows:
+            scores[(tenant_id, comment_id)] += value
+        for (tenant_id, comment_id), total in scores.items():
+            Comment.unscoped.using(shard).filter(id=comment_id, tenant_id=tenant_id).update(
+                score=F("score") - total)
+        threads = set(Comment.unscoped.using(shard).filter(
+            id__in=[comment for _, comment in scores]).values_list("tenant_id", "thread_id"))
+    _forget_cached_pages(shard, threads)
     return len(rows)
 
 

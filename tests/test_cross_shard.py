@@ -232,6 +232,17 @@ def test_moderation_soft_deletes_the_comment_on_its_sites_shard(cluster: Cluster
 def test_export_then_erase_then_export_again_is_empty(cluster: Cluster, tmp_path: Path) -> None:
     expected = Counter(site for _, site, _ in cluster.rows("author = %s", ["gdpr"]))
     assert set(expected) == set(SITES)
+    # gdpr upvotes one comment of someone else on each shard (as the vote API writes it).
+    voted = []
+    for shard in SHARDS:
+        [(comment_id, tenant_id, score)] = sql(
+            cluster.topo, shard, "SELECT id, tenant_id, score FROM comments_comment "
+            "WHERE author <> 'gdpr' AND NOT deleted ORDER BY id LIMIT 1")
+        sql(cluster.topo, shard, "WITH v AS (INSERT INTO comments_vote (tenant_id, comment_id, "
+            "voter, value, created_at) VALUES (%s, %s, 'gdpr', 1, now()) RETURNING comment_id) "
+            "UPDATE comments_comment SET score = score + 1 WHERE id IN (SELECT comment_id FROM v) "
+            "RETURNING id", [tenant_id, comment_id])
+        voted.append((shard, comment_id, score))
     exported = manage(cluster.topo, "user_data", "gdpr", "--export", str(tmp_path / "a.json"))
     assert exported.returncode == 0, exported.stdout + exported.stderr
     assert "[3/3 shard_2]" in exported.stdout
@@ -239,10 +250,18 @@ def test_export_then_erase_then_export_again_is_empty(cluster: Cluster, tmp_path
     assert data["count"] == sum(expected.values()) and data["sites"] == dict(expected)
     assert {c["author"] for c in data["comments"]} == {"gdpr"}
     assert [c["id"] for c in data["comments"]] == sorted(c["id"] for c in data["comments"])
+    assert {(v["shard"], v["comment_id"], v["value"]) for v in data["votes"]} == {
+        (shard, comment_id, 1) for shard, comment_id, _ in voted}
 
     erased = manage(cluster.topo, "user_data", "gdpr", "--erase", cwd=tmp_path)
     assert erased.returncode == 0, erased.stdout + erased.stderr
     assert _report(erased) == dict(expected)
+    # Their votes are gone, and so is what they added to others' scores.
+    for shard, comment_id, score in voted:
+        assert sql(cluster.topo, shard, "SELECT count(*) FROM comments_vote WHERE voter = 'gdpr'"
+                   ) == [(0,)]
+        assert sql(cluster.topo, shard, "SELECT score FROM comments_comment WHERE id = %s",
+                   [comment_id]) == [(score,)]
     again = manage(cluster.topo, "user_data", "gdpr", "--export", str(tmp_path / "b.json"))
     assert again.returncode == 0, again.stdout + again.stderr
     assert json.loads((tmp_path / "b.json").read_text())["count"] == 0
