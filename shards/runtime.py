@@ -213,6 +213,13 @@ class Slot(Generic[T]):
                 self._start(value)
             return value
 
+    def replace(self, value: T) -> None:
+        """Serve `value` from now on, as if built (a live topology change); not closed here.
+
+        No lock: one attribute assignment is atomic, and the caller may be a native thread,
+        which must not wait on this (gevent's, in a worker) lock."""
+        self._value = value
+
     @property
     def built(self) -> bool:
         """True once `get()` built the object (an injected one does not count)."""
