@@ -56,8 +56,8 @@ class PrimaryUnavailable(OperationalError):
 
 
 def hold_reason(exc: BaseException) -> str | None:
-    """Why this failed write may succeed if run again shortly (FENCED, or the primary's state in
-    words), or None when it must not be run again."""
+    """Why this failed write may succeed if run again shortly (FENCED, or the primary's state:
+    "read-only", "unreachable"), or None when it must not be run again."""
     if isinstance(exc, CommitOutcomeUnknown):
         return None
     if is_fence_error(exc):
@@ -119,8 +119,9 @@ class _Hold:
         if now + delay >= end:
             raise self._gave_up(reason, held, budget) from exc
         if len(self.waits) == 1 and delay == first:
-            logger.warning("write of %s held: %s's primary %s", self.entry.slug, shard,
-                           "fences it (moving)" if fenced else reason)
+            logger.warning("write of %s held: %s", self.entry.slug,
+                           f"it is fenced on {shard} (moving)" if fenced
+                           else f"the primary of {shard} is {reason}")
         # A connection the failure broke goes back to the pool, which drops it; the next
         # attempt checks out a working one.
         with contextlib.suppress(DatabaseError):
@@ -136,9 +137,10 @@ class _Hold:
                 f"tenant {entry.slug} has been fenced for {held:.0f} s; its move may be stuck: "
                 "see shard_status"
             )
-        logger.warning("write of %s failed after %.1f s: %s's primary %s", entry.slug, held,
-                       entry.shard, reason)
+        logger.warning("write of %s failed after %.1f s: the primary of %s is %s", entry.slug,
+                       held, entry.shard, reason)
         return PrimaryUnavailable(
             f"the primary of {entry.shard} did not take this write for {held:.1f} s "
-            f"(hold bound {budget:g} s): {reason}, a failover may be in progress; retry shortly"
+            f"(hold bound {budget:g} s): it is {reason}, a failover may be in progress; "
+            "retry shortly"
         )

@@ -60,12 +60,12 @@ def is_read_only(exc: BaseException) -> bool:
 
 
 def unavailable_reason(exc: BaseException) -> str | None:
-    """Why a primary could not take a write, in words for logs and answers, or None when the
+    """Why a primary could not take a write ("read-only", "unreachable"), or None when the
     error is about the write itself (a constraint, a timeout, a bug)."""
     if is_read_only(exc):
-        return "it is read-only"
+        return "read-only"
     if is_connection_lost(exc):
-        return "it is unreachable"
+        return "unreachable"
     return None
 
 

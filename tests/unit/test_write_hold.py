@@ -52,18 +52,18 @@ def lost_during_commit() -> CommitOutcomeUnknown:
 
 READ_ONLY = pg_errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction")
 HELD = [
-    (READ_ONLY, "it is read-only"),
-    (pg_errors.ProtocolViolation("query_wait_timeout"), "it is unreachable"),
+    (READ_ONLY, "read-only"),
+    (pg_errors.ProtocolViolation("query_wait_timeout"), "unreachable"),
     (pg_errors.ProtocolViolation("server login has been failing, try again later"),
-     "it is unreachable"),
+     "unreachable"),
     (psycopg.OperationalError('connection to server at "127.0.0.1", port 6432 failed: '
-                              "Connection refused"), "it is unreachable"),
-    (psycopg.OperationalError("server closed the connection unexpectedly"), "it is unreachable"),
+                              "Connection refused"), "unreachable"),
+    (psycopg.OperationalError("server closed the connection unexpectedly"), "unreachable"),
     (pg_errors.AdminShutdown("terminating connection due to administrator command"),
-     "it is unreachable"),
+     "unreachable"),
     (pg_errors.CrashShutdown("terminating connection because of crash of another server "
-                             "process"), "it is unreachable"),
-    (pg_errors.CannotConnectNow("the database system is starting up"), "it is unreachable"),
+                             "process"), "unreachable"),
+    (pg_errors.CannotConnectNow("the database system is starting up"), "unreachable"),
 ]
 
 
