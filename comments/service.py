@@ -13,7 +13,7 @@ from comments import cache, cursors, live
 from comments.models import MAX_DEPTH, Comment, Thread, Vote
 from comments.schemas import Order, page_json
 from routers import causal
-from shards.fence import retry_fenced_writes
+from routers.write_hold import retry_writes
 from shards.tenancy import current_tenant
 
 MAX_REPLIES_PER_PAGE = 500
@@ -55,7 +55,7 @@ def threads_at(url: str, using: str) -> QuerySet[Thread]:
             .filter(url_md5=MD5(Value(url)), url=url))
 
 
-@retry_fenced_writes
+@retry_writes
 def get_or_create_thread(url: str, title: str) -> tuple[Thread, bool]:
     shard = _shard()
     existing = threads_at(url, shard).first()
@@ -160,7 +160,7 @@ def cached_comment_page(thread_id: int, order: Order, cursor: str | None,
     return cache.cached_page(entry, thread_id, f"{order}:{cursor or ''}:{limit}", fill)
 
 
-@retry_fenced_writes
+@retry_writes
 def post_comment(thread_id: int, *, author: str, author_name: str, body: str,
                  parent_id: int | None) -> Comment:
     with causal.write_transaction(_shard()):
@@ -195,7 +195,7 @@ def _own_comment(comment_id: int, user: str) -> Comment:
     return comment
 
 
-@retry_fenced_writes
+@retry_writes
 def edit_comment(comment_id: int, *, user: str, body: str) -> Comment:
     with causal.write_transaction(_shard()):
         comment = _own_comment(comment_id, user)
@@ -207,7 +207,7 @@ def edit_comment(comment_id: int, *, user: str, body: str) -> Comment:
     return comment
 
 
-@retry_fenced_writes
+@retry_writes
 def delete_comment(comment_id: int, *, user: str) -> None:
     with causal.write_transaction(_shard()):
         comment = _own_comment(comment_id, user)
@@ -218,7 +218,7 @@ def delete_comment(comment_id: int, *, user: str) -> None:
     live.publish("deleted", comment_dict(comment))
 
 
-@retry_fenced_writes
+@retry_writes
 def moderate_delete(comment_id: int) -> bool:
     """Soft-delete a comment of the current tenant for a moderator (no authorship check), as
     delete_comment does. False when it was deleted already: repeating the action is harmless."""
@@ -236,7 +236,7 @@ def moderate_delete(comment_id: int) -> bool:
     return True
 
 
-@retry_fenced_writes
+@retry_writes
 def vote(comment_id: int, *, user: str, value: int) -> tuple[int, int]:
     """Set the user's vote (1, -1, or 0 to remove); idempotent. Returns (value, new score)."""
     with causal.write_transaction(_shard()):

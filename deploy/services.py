@@ -84,12 +84,12 @@ class ServiceControl:
             cwd=PROJECT_DIR,
         )
 
-    def migrate(self) -> None:
+    def migrate(self, **env: str) -> None:
         # migrate_shards migrates control first (shards take their global id generator from its
         # registry), then every shard primary in parallel, over direct connections, under the
         # cluster lock; it exits non-zero (TopologyError here) unless everything is migrated.
         self.echo("migrating control and shards (manage.py migrate_shards)")
-        output = self.manage("migrate_shards")
+        output = self.manage("migrate_shards", **env)
         # The summary table: a header, one row per database, and the timing line.
         for line in output.splitlines()[-(len(self.layout.cluster_names) + 2):]:
             self.echo(line)

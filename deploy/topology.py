@@ -111,19 +111,20 @@ class LocalTopology(PostgresNodes, ServiceControl, EdgeControl, MonitoringContro
             self.network.ensure_bridge()
         self._ensure_pgbouncer()
         self._ensure_redis()
+        # Running services follow the topology file within seconds (shards/live_topology.py):
+        # it is published once migrated, so no tenant is placed on a shard without tables.
         before = layout.topology_file.read_text() if layout.topology_file.exists() else None
-        self.write_topology_file()
-        changed = before is not None and before != layout.topology_file.read_text()
-        self.echo(f"topology file: {layout.topology_file}")
+        staged = self.write_topology_file(layout.topology_file.with_name("topology.next.toml"))
+        changed = before is not None and before != staged.read_text()
         self.secret_key()
         self.echo(f"secret key: {layout.root / 'secret-key'} (for manage.py: "
                   f"export SHARDSVC_SECRET_KEY=\"$(cat {layout.root / 'secret-key'})\")")
         if migrate:
-            self.migrate()
+            self.migrate(SHARDSVC_TOPOLOGY=str(staged))
+        staged.replace(layout.topology_file)
+        self.echo(f"topology file: {layout.topology_file}"
+                  + (" (changed: running services follow it)" if changed else ""))
         self.collectstatic()
-        if changed:
-            # Workers load the shard map once (preload_app): a new shard needs new workers.
-            self.restart_services()
         if service:
             self.start_app_hosts()
             self.ensure_edge()
@@ -224,7 +225,8 @@ class LocalTopology(PostgresNodes, ServiceControl, EdgeControl, MonitoringContro
         host = self.service_address()
         return f"postgresql://{APP_USER}@{host}:{self.layout.pgbouncer_port}/{alias}"
 
-    def write_topology_file(self) -> Path:
+    def write_topology_file(self, path: Path | None = None) -> Path:
+        """Write the topology file (or the same text at `path`, to stage a change)."""
         lines = [
             "# Written by `python -m deploy.topology up`. dsn: through PgBouncer (the app);",
             "# direct_dsn: straight to the server (DDL, replication, moves).",
@@ -249,7 +251,7 @@ class LocalTopology(PostgresNodes, ServiceControl, EdgeControl, MonitoringContro
         lines += ["[redis]",
                   f'url = "redis://{self.service_address()}:{self.layout.redis_port}/0"', ""]
         lines += self.topology_file_edge_lines()
-        path = self.layout.topology_file
+        path = path or self.layout.topology_file
         tmp = path.with_suffix(".tmp")
         tmp.write_text("\n".join(lines))
         tmp.replace(path)  # readers never see half a file

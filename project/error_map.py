@@ -20,8 +20,9 @@ from comments.cursors import BadCursor
 from comments.service import Conflict, Forbidden, Invalid, NotFound
 from project.errors import RETRY_AFTER_SECONDS, ErrorAnswer, code_for_status
 from project.pgpool.deadline import current_deadline
-from project.pgpool.errors import DeadlineExceeded, PoolTimeout
+from project.pgpool.errors import CommitOutcomeUnknown, DeadlineExceeded, PoolTimeout
 from routers.scatter import IncompleteScatter
+from routers.write_hold import PrimaryUnavailable
 from shards.errors import MalformedTenantKey, RoutingError, UnknownShard, UnknownTenant
 from shards.fence import TenantStillFenced
 from shards.placement import NoShardAcceptsTenants
@@ -128,8 +129,11 @@ def _database_unavailable(exc: BaseException, path: str) -> ErrorAnswer:
     timeout = _timeout_message(exc)
     if timeout is not None:
         return ErrorAnswer(503, "database_timeout", timeout, RETRY_AFTER_SECONDS)
-    if isinstance(exc, PoolTimeout | TenantStillFenced):
+    if isinstance(exc, PoolTimeout | TenantStillFenced | PrimaryUnavailable):
         return ErrorAnswer(503, "database_unavailable", str(exc), RETRY_AFTER_SECONDS)
+    if isinstance(exc, CommitOutcomeUnknown):
+        # Not "retry shortly": a client that retries blindly may write twice.
+        return ErrorAnswer(503, "write_outcome_unknown", str(exc), RETRY_AFTER_SECONDS)
     # The driver's text can carry host names and ports: log it, answer plainly.
     return ErrorAnswer(503, "database_unavailable",
                        "a database needed for this request is unavailable; retry shortly",

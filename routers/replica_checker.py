@@ -23,8 +23,16 @@ import time
 import weakref
 from collections.abc import Callable
 
-from routers.native_threads import NativeEvent, NativeThread, native_lock
-from routers.replica_probe import Check, Connections, probe_primary, probe_replica, unstick
+from routers.native_threads import NativeThread, native_lock
+from routers.replica_probe import (
+    Check,
+    Connections,
+    PrimaryPosition,
+    probe_primary,
+    probe_replica,
+    unstick,
+)
+from routers.replica_runner import CheckerThread
 from routers.replica_state import (
     ReplicaPositions,
     ReplicaState,
@@ -42,7 +50,7 @@ from shards.topology import Server, ShardMap
 logger = logging.getLogger("shardsvc.replicas")
 
 
-class ReplicaHealth:
+class ReplicaHealth(CheckerThread):
     """Tracks reachability, recovery, replay LSN and lag of every replica in a ShardMap.
 
     One per worker process (built by the runtime registry: `routers.replicas.get_replica_health()`).
@@ -77,20 +85,13 @@ class ReplicaHealth:
         self.stale_after = float(stale_after)
         self.check_timeout = float(check_timeout)
 
-        self._replicas: dict[str, tuple[Server, ...]] = {
-            c.name: c.replicas for c in shard_map.clusters
-        }
-        self._cluster_of: dict[str, str] = {
-            s.alias: c.name for c in shard_map.clusters for s in c.replicas
-        }
-        self._primaries: dict[str, Server] = {c.name: c.primary for c in shard_map.clusters}
         self._states: dict[str, ReplicaState] = {}
         # cluster -> when each higher WAL position was first seen (the primary's, or a
         # replica's receive position): what lag is measured against.
-        self._timelines: dict[str, WalTimeline] = {
-            c.name: WalTimeline(max(DEFAULT_HORIZON, 4 * self.max_lag))
-            for c in shard_map.clusters
-        }
+        self._timelines: dict[str, WalTimeline] = {}
+        # cluster -> the highest PostgreSQL timeline seen on its primary or a replica.
+        self._newest_tli: dict[str, int] = {}
+        self._set_servers(shard_map)
         # alias -> monotonic time of the last mark_failed(): checks begun before it cannot
         # restore the replica, since they may have read it just before the failure.
         self._failed_at: dict[str, float] = {}
@@ -100,9 +101,46 @@ class ReplicaHealth:
         self._thread: NativeThread | None = None
         self._thread_pid: int | None = None
         self._res = Connections()
+        self.after_round = None
         # Closes the connections and stops the thread when the object is dropped without stop().
         self._finalizer = weakref.finalize(self, self._res.close)
-        _instances.add(self)
+        self._track_forks()
+
+    def _set_servers(self, shard_map: ShardMap) -> None:
+        # Each table is replaced whole: readers on other threads see the old or the new one.
+        self.shard_map = shard_map
+        self._replicas: dict[str, tuple[Server, ...]] = {
+            c.name: c.replicas for c in shard_map.clusters
+        }
+        self._cluster_of: dict[str, str] = {
+            s.alias: c.name for c in shard_map.clusters for s in c.replicas
+        }
+        self._primaries: dict[str, Server] = {c.name: c.primary for c in shard_map.clusters}
+        self._timelines = {
+            c.name: self._timelines.get(c.name) or WalTimeline(max(DEFAULT_HORIZON,
+                                                                   4 * self.max_lag))
+            for c in shard_map.clusters
+        }
+
+    def retarget(self, shard_map: ShardMap) -> None:
+        """Check the servers of `shard_map` from now on (the topology file changed): new
+        replicas are checked in the next round, removed ones forgotten, the states of the
+        others kept. A server whose DSN changed is checked anew."""
+        if not isinstance(shard_map, ShardMap):
+            raise TypeError(f"shard_map must be a ShardMap, got {type(shard_map).__name__}")
+        new = {s.alias: s for s in shard_map.servers()}
+        changed = {s.alias for s in self.shard_map.servers() if new.get(s.alias) != s}
+        with self._lock:
+            self._set_servers(shard_map)
+            for alias in changed:
+                self._states.pop(alias, None)
+                self._failed_at.pop(alias, None)
+            busy = set(self._inflight)
+        for alias in changed - busy:
+            conn = self._res.conns.pop(alias, None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
 
     def __repr__(self) -> str:
         running = self._thread is not None and self._thread_pid == os.getpid()
@@ -136,6 +174,7 @@ class ReplicaHealth:
                 f"{', '.join(self._replicas)}. Pass a cluster name, not a replica alias."
             ) from None
         oldest = time.monotonic() - self.stale_after
+        newest_tli = self._newest_tli.get(cluster, 0)
         usable = []
         for server in replicas:
             state = self._states.get(server.alias)
@@ -146,6 +185,10 @@ class ReplicaHealth:
                 and state.lag_seconds <= self.max_lag
                 and state.replay_lsn >= min_lsn
                 and state.checked_at >= oldest
+                # A replica left on an older timeline than its cluster has reached (after a
+                # failover: not yet switched, or diverged) may have replayed past a position
+                # on another history: a causal token says nothing about it.
+                and state.timeline >= newest_tli
             ):
                 usable.append(server.alias)
         return usable
@@ -225,19 +268,26 @@ class ReplicaHealth:
 
     def _run_sample(self, check: Check) -> None:
         try:
-            lsn = self._sample(check)
+            found = self._sample(check)
         except Exception as exc:  # the primary's own health is not tracked here
             logger.debug("primary %s position unavailable: %s", check.server.alias,
                          error_text(exc))
-            lsn = None
+            found = None
         finally:
             self._finish(check)
-        if lsn is not None and check.pid == os.getpid():
+        if found is not None and check.pid == os.getpid():
             with self._lock:
-                self._timelines[check.cluster].observe(lsn, time.monotonic(), authoritative=True)
+                self._timelines[check.cluster].observe(found.lsn, time.monotonic(),
+                                                       authoritative=True)
+                self._saw_timeline(check.cluster, found.timeline)
 
-    def _sample(self, check: Check) -> int | None:
-        """The primary's current WAL position (None: it is in recovery)."""
+    def _saw_timeline(self, cluster: str, timeline: int) -> None:
+        # Called with self._lock held.
+        if timeline > self._newest_tli.get(cluster, 0):
+            self._newest_tli[cluster] = timeline
+
+    def _sample(self, check: Check) -> PrimaryPosition | None:
+        """The primary's current WAL position and timeline (None: it is in recovery)."""
         return probe_primary(check, self._res, timeout=self.check_timeout)
 
     def _query(self, check: Check) -> ReplicaState:
@@ -249,7 +299,12 @@ class ReplicaHealth:
             timeline = self._timelines[check.cluster]
             if found.receive_lsn is not None:
                 timeline.observe(found.receive_lsn, found.answered_at)
-            return state_from_positions(check.server.alias, check.cluster, found, timeline)
+            previous = self._states.get(check.server.alias)
+            if found.timeline is not None:
+                self._saw_timeline(check.cluster, found.timeline)
+            return state_from_positions(
+                check.server.alias, check.cluster, found, timeline,
+                known_timeline=previous.timeline if previous is not None else 0)
 
     def _give_up(self, check: Check) -> None:
         """The check outlived check_timeout: report the replica unreachable and unstick it.
@@ -292,107 +347,9 @@ class ReplicaHealth:
                 state.alias, format_lsn(state.replay_lsn), state.lag_seconds,
             )
 
-    # ----- background thread ----------------------------------------------------------------------
-
-    def start(self) -> None:
-        """Start the background checks in this process. Idempotent; after a fork, starts anew."""
-        self._forget_if_forked()
-        with self._lock:
-            pid = os.getpid()
-            if self._thread is not None and self._thread_pid == pid and self._thread.is_alive():
-                return
-            if self._res.stop.is_set():
-                self._res.stop = NativeEvent()
-            # The thread gets a weak reference: a dropped ReplicaHealth stops its own thread.
-            thread = NativeThread(
-                _check_loop,
-                (weakref.ref(self), self._res.stop, pid),
-                name="shardsvc-replica-health",
-            )
-            self._thread, self._thread_pid = thread, pid
-            thread.start()
-
-    def stop(self) -> None:
-        """Stop the background checks and close the check connections."""
-        self._forget_if_forked()
-        with self._lock:
-            thread, pid = self._thread, self._thread_pid
-            self._thread = self._thread_pid = None
-            self._res.stop.set()
-        if thread is not None and pid == os.getpid() and not thread.is_current():
-            thread.join(self.interval + self.check_timeout + 1.0)
-        with self._lock:
-            inflight = list(self._inflight.values())
-        for check in inflight:
-            assert check.thread is not None
-            check.thread.join(max(0.0, check.started + self.check_timeout - time.monotonic()))
-            if not check.done:
-                self._give_up(check)
-        # Never close a connection a check thread is still using (freeing it under a running
-        # libpq call is a use-after-free); after _give_up that thread fails and closes it itself.
-        with self._lock:
-            busy = set(self._inflight)
-        for alias, conn in list(self._res.conns.items()):
-            if alias not in busy:
-                self._res.conns.pop(alias, None)
-                with contextlib.suppress(Exception):
-                    conn.close()
-
-    @property
-    def running(self) -> bool:
-        thread = self._thread
-        return thread is not None and self._thread_pid == os.getpid() and thread.is_alive()
-
-    # ----- fork safety ----------------------------------------------------------------------------
-
-    def _forget_if_forked(self) -> None:
-        if self._pid != os.getpid():
-            self._after_fork_in_child()
-
-    def _after_fork_in_child(self) -> None:
-        """In a forked child: drop everything shared with the parent without touching it.
-
-        Runs right after fork (os.register_at_fork), with the pid check in start() as a backstop.
-        """
-        # Locks may have been copied while held by a parent thread that does not exist here.
-        self._lock = native_lock()
-        self._pid = os.getpid()
-        self._inflight = {}
-        self._thread = self._thread_pid = None
-        inherited, self._res = self._res, Connections()
-        self._finalizer.detach()
-        self._finalizer = weakref.finalize(self, self._res.close)
-        inherited.abandon()
-
-
-def _check_loop(ref: weakref.ref[ReplicaHealth], stop: NativeEvent, pid: int) -> None:
-    """The background loop: holds its owner only while checking, so dropping it ends the loop."""
-    while not stop.is_set():
-        health = ref()
-        if os.getpid() != pid or health is None:
-            return
-        try:
-            health.check_once()
-        except Exception:  # check_once never raises; if it ever does, keep checking
-            logger.exception("replica health check failed")
-        interval = health.interval
-        del health
-        stop.wait(interval)
-
 
 def _check_number(name: str, value: float, *, minimum: float, inclusive: bool) -> None:
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < minimum or (value == minimum and not inclusive):
         bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
         raise ValueError(f"{name} must be a finite number of seconds {bound}, got {value!r}")
-
-
-_instances: weakref.WeakSet[ReplicaHealth] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for health in list(_instances):
-        health._after_fork_in_child()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -33,13 +33,21 @@ APPLICATION_NAME = "shardsvc-replica-health"
 
 # What a check reads on a replica: positions only. Lag is computed from them and the primary's
 # position (`routers.wal_lag`), never from the replay timestamp.
+# The timeline of the WAL it receives (NULL while it does not stream; the walreceiver's row
+# is readable by superusers and pg_read_all_stats) tells a replica left on an old timeline
+# after a failover from one that follows the new primary.
 REPLICA_QUERY = (
     b"SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text, "
-    b"pg_last_wal_receive_lsn()::text"
+    b"pg_last_wal_receive_lsn()::text, "
+    b"(SELECT received_tli FROM pg_stat_wal_receiver)::text"
 )
-# The primary's current position; NULL from a server in recovery (it is no primary).
+# The primary's current position and timeline (the first 8 hex digits of its WAL file's name:
+# pg_control_checkpoint() lags a promotion until the next checkpoint); NULL from a server in
+# recovery (it is no primary).
 PRIMARY_QUERY = (
-    b"SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END"
+    b"SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, "
+    b"CASE WHEN pg_is_in_recovery() THEN NULL "
+    b"ELSE substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END"
 )
 
 # Ops' one-shot reading of a replica (`shard_status`), from the replica alone: lag is 0 when
@@ -109,19 +117,28 @@ def probe_replica(check: Check, res: Connections, *, timeout: float) -> ReplicaP
     """Read the replica's recovery flag and replay/receive positions. Raises what failed
     (psycopg.OperationalError for a refused, reset or timed-out connection)."""
     row = _query(check, res, REPLICA_QUERY, timeout=timeout)
-    in_recovery, replay, receive = row
+    in_recovery, replay, receive, timeline = row
     return ReplicaPositions(
         in_recovery=in_recovery == b"t",
         replay_lsn=parse_lsn(replay.decode()) if replay else None,
         receive_lsn=parse_lsn(receive.decode()) if receive else None,
         answered_at=time.monotonic(),
+        timeline=int(timeline) if timeline else None,
     )
 
 
-def probe_primary(check: Check, res: Connections, *, timeout: float) -> int | None:
-    """The primary's current WAL position; None if the server is in recovery."""
-    (lsn,) = _query(check, res, PRIMARY_QUERY, timeout=timeout)
-    return parse_lsn(lsn.decode()) if lsn else None
+@dataclass(frozen=True)
+class PrimaryPosition:
+    lsn: int
+    timeline: int
+
+
+def probe_primary(check: Check, res: Connections, *, timeout: float) -> PrimaryPosition | None:
+    """The primary's current WAL position and timeline; None if the server is in recovery."""
+    lsn, timeline = _query(check, res, PRIMARY_QUERY, timeout=timeout)
+    if not lsn or not timeline:
+        return None
+    return PrimaryPosition(parse_lsn(lsn.decode()), int(timeline, 16))
 
 
 def _query(check: Check, res: Connections, query: bytes, *,

@@ -21,6 +21,7 @@ class ReplicaPositions:
     replay_lsn: int | None  # None: nothing replayed since startup
     receive_lsn: int | None  # None: not streaming (yet)
     answered_at: float  # time.monotonic()
+    timeline: int | None = None  # of the WAL it receives; None: not streaming
 
 
 @dataclass(frozen=True)
@@ -38,12 +39,17 @@ class ReplicaState:
     # WAL bytes the replica has not replayed: the furthest position its cluster is known to
     # have reached (the primary's current LSN) minus replay_lsn; 0 when caught up.
     lag_bytes: int = 0
+    # The timeline of the WAL it last received (0: never seen streaming). Positions compare
+    # only along one history: see ReplicaHealth.usable_replicas.
+    timeline: int = 0
 
 
 def state_from_positions(alias: str, cluster: str, found: ReplicaPositions,
-                         timeline: WalTimeline) -> ReplicaState:
-    """A reachable replica's state: lag measured against its cluster's timeline, which already
-    holds the replica's own receive position."""
+                         timeline: WalTimeline, *, known_timeline: int = 0) -> ReplicaState:
+    """A reachable replica's state: lag measured against its cluster's WAL timeline (of
+    positions over time), which already holds the replica's own receive position.
+    `known_timeline`: the PostgreSQL timeline it was last seen receiving, kept while it does
+    not stream (only streaming moves a standby to another timeline)."""
     replay = found.replay_lsn
     if replay is None:
         lag, behind = math.inf, 0  # nothing replayed since startup: cannot tell
@@ -60,6 +66,7 @@ def state_from_positions(alias: str, cluster: str, found: ReplicaPositions,
         lag_seconds=lag,
         lag_bytes=behind,
         checked_at=found.answered_at,
+        timeline=found.timeline or known_timeline,
     )
 
 

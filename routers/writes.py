@@ -2,7 +2,9 @@
 `update()`, raw SQL), so read-your-writes never depends on the router having been asked.
 
 An execute wrapper on each connection looks at the statement's first word: a string check,
-no SQL of its own.
+no SQL of its own. The same wrapper names a write whose outcome a lost connection hid: a
+COMMIT sent as a statement (`routers.causal.write_transaction`) or a write in autocommit mode
+(Django's own COMMIT is the backend's, `project.pgpool.base`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from django.db import DatabaseError
+
+from project.pgpool.errors import CommitOutcomeUnknown
+from project.pgpool.faults import commit_outcome_unknown
 from routers.state import current_state
 from shards.topology import get_shard_map
 
@@ -29,6 +35,13 @@ def is_write(sql: str) -> bool:
     return False
 
 
+def commits(sql: str, connection: Any) -> bool:
+    """Running `sql` on `connection` may commit: a COMMIT, or a write outside a transaction."""
+    if sql.lstrip()[:6].upper() == "COMMIT":
+        return True
+    return is_write(sql) and not getattr(connection, "in_atomic_block", False)
+
+
 def _primary_clusters() -> frozenset[str]:
     return frozenset(c.name for c in get_shard_map().clusters)
 
@@ -39,7 +52,12 @@ class WriteTracker:
 
     def __call__(self, execute: Callable[..., Any], sql: str, params: Any, many: bool,
                  context: dict[str, Any]) -> Any:
-        result = execute(sql, params, many, context)
+        try:
+            result = execute(sql, params, many, context)
+        except DatabaseError as exc:
+            if commit_outcome_unknown(exc) and commits(sql, context.get("connection")):
+                raise CommitOutcomeUnknown(self.cluster) from exc
+            raise
         if is_write(sql):
             state = current_state()
             if state is not None:

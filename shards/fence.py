@@ -4,28 +4,15 @@ tenant's writes, so no write can land on the old shard whatever a worker's cache
 Every sharded table carries a row trigger (installed after migrations) that looks the row's
 tenant up in `shardsvc_fence`, a table that is empty except during a cutover. A fenced write
 fails with SQLSTATE SV001. The service catches it, refreshes the tenant's placement, waits
-(bounded) and retries on the new shard: writers see a pause, not an error.
+(bounded) and retries on the new shard: writers see a pause, not an error
+(`routers.write_hold.retry_writes`, which holds writes through a failover the same way).
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-import time
-from collections.abc import Callable
-from typing import Any, TypeVar
-
 from django.db import DatabaseError, connections
 
-from shards.directory import get_directory
-from shards.runtime import runtime
-from shards.tenancy import current_tenant, tenant
-
-logger = logging.getLogger("shardsvc.fence")
-
 FENCE_SQLSTATE = "SV001"
-FENCE_RETRY_MAX_DELAY = 0.05  # seconds between a fenced writer's retries, at most
-T = TypeVar("T")
 
 INSTALL_SQL = f"""
 CREATE TABLE IF NOT EXISTS shardsvc_fence (
@@ -85,41 +72,3 @@ def is_fence_error(exc: BaseException) -> bool:
 
 class TenantStillFenced(DatabaseError):
     """The tenant stayed fenced longer than FENCE_RETRY_SECONDS: its move is stuck."""
-
-
-def retry_fenced_writes(function: Callable[..., T]) -> Callable[..., T]:
-    """Run a write of the current tenant; when it hits the fence (the tenant is being moved),
-    reload the tenant's placement and try again until the move flips it, for at most
-    ``SHARDSVC["FENCE_RETRY_SECONDS"]``. The write must be one transaction (it is rolled back whole
-    by the fence error), so running it again is safe."""
-
-    @functools.wraps(function)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        budget = runtime.conf().fence_retry_seconds
-        deadline = time.monotonic() + budget
-        # Short waits: a cutover pauses writes for tens of milliseconds, and a writer that
-        # slept past the flip adds its oversleep to the pause it sees. A retry costs the
-        # source one index probe, so even a writer stuck for the whole budget is cheap.
-        delay = 0.005
-        entry = current_tenant()
-        while True:
-            try:
-                if entry is None:
-                    return function(*args, **kwargs)
-                with tenant(entry):
-                    return function(*args, **kwargs)
-            except DatabaseError as exc:
-                if not is_fence_error(exc) or entry is None:
-                    raise
-                if time.monotonic() >= deadline:
-                    raise TenantStillFenced(
-                        f"tenant {entry.slug} has been fenced for {budget:.0f} s; its move may "
-                        "be stuck: see shard_status"
-                    ) from exc
-                logger.info("write of %s fenced on %s; waiting for the move", entry.slug,
-                            entry.shard)
-                time.sleep(delay)  # cooperative under gevent
-                delay = min(delay * 1.5, FENCE_RETRY_MAX_DELAY)
-                entry = get_directory().lookup(entry.id, fresh=True)
-
-    return wrapper

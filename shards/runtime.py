@@ -74,6 +74,10 @@ class Conf:
     directory_redis_ttl: int = _tunable(30, env=True)
     # A write that hits a moving tenant's fence retries this long for the move to flip.
     fence_retry_seconds: float = _tunable(10.0, env=True)
+    # A write whose shard primary is read-only or unreachable (a failover: Patroni promotes in
+    # about 2-5 s, then PgBouncer is re-pointed) retries this long, then answers 503. Below the
+    # request deadline (10 s), so the client hears why rather than of the deadline.
+    failover_hold_seconds: float = _tunable(6.0, env=True)
     # After this many consecutive Redis failures a worker skips Redis for redis_breaker_reset.
     redis_breaker_failures: int = _tunable(3, env=True)
     redis_breaker_reset: float = _tunable(1.0, env=True)
@@ -208,6 +212,13 @@ class Slot(Generic[T]):
             if self._ready is not None and self._start is not None and not self._ready(value):
                 self._start(value)
             return value
+
+    def replace(self, value: T) -> None:
+        """Serve `value` from now on, as if built (a live topology change); not closed here.
+
+        No lock: one attribute assignment is atomic, and the caller may be a native thread,
+        which must not wait on this (gevent's, in a worker) lock."""
+        self._value = value
 
     @property
     def built(self) -> bool:

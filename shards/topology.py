@@ -25,9 +25,11 @@ __all__ = [
     "Cluster",
     "Server",
     "ShardMap",
+    "database_like",
     "databases_setting",
     "get_shard_map",
     "load_shard_map",
+    "replace_shard_map",
 ]
 
 
@@ -46,6 +48,19 @@ def databases_setting(
         server.alias: _database(server.direct_dsn if use_direct else server.dsn, engine, options)
         for server in shard_map.servers()
     }
+
+
+def database_like(template: dict[str, Any], dsn: str) -> dict[str, Any]:
+    """A ``DATABASES`` entry for `dsn` made like `template` (an existing entry): same engine,
+    options and flags, another server (used when the topology changes live)."""
+    entry = copy.deepcopy(template)
+    made = _database(dsn, template["ENGINE"], None)
+    for key in ("NAME", "USER", "PASSWORD", "HOST", "PORT", "TEST"):
+        entry[key] = made[key]
+    # Conninfo keys of the new DSN (sslmode, ...) reach psycopg too; the template's own
+    # conninfo keys stay unless the DSN sets them.
+    entry["OPTIONS"] = {**entry.get("OPTIONS", {}), **made["OPTIONS"]}
+    return entry
 
 
 def _database(dsn: str, engine: str, options: dict[str, Any] | None) -> dict[str, Any]:
@@ -89,5 +104,11 @@ _shard_map: Slot[ShardMap] = runtime.slot("shard_map", _build_shard_map)
 
 def get_shard_map() -> ShardMap:
     """The ShardMap of ``settings.SHARDSVC["SHARD_MAP"]``, read once per process (until the
-    registry resets: shards.runtime)."""
+    registry resets: shards.runtime), or the one the topology file changed to since
+    (shards.live_topology)."""
     return _shard_map.get()
+
+
+def replace_shard_map(new: ShardMap) -> None:
+    """Serve `new` from now on (shards.live_topology applies a changed file with it)."""
+    _shard_map.replace(new)

@@ -18,7 +18,7 @@ import pytest
 
 from deploy.processes import read_pid
 from deploy.topology import LocalTopology
-from tests.client import get
+from tests.client import get, wait_until
 from tests.commands import manage
 from tests.conftest import make_topology
 
@@ -76,11 +76,13 @@ def test_a_third_shard_is_added_and_rebalance_moves_tenants_onto_it() -> None:
         before = get(f"{service.url}/readyz/shards").body["databases"]
         assert "shard_2" not in before
 
-        # Grow: the same layout with one more shard; `up` adds it to the running topology and
-        # restarts the running service, whose workers loaded the old shard map.
+        # Grow: the same layout with one more shard; `up` adds it to the running topology, and
+        # the running service's workers follow the new topology file without a restart.
         grown.up(service=False, migrate=True)
         assert "shard_2" in grown.layout.topology_file.read_text()
-        assert read_pid(service.pidfile) not in (None, old_master)
+        assert read_pid(service.pidfile) == old_master
+        wait_until(lambda: all("shard_2" in get(f"{service.url}/readyz/shards").body["databases"]
+                               for _ in range(6)), timeout=15, what="the workers know shard_2")
         after = get(f"{service.url}/readyz/shards")
         assert after.status == 200 and after.body["databases"]["shard_2"]["writable"] is True
         assert rows(grown, "default", "SELECT accepts_tenants FROM shards_shard "

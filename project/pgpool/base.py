@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from django.db import DEFAULT_DB_ALIAS
+from django.db import DEFAULT_DB_ALIAS, DatabaseError
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql.base import Cursor as DjangoCursor
 from django.db.backends.postgresql.base import DatabaseWrapper as DjangoDatabaseWrapper
@@ -25,6 +25,8 @@ from django_db_geventpool.backends.postgresql_psycopg3.base import (
 from psycopg import IsolationLevel
 
 from .deadline import Deadline, current_deadline
+from .errors import CommitOutcomeUnknown
+from .faults import commit_outcome_unknown
 from .options import POOL_KEYS, PoolOptions
 from .pool import Connection, ConnectionPool, PoolKey
 from .registry import close_all_pools, get_pool, retire_pool
@@ -171,6 +173,18 @@ class DatabaseWrapper(GeventpoolDatabaseWrapper):
         # Rolls back an open transaction; a connection that is broken or fails the rollback is
         # closed and its slot freed, so returning never raises into request teardown.
         pool.putconn(conn)
+
+    # -- commit --------------------------------------------------------------------------------
+
+    def _commit(self) -> None:
+        # A connection lost while COMMIT was on its way leaves the transaction committed or
+        # not, and nobody can tell which: say so, so no caller runs the write again blindly.
+        try:
+            super()._commit()
+        except DatabaseError as exc:
+            if commit_outcome_unknown(exc):
+                raise CommitOutcomeUnknown(self.alias) from exc
+            raise
 
     # -- pool lifecycle ------------------------------------------------------------------------
 

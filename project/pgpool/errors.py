@@ -25,3 +25,15 @@ def pool_timeout(name: str, max_size: int, timeout: float) -> PoolTimeout:
 
 class DeadlineExceeded(OperationalError):
     """The current request's deadline passed (``project.pgpool.deadline``)."""
+
+
+class CommitOutcomeUnknown(OperationalError):
+    """The connection was lost after a COMMIT (or an autocommit write) was sent: the write may
+    or may not have been applied, so it must not be run again blindly."""
+
+    def __init__(self, alias: str) -> None:
+        super().__init__(
+            f"the connection to {alias} was lost while a write was being committed: it may or "
+            "may not have been saved. Read it back before retrying"
+        )
+        self.alias = alias

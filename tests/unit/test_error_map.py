@@ -18,8 +18,9 @@ from project.api import api
 from project.error_map import RULES, UnsupportedMediaType, answer_for, is_database_unavailable
 from project.errors import ErrorAnswer, code_for_status, error, error_response
 from project.pgpool.deadline import Deadline, deadline_scope
-from project.pgpool.errors import DeadlineExceeded, pool_timeout
+from project.pgpool.errors import CommitOutcomeUnknown, DeadlineExceeded, pool_timeout
 from routers.scatter import IncompleteScatter, ShardFailure
+from routers.write_hold import PrimaryUnavailable
 from shards.errors import MalformedTenantKey, NoTenantContext, UnknownShard, UnknownTenant
 from shards.fence import TenantStillFenced
 from shards.placement import NoShardAcceptsTenants
@@ -80,6 +81,11 @@ def with_sqlstate(sqlstate: str) -> OperationalError:
         503, "database_unavailable", str(pool_timeout("shard_0", 4, 1.5)), 2)),
     (TenantStillFenced("alpha is still being moved"),
      ErrorAnswer(503, "database_unavailable", "alpha is still being moved", 2)),
+    (PrimaryUnavailable("the primary of shard_0 did not take this write for 6.0 s"),
+     ErrorAnswer(503, "database_unavailable",
+                 "the primary of shard_0 did not take this write for 6.0 s", 2)),
+    (CommitOutcomeUnknown("shard_0"),
+     ErrorAnswer(503, "write_outcome_unknown", str(CommitOutcomeUnknown("shard_0")), 2)),
     (RedisUnavailable("breaker open"), ErrorAnswer(
         503, "cache_unavailable",
         "Redis, needed for this request, is unavailable; retry shortly", 2)),

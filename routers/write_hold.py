@@ -1,0 +1,146 @@
+"""Writes held, not failed, while their shard cannot take them for a moment.
+
+Two things stop a tenant's writes for a moment, and writers wait through both the same way:
+- its move's cutover: the source shard's fence refuses them (`shards.fence`) until the
+  directory flips, so each retry reloads the tenant's placement;
+- a failover of its shard's primary: the old primary is read-only or gone until the new one
+  is promoted and PgBouncer points at it (`project.pgpool.faults` tells these errors apart).
+
+    @retry_writes
+    def post_comment(...):               # one transaction on the current tenant's shard
+        with causal.write_transaction(shard): ...
+
+A held write is retried with short, growing waits, for at most FENCE_RETRY_SECONDS (a move)
+or FAILOVER_HOLD_SECONDS (a failover), and never past the request's deadline; then the
+client gets a 503 with Retry-After that says why. A write that may have committed
+(`CommitOutcomeUnknown`: the connection was lost during its COMMIT) is never run again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from django.db import DatabaseError, OperationalError, connections
+
+from project.pgpool.deadline import current_deadline
+from project.pgpool.errors import CommitOutcomeUnknown
+from project.pgpool.faults import unavailable_reason
+from shards.directory import TenantEntry, get_directory
+from shards.fence import TenantStillFenced, is_fence_error
+from shards.runtime import runtime
+from shards.tenancy import current_tenant, tenant
+
+logger = logging.getLogger("shardsvc.writes")
+
+T = TypeVar("T")
+
+FENCED = "fenced"
+# Seconds between retries: (first wait, longest wait). A cutover pauses writes for tens of
+# milliseconds, and a writer that slept past the flip adds its oversleep to the pause it sees;
+# a retry costs the source one index probe. A promotion takes seconds, and each retry against
+# a stopped server may cost a connection attempt, so those waits grow further.
+FENCE_WAITS = (0.005, 0.05)
+FAILOVER_WAITS = (0.05, 0.5)
+# Time left to the request's deadline below which no new attempt starts: the client gets this
+# module's answer rather than the deadline's.
+DEADLINE_RESERVE = 0.5
+
+
+class PrimaryUnavailable(OperationalError):
+    """A shard's primary refused or missed a write for longer than FAILOVER_HOLD_SECONDS."""
+
+
+def hold_reason(exc: BaseException) -> str | None:
+    """Why this failed write may succeed if run again shortly (FENCED, or the primary's state:
+    "read-only", "unreachable"), or None when it must not be run again."""
+    if isinstance(exc, CommitOutcomeUnknown):
+        return None
+    if is_fence_error(exc):
+        return FENCED
+    return unavailable_reason(exc)
+
+
+def retry_writes(function: Callable[..., T]) -> Callable[..., T]:
+    """Run a write of the current tenant, holding it through a move's fence or a failover of
+    its primary (see the module docstring). The write must be one transaction of its own (a
+    fence or failover error rolls it back whole), so running it again is safe; inside a
+    transaction of the caller it is not retried."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        entry = current_tenant()
+        if entry is None:
+            return function(*args, **kwargs)
+        hold = _Hold(entry)
+        while True:
+            try:
+                with tenant(hold.entry):
+                    return function(*args, **kwargs)
+            except DatabaseError as exc:
+                hold.wait_or_raise(exc)
+
+    return wrapper
+
+
+class _Hold:
+    """One held write: its attempts' budget and waits."""
+
+    def __init__(self, entry: TenantEntry) -> None:
+        self.entry = entry
+        self.started = time.monotonic()
+        self.waits: dict[str, float] = {}
+
+    def wait_or_raise(self, exc: DatabaseError) -> None:
+        """Sleep before the next attempt, or raise: `exc` itself when it is not worth another
+        attempt, the 503's error when the hold ran out."""
+        reason = hold_reason(exc)
+        shard = self.entry.shard
+        if reason is None or connections[shard].in_atomic_block:
+            raise exc
+        deadline = current_deadline()
+        if deadline is not None and deadline.expired:
+            raise exc  # the deadline cut the connection: its own answer names it
+        conf = runtime.conf()
+        fenced = reason == FENCED
+        budget = conf.fence_retry_seconds if fenced else conf.failover_hold_seconds
+        first, longest = FENCE_WAITS if fenced else FAILOVER_WAITS
+        delay = self.waits.get(reason, first)
+        self.waits[reason] = min(delay * 1.5, longest)
+        now = time.monotonic()
+        held = now - self.started
+        end = self.started + budget
+        if deadline is not None:
+            end = min(end, now + deadline.remaining() - DEADLINE_RESERVE)
+        if now + delay >= end:
+            raise self._gave_up(reason, held, budget) from exc
+        if len(self.waits) == 1 and delay == first:
+            logger.warning("write of %s held: %s", self.entry.slug,
+                           f"it is fenced on {shard} (moving)" if fenced
+                           else f"the primary of {shard} is {reason}")
+        # A connection the failure broke goes back to the pool, which drops it; the next
+        # attempt checks out a working one.
+        with contextlib.suppress(DatabaseError):
+            connections[shard].close()
+        time.sleep(delay)  # cooperative under gevent
+        if fenced:
+            self.entry = get_directory().lookup(self.entry.id, fresh=True)
+
+    def _gave_up(self, reason: str, held: float, budget: float) -> DatabaseError:
+        entry = self.entry
+        if reason == FENCED:
+            return TenantStillFenced(
+                f"tenant {entry.slug} has been fenced for {held:.0f} s; its move may be stuck: "
+                "see shard_status"
+            )
+        logger.warning("write of %s failed after %.1f s: the primary of %s is %s", entry.slug,
+                       held, entry.shard, reason)
+        return PrimaryUnavailable(
+            f"the primary of {entry.shard} did not take this write for {held:.1f} s "
+            f"(hold bound {budget:g} s): it is {reason}, a failover may be in progress; "
+            "retry shortly"
+        )
