@@ -47,6 +47,15 @@ def as_user(user: str, argv: Sequence[str]) -> list[str]:
     return list(argv)
 
 
+def exec_as_user(user: str, argv: Sequence[str]) -> list[str]:
+    """As `as_user`, for a long-running process whose pid we keep (etcd, Patroni): setpriv
+    execs the command in place, where runuser stays as a parent (its pid, not the process's,
+    would be recorded and signalled) and opens a PAM session per start."""
+    if os.geteuid() == 0:
+        return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *argv]
+    return list(argv)
+
+
 def chown_to_service_user(path: Path) -> None:
     if os.geteuid() == 0:
         chown_to(path, service_user())
@@ -180,3 +189,16 @@ def alive(pid: int) -> bool:
         return done == 0
     except ChildProcessError:
         return True
+
+
+def spawn(argv: Sequence[str], *, pidfile: Path, log: Path,
+          env: dict[str, str] | None = None) -> int:
+    """Start a process that stays in the foreground (etcd, Patroni) in its own session, its
+    output appended to `log`, its pid written to `pidfile` so `down` finds it again."""
+    with log.open("ab") as handle:
+        child = subprocess.Popen(
+            list(argv), stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=env,
+        )
+    pidfile.write_text(f"{child.pid}\n")
+    return child.pid
