@@ -102,10 +102,12 @@ class EtcdControl:
                        log=self.etcd_dir / f"e{index}.log")
 
     def stop_etcd(self) -> bool:
-        stopped = False
-        for index in range(len(self.layout.etcd_ports())):
-            stopped = self.stop_etcd_member(index) or stopped
-        return stopped
+        """Stop every member at once, killing any still running after 3 s: members stopping
+        together wait out leader elections for each other (9 s measured), and a kill loses
+        nothing (etcd writes a change to its WAL before acknowledging it), which Patroni, the
+        only client, no longer needs once stopped."""
+        return proc.stop_all([self.etcd_member_dir(i) / "etcd.pid"
+                              for i in range(len(self.layout.etcd_ports()))], timeout=3)
 
     def etcd_status_rows(self) -> Iterator[dict[str, str]]:
         for index, (client, _) in enumerate(self.layout.etcd_ports()):

@@ -186,14 +186,7 @@ class PatroniControl:
         stopped = False
         for batch in ([n for n in nodes if self.rest_url(n) not in leaders],
                       [n for n in nodes if self.rest_url(n) in leaders]):
-            pidfiles = [n.datadir.parent / "patroni.pid" for n in batch]
-            for pidfile in pidfiles:
-                pid = proc.read_pid(pidfile)
-                if pid is not None:
-                    os.kill(pid, signal.SIGTERM)
-                    stopped = True
-            for pidfile in pidfiles:
-                proc.stop_pid(pidfile, timeout=60)
+            stopped = proc.stop_all([n.datadir.parent / "patroni.pid" for n in batch]) or stopped
         return stopped
 
     # ----- the leader follower

@@ -160,7 +160,7 @@ def read_pid(pidfile: Path) -> int | None:
         return None
     except PermissionError:
         return pid
-    return pid
+    return pid if alive(pid) else None  # an exited process not yet reaped is not running
 
 
 def stop_pid(pidfile: Path, *, timeout: float = 15.0, sig: int = signal.SIGTERM) -> bool:
@@ -188,7 +188,14 @@ def alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         return done == 0
     except ChildProcessError:
+        pass
+    # Someone else's zombie (a process `up` started, reparented to an init that reaps late)
+    # has exited too: its state in /proc is Z.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def spawn(argv: Sequence[str], *, pidfile: Path, log: Path,
@@ -202,3 +209,16 @@ def spawn(argv: Sequence[str], *, pidfile: Path, log: Path,
         )
     pidfile.write_text(f"{child.pid}\n")
     return child.pid
+
+
+def stop_all(pidfiles: Sequence[Path], *, timeout: float = 60.0) -> bool:
+    """SIGTERM every process named by the pid files at once, then wait for each (SIGKILL after
+    the timeout). True if any was running."""
+    running = [pidfile for pidfile in pidfiles if read_pid(pidfile) is not None]
+    for pidfile in running:
+        pid = read_pid(pidfile)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+    for pidfile in running:
+        stop_pid(pidfile, timeout=timeout)
+    return bool(running)
