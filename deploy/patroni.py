@@ -25,7 +25,6 @@ from shards import patroni
 
 PATRONI_VENV = Path(os.environ.get("SHARDSVC_PATRONI_VENV", "/opt/shardsvc-patroni"))
 PATRONI_BIN = PATRONI_VENV / "bin" / "patroni"
-_ROLE_LEADER = ("primary", "master", "leader", "standby_leader")
 
 
 class PatroniControl:
@@ -52,7 +51,6 @@ class PatroniControl:
             name=node.alias,
             rest_port=node.rest_port,
             etcd_hosts=self.etcd_hosts(),
-            sync_strict="false",
             # The same on every member of a cluster; Patroni sets port and listen_addresses.
             dcs_parameters=_yaml_map(self.pg_parameters(), indent=8),
             initdb_extra="" if self.layout.durable else "    - no-sync\n",
@@ -140,7 +138,7 @@ class PatroniControl:
                 members = patroni.cluster_members(self.member_urls(cluster), timeout=1)
             except patroni.PatroniError:
                 members = []
-            leaders = [m for m in members if m.get("role") in _ROLE_LEADER
+            leaders = [m for m in members if m.get("role") in patroni.LEADER_ROLES
                        and m.get("state") == "running"]
             streaming = [m for m in members if m.get("state") == "streaming"]
             sync = [m for m in members if m.get("role") == "sync_standby"]

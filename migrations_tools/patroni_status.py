@@ -28,7 +28,7 @@ class ClusterRoles:
     @property
     def leader(self) -> str | None:
         for member in self.members:
-            if member.get("role") in ("leader", "standby_leader", "primary", "master"):
+            if member.get("role") in patroni.LEADER_ROLES:
                 return str(member.get("name"))
         return None
 
@@ -81,7 +81,7 @@ def history_rows(roles: list[ClusterRoles]) -> list[list[str]]:
 
 
 def _describe_lag(lag: Any, role: Any) -> str:
-    if role in ("leader", "standby_leader", "primary", "master"):
+    if role in patroni.LEADER_ROLES:
         return "-"
     if isinstance(lag, int):
         return f"{lag} bytes"

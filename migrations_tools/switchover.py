@@ -24,7 +24,6 @@ PROBE_INTERVAL = 0.02
 # A probe write needs no table: assigning a transaction id makes its commit a WAL record that
 # only a primary accepts and that waits for the synchronous standby, as any write does.
 PROBE_SQL = "SELECT txid_current()"
-_LEADER_ROLES = ("leader", "primary", "master", "standby_leader")
 
 
 class SwitchoverError(RuntimeError):
@@ -101,7 +100,7 @@ def choose(cluster: Cluster, candidate: str | None) -> tuple[str, str | None, li
     except patroni.PatroniError as exc:
         raise SwitchoverError(str(exc)) from None
     names = [str(m.get("name")) for m in members]
-    leaders = [str(m.get("name")) for m in members if m.get("role") in _LEADER_ROLES]
+    leaders = [str(m.get("name")) for m in members if m.get("role") in patroni.LEADER_ROLES]
     if not leaders:
         raise SwitchoverError(f"{cluster.name} has no leader now (members: {', '.join(names)}); "
                               "wait for Patroni to elect one (a failover may be under way)")

@@ -15,6 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+# Roles a member reports in /cluster while it leads (Patroni 3 said "master", 4 says "leader";
+# a standby cluster's leader is "standby_leader").
+LEADER_ROLES = ("leader", "primary", "master", "standby_leader")
+
 
 class PatroniError(RuntimeError):
     """Patroni could not be reached or refused; the message says which member and why."""

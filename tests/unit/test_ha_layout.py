@@ -3,6 +3,7 @@ names and ports, the second port block, and the file's multi-host DSN and Patron
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from deploy.layout import HA_SPAN
 from deploy.processes import TopologyError
-from deploy.topology import LocalLayout, LocalTopology
+from deploy.topology import LocalLayout, LocalTopology, layout_from_args
 from shards.topology import databases_setting, load_shard_map
 
 
@@ -86,3 +87,25 @@ def test_multi_host_port_must_be_digits(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("127.0.0.1:26013/", "127.0.0.1:x/", 1))
     with pytest.raises(ImproperlyConfigured, match="port that is not a number"):
         load_shard_map(path)
+
+
+def test_the_kind_of_a_saved_topology_is_kept(tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    ha_topology(tmp_path).layout.save()
+    # No flag: the saved kind (HA). --plain on an HA folder: refused before anything starts.
+    assert layout_from_args(parse(["status", "--dir", str(tmp_path)])).ha
+    plain = LocalTopology(layout_from_args(parse(["up", "--dir", str(tmp_path), "--plain"])),
+                          echo=lambda message: None)
+    with pytest.raises(TopologyError, match=r"holds a highly available topology.*destroy"):
+        plain.up(service=False, migrate=False)
+    # A new folder: HA unless --plain.
+    assert layout_from_args(parse(["up", "--dir", str(tmp_path / "new")])).ha
+    assert not layout_from_args(parse(["up", "--dir", str(tmp_path / "new"), "--plain"])).ha
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("verb")
+    parser.add_argument("--dir")
+    parser.add_argument("--plain", action="store_true")
+    return parser.parse_args(argv)
