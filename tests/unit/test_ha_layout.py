@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 import pytest
+import yaml
 from django.core.exceptions import ImproperlyConfigured
 
 from deploy.layout import HA_SPAN
@@ -109,3 +110,28 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dir")
     parser.add_argument("--plain", action="store_true")
     return parser.parse_args(argv)
+
+
+def test_patroni_config_parses_with_the_settings_that_matter(tmp_path: Path) -> None:
+    topology = ha_topology(tmp_path, durable=False, pg_settings={"timezone": "'Pacific/Chatham'"})
+    node = topology.layout.members("shard_0")[1]
+    config = yaml.safe_load(topology.patroni_config(node))
+    assert (config["scope"], config["name"]) == ("shard_0", "shard_0_m1")
+    assert config["restapi"]["listen"] == f"127.0.0.1:{node.rest_port}"
+    assert config["etcd3"]["hosts"] == "127.0.0.1:26040,127.0.0.1:26042,127.0.0.1:26044"
+    dcs = config["bootstrap"]["dcs"]
+    # Patroni refuses a loop that cannot renew the key within ttl.
+    assert dcs["loop_wait"] + 2 * dcs["retry_timeout"] <= dcs["ttl"]
+    assert dcs["primary_start_timeout"] == 0
+    assert dcs["synchronous_mode"] is True and dcs["synchronous_mode_strict"] is False
+    assert dcs["failsafe_mode"] is True and dcs["postgresql"]["use_pg_rewind"] is True
+    parameters = dcs["postgresql"]["parameters"]
+    assert parameters["wal_level"] == "logical"
+    assert parameters["timezone"] == "Pacific/Chatham"
+    # Throwaway data skips fsync, but commits stay synchronous (no acknowledged write lost to a
+    # failover) and full pages are written (pg_rewind needs them).
+    assert parameters["fsync"] == "off"
+    assert "synchronous_commit" not in parameters and "full_page_writes" not in parameters
+    assert {"no-sync"} <= {i for i in config["bootstrap"]["initdb"] if isinstance(i, str)}
+    assert config["postgresql"]["listen"] == f"127.0.0.1:{node.port}"
+    assert str(node.datadir) == config["postgresql"]["data_dir"]
