@@ -223,6 +223,7 @@ class PostgresNodes:
 
     def stop_node(self, alias: str, mode: str = "fast") -> None:
         node = self.node(alias)
+        self._refuse_under_patroni("stop_member or kill_postmaster")
         proc.run(
             proc.as_service_user(
                 [pg_bin("pg_ctl"), "stop", "-D", str(node.datadir), "-m", mode, "-w"]
@@ -232,7 +233,14 @@ class PostgresNodes:
         )
 
     def start_node(self, alias: str) -> None:
+        self._refuse_under_patroni("start_member")
         self._start_postgres(self.node(alias))
+
+    def _refuse_under_patroni(self, instead: str) -> None:
+        # Patroni starts and stops its servers itself: a pg_ctl beside it races it (a stopped
+        # leader is restarted or failed over, a started one is a second postmaster).
+        if self.layout.ha:
+            raise TopologyError(f"under Patroni, stop and start members through it ({instead})")
 
     def node(self, alias: str) -> Node:
         for node in self.layout.nodes():

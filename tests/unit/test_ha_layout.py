@@ -135,3 +135,11 @@ def test_patroni_config_parses_with_the_settings_that_matter(tmp_path: Path) -> 
     assert {"no-sync"} <= {i for i in config["bootstrap"]["initdb"] if isinstance(i, str)}
     assert config["postgresql"]["listen"] == f"127.0.0.1:{node.port}"
     assert str(node.datadir) == config["postgresql"]["data_dir"]
+
+
+def test_pg_ctl_beside_patroni_is_refused(tmp_path: Path) -> None:
+    topology = ha_topology(tmp_path)
+    with pytest.raises(TopologyError, match=r"through it \(stop_member or kill_postmaster\)"):
+        topology.stop_node("shard_0_m0")
+    with pytest.raises(TopologyError, match=r"through it \(start_member\)"):
+        topology.start_node("shard_0_m0")
