@@ -129,7 +129,6 @@ class PoolerControl:
             self.layout.redis_port, timeout=10, what="Redis", log=folder / "redis.log"
         )
 
-
     def repoint_pgbouncer(self, leaders: dict[str, str]) -> None:
         """Point each cluster's entry at the member that leads it and reload PgBouncer.
 
