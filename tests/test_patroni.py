@@ -9,18 +9,14 @@ leader holds. Timings are printed (the benchmark's business), never asserted.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import psycopg
 import pytest
 
 from deploy.topology import LocalTopology
@@ -29,6 +25,7 @@ from migrations_tools.switchover import SwitchoverError, choose, switchover
 from shards import patroni, pg
 from shards.topology import load_shard_map
 from tests.conftest import make_topology
+from tests.ha_writes import CREATE_SQL, GRANT_SQL, Writer, longest_gap
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +39,8 @@ def ha() -> Iterator[LocalTopology]:
     try:
         topo.up(service=False, migrate=False)
         with pg.connect(leader_dsn(topo)) as conn:
-            conn.execute("CREATE TABLE ha_writes (id bigint PRIMARY KEY)")
-            conn.execute("GRANT ALL ON ha_writes TO app")
+            conn.execute(CREATE_SQL)
+            conn.execute(GRANT_SQL)
         yield topo
     finally:
         topo.destroy()
@@ -55,53 +52,6 @@ def leader_dsn(topo: LocalTopology, cluster: str = CLUSTER) -> str:
 
 def pooled(topo: LocalTopology, entry: str = CLUSTER) -> str:
     return f"host=127.0.0.1 port={topo.layout.pgbouncer_port} user=app dbname={entry}"
-
-
-@dataclass
-class Writer:
-    """Inserts consecutive ids through PgBouncer's cluster entry, one autocommit write at a
-    time, reconnecting after an error; keeps what was acknowledged and when."""
-
-    dsn: str
-    start_id: int
-    # (id, when the write was sent, when it was acknowledged)
-    acked: list[tuple[int, float, float]] = field(default_factory=list)
-    errors: list[tuple[float, str]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def __enter__(self) -> Writer:
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=30)
-
-    def run(self) -> None:
-        conn = None
-        next_id = self.start_id
-        while not self.stop.is_set():
-            try:
-                sent = time.monotonic()
-                if conn is None:
-                    conn = pg.connect(self.dsn, connect_timeout=2)
-                conn.execute("INSERT INTO ha_writes (id) VALUES (%s)", [next_id])
-                self.acked.append((next_id, sent, time.monotonic()))
-            except psycopg.Error as exc:
-                self.errors.append((time.monotonic(), str(exc).strip()[:120]))
-                if conn is not None:
-                    conn.close()
-                conn = None
-                time.sleep(0.02)
-            next_id += 1
-        if conn is not None:
-            conn.close()
-
-    def sent_after(self, moment: float) -> list[float]:
-        """When the writes sent after `moment` were acknowledged (a write in flight at
-        `moment` may still be acknowledged after it: it committed before)."""
-        return [acked for _, sent, acked in self.acked if sent > moment]
 
 
 def wait_for(condition, timeout: float, what: str) -> None:
@@ -169,13 +119,12 @@ def test_killed_primary_fails_over_with_no_acknowledged_write_lost(ha: LocalTopo
     # A write in flight may wait in PgBouncer's queue and succeed on the new leader, and the
     # killed postmaster's backends commit for a moment after it: what a client sees is the
     # longest gap between acknowledgements.
-    acks = [acked for _, _, acked in writer.acked]
-    pause = max(b - a for a, b in itertools.pairwise(acks) if b > killed_at)
+    pause = longest_gap(writer, killed_at)
     new = ha.leader(CLUSTER)
     assert new != old
     with pg.connect(leader_dsn(ha)) as conn:
         present = {row[0] for row in conn.execute("SELECT id FROM ha_writes WHERE id < 1000000")}
-    acked = {i for i, _, _ in writer.acked}
+    acked = writer.ids
     lost = sorted(acked - present)
     print(f"\nkill -9 of {old.alias}'s postmaster: writes through PgBouncer paused "
           f"{pause:.2f} s; acked {len(acked)}, present {len(present)}, "
