@@ -62,11 +62,17 @@ def follow_once(topology: LocalTopology, leaders: dict[str, str]) -> dict[str, s
     return wanted
 
 
-def run(root: Path) -> None:
+def load(root: Path) -> LocalTopology:
     layout = LocalLayout.load(root)
     if layout is None or not layout.ha:
         raise SystemExit(f"{root} holds no highly available topology")
-    topology = LocalTopology(layout, echo=log.info)
+    return LocalTopology(layout, echo=log.info)
+
+
+def run(root: Path) -> None:
+    topology = load(root)
+    layout_file = root / "layout.json"
+    seen = layout_file.stat().st_mtime_ns
     leaders = topology.pgbouncer_leaders()
     stopping = False
 
@@ -80,6 +86,13 @@ def run(root: Path) -> None:
     while not stopping:
         started = time.monotonic()
         try:
+            if layout_file.stat().st_mtime_ns != seen:
+                # `up --shards N` added a cluster: follow it too (PgBouncer already has its
+                # entry, written by `up` for its first member).
+                seen = layout_file.stat().st_mtime_ns
+                topology = load(root)
+                leaders = {**topology.pgbouncer_leaders(), **leaders}
+                log.info("topology changed: following %s", ", ".join(sorted(leaders)))
             wanted = follow_once(topology, leaders)
             if wanted != leaders:
                 topology.repoint_pgbouncer(wanted)
