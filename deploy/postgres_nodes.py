@@ -70,6 +70,16 @@ class PostgresNodes:
             # Socket paths are limited to 107 bytes; TCP on loopback only avoids deep folders.
             "unix_socket_directories": "''",
             "cluster_name": f"'{node.alias}'",
+            **self.pg_parameters(),
+        }
+        text = "# Written by deploy/topology.py on every `up`; edit the layout, not this file.\n"
+        text += "".join(f"{key} = {value}\n" for key, value in settings.items())
+        self._write_as_service_user(node.datadir / "shardsvc.conf", text)
+
+    def pg_parameters(self) -> dict[str, str]:
+        """The settings every server of the topology shares (under Patroni: the cluster's
+        parameters in etcd)."""
+        settings = {
             "max_connections": "300",
             "shared_buffers": "32MB",
             # Tenant moves use logical replication: slots, senders and apply workers.
@@ -90,12 +100,14 @@ class PostgresNodes:
             "log_line_prefix": "'%m [%p] %q%u@%d '",
         }
         if not self.layout.durable:
-            settings.update(fsync="off", synchronous_commit="off", full_page_writes="off")
+            settings.update(fsync="off")
+            if not self.layout.ha:
+                # Under Patroni commits stay synchronous (no acknowledged write lost to a
+                # failover) and full pages are written (pg_rewind needs them).
+                settings.update(synchronous_commit="off", full_page_writes="off")
         for key, value in self.layout.pg_settings.items():
             settings[key] = value
-        text = "# Written by deploy/topology.py on every `up`; edit the layout, not this file.\n"
-        text += "".join(f"{key} = {value}\n" for key, value in settings.items())
-        self._write_as_service_user(node.datadir / "shardsvc.conf", text)
+        return settings
 
     def _write_as_service_user(self, path: Path, text: str) -> None:
         path.write_text(text)
@@ -211,6 +223,7 @@ class PostgresNodes:
 
     def stop_node(self, alias: str, mode: str = "fast") -> None:
         node = self.node(alias)
+        self._refuse_under_patroni("stop_member or kill_postmaster")
         proc.run(
             proc.as_service_user(
                 [pg_bin("pg_ctl"), "stop", "-D", str(node.datadir), "-m", mode, "-w"]
@@ -220,7 +233,14 @@ class PostgresNodes:
         )
 
     def start_node(self, alias: str) -> None:
+        self._refuse_under_patroni("start_member")
         self._start_postgres(self.node(alias))
+
+    def _refuse_under_patroni(self, instead: str) -> None:
+        # Patroni starts and stops its servers itself: a pg_ctl beside it races it (a stopped
+        # leader is restarted or failed over, a started one is a second postmaster).
+        if self.layout.ha:
+            raise TopologyError(f"under Patroni, stop and start members through it ({instead})")
 
     def node(self, alias: str) -> Node:
         for node in self.layout.nodes():

@@ -47,6 +47,15 @@ def as_user(user: str, argv: Sequence[str]) -> list[str]:
     return list(argv)
 
 
+def exec_as_user(user: str, argv: Sequence[str]) -> list[str]:
+    """As `as_user`, for a long-running process whose pid we keep (etcd, Patroni): setpriv
+    execs the command in place, where runuser stays as a parent (its pid, not the process's,
+    would be recorded and signalled) and opens a PAM session per start."""
+    if os.geteuid() == 0:
+        return ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--", *argv]
+    return list(argv)
+
+
 def chown_to_service_user(path: Path) -> None:
     if os.geteuid() == 0:
         chown_to(path, service_user())
@@ -151,7 +160,7 @@ def read_pid(pidfile: Path) -> int | None:
         return None
     except PermissionError:
         return pid
-    return pid
+    return pid if alive(pid) else None  # an exited process not yet reaped is not running
 
 
 def stop_pid(pidfile: Path, *, timeout: float = 15.0, sig: int = signal.SIGTERM) -> bool:
@@ -179,4 +188,37 @@ def alive(pid: int) -> bool:
         done, _ = os.waitpid(pid, os.WNOHANG)
         return done == 0
     except ChildProcessError:
+        pass
+    # Someone else's zombie (a process `up` started, reparented to an init that reaps late)
+    # has exited too: its state in /proc is Z.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def spawn(argv: Sequence[str], *, pidfile: Path, log: Path,
+          env: dict[str, str] | None = None) -> int:
+    """Start a process that stays in the foreground (etcd, Patroni) in its own session, its
+    output appended to `log`, its pid written to `pidfile` so `down` finds it again."""
+    with log.open("ab") as handle:
+        child = subprocess.Popen(
+            list(argv), stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, env=env,
+        )
+    pidfile.write_text(f"{child.pid}\n")
+    return child.pid
+
+
+def stop_all(pidfiles: Sequence[Path], *, timeout: float = 60.0) -> bool:
+    """SIGTERM every process named by the pid files at once, then wait for each (SIGKILL after
+    the timeout). True if any was running."""
+    running = [pidfile for pidfile in pidfiles if read_pid(pidfile) is not None]
+    for pidfile in running:
+        pid = read_pid(pidfile)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+    for pidfile in running:
+        stop_pid(pidfile, timeout=timeout)
+    return bool(running)

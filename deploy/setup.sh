@@ -18,6 +18,9 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 command -v ip >/dev/null || [ -x /usr/sbin/ip ] || need_apt+=(iproute2)
 # The browser tests drive Debian's chromium through Playwright (never a downloaded browser).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# The highly available topology (the default): a 3-member etcd for Patroni (deploy/etcd.py).
+command -v etcd >/dev/null || need_apt+=(etcd-server)
+command -v etcdctl >/dev/null || need_apt+=(etcd-client)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv)
 # Monitoring (deploy/monitoring.py): Prometheus (with promtool, which the test command runs) and
 # the exporters of PostgreSQL, PgBouncer, Redis and the host's disks; the ops dashboard's browser
@@ -41,6 +44,26 @@ fi
 # Debian's packages start their own PostgreSQL/PgBouncer/Redis/nginx services on the standard ports;
 # the project's topology uses its own ports and folder and never touches those.
 export PATH="$PATH:/usr/sbin"
+# The packaged etcd.service would run a single-member etcd on the standard ports: the topology
+# starts its own three members instead, so keep the packaged one off.
+if [ "$(id -u)" -eq 0 ] && command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+  systemctl disable --now etcd.service >/dev/null 2>&1 || true
+fi
+
+# Patroni (pinned in pyproject.toml's `ha` extra) in a virtualenv of its own, made with the
+# system Python: PostgreSQL's user runs it, and may not be able to enter the project's folder
+# or its virtualenv's interpreter. SHARDSVC_PATRONI_VENV moves it (deploy/patroni.py reads it too).
+patroni_venv=${SHARDSVC_PATRONI_VENV:-/opt/shardsvc-patroni}
+patroni_pin=$(python3 -c 'import tomllib; print(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["ha"][0])')
+if [ "$(id -u)" -eq 0 ] || [ -w "$(dirname "$patroni_venv")" ]; then
+  if ! "$patroni_venv/bin/pip" show patroni 2>/dev/null | grep -qx "Version: ${patroni_pin##*==}"; then
+    [ -x "$patroni_venv/bin/python" ] || /usr/bin/python3 -m venv "$patroni_venv"
+    "$patroni_venv/bin/pip" install --quiet "$patroni_pin"
+  fi
+else
+  echo "cannot create $patroni_venv (Patroni for the default topology); run as root, set" \
+       "SHARDSVC_PATRONI_VENV to a writable folder, or start the topology with --plain" >&2
+fi
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv

@@ -1,9 +1,10 @@
 """Local topology manager: a control cluster and N shards of PostgreSQL primaries with streaming
 replicas, PgBouncer in transaction mode, Redis, and the service under Gunicorn behind nginx, all
-in one folder.
+in one folder. By default every cluster runs under Patroni with a 3-member etcd (automatic
+failover, PgBouncer re-pointed at the new leader); `--plain` starts the servers without them.
 
     python -m deploy.topology up [--shards 2 --replicas 1 --base-port 15400 --dir .var]
-                                 [--app-hosts N] [--no-monitoring]
+                                 [--app-hosts N] [--no-monitoring] [--plain]
                                  [--scrape-interval 15s --alert-for 1s]
     python -m deploy.topology restart-app --rolling   # deploy: one app host at a time
     python -m deploy.topology status | down | destroy
@@ -11,8 +12,9 @@ in one folder.
 `up` is idempotent: it starts what is stopped, creates what is missing (so `--shards 3` on a
 two-shard topology adds `shard_2`), and rewrites the topology file that settings read.
 
-Here: PgBouncer, Redis, the topology file, status and the command line. The folder and ports are
-in `layout.py`, the PostgreSQL servers in `postgres_nodes.py`, the service in `services.py`,
+Here: the topology file, status and the command line. The folder and ports are in `layout.py`,
+PgBouncer and Redis in `pooler.py`, the PostgreSQL servers in `postgres_nodes.py` (under Patroni:
+`patroni.py`, `etcd.py`, and `leader_follower.py` for PgBouncer), the service in `services.py`,
 nginx and the app hosts in `edge.py`, their network namespaces in `app_network.py`, Prometheus
 and its exporters in `monitoring.py`.
 """
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +33,7 @@ import psycopg
 from deploy import processes as proc
 from deploy.demo import ensure_demo
 from deploy.edge import EdgeControl
+from deploy.etcd import EtcdControl
 from deploy.layout import (
     ADMIN_USER,
     APP_DB,
@@ -44,6 +46,8 @@ from deploy.layout import (
     pg_bin,
 )
 from deploy.monitoring import MonitoringControl, MonitorParams
+from deploy.patroni import PatroniControl
+from deploy.pooler import PoolerControl
 from deploy.postgres_nodes import PostgresNodes
 from deploy.processes import TopologyError
 from deploy.services import ServiceControl, ServiceProcess
@@ -61,7 +65,8 @@ __all__ = [
 ]
 
 
-class LocalTopology(PostgresNodes, ServiceControl, EdgeControl, MonitoringControl):
+class LocalTopology(PostgresNodes, PoolerControl, EtcdControl, PatroniControl, ServiceControl,
+                    EdgeControl, MonitoringControl):
     """Creates, starts, inspects and stops the processes of one LocalLayout."""
 
     # ----- up
@@ -69,13 +74,15 @@ class LocalTopology(PostgresNodes, ServiceControl, EdgeControl, MonitoringContro
            monitoring: MonitorParams | None = None) -> None:
         layout = self.layout
         saved = LocalLayout.load(layout.root)
-        if saved is not None and (saved.replicas, saved.base_port) != (
+        if saved is not None and (saved.replicas, saved.base_port, saved.ha) != (
             layout.replicas,
             layout.base_port,
+            layout.ha,
         ):
+            kind = "highly available" if saved.ha else "plain"
             raise TopologyError(
-                f"{layout.root} holds a topology with {saved.replicas} replica(s) per primary on "
-                f"base port {saved.base_port}; run `destroy` first to change those"
+                f"{layout.root} holds a {kind} topology with {saved.replicas} replica(s) per "
+                f"primary on base port {saved.base_port}; run `destroy` first to change those"
             )
         if saved is not None and saved.app_hosts != layout.app_hosts and any(
             ServiceProcess.in_folder(pid.parent).running()
@@ -99,17 +106,23 @@ class LocalTopology(PostgresNodes, ServiceControl, EdgeControl, MonitoringContro
         proc.check_reachable_by_service_user(layout.root)
         layout.save()
 
-        nodes = layout.nodes()
-        for node in nodes:
-            if node.role == "primary":
-                self._ensure_primary(node)
-        for node in nodes:
-            if node.role == "replica":
-                self._ensure_replica(node)
+        if layout.ha:
+            self.ensure_etcd()
+            self.ensure_patroni()
+        else:
+            nodes = layout.nodes()
+            for node in nodes:
+                if node.role == "primary":
+                    self._ensure_primary(node)
+            for node in nodes:
+                if node.role == "replica":
+                    self._ensure_replica(node)
         if layout.app_hosts:
             # PgBouncer and Redis listen on the bridge too: create it before they start.
             self.network.ensure_bridge()
         self._ensure_pgbouncer()
+        if layout.ha:
+            self.ensure_follower()
         self._ensure_redis()
         # Running services follow the topology file within seconds (shards/live_topology.py):
         # it is published once migrated, so no tenant is placed on a shard without tables.
@@ -130,93 +143,6 @@ class LocalTopology(PostgresNodes, ServiceControl, EdgeControl, MonitoringContro
             self.ensure_edge()
         if monitoring is not None:
             self.ensure_monitoring(monitoring)
-
-    # ----- PgBouncer and Redis -------------------------------------------------------------------
-    @property
-    def pgbouncer_dir(self) -> Path:
-        return self.layout.root / "pgbouncer"
-
-    def listen_addresses(self) -> str:
-        """Where PgBouncer and Redis listen: loopback, and the app hosts' gateway if any."""
-        address = self.service_address()
-        return "127.0.0.1" if address == "127.0.0.1" else f"127.0.0.1,{address}"
-
-    def pgbouncer_config(self) -> str:
-        databases = "".join(
-            f"{node.alias} = host=127.0.0.1 port={node.port} dbname={APP_DB}\n"
-            for node in self.layout.nodes()
-        )
-        template = (PROJECT_DIR / "deploy" / "pgbouncer.ini.template").read_text()
-        return template.format(
-            databases=databases,
-            port=self.layout.pgbouncer_port,
-            listen_addr=self.listen_addresses(),
-            dir=self.pgbouncer_dir,
-            admin_user=ADMIN_USER,
-        )
-
-    def _ensure_pgbouncer(self) -> None:
-        folder = proc.make_dir(self.pgbouncer_dir, service_owned=True)
-        ini = folder / "pgbouncer.ini"
-        self._write_as_service_user(ini, self.pgbouncer_config())
-        # trust auth still needs the user names listed.
-        self._write_as_service_user(
-            folder / "userlist.txt", f'"{APP_USER}" ""\n"{ADMIN_USER}" ""\n'
-        )
-        pid = proc.read_pid(folder / "pgbouncer.pid")
-        listening = folder / "listen_addr"
-        # Started before the file was kept: it listens on loopback only.
-        current = listening.read_text() if listening.exists() else "127.0.0.1"
-        if pid is not None and current != self.listen_addresses():
-            # A reload does not change where PgBouncer listens; a restart does.
-            proc.stop_pid(folder / "pgbouncer.pid")
-            pid = None
-        if pid is not None:
-            os.kill(pid, signal.SIGHUP)  # reload: picks up new shards
-            return
-        listening.write_text(self.listen_addresses())
-        proc.require_free_port(self.layout.pgbouncer_port, "PgBouncer")
-        proc.run(
-            proc.as_service_user(["pgbouncer", "-d", str(ini)]),
-            what="starting PgBouncer",
-            log=folder / "pgbouncer.log",
-        )
-        proc.wait_for_port(
-            self.layout.pgbouncer_port, timeout=10, what="PgBouncer", log=folder / "pgbouncer.log"
-        )
-
-    @property
-    def redis_dir(self) -> Path:
-        return self.layout.root / "redis"
-
-    def _ensure_redis(self) -> None:
-        folder = proc.make_dir(self.redis_dir)
-        bind = self.listen_addresses().replace(",", " ")
-        listening = folder / "bind"
-        if proc.read_pid(folder / "redis.pid") is not None:
-            if (listening.read_text() if listening.exists() else "127.0.0.1") == bind:
-                return
-            proc.stop_pid(folder / "redis.pid")  # a cache without persistence: nothing lost
-        listening.write_text(bind)
-        proc.require_free_port(self.layout.redis_port, "Redis")
-        proc.run(
-            [
-                proc.require_binary("redis-server", "redis-server"),
-                "--port", str(self.layout.redis_port),
-                "--bind", *bind.split(),
-                "--save", "",
-                "--appendonly", "no",
-                "--daemonize", "yes",
-                "--dir", str(folder),
-                "--pidfile", str(folder / "redis.pid"),
-                "--logfile", str(folder / "redis.log"),
-            ],
-            what="starting Redis",
-            log=folder / "redis.log",
-        )
-        proc.wait_for_port(
-            self.layout.redis_port, timeout=10, what="Redis", log=folder / "redis.log"
-        )
 
     # ----- topology file
     def pooled_dsn(self, alias: str) -> str:
@@ -241,8 +167,20 @@ class LocalTopology(PostgresNodes, ServiceControl, EdgeControl, MonitoringContro
             lines.append("[control]" if table == "control" else "[[shards]]")
             if table == "shards":
                 lines.append(f'name = "{cluster}"')
-            lines.append(f'dsn = "{self.pooled_dsn(primary.alias)}"')
-            lines.append(f'direct_dsn = "{primary.direct_dsn}"')
+            if self.layout.ha:
+                # PgBouncer's entry named by the cluster follows the leader; admin work reaches
+                # whichever member accepts writes; every member is a replica candidate (the
+                # service reads only from one in recovery).
+                hosts = ",".join(f"127.0.0.1:{n.port}" for n in nodes)
+                lines.append(f'dsn = "{self.pooled_dsn(cluster)}"')
+                lines.append(f'direct_dsn = "postgresql://{ADMIN_USER}@{hosts}/{APP_DB}'
+                             '?target_session_attrs=read-write"')
+                urls = ", ".join(f'"{self.rest_url(n)}"' for n in nodes)
+                lines.append(f"patroni = [{urls}]")
+                primary, replicas = nodes[0], nodes
+            else:
+                lines.append(f'dsn = "{self.pooled_dsn(primary.alias)}"')
+                lines.append(f'direct_dsn = "{primary.direct_dsn}"')
             for replica in replicas:
                 lines.append(f"[[{table}.replicas]]")
                 lines.append(f'dsn = "{self.pooled_dsn(replica.alias)}"')
@@ -259,8 +197,11 @@ class LocalTopology(PostgresNodes, ServiceControl, EdgeControl, MonitoringContro
 
     # ----- status, down, destroy ----------------------------------------------------------------
     def status_rows(self) -> Iterator[dict[str, str]]:
+        if self.layout.ha:
+            yield from self.etcd_status_rows()
+            yield from self.patroni_status_rows()
         primaries_lsn: dict[str, int] = {}
-        for node in self.layout.nodes():
+        for node in [] if self.layout.ha else self.layout.nodes():
             row = {"component": "postgres", "name": node.alias, "port": str(node.port),
                    "state": "stopped", "detail": ""}
             if self.postgres_running(node):
@@ -296,10 +237,17 @@ class LocalTopology(PostgresNodes, ServiceControl, EdgeControl, MonitoringContro
                 self.echo(f"stopped service {folder.parent.name}")
         if self.stop_edge():
             self.echo("stopped nginx")
+        if self.layout.ha and self.stop_follower():
+            self.echo("stopped the leader follower")
         if proc.stop_pid(self.pgbouncer_dir / "pgbouncer.pid"):
             self.echo("stopped pgbouncer")
         if proc.stop_pid(self.redis_dir / "redis.pid"):
             self.echo("stopped redis")
+        if self.layout.ha:
+            if self.stop_patroni():
+                self.echo("stopped patroni (and its PostgreSQL servers)")
+            if self.stop_etcd():
+                self.echo("stopped etcd")
         self.stop_all_postgres()
         self.network.remove()  # namespaces and bridge, once nothing runs in them
 
@@ -313,6 +261,7 @@ class LocalTopology(PostgresNodes, ServiceControl, EdgeControl, MonitoringContro
 def layout_from_args(args: argparse.Namespace) -> LocalLayout:
     root = Path(args.dir).resolve()
     saved = LocalLayout.load(root)
+    plain = bool(getattr(args, "plain", False))
     def pick(name: str, default):
         value = getattr(args, name, None)
         if value is not None:
@@ -328,6 +277,9 @@ def layout_from_args(args: argparse.Namespace) -> LocalLayout:
         app_hosts=pick("app_hosts", 0),
         durable=saved.durable if saved is not None else True,
         pg_settings=saved.pg_settings if saved is not None else {},
+        # Highly available unless --plain; a saved topology keeps its kind (`up` refuses a
+        # change of kind without `destroy`).
+        ha=saved.ha if saved is not None and not plain else not plain,
     )
 
 
@@ -357,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
                              "default 0: one service on loopback)")
     parser.add_argument("--rolling", action="store_true",
                         help="restart-app: one host at a time, out of rotation while it restarts")
+    parser.add_argument("--plain", action="store_true",
+                        help="up: PostgreSQL primaries and streaming replicas without Patroni and "
+                             "etcd (less memory; no failover). Default: every cluster under "
+                             "Patroni with a 3-member etcd")
     parser.add_argument("--no-service", action="store_true", help="do not start gunicorn")
     parser.add_argument("--no-migrate", action="store_true", help="do not run migrations")
     parser.add_argument("--no-monitoring", action="store_true",

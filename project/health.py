@@ -88,7 +88,8 @@ def shard_health(request: HttpRequest) -> JsonResponse:
     (or skipped by this worker's open breaker) only costs cache hits, so either is reported as
     "degraded" but not "unavailable".
     """
-    servers = list(get_shard_map().servers())
+    shard_map = get_shard_map()
+    servers = list(shard_map.servers())
     # Threads are greenlets under the gevent worker: the checks overlap, and each runs on its
     # own Django connection.
     with ThreadPoolExecutor(max_workers=len(servers) + 1) as executor:
@@ -106,8 +107,11 @@ def shard_health(request: HttpRequest) -> JsonResponse:
     primaries_ok = all(
         r.get("writable") for r in results.values() if r["role"] == "primary"
     )
+    # Under Patroni every member is listed as a read candidate (any of them may lead after a
+    # failover); the one leading now is not in recovery, is not read from, and is no fault.
     replicas_ok = all(
-        r["reachable"] and r.get("in_recovery") for r in results.values() if r["role"] == "replica"
+        r["reachable"] and (r.get("in_recovery") or bool(shard_map.cluster_of(alias).patroni))
+        for alias, r in results.items() if r["role"] == "replica"
     )
     redis = redis_check.result()
     redis_ok = redis["reachable"] and redis["breaker"] == "closed"

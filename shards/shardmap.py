@@ -32,6 +32,9 @@ class Cluster:
     name: str
     primary: Server
     replicas: tuple[Server, ...] = ()
+    # The REST API of every member when Patroni manages the cluster (ops commands: switchover,
+    # shard_status); empty otherwise.
+    patroni: tuple[str, ...] = ()
 
     @property
     def servers(self) -> tuple[Server, ...]:

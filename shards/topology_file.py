@@ -31,11 +31,15 @@ _KEY_FIX = {
     "name": 'add name = "shard_N"',
     "url": 'add url = "redis://host:port/0"',
 }
+_PATRONI_FIX = (
+    'write patroni = ["http://host:8008", ...]: the REST API of every member of the cluster '
+    "(optional: only Patroni-managed clusters have it)"
+)
 # [edge] and [[app_hosts]] describe nginx and the hosts behind it: read by the deploy tools
 # (deploy/edge.py), not by the service, which only needs to accept them.
 _TOP_KEYS = ("control", "shards", "redis", "edge", "app_hosts")
-_CONTROL_KEYS = ("dsn", "direct_dsn", "replicas")
-_SHARD_KEYS = ("name", "dsn", "direct_dsn", "replicas")
+_CONTROL_KEYS = ("dsn", "direct_dsn", "replicas", "patroni")
+_SHARD_KEYS = ("name", "dsn", "direct_dsn", "replicas", "patroni")
 _REPLICA_KEYS = ("dsn", "direct_dsn")
 _REDIS_KEYS = ("url",)
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -190,12 +194,25 @@ class _Loader:
                     f"name it in the DSN, e.g. {_DSN_EXAMPLE}; "
                     "the topology file does not fall back to PG* environment variables",
                 )
+        # A multi-host DSN (host=a,b port=1,2 target_session_attrs=read-write) reaches whichever
+        # member of a Patroni cluster leads: one port per host.
         port = params.get("port")
-        if port and not str(port).isdigit():
+        if port and not all(part.isdigit() for part in str(port).split(",")):
             raise self.error(
-                place, f"{key} has a port that is not a number", "write the port as digits"
+                place, f"{key} has a port that is not a number",
+                "write the port as digits (a comma-separated list for several hosts)",
             )
         return dsn
+
+    def patroni(self, raw: dict[str, Any], place: str) -> tuple[str, ...]:
+        urls = raw.get("patroni", [])
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            raise self.error(place, f"patroni must be an array of strings, got "
+                                    f"{_toml_type(urls)}", _PATRONI_FIX)
+        bad = [u for u in urls if not u.startswith(("http://", "https://"))]
+        if bad:
+            raise self.error(place, f"patroni URL {bad[0]!r} is not http(s)", _PATRONI_FIX)
+        return tuple(urls)
 
     def cluster(self, raw: dict[str, Any], place: str, name: str) -> Cluster:
         replicas_raw = raw.get("replicas", [])
@@ -224,7 +241,8 @@ class _Loader:
                     role="replica",
                 )
             )
-        return Cluster(name=name, primary=primary, replicas=tuple(replicas))
+        return Cluster(name=name, primary=primary, replicas=tuple(replicas),
+                       patroni=self.patroni(raw, place))
 
     def redis_url(self, redis: dict[str, Any]) -> str:
         self.check_keys(redis, _REDIS_KEYS, "[redis]")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from deploy.layout import HA_SPAN
 from deploy.processes import port_in_use
 from deploy.topology import LocalLayout, LocalTopology, ServiceProcess
 from tests.api_client import UNREACHED_THROTTLES
@@ -31,10 +32,12 @@ PORTS_PER_TOPOLOGY = 40
 _port_locks: list[object] = []
 
 
-def free_base_port(start: int) -> int:
-    """The first block of ports at or after `start` where nothing listens and that no other
-    test process has claimed. The claim is an flock held until this process exits: two test
-    runs on one machine choose their ports before either starts a server."""
+def free_base_port(start: int, span: int = PORTS_PER_TOPOLOGY) -> int:
+    """The first block of ports at or after `start` where nothing listens on its first `span`
+    ports and that no other test process has claimed. The claim is an flock held until this
+    process exits: two test runs on one machine choose their ports before either starts a
+    server. Blocks are 100 apart, so a highly available topology (span 100: etcd and Patroni
+    above base+40, deploy/layout.py) never overlaps another block's ports."""
     lock_dir = Path(tempfile.gettempdir()) / "shardsvc-port-locks"
     lock_dir.mkdir(exist_ok=True)
     for base in range(start, 60000, 100):
@@ -44,7 +47,7 @@ def free_base_port(start: int) -> int:
         except BlockingIOError:
             handle.close()
             continue
-        if any(port_in_use(port) for port in range(base, base + PORTS_PER_TOPOLOGY)):
+        if any(port_in_use(port) for port in range(base, base + span)):
             handle.close()
             continue
         _port_locks.append(handle)
@@ -53,19 +56,20 @@ def free_base_port(start: int) -> int:
 
 
 def make_topology(prefix: str, *, shards: int = 2, replicas: int = 1,
-                  start_port: int | None = None) -> LocalTopology:
+                  start_port: int | None = None, ha: bool = False) -> LocalTopology:
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     # mkdtemp makes 0700 folders; the PostgreSQL user must be able to enter it.
     root.chmod(0o755)
     start = start_port or int(os.environ.get("SHARDSVC_TEST_BASE_PORT", "25400"))
     layout = LocalLayout(
         root=root,
-        base_port=free_base_port(start),
+        base_port=free_base_port(start, HA_SPAN if ha else PORTS_PER_TOPOLOGY),
         shards=shards,
         replicas=replicas,
         durable=False,  # throwaway data: skip fsync
         workers=2,
         pg_settings={"timezone": f"'{SERVER_TIME_ZONE}'"},
+        ha=ha,
     )
     topology = LocalTopology(layout, echo=lambda message: print(f"[topology] {message}"))
     _made.append(topology)

@@ -11,7 +11,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from migrations_tools import fleet_status
+from migrations_tools import fleet_status, patroni_status
 from migrations_tools.leaks import LeakReport, check_leaks, sweep
 from migrations_tools.lock import current_holder
 from migrations_tools.natural_sort import natural_key
@@ -56,6 +56,7 @@ class Command(BaseCommand):
         out = self.stdout.write
         only = self.chosen_tenants(options["tenant"])
         self.servers()
+        self.patroni()
         summaries = self.shards()
         if options["tenants"] or only is not None:
             self.tenants(summaries, only)
@@ -96,19 +97,45 @@ class Command(BaseCommand):
     def servers(self) -> None:
         self.stdout.write(f"servers (topology {get_shard_map().source}):")
         rows = []
+        shard_map = get_shard_map()
         for s in fleet_status.check_servers():
             if not s.up:
                 state = "DOWN"
+            elif s.role == "replica" and not s.in_recovery and shard_map.cluster_of(
+                    s.alias).patroni:
+                # Under Patroni every member is listed as a replica candidate; the one that
+                # leads is simply not read from.
+                state = "leads (no reads)"
             elif s.role == "replica":
                 state = "streaming" if s.in_recovery else "NOT IN RECOVERY"
             else:
                 state = "up"
-            rows.append([s.alias, s.role, s.cluster, state, s.describe_lag(),
-                         fleet_status.human_bytes(s.behind_bytes) if s.role == "replica" else "-",
-                         s.error])
+            leads = state == "leads (no reads)"
+            rows.append([s.alias, s.role, s.cluster, state, "-" if leads else s.describe_lag(),
+                         fleet_status.human_bytes(s.behind_bytes)
+                         if s.role == "replica" and not leads else "-", s.error])
         for line in table(rows, ["SERVER", "ROLE", "CLUSTER", "STATE", "LAG", "BEHIND",
                                  "ERROR"]):
             self.stdout.write(line)
+
+    def patroni(self) -> None:
+        roles = patroni_status.managed(get_shard_map())
+        if not roles:
+            return
+        out = self.stdout.write
+        out("")
+        out("patroni (each member's role now):")
+        for line in table(patroni_status.member_rows(roles),
+                          ["CLUSTER", "MEMBER", "ROLE", "STATE", "TIMELINE", "LAG", "ERROR"]):
+            out(line)
+        history = patroni_status.history_rows(roles)
+        out("")
+        out(f"failovers (Patroni's history, last {patroni_status.HISTORY_SHOWN} per cluster):")
+        if not history:
+            out("  none")
+        for line in table(history, ["CLUSTER", "ENDED TIMELINE", "AT LSN", "WHEN", "NEW LEADER",
+                                    "REASON"]) if history else []:
+            out(line)
 
     def shards(self) -> list[fleet_status.ShardSummary]:
         summaries = fleet_status.summarize_shards()

@@ -1,0 +1,122 @@
+"""The leader follower: keeps PgBouncer's cluster entries on the member Patroni elected.
+
+    python -m deploy.leader_follower <topology folder>     # started and stopped by `up`/`down`
+
+Every POLL_INTERVAL it asks each member's REST API `/primary` (shards.patroni.find_leader); when
+a cluster's leader is another member than PgBouncer's entry names, and that member accepts
+writes, it rewrites pgbouncer.ini and reloads PgBouncer (deploy/pooler.py).
+
+Why a follower process and not Patroni's `on_role_change` callback:
+- the callback runs on the database host, inside the member that changed role; PgBouncer runs
+  beside the app. A callback would have to reach every PgBouncer host, and with several members
+  changing role at once (the old leader demoted, the new one promoted) two callbacks would race
+  to write one file;
+- a callback is an edge: one lost (PgBouncer down, the member killed right after promoting)
+  leaves PgBouncer pointing at the old leader for good. The follower compares the state it sees
+  with the state it wants on every poll, so it also repairs an entry after its own restart;
+- `/primary` on the new leader answers 200 about 0.2 s before it accepts writes: the follower
+  checks `pg_is_in_recovery()` on it before pointing PgBouncer there, so clients are never sent
+  to a server still finishing its promotion.
+One poll costs a REST call per member; at 0.2 s the entry follows within ~0.2 s of Patroni.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import psycopg
+
+from deploy.layout import ADMIN_USER, APP_DB, LocalLayout, Node
+from deploy.topology import LocalTopology
+from shards import patroni, pg
+
+POLL_INTERVAL = 0.2
+log = logging.getLogger("shardsvc.leader_follower")
+
+
+def accepts_writes(node: Node) -> bool:
+    try:
+        with pg.connect(f"host=127.0.0.1 port={node.port} user={ADMIN_USER} dbname={APP_DB}",
+                        connect_timeout=1) as conn:
+            return pg.fetch_value(conn, "SELECT pg_is_in_recovery()") is False
+    except psycopg.Error:
+        return False
+
+
+def follow_once(topology: LocalTopology, leaders: dict[str, str]) -> dict[str, str]:
+    """One poll: the leaders PgBouncer should point at now (unchanged where unsure)."""
+    wanted = dict(leaders)
+    for cluster in topology.layout.cluster_names:
+        url = patroni.find_leader(topology.member_urls(cluster))
+        if url is None:
+            continue  # no leader yet: keep the entry, writes fail there as they would anyway
+        node = next(n for n in topology.layout.members(cluster)
+                    if topology.rest_url(n) == url)
+        if node.alias != leaders.get(cluster) and accepts_writes(node):
+            wanted[cluster] = node.alias
+    return wanted
+
+
+def load(root: Path) -> LocalTopology:
+    layout = LocalLayout.load(root)
+    if layout is None or not layout.ha:
+        raise SystemExit(f"{root} holds no highly available topology")
+    return LocalTopology(layout, echo=log.info)
+
+
+def run(root: Path) -> None:
+    topology = load(root)
+    layout_file = root / "layout.json"
+    seen = layout_file.stat().st_mtime_ns
+    leaders = topology.pgbouncer_leaders()
+    stopping = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("following %s", ", ".join(f"{c} -> {a}" for c, a in sorted(leaders.items())))
+    while not stopping:
+        started = time.monotonic()
+        try:
+            if layout_file.stat().st_mtime_ns != seen:
+                # `up --shards N` added a cluster: follow it too (PgBouncer already has its
+                # entry, written by `up` for its first member).
+                seen = layout_file.stat().st_mtime_ns
+                topology = load(root)
+                leaders = {**topology.pgbouncer_leaders(), **leaders}
+                log.info("topology changed: following %s", ", ".join(sorted(leaders)))
+            wanted = follow_once(topology, leaders)
+            if wanted != leaders:
+                topology.repoint_pgbouncer(wanted)
+                for cluster, alias in sorted(wanted.items()):
+                    if leaders.get(cluster) != alias:
+                        log.warning("%s: PgBouncer now points at %s (was %s)", cluster, alias,
+                                    leaders.get(cluster))
+                leaders = wanted
+        except Exception:
+            # Never die: a follower that stops leaves PgBouncer on a dead leader after the next
+            # failover. Log and poll again.
+            log.exception("poll failed")
+        time.sleep(max(0.0, POLL_INTERVAL - (time.monotonic() - started)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    run(Path(args[0]).resolve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

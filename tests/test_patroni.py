@@ -1,0 +1,192 @@
+"""The highly available topology: real Patroni, real etcd, real kills.
+
+One topology for the module (control + one shard, one replica each, under Patroni with a
+3-member etcd), started by the project's own manager. Writers go through PgBouncer's cluster
+entry, which the leader follower re-points; what was acknowledged is compared with what the new
+leader holds. Timings are printed (the benchmark's business), never asserted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.topology import LocalTopology
+from migrations_tools import patroni_status
+from migrations_tools.switchover import SwitchoverError, choose, switchover
+from shards import patroni, pg
+from shards.topology import load_shard_map
+from tests.conftest import make_topology
+from tests.ha_writes import CREATE_SQL, GRANT_SQL, Writer, longest_gap
+
+pytestmark = pytest.mark.slow
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+CLUSTER = "shard_0"
+
+
+@pytest.fixture(scope="module")
+def ha() -> Iterator[LocalTopology]:
+    topo = make_topology("shardsvc-ha-", shards=1, replicas=1, ha=True)
+    try:
+        topo.up(service=False, migrate=False)
+        with pg.connect(leader_dsn(topo)) as conn:
+            conn.execute(CREATE_SQL)
+            conn.execute(GRANT_SQL)
+        yield topo
+    finally:
+        topo.destroy()
+
+
+def leader_dsn(topo: LocalTopology, cluster: str = CLUSTER) -> str:
+    return f"host=127.0.0.1 port={topo.leader(cluster).port} user=postgres dbname=app"
+
+
+def pooled(topo: LocalTopology, entry: str = CLUSTER) -> str:
+    return f"host=127.0.0.1 port={topo.layout.pgbouncer_port} user=app dbname={entry}"
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not within {timeout} s: {what}")
+
+
+def members(topo: LocalTopology, cluster: str = CLUSTER) -> dict[str, dict]:
+    return {m["name"]: m for m in patroni.cluster_members(topo.member_urls(cluster))}
+
+
+def manage(topo: LocalTopology, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(PROJECT_DIR / "manage.py"), *args],
+                          cwd=PROJECT_DIR, env={**topo.service_env(), **env},
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_every_cluster_has_a_leader_and_a_synchronous_standby(ha: LocalTopology) -> None:
+    for cluster in ha.layout.cluster_names:
+        roles = sorted(m["role"] for m in members(ha, cluster).values())
+        assert roles == ["leader", "sync_standby"], (cluster, roles)
+    # The topology file's direct DSN (multi-host, read-write) reaches the leader; PgBouncer's
+    # cluster entry too, and a member's own entry reaches that member.
+    shard = load_shard_map(ha.layout.topology_file).shard(CLUSTER)
+    leader = ha.leader(CLUSTER)
+    for dsn in (shard.primary.direct_dsn, pooled(ha)):
+        with pg.connect(dsn) as conn:
+            assert pg.fetch_value(conn, "SELECT inet_server_port()") == leader.port
+            assert pg.fetch_value(conn, "SELECT pg_is_in_recovery()") is False
+    replica = next(n for n in ha.layout.members(CLUSTER) if n != leader)
+    with pg.connect(pooled(ha, replica.alias)) as conn:
+        assert pg.fetch_value(conn, "SELECT pg_is_in_recovery()") is True
+
+
+def test_losing_one_etcd_member_changes_nothing(ha: LocalTopology) -> None:
+    leader = ha.leader(CLUSTER)
+    assert ha.stop_etcd_member(2)
+    try:
+        with Writer(pooled(ha), start_id=1_000_000) as writer:
+            # Several Patroni loops (1 s each) with two of three members: quorum holds.
+            time.sleep(3)
+        assert writer.errors == []
+        assert len(writer.acked) > 10
+        assert ha.leader(CLUSTER) == leader
+        assert all(m["state"] in ("running", "streaming") for m in members(ha).values())
+    finally:
+        ha.start_etcd_member(2)
+        ha.wait_etcd_healthy(timeout=30)
+
+
+def test_killed_primary_fails_over_with_no_acknowledged_write_lost(ha: LocalTopology) -> None:
+    old = ha.leader(CLUSTER)
+    with Writer(pooled(ha), start_id=1) as writer:
+        wait_for(lambda: len(writer.acked) > 20, 10, "writes before the kill")
+        killed_at = time.monotonic()
+        ha.kill_postmaster(old)
+        wait_for(lambda: len(writer.sent_after(killed_at)) > 0, 30,
+                 "a write sent after the kill acknowledged through PgBouncer")
+        back_at = min(writer.sent_after(killed_at))
+        wait_for(lambda: len(writer.sent_after(back_at)) > 20, 10, "writes after failover")
+    # A write in flight may wait in PgBouncer's queue and succeed on the new leader, and the
+    # killed postmaster's backends commit for a moment after it: what a client sees is the
+    # longest gap between acknowledgements.
+    pause = longest_gap(writer, killed_at)
+    new = ha.leader(CLUSTER)
+    assert new != old
+    with pg.connect(leader_dsn(ha)) as conn:
+        present = {row[0] for row in conn.execute("SELECT id FROM ha_writes WHERE id < 1000000")}
+    acked = writer.ids
+    lost = sorted(acked - present)
+    print(f"\nkill -9 of {old.alias}'s postmaster: writes through PgBouncer paused "
+          f"{pause:.2f} s; acked {len(acked)}, present {len(present)}, "
+          f"lost {len(lost)}, failed writes {len(writer.errors)}")
+    assert lost == []
+    assert ha.pgbouncer_leaders()[CLUSTER] == new.alias
+
+    # The old leader rejoins as a standby (pg_rewind), and its role change is visible both in
+    # Patroni and on the server itself through its own PgBouncer entry.
+    ha.wait_cluster_streaming(CLUSTER, timeout=60)
+    assert members(ha)[old.alias]["role"] in ("replica", "sync_standby")
+    with pg.connect(pooled(ha, old.alias)) as conn:
+        assert pg.fetch_value(conn, "SELECT pg_is_in_recovery()") is True
+    history = patroni.history(ha.member_urls(CLUSTER))
+    assert history and history[-1][4] == new.alias
+
+    # shard_status's Patroni tables, from the topology file's REST URLs.
+    roles = patroni_status.managed(load_shard_map(ha.layout.topology_file))
+    rows = {(r[0], r[1]): r for r in patroni_status.member_rows(roles)}
+    assert rows[(CLUSTER, new.alias)][2] == "leader"
+    assert rows[(CLUSTER, old.alias)][2:4] in (["sync_standby", "streaming"],
+                                               ["replica", "streaming"])
+    assert [CLUSTER, new.alias] == [patroni_status.history_rows(roles)[-1][i] for i in (0, 4)]
+
+
+def test_switchover_command_hands_over_and_measures_the_pause(ha: LocalTopology) -> None:
+    old = ha.leader(CLUSTER)
+    target = next(n for n in ha.layout.members(CLUSTER) if n != old)
+    done = manage(ha, "switchover", CLUSTER, "--to", target.alias)
+    assert done.returncode == 0, done.stdout + done.stderr
+    print("\n" + done.stdout.strip())
+    assert f"{CLUSTER}: {old.alias} -> {target.alias}; writes through PgBouncer paused" \
+        in done.stdout
+    assert ha.leader(CLUSTER) == target
+    # The command returned once a write through PgBouncer succeeded: the entry is re-pointed.
+    with pg.connect(pooled(ha)) as conn:
+        assert pg.fetch_value(conn, "SELECT inet_server_port()") == target.port
+    ha.wait_cluster_streaming(CLUSTER, timeout=60)
+
+
+def test_switchover_refusals_name_the_fix(ha: LocalTopology) -> None:
+    leader = ha.leader(CLUSTER)
+    other = next(n for n in ha.layout.members(CLUSTER) if n != leader)
+    nobody = manage(ha, "switchover", CLUSTER, "--to", "nobody")
+    assert nobody.returncode == 1
+    assert f"CommandError: 'nobody' is no member of {CLUSTER}; choose --to among: " \
+        f"{other.alias}" in nobody.stderr
+
+    # The same checks in this process, against the library the command is a shell over.
+    cluster = load_shard_map(ha.layout.topology_file).shard(CLUSTER)
+    with pytest.raises(SwitchoverError, match=f"'{leader.alias}' already leads {CLUSTER}"):
+        choose(cluster, leader.alias)
+    with pytest.raises(SwitchoverError, match="is not managed by Patroni"):
+        choose(dataclasses.replace(cluster, patroni=()), None)
+
+    # Patroni itself refuses when the only candidate's Patroni does not answer (stopped).
+    pid = int((other.datadir.parent / "patroni.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(SwitchoverError,
+                           match=f"Patroni refused the switchover of {CLUSTER} \\(412"):
+            switchover(cluster, timeout=20)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert ha.leader(CLUSTER) == leader
