@@ -4,8 +4,9 @@ The subscription's own copy (`copy_data = true`) runs one text COPY per table in
 worker, and the mover could only follow it by counting the target's rows, a scan of every
 uncommitted row once a second. Here the mover creates the move's slot itself with an exported
 snapshot, copies each table's tenant rows as of that snapshot in binary (no text parsing on
-either side), one table per session at once, and then subscribes with `copy_data = false` from
-that slot: replication resumes exactly where the snapshot ends, as the table sync's hand-off would.
+either side; relayed in blocks, see `copy_relay.py`), one table per session at once, and then
+subscribes with `copy_data = false` from that slot: replication resumes exactly where the
+snapshot ends, as the table sync's hand-off would.
 
 The target sessions run with `session_replication_role = replica`, as the apply and table-sync
 workers do, so the target's per-row triggers (the fence, foreign key checks) do not fire for rows
@@ -26,6 +27,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from migrations_tools.copy_relay import relay
 from shards import pg
 
 # Rows a table's copy has written so far, by table; read by the progress callback.
@@ -84,11 +86,7 @@ def copy_table(source_dsn: str, target_dsn: str, snapshot: str, table: str, tena
         ).format(cols=cols, table=sql.Identifier(table), tenant=sql.Literal(tenant_id))
         copy_in = sql.SQL("COPY {table} ({cols}) FROM STDIN (FORMAT binary)").format(
             table=sql.Identifier(table), cols=cols)
-        with src.cursor() as out_cur, dst.cursor() as in_cur:
-            with out_cur.copy(copy_out) as out, in_cur.copy(copy_in) as into:
-                for chunk in out:
-                    into.write(chunk)
-            rows = max(in_cur.rowcount, 0)
+        rows = relay(src, dst, copy_out.as_bytes(src), copy_in.as_bytes(dst))
         dst.commit()
         src.rollback()
     counts[table] = rows

@@ -7,7 +7,8 @@ Each database runs in a thread of this process with its own direct connection (s
 `connections.py`), rather than in a subprocess per shard. A subprocess would pay Django's start-up
 (about 0.4 s of CPU here) for every shard, more than the Python side of migrating a new shard
 (about 0.1 s: loading the graph, rendering model states); in threads that Python share is
-serialised by the GIL, while the database's share (DDL, commits, lock waits and retries, network
+serialised by the GIL (so shards at the same migrations render their model states once, see
+`shared_states.py`), while the database's share (DDL, commits, lock waits and retries, network
 round trips) overlaps, and it is the share that grows on a real fleet with real tables.
 tests/benchmarks/bench_migrate.py measures both. A child forked per shard after start-up (no
 Django start-up to pay, a core each) was measured too: on this 2-core host, busy, it was no faster
@@ -31,13 +32,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Literal
 
-from django.apps import apps as global_apps
 from django.core.management.sql import emit_post_migrate_signal, emit_pre_migrate_signal
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.migration import Migration
-from django.db.migrations.state import ModelState, ProjectState
 
 from migrations_tools.blockers import BlockerWatch, describe_blockers
 from migrations_tools.connections import direct_connections
@@ -50,7 +49,6 @@ from migrations_tools.plans import (
     full_plan,
     migration_label,
     recorded_keys,
-    reload_graph,
     runs_here,
 )
 from migrations_tools.safety import (
@@ -61,6 +59,12 @@ from migrations_tools.safety import (
     format_duration,
     is_retryable,
     sqlstate,
+)
+from migrations_tools.shared_states import (
+    OperationStates,
+    SharedStates,
+    apply_migration,
+    build_steps,
 )
 from shards.aliases import CONTROL_ALIAS
 from shards.topology import get_shard_map
@@ -101,10 +105,13 @@ class FleetResult:
 
 def migrate_database(alias: str, *, policy: ExecutionPolicy, reporter: Reporter,
                      stop: threading.Event | None = None,
-                     lock: ClusterLock | None = None) -> DatabaseResult:
+                     lock: ClusterLock | None = None,
+                     states: SharedStates | None = None) -> DatabaseResult:
     """Apply every unapplied migration on one primary; never raises, the result says how it
-    went. `stop` (set by --fail-fast or Ctrl-C) ends the run between two migrations."""
+    went. `stop` (set by --fail-fast or Ctrl-C) ends the run between two migrations; `states`
+    shares rendered model states with the other databases of the run."""
     stop = stop or threading.Event()
+    states = states or SharedStates()
     result = DatabaseResult(alias=alias)
     started = time.monotonic()
     # A shard's pre_migrate reads the shard registry on control: give it a direct session too.
@@ -112,7 +119,8 @@ def migrate_database(alias: str, *, policy: ExecutionPolicy, reporter: Reporter,
     try:
         reporter.status(alias, "connecting")
         with direct_connections(*aliases, policy=policy):
-            _migrate_connected(alias, connections[alias], result, policy, reporter, stop, lock)
+            _migrate_connected(alias, connections[alias], result, policy, reporter, stop, lock,
+                               states)
     except ClusterLockLost as exc:
         stop.set()  # nothing more may start without the lock
         result.status, result.error = "failed", str(exc)
@@ -130,31 +138,36 @@ def migrate_database(alias: str, *, policy: ExecutionPolicy, reporter: Reporter,
 
 def _migrate_connected(alias: str, connection: BaseDatabaseWrapper, result: DatabaseResult,
                        policy: ExecutionPolicy, reporter: Reporter, stop: threading.Event,
-                       lock: ClusterLock | None) -> None:
+                       lock: ClusterLock | None, states: SharedStates) -> None:
     connection.prepare_database()
     executor = executor_for(connection)
     plan = full_plan(executor, connection)
     result.remaining = [migration_label(m) for m, _ in plan]
     if plan:
         executor.recorder.ensure_schema()
-    state = applied_state(executor)
+    migrations = [migration for migration, _ in plan]
+    runs = [runs_here(alias, migration) for migration in migrations]
+    key = (alias == CONTROL_ALIAS, frozenset(executor.loader.applied_migrations),
+           tuple(migration_label(m) for m in migrations), tuple(runs))
+    steps = states.steps(key, lambda: build_steps(applied_state(executor), migrations, runs))
     quiet = io.StringIO()  # handlers print only at verbosity >= 2
-    emit_pre_migrate_signal(0, False, alias, stdout=quiet, apps=state.apps, plan=plan)
+    emit_pre_migrate_signal(0, False, alias, stdout=quiet, apps=steps.pre_apps, plan=plan)
     unrecorded: list[Migration] = []  # no-ops here, recorded together before the next one runs
     try:
-        for migration, _ in plan:
+        for migration, here in zip(migrations, runs, strict=True):
             if stop.is_set():
                 result.status = "stopped"
                 break
             label = migration_label(migration)
-            if runs_here(alias, migration):
+            if here:
                 _record(executor, unrecorded)
                 if lock is not None:
                     lock.ensure_held()
-                state = _apply(executor, state, migration, alias, policy, reporter, stop)
+                _apply(executor, migration, steps.operations[(migration.app_label,
+                                                               migration.name)],
+                       alias, policy, reporter, stop)
                 result.applied.append(label)
             else:
-                state = _advance(state, migration)
                 unrecorded.append(migration)
                 result.recorded += 1
             result.remaining.remove(label)
@@ -171,25 +184,13 @@ def _migrate_connected(alias: str, connection: BaseDatabaseWrapper, result: Data
     # the applied migrations describe, which a failure leaves in doubt. The rerun runs them.
     reporter.status(alias, "post_migrate")
     executor.check_replacements()
-    _emit_post_migrate(alias, state, plan)
+    emit_post_migrate_signal(0, False, alias, stdout=io.StringIO(), apps=steps.post_apps,
+                             plan=plan)
     if result.status == "stopped":
         result.error = (
             f"stopped before {result.remaining[0]} (another database failed and --fail-fast "
             "is on, or the run was interrupted)"
         )
-
-
-def _advance(state: ProjectState, migration: Migration) -> ProjectState:
-    """Advance the state past a migration none of whose operations runs here.
-
-    Django's executor would run each operation (a no-op here) against a rendered state,
-    re-rendering the affected models at every step: on a new shard, where every control app's
-    migration is such a no-op, that was most of the time spent. A plain state advances in
-    microseconds and is rendered again only when a migration that runs here needs it.
-    """
-    state.__dict__.pop("apps", None)  # drop the rendered models (a cached property)
-    migration.mutate_state(state, preserve=False)
-    return state
 
 
 def _record(executor: MigrationExecutor, migrations: list[Migration]) -> None:
@@ -210,8 +211,9 @@ def _record(executor: MigrationExecutor, migrations: list[Migration]) -> None:
     migrations.clear()
 
 
-def _apply(executor: MigrationExecutor, state: ProjectState, migration: Migration, alias: str,
-           policy: ExecutionPolicy, reporter: Reporter, stop: threading.Event) -> ProjectState:
+def _apply(executor: MigrationExecutor, migration: Migration, states: OperationStates,
+           alias: str, policy: ExecutionPolicy, reporter: Reporter,
+           stop: threading.Event) -> None:
     label = migration_label(migration)
     first_try = time.monotonic()
     attempt = 0
@@ -222,11 +224,9 @@ def _apply(executor: MigrationExecutor, state: ProjectState, migration: Migratio
         started = time.monotonic()
         watch: BlockerWatch | None = None
         try:
-            if "apps" not in state.__dict__:
-                state.apps  # noqa: B018 - render once up front, as Django's executor does
             watch = _blocker_watch(executor.connection, alias, policy)
             with watch:
-                state = executor.apply_migration(state, migration)
+                apply_migration(executor, migration, states)
         except Exception as exc:
             retryable = is_retryable(exc) and migration.atomic
             if not retryable or attempt > policy.retries or stop.is_set():
@@ -249,14 +249,12 @@ def _apply(executor: MigrationExecutor, state: ProjectState, migration: Migratio
                     label, "stopped while waiting to retry (--fail-fast or interrupted)",
                     attempts=attempt,
                 ) from exc
-            # The failed attempt rolled back in the database but advanced `state` in memory.
-            reload_graph(executor)
-            state = applied_state(executor)
+            # The failed attempt rolled back; the states it ran from are unchanged (shared_states).
             continue
         took = time.monotonic() - started
         retried = f", after {attempt - 1} retries" if attempt > 1 else ""
         reporter.line(alias, f"Applying {label}... OK ({took:.2f}s{retried})")
-        return state
+        return
 
 
 def _blocker_watch(connection: BaseDatabaseWrapper, alias: str,
@@ -301,24 +299,6 @@ def _explain(exc: BaseException, connection: BaseDatabaseWrapper, migration: Mig
     return message
 
 
-def _emit_post_migrate(alias: str, state: ProjectState, plan: list[tuple[Migration, bool]]
-                       ) -> None:
-    # As Django's migrate command: handlers get the final state with real apps re-rendered
-    # from the installed models, relationships included.
-    state.clear_delayed_apps_cache()
-    post_apps = state.apps
-    with post_apps.bulk_update():
-        model_keys = []
-        for model_state in post_apps.real_models:
-            key = model_state.app_label, model_state.name_lower
-            model_keys.append(key)
-            post_apps.unregister_model(*key)
-    post_apps.render_multiple(
-        [ModelState.from_model(global_apps.get_model(*key)) for key in model_keys]
-    )
-    emit_post_migrate_signal(0, False, alias, stdout=io.StringIO(), apps=post_apps, plan=plan)
-
-
 def migrate_fleet(shards: Sequence[str], *, jobs: int, policy: ExecutionPolicy,
                   reporter: Reporter, fail_fast: bool = False,
                   lock: ClusterLock | None = None) -> FleetResult:
@@ -354,9 +334,11 @@ def _migrate_shards(shards: Sequence[str], jobs: int, policy: ExecutionPolicy,
                 alias=alias, status="skipped",
                 error="not started: another database failed (--fail-fast) or interrupted",
             )
-        return migrate_database(alias, policy=policy, reporter=reporter, stop=stop, lock=lock)
+        return migrate_database(alias, policy=policy, reporter=reporter, stop=stop, lock=lock,
+                                states=states)
 
     results: dict[str, DatabaseResult] = {}
+    states = SharedStates()  # shards at the same migrations render their states once
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="migrate") as pool:
         futures = {pool.submit(run, alias): alias for alias in shards}

@@ -55,8 +55,11 @@ def install(alias: str, tables: list[str]) -> None:
     with connections[alias].cursor() as cursor:
         cursor.execute(INSTALL_SQL)
         for table in tables:
+            # AFTER, not BEFORE: the error aborts the statement all the same, and a BEFORE row
+            # trigger makes every COPY into the table insert row by row (no multi-insert),
+            # even where it does not fire, as in a move's copy (session_replication_role).
             cursor.execute(
-                f"CREATE OR REPLACE TRIGGER shardsvc_fence BEFORE INSERT OR UPDATE OR DELETE "
+                f"CREATE OR REPLACE TRIGGER shardsvc_fence AFTER INSERT OR UPDATE OR DELETE "
                 f"ON {quote(table)} FOR EACH ROW EXECUTE FUNCTION shardsvc_fence_check()"
             )
 

@@ -1,8 +1,9 @@
 """Benchmark (not a test): migrating 8 shards with --jobs 8 against migrating 1 shard.
 
-    .venv/bin/python -m tests.benchmarks.bench_migrate [--repeat 3]
+    .venv/bin/python -m tests.benchmarks.bench_migrate [--repeat 3] [--base-port P]
 
-Starts its own throwaway topology (control + 8 shards, no replicas), migrates control once, then
+Starts its own throwaway topology (control + 8 shards, no replicas; ports from --base-port,
+default $SHARDSVC_TEST_BASE_PORT or 26600), migrates control once, then
 measures `manage.py migrate_shards` as a DBA runs it, in one run:
 
 - 1 shard:            --shard shard_0
@@ -71,8 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (median)")
     parser.add_argument("--no-fsync", dest="durable", action="store_false",
                         help="run PostgreSQL with fsync off, as the tests do")
+    parser.add_argument("--base-port", type=int,
+                        default=int(os.environ.get("SHARDSVC_TEST_BASE_PORT", "26600")),
+                        help="first port to try for the topology")
     args = parser.parse_args(argv)
-    base = make_topology("shardsvc-bench-migrate-", shards=SHARDS, replicas=0, start_port=26600)
+    base = make_topology("shardsvc-bench-migrate-", shards=SHARDS, replicas=0,
+                         start_port=args.base_port)
     # Durable like production (the test harness turns fsync off): every commit of a migration
     # and of each django_migrations row waits for the disk, as it does on a real fleet.
     topo = LocalTopology(dataclasses.replace(base.layout, durable=args.durable),
