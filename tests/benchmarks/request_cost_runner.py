@@ -26,6 +26,7 @@ import io  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import pstats  # noqa: E402
+import select  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
@@ -127,6 +128,14 @@ def _calls_of(stats: pstats.Stats, path_end: str, function: str) -> int:
                if path.endswith(path_end) and name == function)
 
 
+def _wait_for_line() -> None:
+    """Read a line from stdin, never blocked in the read: valgrind takes callgrind_control's
+    commands only while this process runs code, so a blocked read would never see them."""
+    while not select.select([sys.stdin], [], [], 0.05)[0]:
+        pass
+    sys.stdin.readline()
+
+
 def main() -> None:
     target, kind, n, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     site = json.loads(Path(sys.argv[5]).read_text())
@@ -153,11 +162,11 @@ def main() -> None:
         result["cpu_us"] = (time.process_time() - started) * 1e6 / n
     elif mode == "callgrind":
         print("ready", flush=True)
-        sys.stdin.readline()
+        _wait_for_line()
         for i in range(n):
             one(i)
         print("done", flush=True)
-        sys.stdin.readline()
+        _wait_for_line()
     result["statuses"] = client.statuses
     print(json.dumps(result), flush=True)
 
