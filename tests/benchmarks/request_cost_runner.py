@@ -80,7 +80,14 @@ class Client:
 
 def setup(target: str, site: dict[str, Any]) -> tuple[Client, str, dict[str, str]]:
     if target == "service":
-        from project.wsgi import application
+        from project import metrics
+        from project.wsgi import application, lean_request_signals
+
+        lean_request_signals()  # as Gunicorn's post_worker_init does in each worker
+
+        # Per second, not per request: each worker samples its gauges once a second, which
+        # would be charged to the requests of a run that valgrind slows down a hundredfold.
+        metrics.SAMPLE_INTERVAL = 3600.0
 
         client = Client(application)
         base = f"/api/sites/{site['slug']}/threads"
