@@ -25,17 +25,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from deploy.layout import LocalLayout
 from deploy.topology import PROJECT_DIR, LocalTopology
 from tests.benchmarks import mixed
 
 RUNNER = "tests.benchmarks.request_cost_runner"
+# A runner under valgrind runs about a hundred times slower: minutes per step, never half an hour.
+CALLGRIND_TIMEOUT = 1800
 PAIRS = [("row", "service"), ("row", "plain"), ("cached", "service"), ("write", "service"),
          ("write", "plain")]
 
@@ -71,22 +74,37 @@ def run_one(env: dict[str, str], target: str, kind: str, n: int, mode: str,
             cwd=PROJECT_DIR, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=errors, text=True)
         assert child.stdin is not None and child.stdout is not None
-        for line, switch in (("ready", "on"), ("done", "off")):
-            if child.stdout.readline().strip() != line:
+        try:
+            for line, switch in (("ready", "on"), ("done", "off")):
+                if _line_within(child.stdout, CALLGRIND_TIMEOUT).strip() != line:
+                    raise SystemExit(f"the {target} {kind} runner failed: see {log}")
+                subprocess.run(["callgrind_control", "-i", switch, str(child.pid)],
+                               capture_output=True, check=True, timeout=CALLGRIND_TIMEOUT)
+                child.stdin.write("go\n")
+                child.stdin.flush()
+            result = json.loads(_line_within(child.stdout, CALLGRIND_TIMEOUT))
+            child.wait(timeout=CALLGRIND_TIMEOUT)
+        except (TimeoutError, subprocess.TimeoutExpired):
+            raise SystemExit(f"the {target} {kind} runner under valgrind stalled for "
+                             f"{CALLGRIND_TIMEOUT} s (seen now and then on a busy machine): "
+                             f"run again; see {log}") from None
+        finally:
+            if child.poll() is None:
                 child.kill()
-                raise SystemExit(f"the {target} {kind} runner failed: see {log}")
-            subprocess.run(["callgrind_control", "-i", switch, str(child.pid)],
-                           capture_output=True, check=True)
-            child.stdin.write("go\n")
-            child.stdin.flush()
-        result = json.loads(child.stdout.readline())
-        child.wait()
+                child.wait()
     # The main thread's file (-01): the requests and everything they wait on run there. Native
     # threads (the replica checks) run per second, not per request.
     main = Path(f"{out}-01")
     totals = next(line for line in main.read_text().splitlines() if line.startswith("totals:"))
     result["instructions"] = int(totals.split()[1]) / n
     return result
+
+
+def _line_within(stream: IO[str], seconds: float) -> str:
+    """The next line of `stream`, or TimeoutError after `seconds` without one."""
+    if not select.select([stream], [], [], seconds)[0]:
+        raise TimeoutError
+    return stream.readline()
 
 
 def site_of(topology: LocalTopology, folder: Path) -> dict[str, Any]:
