@@ -33,6 +33,7 @@ from comments.schemas import (
     UserTokenOut,
     VoteIn,
     VoteOut,
+    thread_json,
 )
 from routers.context import use_primary
 from sites import throttle
@@ -87,7 +88,9 @@ def thread_counts(
 
 @router.get("/threads/{thread_id}", response={200: ThreadOut, **ERRORS})
 def get_thread(request: HttpRequest, site: Site, thread_id: Id):
-    return service.get_thread(thread_id)
+    # Rendered here through ThreadOut (schemas.thread_json): ninja passes an HttpResponse
+    # through as it is, and the most frequent read of the API skips its answer-wrapping model.
+    return HttpResponse(thread_json(service.get_thread(thread_id)), content_type=JSON)
 
 
 @router.get("/threads/{thread_id}/comments", response={200: CommentPageOut, **ERRORS})

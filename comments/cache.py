@@ -23,6 +23,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from comments import live
 from comments.metrics import record_cache
 from routers.state import current_state
 from shards import redisguard
@@ -48,6 +49,23 @@ return current
 """
 
 
+# A write's two Redis updates in one round trip: _RAISE_MARK on KEYS[1] (ARGV[1], ARGV[2]), then
+# the thread's live event as comments.live publishes it (stream KEYS[2], payload ARGV[3],
+# channel ARGV[4], history length ARGV[5] and lifetime ARGV[6]).
+_RAISE_MARK_AND_PUBLISH = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'e', ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
+redis.call('PUBLISH', ARGV[4], id .. ' ' .. ARGV[3])
+return id
+"""
+
+
 def _record(result: str) -> None:
     record_cache("thread_page", result == "hit")
 
@@ -56,15 +74,28 @@ def _mark_key(entry: TenantEntry, thread_id: int) -> str:
     return f"shardsvc:mark:{entry.id}:{entry.version}:{thread_id}"
 
 
-def raise_mark(entry: TenantEntry, thread_id: int, lsn: int | None) -> None:
-    """After a committed write to the thread: newer pages only, from fresh enough databases.
+def raise_mark(entry: TenantEntry, thread_id: int, lsn: int | None, *,
+               event: live.Event | None = None) -> None:
+    """After a committed write to the thread: newer pages only, from fresh enough databases;
+    with `event`, the thread's live event is published in the same Redis call.
 
     If Redis cannot take it now, the raise is replayed once Redis answers (raising a mark is
     idempotent and never lowers it); until then readers bypass Redis or, on another worker that
-    reaches Redis, may see the page from before this write.
+    reaches Redis, may see the page from before this write. The event is best effort: never
+    replayed (pages see the change on reload).
     """
     key = _mark_key(entry, thread_id)
     position = lsn or 1
+    if event is not None:
+        try:
+            redisguard.client().eval(
+                _RAISE_MARK_AND_PUBLISH, 2, key, event.history, position, MARK_TTL,
+                event.payload, event.channel, live.HISTORY, live.HISTORY_SECONDS)
+            return
+        except RedisError as exc:
+            live.not_published(exc)
+            # The mark alone is kept to replay: a request waits for a failing Redis once, so
+            # this second try fails at once (shards.redisguard).
     redisguard.write_or_defer(
         key, lambda: redisguard.client().eval(_RAISE_MARK, 1, key, position, MARK_TTL),
         rank=position,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from redis.exceptions import RedisError
@@ -54,18 +55,37 @@ def event_json(kind: Kind, comment: dict[str, Any]) -> str:
     return json.dumps({"type": kind, "comment": shown}, separators=(",", ":"))
 
 
-def publish(kind: Kind, comment: dict[str, Any]) -> str | None:
-    """Tell the thread's open pages about `comment` (service.comment_dict's shape); returns the
-    event id, or None when Redis did not take it."""
+@dataclass(frozen=True)
+class Event:
+    """One event of a thread, ready for Redis: where it is kept, where published, what it says."""
+
+    history: str
+    channel: str
+    payload: str
+
+
+def event(kind: Kind, comment: dict[str, Any]) -> Event:
+    """The event of `comment` (service.comment_dict's shape) in the current tenant's thread."""
     entry = current_tenant()
     assert entry is not None, "writes only run with a tenant"
     thread_id = int(comment["thread_id"])
-    payload = event_json(kind, comment)
+    return Event(history_key(entry.id, thread_id), channel(entry.id, thread_id),
+                 event_json(kind, comment))
+
+
+def not_published(exc: RedisError) -> None:
+    logger.warning("live: event not published (%s): readers see it on reload", exc)
+
+
+def publish(kind: Kind, comment: dict[str, Any]) -> str | None:
+    """Tell the thread's open pages about `comment` (service.comment_dict's shape); returns the
+    event id, or None when Redis did not take it. A write publishes with its thread's mark
+    instead, in one call (comments.cache.raise_mark)."""
+    done = event(kind, comment)
     try:
         event_id = redisguard.client().eval(
-            _PUBLISH, 1, history_key(entry.id, thread_id), payload,
-            channel(entry.id, thread_id), HISTORY, HISTORY_SECONDS)
+            _PUBLISH, 1, done.history, done.payload, done.channel, HISTORY, HISTORY_SECONDS)
     except RedisError as exc:
-        logger.warning("live: event not published (%s): readers see it on reload", exc)
+        not_published(exc)
         return None
     return event_id.decode() if isinstance(event_id, bytes) else str(event_id)

@@ -105,6 +105,13 @@ def page_json(page: dict[str, Any]) -> bytes:
     return json.dumps(answer, cls=NinjaJSONEncoder).encode()
 
 
+def thread_json(thread: Any) -> bytes:
+    """A thread as GET .../threads/<id> answers it: ThreadOut rendered as django-ninja renders
+    a handler's answer (its JSON renderer, over the validated schema's dump), without ninja's
+    per-request wrapping of the answer in a response model of its own."""
+    return json.dumps(ThreadOut.model_validate(thread).model_dump(), cls=NinjaJSONEncoder).encode()
+
+
 class VoteIn(Schema):
     # Strict (true and 1.0 are not 1); pydantic cannot make a Literal strict, so a range.
     value: StrictInt = Field(..., ge=-1, le=1, examples=[1],

@@ -41,10 +41,12 @@ def _shard() -> str:
     return entry.shard
 
 
-def _after_write(thread_id: int) -> None:
+def _after_write(kind: live.Kind, comment: Comment) -> None:
+    """The thread's write mark raised and its live event published, in one Redis call."""
     entry = current_tenant()
     assert entry is not None
-    cache.raise_mark(entry, thread_id, causal.position_after_writes(entry.shard))
+    cache.raise_mark(entry, comment.thread_id, causal.position_after_writes(entry.shard),
+                     event=live.event(kind, comment_dict(comment)))
 
 
 def threads_at(url: str, using: str) -> QuerySet[Thread]:
@@ -181,8 +183,7 @@ def post_comment(thread_id: int, *, author: str, author_name: str, body: str,
             depth=parent.depth + 1 if parent else 0,
             author=author, author_name=author_name, body=body,
         )
-    _after_write(thread_id)
-    live.publish("created", comment_dict(comment))
+    _after_write("created", comment)
     return comment
 
 
@@ -202,8 +203,7 @@ def edit_comment(comment_id: int, *, user: str, body: str) -> Comment:
         comment.body = body
         comment.edited_at = timezone.now()
         comment.save(update_fields=["body", "edited_at"])
-    _after_write(comment.thread_id)
-    live.publish("edited", comment_dict(comment))
+    _after_write("edited", comment)
     return comment
 
 
@@ -214,8 +214,7 @@ def delete_comment(comment_id: int, *, user: str) -> None:
         comment.deleted = True
         comment.save(update_fields=["deleted"])
         Thread.objects.filter(id=comment.thread_id).update(comment_count=F("comment_count") - 1)
-    _after_write(comment.thread_id)
-    live.publish("deleted", comment_dict(comment))
+    _after_write("deleted", comment)
 
 
 @retry_writes
@@ -231,8 +230,7 @@ def moderate_delete(comment_id: int) -> bool:
         comment.deleted = True
         comment.save(update_fields=["deleted"])
         Thread.objects.filter(id=comment.thread_id).update(comment_count=F("comment_count") - 1)
-    _after_write(comment.thread_id)
-    live.publish("deleted", comment_dict(comment))
+    _after_write("deleted", comment)
     return True
 
 
@@ -256,8 +254,7 @@ def vote(comment_id: int, *, user: str, value: int) -> tuple[int, int]:
             comment.score += value - before
             Comment.objects.filter(id=comment_id).update(score=F("score") + (value - before))
     if value != before:
-        _after_write(comment.thread_id)
-        live.publish("voted", comment_dict(comment))
+        _after_write("voted", comment)
     return value, comment.score
 
 

@@ -38,6 +38,13 @@ loglevel = os.environ.get("SHARDSVC_LOG_LEVEL", "info")
 proc_name = "shardsvc"
 
 
+def post_worker_init(worker):
+    # Imported here: this file is read before the app is loaded (and must patch first).
+    from project.wsgi import lean_request_signals
+
+    lean_request_signals()
+
+
 def worker_exit(server, worker):
     # Close pooled connections so PgBouncer does not keep dead clients around.
     from project.pgpool import close_all_pools

@@ -83,9 +83,11 @@ api = ServiceAPI(
     urls_namespace="api",
     parser=JsonBodyParser(),
 )
+# The site API first: URL resolution tries ninja's routes in this order, and nearly every
+# request is a site's (the ops paths never match one of its URLs, nor it theirs).
+api.add_router("/sites/{site}", site_router)
 api.add_router("/ops", ops_router)
 api.add_router("/ops/comments", ops_comments_router)
-api.add_router("/sites/{site}", site_router)
 
 
 def on_error(request: HttpRequest, exc: Exception | type[Exception]) -> HttpResponse:

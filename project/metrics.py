@@ -358,10 +358,10 @@ class MetricsMiddleware:
         started = time.perf_counter()
         response = self.get_response(request)
         elapsed = time.perf_counter() - started
-        route = route_of(request)
         method = request.method if request.method in _METHODS else "other"
-        REQUESTS.labels(route, method, str(response.status_code)).inc()
-        REQUEST_SECONDS.labels(route, method).observe(elapsed)
+        count, seconds = _request_children(route_of(request), method, response.status_code)
+        count.inc()
+        seconds.observe(elapsed)
         # The routing middleware leaves the request's state set until the next request.
         routing = current_state()
         if routing is not None and routing.reads:
@@ -369,16 +369,26 @@ class MetricsMiddleware:
         return response
 
 
-@functools.cache
-def _read_labels(alias: str) -> tuple[str, str]:
+# The children of each label set, resolved once: prometheus_client's labels() takes a lock and
+# checks its arguments on every call. Routes are URL patterns and methods a fixed set, so the
+# label sets are few (the caches' bounds only guard against a surprise).
+@functools.lru_cache(maxsize=4096)
+def _request_children(route: str, method: str, status: int) -> tuple[Any, Any]:
+    return REQUESTS.labels(route, method, str(status)), REQUEST_SECONDS.labels(route, method)
+
+
+@functools.lru_cache(maxsize=1024)
+def _read_child(alias: str, reason: str) -> Any:
+    cluster: str
+    target: str
     try:
         shard_map = get_shard_map()
-        return shard_map.cluster_of(alias).name, shard_map.server(alias).role
+        cluster, target = shard_map.cluster_of(alias).name, shard_map.server(alias).role
     except UnknownAlias:
-        return alias, "unknown"
+        cluster, target = alias, "unknown"
+    return READ_ROUTING.labels(cluster, target, reason)
 
 
 def _count_reads(reads: Any) -> None:
     for (alias, reason), count in reads.items():
-        cluster, target = _read_labels(alias)
-        READ_ROUTING.labels(cluster, target, reason).inc(count)
+        _read_child(alias, reason).inc(count)

@@ -8,6 +8,9 @@ from project.api import api
 from sites import throttle
 
 urlpatterns = [
+    # First: URL resolution tries these in order, and nearly every request is the API's (no
+    # other pattern starts with "api/").
+    path("api/", api.urls),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
     path("readyz/shards", health.shard_health, name="readyz-shards"),
@@ -17,7 +20,6 @@ urlpatterns = [
     # The ops dashboard, in the admin's look and behind its login (migrations_tools).
     path("admin/ops/", include(ops_dashboard.urlpatterns)),
     path("admin/", admin.site.urls),
-    path("api/", api.urls),
 ]
 
 user_login_failed.connect(throttle.count_failed_login, dispatch_uid="shardsvc.throttle.login")

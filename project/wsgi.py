@@ -17,7 +17,10 @@ from typing import Any
 
 import django
 from django.conf import settings
+from django.core.cache import close_caches
 from django.core.handlers.wsgi import WSGIHandler
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections, reset_queries
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
@@ -56,6 +59,37 @@ class PathHandlers:
     def __call__(self, environ: dict[str, Any],
                  start_response: Callable[..., Any]) -> Any:
         return self.handler_for(environ.get("PATH_INFO", ""))(environ, start_response)
+
+
+def _closing_caches() -> bool:
+    """Whether closing a cache at the end of a request does anything: django-redis keeps its
+    connections unless told otherwise (CLOSE_CONNECTION); other backends may not."""
+    default = getattr(settings, "DJANGO_REDIS_CLOSE_CONNECTION", False)
+    caches: dict[str, dict[str, Any]] = settings.CACHES
+    return any(
+        cache["BACKEND"] != "django_redis.cache.RedisCache"
+        or cache.get("OPTIONS", {}).get("CLOSE_CONNECTION", default)
+        for cache in caches.values()
+    )
+
+
+def lean_request_signals() -> None:
+    """Take off the request signals what Django's per-request housekeeping does for nothing in
+    a serving worker of this service (Gunicorn's post_worker_init calls it: tests and management
+    commands keep Django's defaults). Each walks every database alias (7 in a two-shard
+    topology) or cache, and together they were about 6% of a single-row read's Python calls.
+
+    - close_old_connections when a request starts: the previous request of the greenlet handed
+      its connections back to the pool when it finished (which stays connected), so there are
+      none to close, and the pool checks a connection that sat idle before lending it;
+    - reset_queries: queries are logged only with DEBUG, so there is nothing to clear;
+    - close_caches: django-redis keeps its pooled connections unless CLOSE_CONNECTION is set.
+    """
+    request_started.disconnect(close_old_connections)
+    if not settings.DEBUG:
+        request_started.disconnect(reset_queries)
+    if not _closing_caches():
+        request_finished.disconnect(close_caches)
 
 
 django.setup(set_prefix=False)  # what get_wsgi_application does before building its handler

@@ -93,7 +93,11 @@ class ShardedManager(models.Manager.from_queryset(ShardedQuerySet)):  # type: ig
         entry = current_tenant()
         if entry is None:
             raise NoTenantContext(self.model._meta.label)
-        return super().get_queryset().filter(tenant_id=entry.id)
+        queryset = super().get_queryset()
+        # Scoped in place (what .filter() does to its copy): the queryset is new and nobody
+        # else holds it, and this runs for every query of the service.
+        queryset.query.add_q(models.Q(tenant_id=entry.id))
+        return queryset
 
 
 class UnscopedManager(models.Manager.from_queryset(ShardedQuerySet)):  # type: ignore[misc]

@@ -20,9 +20,11 @@ while it lasts, the limits are off and wrong keys are bounded by the key lookup'
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
@@ -80,10 +82,43 @@ def _counter(group: str, value: str, rate: str) -> tuple[str, int, int, int]:
     """(django-ratelimit's cache key for `value`'s counter in `group`, the limit, the end of
     the current window, the period). The same key get_usage counts under, so the counters
     read or counted here and there are one."""
-    limit, period = ratelimit_core._split_rate(rate)
+    limit, period = _split_rate(rate)
     window = ratelimit_core._get_window(value, period)
-    key = ratelimit_core._make_cache_key(group, window, rate, value, ratelimit_core.ALL)
-    return key, limit, window, period
+    return _cache_key(group, window, rate, value), limit, window, period
+
+
+# Remembered: the failed-check counter is read on every request that carries a credential, for
+# a few addresses at a time, and its key changes only when a window ends.
+_split_rate = functools.lru_cache(maxsize=64)(ratelimit_core._split_rate)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cache_key(group: str, window: int, rate: str, value: str) -> str:
+    return str(ratelimit_core._make_cache_key(group, window, rate, value, ratelimit_core.ALL))
+
+
+@dataclass(frozen=True)
+class _Peer:
+    """What django-ratelimit's _get_ip reads of a request."""
+
+    META: dict[str, str]
+
+
+@functools.lru_cache(maxsize=4096)
+def _masked(address: str, ipv4_mask: int, ipv6_mask: int) -> str:
+    # The masks are part of the key only so that a change of settings is never answered from
+    # here; _get_ip reads them itself.
+    return str(ratelimit_core._get_ip(_Peer({"REMOTE_ADDR": address})))
+
+
+def _client_address(request: HttpRequest) -> str:
+    """django-ratelimit's address of the client (IPv6 per /64 by default), as its "ip" key
+    counts it."""
+    address = request.META.get("REMOTE_ADDR")
+    if not address or getattr(settings, "RATELIMIT_IP_META_KEY", None):
+        return str(ratelimit_core._get_ip(request))  # its own errors, or its own source
+    return _masked(address, getattr(settings, "RATELIMIT_IPV4_MASK", 32),
+                   getattr(settings, "RATELIMIT_IPV6_MASK", 64))
 
 
 def _ratelimit_cache() -> Any:
@@ -105,7 +140,7 @@ def _peek_by_address(request: HttpRequest, group: str, rate: str | None) -> dict
     """
     if rate is None or not _enabled():
         return None
-    key, limit, window, _ = _counter(group, ratelimit_core._get_ip(request), rate)
+    key, limit, window, _ = _counter(group, _client_address(request), rate)
     count = _ratelimit_cache().get(key) or 0
     return {"count": count, "limit": limit, "should_limit": count > limit,
             "time_left": window - int(time.time())}

@@ -9,6 +9,7 @@ import pytest
 from django.core.cache import caches
 from django.http import HttpRequest
 from django.test import RequestFactory, override_settings
+from django_ratelimit import core as ratelimit_core
 
 from sites import throttle
 
@@ -67,3 +68,18 @@ def test_the_peek_is_off_when_throttling_is() -> None:
                                          RATE) is None
     assert throttle._peek_by_address(from_address("192.0.2.40"), throttle.AUTH_FAILURES,
                                      None) is None
+
+
+@pytest.mark.parametrize("address", ["192.0.2.50", "2001:db8:1:2:3:4:5:6", "::ffff:192.0.2.51"])
+def test_the_remembered_client_address_is_django_ratelimits(address: str) -> None:
+    request = from_address(address)
+    assert throttle._client_address(request) == ratelimit_core._get_ip(request)
+    with override_settings(RATELIMIT_IPV6_MASK=128, RATELIMIT_IPV4_MASK=24):
+        assert throttle._client_address(request) == ratelimit_core._get_ip(request)
+
+
+def test_the_remembered_counter_key_is_django_ratelimits() -> None:
+    key, limit, window, period = throttle._counter(throttle.AUTH_FAILURES, "192.0.2.60", RATE)
+    assert (limit, period) == (3, 60)
+    assert key == ratelimit_core._make_cache_key(throttle.AUTH_FAILURES, window, RATE,
+                                                 "192.0.2.60", ratelimit_core.ALL)

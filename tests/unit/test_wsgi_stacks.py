@@ -3,9 +3,16 @@ authentication and messages; the full one for the admin and every other path."""
 
 from __future__ import annotations
 
-from django.conf import settings
+from collections.abc import Iterator
 
-from project.wsgi import api_middleware, application
+import pytest
+from django.conf import settings
+from django.core.cache import close_caches
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections, reset_queries
+from django.test import override_settings
+
+from project.wsgi import api_middleware, application, lean_request_signals
 
 BROWSER_ONLY = {
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -39,3 +46,35 @@ def test_only_the_full_stack_checks_csrf_in_its_views() -> None:
     assert "CsrfViewMiddleware" not in hooks(application.api)
     # Building the API's stack left the settings as they were.
     assert set(settings.MIDDLEWARE) >= BROWSER_ONLY
+
+
+@pytest.fixture
+def django_signals() -> Iterator[None]:
+    yield
+    request_started.connect(close_old_connections)
+    request_started.connect(reset_queries)
+    request_finished.connect(close_caches)
+
+
+def receivers(signal: object) -> set[object]:
+    return {ref() for _key, ref, *_ in signal.receivers}  # type: ignore[attr-defined]
+
+
+def test_a_serving_worker_drops_per_request_housekeeping_that_does_nothing(
+        django_signals: None) -> None:
+    assert {close_old_connections, reset_queries} <= receivers(request_started)
+    assert close_caches in receivers(request_finished)
+    lean_request_signals()
+    assert not {close_old_connections, reset_queries} & receivers(request_started)
+    assert close_caches not in receivers(request_finished)
+    # Connections still go back to the pool when a request ends.
+    assert close_old_connections in receivers(request_finished)
+
+
+def test_caches_that_close_their_connections_keep_being_closed(django_signals: None) -> None:
+    closing = {"default": {"BACKEND": "django_redis.cache.RedisCache",
+                           "LOCATION": "redis://127.0.0.1:1/0",
+                           "OPTIONS": {"CLOSE_CONNECTION": True}}}
+    with override_settings(CACHES=closing):
+        lean_request_signals()
+    assert close_caches in receivers(request_finished)
