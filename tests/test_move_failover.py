@@ -143,6 +143,9 @@ def assert_moved(topo: LocalTopology, slug: str, tenant_id: int, source: str, ta
     assert rows(topo, target, tenant_id) == count
     assert rows(topo, source, tenant_id) == 0
     assert leftovers(topo) == {}
+    print(f"\n{slug} {source} -> {target}: {count} rows, move {report['total_seconds']} s "
+          f"with one failover ({report['failovers'][0]['state']}: "
+          f"{report['failovers'][0]['changes'][0]})")
     status = manage(topo, "shard_status")
     assert "leaked replication objects: none" in status.stdout, status.stdout + status.stderr
 
@@ -212,8 +215,11 @@ def test_migrate_shards_carries_on_on_the_new_leader_of_a_shard_killed_mid_run(
         ha.kill_postmaster(old)
     finally:
         holder.close()  # its server is gone: nothing to commit
+    killed_at = time.monotonic()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err[-3000:]
+    print(f"\nmigrate_shards finished {time.monotonic() - killed_at:.1f} s after the kill:\n"
+          + "\n".join(line for line in out.splitlines() if victim in line))
     assert f"{prefix(victim, aliases)} lost its primary" in out, out
     assert f"{prefix(victim, aliases)} reconnected to the new leader" in out, out
     assert row(out, victim).endswith(" ok") and row(out, "shard_1").endswith(" ok"), out

@@ -8,6 +8,7 @@ from django.db import utils as django_db
 
 from migrations_tools.errors import MigrationFailed
 from migrations_tools.failover import ServerIdentity, connection_lost
+from migrations_tools.leaks import ReplicationObjects, find_leaks
 from migrations_tools.move_jobs import MoveError
 
 
@@ -56,3 +57,16 @@ def test_a_promotion_changes_the_identity_and_it_round_trips_through_the_job_rep
     # The same member after a crash and restart in place: a new timeline as well.
     assert ServerIdentity(before.system_id, 4, before.server) != before
     assert promoted.describe() == "127.0.0.1:27111, timeline 4"
+
+
+def test_a_moves_slot_on_a_standby_is_a_leak_even_while_the_move_runs() -> None:
+    # The failed leader rejoined as a standby with the slot; the move goes on on the new one.
+    objects = {"shard_0": ReplicationObjects(
+        "shard_0", system_id=1, publications=["shardsvc_move_7"],
+        slots=[("shardsvc_move_7", 4242)],
+        standby_slots=[("shard_0_replica_1", "shardsvc_move_7")])}
+    [leak] = find_leaks(objects, active={"shardsvc_move_7"})
+    assert (leak.shard, leak.kind, leak.name, leak.member) == (
+        "shard_0", "slot", "shardsvc_move_7", "shard_0_replica_1")
+    assert leak.describe() == ("shard_0: slot shardsvc_move_7 (on standby shard_0_replica_1, "
+                               "left by a failover)")
