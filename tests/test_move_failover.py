@@ -193,6 +193,23 @@ def test_target_switched_over_while_fenced_restarts_the_copy_and_lifts_the_fence
     assert_moved(ha, SITES[1], tenant_id, source, target, count)
 
 
+def test_source_killed_after_the_flip_goes_on_and_cleans_up_on_the_new_leader(ha) -> None:
+    tenant_id, source = tenant(ha, SITES[0])  # moved by the first test: back again
+    target = other(source)
+    count = rows(ha, source, tenant_id)
+    old = ha.leader(source)
+    # The grace period keeps the fenced source rows after the flip, replication dropped.
+    proc = start_move(ha, SITES[0], target, "--grace", "20")
+    wait_for(lambda: job_of(ha, tenant_id)[0] == "cleanup", 120, "the move's cleanup", proc)
+    ha.kill_postmaster(old)
+    code, out, err = finish(proc)
+    assert code == 0, out + err[-3000:]
+    assert f"{source} (the source) failed over" in out, out
+    assert "the target serves the tenant already (cleanup)" in out, out
+    assert "restarting the copy" not in out, out
+    assert_moved(ha, SITES[0], tenant_id, source, target, count)
+
+
 def test_migrate_shards_carries_on_on_the_new_leader_of_a_shard_killed_mid_run(
         ha, tmp_path: Path) -> None:
     migrations = sorted((PROJECT_DIR / "comments" / "migrations").glob("[0-9]*.py"))
