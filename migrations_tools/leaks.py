@@ -39,6 +39,7 @@ class Leak:
     kind: str  # publication | subscription | slot
     name: str
     detail: str = ""
+    member: str = ""  # a standby of the shard holding it (else the shard's primary)
 
     def describe(self) -> str:
         return f"{self.shard}: {self.kind} {self.name}" + (f" ({self.detail})" if self.detail
@@ -54,6 +55,10 @@ class ReplicationObjects:
     publications: list[str] = field(default_factory=list)
     subscriptions: dict[str, int] = field(default_factory=dict)  # name -> oid (all of them)
     slots: list[tuple[str, int | None]] = field(default_factory=list)  # (name, active pid)
+    # (member alias, slot name): a move's slots on the shard's standbys. A leader that failed
+    # over rejoins as a standby with its logical slots (pg_rewind keeps pg_replslot); on
+    # PostgreSQL 15 a slot on a standby can never be used and holds WAL there.
+    standby_slots: list[tuple[str, str]] = field(default_factory=list)
     error: str = ""
 
 
@@ -83,6 +88,16 @@ def scan_all() -> dict[str, ReplicationObjects]:
                 results[name] = scan_replication(conn, name)
         except Exception as exc:
             results[name] = ReplicationObjects(name, error=one_line(exc))
+            return
+        like = PREFIX.replace("_", r"\_") + "%"
+        for member in shard_map.shard(name).replicas:
+            try:  # a standby that is down is not checked: its primary's scan is what counts
+                with connect(member.direct_dsn, "leaks") as conn:
+                    results[name].standby_slots += [(member.alias, r[0]) for r in conn.execute(
+                        "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE %s "
+                        "AND pg_is_in_recovery()", [like])]
+            except Exception:
+                continue
 
     parallel(one, shard_map.shard_names)
     return {name: results[name] for name in shard_map.shard_names}
@@ -111,6 +126,8 @@ def find_leaks(objects: dict[str, ReplicationObjects], active: set[str]) -> list
             continue
         leaks += [Leak(shard, "publication", name) for name in found.publications
                   if name not in active]
+        leaks += [Leak(shard, "slot", name, f"on standby {member}, left by a failover",
+                       member=member) for member, name in found.standby_slots]
         leaks += [Leak(shard, "subscription", name) for name in found.subscriptions
                   if name.startswith(PREFIX) and name not in active]
         for name, _pid in found.slots:
@@ -158,7 +175,9 @@ def sweep(*, progress: Any = print, lock_wait: float = 0.0) -> LeakReport:
         for kind in ("subscription", "slot", "publication"):
             leaks = [leak for leak in report.leaks if leak.kind == kind]
             for leak in leaks:
-                dsn = shard_map.shard(leak.shard).primary.direct_dsn
+                cluster = shard_map.shard(leak.shard)
+                dsn = next((m.direct_dsn for m in cluster.replicas if m.alias == leak.member),
+                           cluster.primary.direct_dsn)
                 try:
                     with connect(dsn, "sweep") as conn:
                         _drop(conn, leak)

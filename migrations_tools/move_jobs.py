@@ -40,6 +40,10 @@ class MoveSettings:
     continuous_verify_seconds: float = 60.0
     continuous_ranges: int = 16
     settle_seconds: float = 5.0
+    # A shard that fails over mid-move (migrations_tools.move_failover): how long to wait for
+    # its new leader, and how many failovers one command restarts the copy for.
+    failover_wait: float = 45.0
+    failover_restarts: int = 3
 
 
 def start_move(tenant_key: str | int, target: str, *, reason: str = "") -> MoveJob:

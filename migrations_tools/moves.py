@@ -33,6 +33,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from migrations_tools import initial_copy, replication
+from migrations_tools.move_failover import FailoverSteps, drop_replication
 from migrations_tools.move_jobs import MoveError, MoveSettings
 from migrations_tools.move_progress import clamp_progress, progress_text
 from migrations_tools.move_verification import VerifySteps
@@ -50,7 +51,7 @@ logger = logging.getLogger("shardsvc.moves")
 State = MoveJob.State
 
 
-class Mover(VerifySteps):
+class Mover(VerifySteps, FailoverSteps):
     def __init__(self, job: MoveJob, *, settings: MoveSettings | None = None,
                  progress: Progress | None = None,
                  still_locked: Callable[[], None] | None = None,
@@ -118,11 +119,16 @@ class Mover(VerifySteps):
         }
         started = time.monotonic()
         try:
+            self.check_servers()
             while self.job.state in steps:
                 self.still_locked()
                 if self.crash_at == self.job.state:
                     os._exit(70)  # fault injection: die at the start of this state's work
-                steps[State(self.job.state)]()
+                try:
+                    steps[State(self.job.state)]()
+                except (psycopg.Error, MoveError) as exc:
+                    if not self.recover(exc):  # a failover: resumed or restarted
+                        raise
         finally:
             self.close()
         self._report(total_seconds=round(time.monotonic() - started, 3))
@@ -331,6 +337,7 @@ class Mover(VerifySteps):
 
     def _cleanup(self) -> None:
         self.drop_replication()
+        self.sweep_standbys(wait=self.settings.failover_wait)
         # Workers may route by a placement cached before the flip for DIRECTORY_LOCAL_TTL; their
         # reads must still find the rows (their writes hit the fence and retry on the target).
         grace = max(self.settings.grace_seconds,
@@ -350,12 +357,7 @@ class Mover(VerifySteps):
         self.progress(f"done: {deleted} source rows removed")
 
     def drop_replication(self) -> None:
-        oid_row = self.target.execute("SELECT oid FROM pg_subscription WHERE subname = %s",
-                                      [self.name]).fetchone()
-        replication.drop_subscription(self.target, self.name)
-        replication.drop_publication(self.source, self.name)
-        replication.drop_slots(self.source, self.name, oid_row[0] if oid_row else None,
-                               replication.system_identifier(self.target))
+        drop_replication(self.source, self.target, self.name)
 
     def abort(self) -> MoveJob:
         """Back to the source, serving, with every replication object and copied row gone."""
@@ -370,6 +372,7 @@ class Mover(VerifySteps):
             return self.job
         try:
             self.drop_replication()
+            self.sweep_standbys(wait=0)
             delete_tenant_rows(self.target, self.tables, self.job.tenant_id,
                                batch=self.settings.delete_batch, pause=0)
             self.source.execute("DELETE FROM shardsvc_fence WHERE tenant_id = %s",

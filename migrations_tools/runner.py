@@ -41,6 +41,7 @@ from django.db.migrations.migration import Migration
 from migrations_tools.blockers import BlockerWatch, describe_blockers
 from migrations_tools.connections import direct_connections
 from migrations_tools.errors import ClusterLockLost, MigrationFailed
+from migrations_tools.failover import await_new_leader, connection_lost
 from migrations_tools.lock import ClusterLock
 from migrations_tools.plans import (
     Reporter,
@@ -70,6 +71,9 @@ from shards.aliases import CONTROL_ALIAS
 from shards.topology import get_shard_map
 
 Status = Literal["ok", "failed", "stopped", "skipped"]
+
+# A database whose primary fails over mid-run is run again this many times (see failover.py).
+FAILOVER_RETRIES = 2
 
 
 # --- migrating ----------------------------------------------------------------------------------
@@ -117,10 +121,22 @@ def migrate_database(alias: str, *, policy: ExecutionPolicy, reporter: Reporter,
     # A shard's pre_migrate reads the shard registry on control: give it a direct session too.
     aliases = (alias,) if alias == CONTROL_ALIAS else (alias, CONTROL_ALIAS)
     try:
-        reporter.status(alias, "connecting")
-        with direct_connections(*aliases, policy=policy):
-            _migrate_connected(alias, connections[alias], result, policy, reporter, stop, lock,
-                               states)
+        for attempt in range(1, FAILOVER_RETRIES + 2):
+            reporter.status(alias, "connecting")
+            try:
+                with direct_connections(*aliases, policy=policy):
+                    _migrate_connected(alias, connections[alias], result, policy, reporter,
+                                       stop, lock, states)
+                break
+            except Exception as exc:
+                if (isinstance(exc, ClusterLockLost) or attempt > FAILOVER_RETRIES
+                        or stop.is_set() or not connection_lost(exc)):
+                    raise
+                result.recorded = 0  # counted again by the next attempt
+                reporter.status(alias, "waiting for a new leader")
+                await_new_leader(alias, get_shard_map().server(alias).direct_dsn, exc,
+                                 say=lambda text: reporter.line(alias, text),
+                                 rerun=f"rerun migrate_shards (--shard {alias})")
     except ClusterLockLost as exc:
         stop.set()  # nothing more may start without the lock
         result.status, result.error = "failed", str(exc)

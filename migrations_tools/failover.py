@@ -1,0 +1,128 @@
+"""Telling a failover from other errors, and waiting for the new leader.
+
+Under Patroni a shard's `direct_dsn` is multi-host with `target_session_attrs=read-write`, so a new
+connection reaches whichever member leads now. A session opened before a failover does not follow:
+it fails, with a lost connection (`kill -9` of the postmaster), an administrator shutdown (a
+switchover's demote) or, if it survives a demote, "read-only transaction". Long-running DBA work
+(moves, migrations) therefore recognises those errors, waits for a writable leader, and tells
+who leads by the server's identity: its system identifier, its timeline (a promotion starts a new
+one) and its address.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psycopg
+
+from shards import pg
+
+# Connection exceptions (class 08), the server shutting down or crashing under the session
+# (57P01-57P03), and a write refused by a server that was demoted under it (25006).
+LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006"})
+
+# How long to wait for a writable leader: Patroni promotes in 2-4 s after a postmaster is killed,
+# and after `ttl` (20 s) when the whole member is lost; some margin on a busy host.
+LEADER_WAIT = 45.0
+
+
+class NoLeader(RuntimeError):
+    """No member of a cluster accepted writes within the wait."""
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    item: BaseException | None = exc
+    while item is not None and id(item) not in seen:
+        seen.add(id(item))
+        yield item
+        item = item.__cause__ or item.__context__
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is a session lost to its server going away or being
+    demoted, rather than an error of the work itself."""
+    for item in _chain(exc):
+        code = getattr(item, "sqlstate", None)
+        if code:
+            if code.startswith("08") or code in LOST_SQLSTATES:
+                return True
+            continue
+        # psycopg raises these without a SQLSTATE when the socket closes or a connect fails;
+        # Django's wrappers of them carry the psycopg error as their cause.
+        if isinstance(item, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    system_id: int
+    timeline: int
+    server: str  # address:port of the member that answered
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ServerIdentity:
+        return cls(int(data["system_id"]), int(data["timeline"]), str(data["server"]))
+
+    def describe(self) -> str:
+        return f"{self.server}, timeline {self.timeline}"
+
+
+def identity(conn: psycopg.Connection[Any]) -> ServerIdentity:
+    """Who `conn` talks to. The timeline is read from the current WAL file's name: the
+    checkpoint's timeline (pg_control_checkpoint) still shows the old one for a while after a
+    promotion, until the end-of-recovery checkpoint completes."""
+    system_id, timeline, server = pg.fetch_row(
+        conn,
+        "SELECT (SELECT system_identifier FROM pg_control_system()), "
+        "('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int, "
+        "coalesce(host(inet_server_addr()), 'local') || ':' || inet_server_port()",
+    )
+    return ServerIdentity(int(system_id), int(timeline), str(server))
+
+
+def wait_for_leader(dsn: str, *, what: str, timeout: float = LEADER_WAIT,
+                    poll: float = 0.5) -> ServerIdentity:
+    """The identity of the writable server `dsn` reaches, once one answers; `NoLeader` after
+    `timeout`. A demoted or recovering member is skipped by the DSN's target_session_attrs and
+    checked again here (a plain DSN has no such attribute)."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while True:
+        try:
+            with pg.connect(dsn, connect_timeout=2,
+                            application_name="shardsvc leader wait") as conn:
+                if not pg.fetch_value(conn, "SELECT pg_is_in_recovery()"):
+                    return identity(conn)
+                last = "the server it reaches is in recovery"
+        except psycopg.Error as exc:
+            last = _first_line(exc)
+        if time.monotonic() + poll > deadline:
+            raise NoLeader(f"{what} has no writable primary after {timeout:.0f} s ({last})")
+        time.sleep(poll)
+
+
+def await_new_leader(what: str, dsn: str, exc: BaseException, *, say: Callable[[str], None],
+                     rerun: str) -> ServerIdentity:
+    """After a session to `what` was lost (`exc`), wait for the leader `dsn` reaches now and
+    say so; `NoLeader`, with what to do, if none comes."""
+    say(f"lost its primary ({_first_line(exc)}); waiting for a new leader")
+    try:
+        leader = wait_for_leader(dsn, what=what)
+    except NoLeader as missing:
+        raise NoLeader(f"lost its primary mid-run and {missing}; what was committed before "
+                       f"stays. {rerun[:1].upper()}{rerun[1:]} once it has a leader") from exc
+    say(f"reconnected to the new leader ({leader.describe()}): carrying on")
+    return leader
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
