@@ -19,12 +19,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from deploy.topology import LocalTopology, ServiceProcess
+from routers.write_hold import FAILOVER_WAITS
 from shards import pg
 from tests.api_client import UNREACHED_THROTTLES, SiteClient, create_site
 from tests.conftest import make_topology
 
 # The service's FAILOVER_HOLD_SECONDS (its default): how long a write is held before a 503.
 HOLD_SECONDS = 6.0
+# The hold gives up when its next wait (at most FAILOVER_WAITS' longest) would end past the
+# bound, so its 503 comes at the earliest this long after the request started.
+HELD_AT_LEAST = HOLD_SECONDS - FAILOVER_WAITS[1]
 # Client-side timeout: above the service's request deadline (10 s), so every answer is the
 # service's own, never this client giving up.
 CLIENT_TIMEOUT = 20.0
@@ -118,7 +122,8 @@ class ServiceLoad:
     users: list[SiteUser]
     writes_per_second: float
     reads_per_second: float
-    threads_per_kind: int = 4
+    write_threads: int = 4
+    read_threads: int = 4
     calls: list[Call] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -130,11 +135,12 @@ class ServiceLoad:
 
     def __enter__(self) -> ServiceLoad:
         self.started = time.monotonic()
-        for kind, rate in (("write", self.writes_per_second), ("read", self.reads_per_second)):
+        for kind, rate, threads in (("write", self.writes_per_second, self.write_threads),
+                                    ("read", self.reads_per_second, self.read_threads)):
             if rate <= 0:
                 continue
-            for n in range(self.threads_per_kind):
-                share = rate / self.threads_per_kind
+            for n in range(threads):
+                share = rate / threads
                 thread = threading.Thread(target=self._run, args=(kind, share, n), daemon=True)
                 thread.start()
                 self._threads.append(thread)
