@@ -27,7 +27,7 @@ READ_ATTEMPTS = 3
 # replica has just been promoted, so no replica is left to read from until PgBouncer points at
 # the new primary) waits and is routed again, for up to FAILOVER_HOLD_SECONDS, as writes are
 # held. Reads are idempotent, so any such read may run again. Waits (first, longest) in seconds.
-PRIMARY_WAITS = (0.05, 0.5)
+PRIMARY_WAITS = (0.05, 0.2)  # routers.write_hold.FAILOVER_WAITS, for the same reasons
 # SQLSTATEs of a server shutting down, crashed or starting (project.pgpool.faults names the
 # same; that module sits beside this layer, so it cannot be imported here).
 _SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
