@@ -126,6 +126,9 @@ def switchover(cluster: Cluster, *, candidate: str | None = None, timeout: float
     fenced: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
     if fence:
         members = {str(m.get("name")): m for m in patroni.cluster_members(list(cluster.patroni))}
+        if leader not in members:
+            raise SwitchoverError(f"{leader} left {cluster.name} while the switchover started; "
+                                  "check `python -m deploy.topology status` and run it again")
         fenced = writes_fenced(member_dsn(cluster, members[leader]))
     probe = WriteProbe(cluster.primary.dsn)
     probe.start()
@@ -140,8 +143,7 @@ def switchover(cluster: Cluster, *, candidate: str | None = None, timeout: float
             new_leader = _hand_over(cluster, leader, candidate, probe, timeout)
     finally:
         probe.stop()
-    return SwitchoverResult(cluster=cluster.name, old_leader=leader,
-                            new_leader=new_leader,
+    return SwitchoverResult(cluster=cluster.name, old_leader=leader, new_leader=new_leader,
                             pause=probe.longest_pause(started), failed_writes=len(probe.errors),
                             elapsed=time.monotonic() - started)
 
