@@ -9,6 +9,7 @@ between two acknowledged probe writes, which is what a client writing through Pg
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from migrations_tools.switchover_fence import member_dsn, writes_fenced
 from shards import patroni, pg
 from shards.shardmap import Cluster
 
@@ -115,11 +117,19 @@ def choose(cluster: Cluster, candidate: str | None) -> tuple[str, str | None, li
     return leaders[0], candidate, names
 
 
-def switchover(cluster: Cluster, *, candidate: str | None = None,
-               timeout: float = 60.0) -> SwitchoverResult:
+def switchover(cluster: Cluster, *, candidate: str | None = None, timeout: float = 60.0,
+               fence: bool = True) -> SwitchoverResult:
     """Hand `cluster`'s leader role to `candidate` (Patroni picks one if None) and return once a
-    write through PgBouncer succeeds on the new leader."""
+    write through PgBouncer succeeds on the new leader. With `fence`, writes are stopped and
+    flushed on the leader first (migrations_tools/switchover_fence.py)."""
     leader, candidate, _ = choose(cluster, candidate)
+    fenced: contextlib.AbstractContextManager[object] = contextlib.nullcontext()
+    if fence:
+        members = {str(m.get("name")): m for m in patroni.cluster_members(list(cluster.patroni))}
+        if leader not in members:
+            raise SwitchoverError(f"{leader} left {cluster.name} while the switchover started; "
+                                  "check `python -m deploy.topology status` and run it again")
+        fenced = writes_fenced(member_dsn(cluster, members[leader]))
     probe = WriteProbe(cluster.primary.dsn)
     probe.start()
     try:
@@ -129,37 +139,46 @@ def switchover(cluster: Cluster, *, candidate: str | None = None,
                 f"no write through {cluster.name}'s pooled DSN succeeded before the switchover "
                 f"({probe.errors[-1] if probe.errors else 'no answer'}); check PgBouncer")
         started = time.monotonic()
-        answer = patroni.switchover(cluster.patroni[0], leader=leader, candidate=candidate)
-        if answer.status != 200:
-            raise SwitchoverError(
-                f"Patroni refused the switchover of {cluster.name} "
-                f"({answer.status or answer.error}: {answer.body}); fix what it names "
-                "(`python -m deploy.topology status` shows the members) and run it again")
-        urls = list(cluster.patroni)
-        new_leader = leader
-
-        def moved() -> bool:
-            nonlocal new_leader
-            url = patroni.find_leader(urls)
-            new_leader = _name_of(url) if url is not None else leader
-            return new_leader != leader
-
-        if not _wait(moved, timeout):
-            raise SwitchoverError(f"{cluster.name}: no new leader within {timeout:.0f} s; see "
-                                  "Patroni's log on the members")
-        resumed_after = time.monotonic()
-        if not _wait(lambda: probe.acked_since(resumed_after), timeout):
-            raise SwitchoverError(
-                f"{cluster.name}: the new leader leads, but no write through PgBouncer succeeded "
-                f"within {timeout:.0f} s ({probe.errors[-1] if probe.errors else ''}); check "
-                "that the leader follower runs")
-        # One more probe interval, so the last gap is closed by an acknowledged write.
-        time.sleep(PROBE_INTERVAL * 3)
+        with fenced:
+            new_leader = _hand_over(cluster, leader, candidate, probe, timeout)
     finally:
         probe.stop()
     return SwitchoverResult(cluster=cluster.name, old_leader=leader, new_leader=new_leader,
                             pause=probe.longest_pause(started), failed_writes=len(probe.errors),
                             elapsed=time.monotonic() - started)
+
+
+def _hand_over(cluster: Cluster, leader: str, candidate: str | None, probe: WriteProbe,
+               timeout: float) -> str:
+    """Ask Patroni, and wait until the new leader leads and takes writes through PgBouncer;
+    returns its name."""
+    answer = patroni.switchover(cluster.patroni[0], leader=leader, candidate=candidate)
+    if answer.status != 200:
+        raise SwitchoverError(
+            f"Patroni refused the switchover of {cluster.name} "
+            f"({answer.status or answer.error}: {answer.body}); fix what it names "
+            "(`python -m deploy.topology status` shows the members) and run it again")
+    urls = list(cluster.patroni)
+    new_leader = leader
+
+    def moved() -> bool:
+        nonlocal new_leader
+        url = patroni.find_leader(urls)
+        new_leader = _name_of(url) if url is not None else leader
+        return new_leader != leader
+
+    if not _wait(moved, timeout):
+        raise SwitchoverError(f"{cluster.name}: no new leader within {timeout:.0f} s; see "
+                              "Patroni's log on the members")
+    resumed_after = time.monotonic()
+    if not _wait(lambda: probe.acked_since(resumed_after), timeout):
+        raise SwitchoverError(
+            f"{cluster.name}: the new leader leads, but no write through PgBouncer succeeded "
+            f"within {timeout:.0f} s ({probe.errors[-1] if probe.errors else ''}); check "
+            "that the leader follower runs")
+    # One more probe interval, so the last gap is closed by an acknowledged write.
+    time.sleep(PROBE_INTERVAL * 3)
+    return new_leader
 
 
 def _name_of(url: str) -> str:

@@ -4,14 +4,16 @@ that survive a replica dying under them."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+import psycopg
 from django.db import OperationalError, connections, models
 
 from shards.errors import NoTenantContext, WrongTenant
 from shards.global_ids import NextGlobalId
-from shards.runtime import replica_health
+from shards.runtime import replica_health, runtime
 from shards.tenancy import current_tenant
 from shards.topology import get_shard_map
 
@@ -21,6 +23,14 @@ T = TypeVar("T")
 # A read that fails on a replica is tried again (the failed replica is excluded at once), then
 # lands on the primary at the latest: one replica plus the primary, with a spare attempt.
 READ_ATTEMPTS = 3
+# A read that finds the primary unreachable (a failover: the old primary is dead, and its only
+# replica has just been promoted, so no replica is left to read from until PgBouncer points at
+# the new primary) waits and is routed again, for up to FAILOVER_HOLD_SECONDS, as writes are
+# held. Reads are idempotent, so any such read may run again. Waits (first, longest) in seconds.
+PRIMARY_WAITS = (0.05, 0.2)  # routers.write_hold.FAILOVER_WAITS, for the same reasons
+# SQLSTATEs of a server shutting down, crashed or starting (project.pgpool.faults names the
+# same; that module sits beside this layer, so it cannot be imported here).
+_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
 
 
 def _is_replica(alias: str) -> bool:
@@ -38,18 +48,30 @@ class ShardedQuerySet(models.QuerySet):
     def _retrying_read(self, operation: Callable[[], T]) -> T:
         if self._db is not None or self._for_write:
             return operation()  # the caller chose the database: no second guessing
-        for attempt in range(READ_ATTEMPTS):
+        attempt = 0
+        started = time.monotonic()
+        delay = PRIMARY_WAITS[0]
+        while True:
             alias = self.db  # the router's choice, pinned for this attempt
             self._db = alias
             try:
                 return operation()
             except OperationalError as exc:
-                if not _is_replica(alias) or attempt == READ_ATTEMPTS - 1:
+                attempt += 1
+                if _is_replica(alias):
+                    if attempt >= READ_ATTEMPTS:
+                        raise
+                    _drop_replica(alias, exc)
+                    continue
+                hold = runtime.conf().failover_hold_seconds
+                if (not _server_unreachable(exc) or connections[alias].in_atomic_block
+                        or time.monotonic() + delay - started >= hold):
                     raise
-                _drop_replica(alias, exc)
+                _close(alias)
+                time.sleep(delay)  # cooperative under gevent
+                delay = min(delay * 1.5, PRIMARY_WAITS[1])
             finally:
                 self._db = None
-        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _fetch_all(self) -> None:
         if self._result_cache is None:
@@ -78,10 +100,32 @@ class ShardedQuerySet(models.QuerySet):
 def _drop_replica(alias: str, exc: Exception) -> None:
     logger.warning("read on %s failed, retrying elsewhere: %s", alias, exc)
     replica_health().mark_failed(alias, str(exc))
+    _close(alias)
+
+
+def _close(alias: str) -> None:
     try:
         connections[alias].close()
     except Exception:  # the connection is already broken; the pool frees its slot
         logger.debug("closing the failed connection to %s", alias, exc_info=True)
+
+
+def _server_unreachable(exc: BaseException) -> bool:
+    """The driver could not reach the server or lost it (refused, reset, PgBouncer's 08P01
+    while its server is down, a server shutting down or starting). The pool's timeout and the
+    request's deadline are OperationalErrors too, but not the driver's: those are not waited on."""
+    cause: BaseException | None = exc
+    seen: set[int] = set()
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, psycopg.Error):
+            state = cause.sqlstate
+            if state is None:
+                return isinstance(cause, psycopg.OperationalError)
+            if state.startswith("08") or state in _SERVER_GONE:
+                return True
+        cause = cause.__cause__
+    return False
 
 
 # The managers' base is made at run time (from_queryset): mypy rejects a dynamic base [misc], and

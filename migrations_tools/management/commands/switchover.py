@@ -29,11 +29,15 @@ class Command(BaseCommand):
                             help="the member to promote (default: Patroni chooses)")
         parser.add_argument("--timeout", type=float, default=60.0,
                             help="seconds to wait for the new leader to accept writes")
+        parser.add_argument("--no-fence", dest="fence", action="store_false",
+                            help="skip stopping and flushing writes on the leader first (a "
+                            "COMMIT in flight at its shutdown then has an unknown outcome)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         cluster = next(c for c in get_shard_map().clusters if c.name == options["cluster"])
         try:
-            result = switchover(cluster, candidate=options["to"], timeout=options["timeout"])
+            result = switchover(cluster, candidate=options["to"], timeout=options["timeout"],
+                                fence=options["fence"])
         except SwitchoverError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(
