@@ -12,12 +12,13 @@ one) and its address.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
 
+from migrations_tools.safety import error_chain
 from shards import pg
 
 # Connection exceptions (class 08), the server shutting down or crashing under the session
@@ -33,19 +34,10 @@ class NoLeader(RuntimeError):
     """No member of a cluster accepted writes within the wait."""
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    item: BaseException | None = exc
-    while item is not None and id(item) not in seen:
-        seen.add(id(item))
-        yield item
-        item = item.__cause__ or item.__context__
-
-
 def connection_lost(exc: BaseException) -> bool:
     """Whether `exc` (or what caused it) is a session lost to its server going away or being
     demoted, rather than an error of the work itself."""
-    for item in _chain(exc):
+    for item in error_chain(exc):
         code = getattr(item, "sqlstate", None)
         if code:
             if code.startswith("08") or code in LOST_SQLSTATES:

@@ -107,7 +107,8 @@ def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def error_chain(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what caused it (explicitly or while it was being handled), each once."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
@@ -118,7 +119,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 def sqlstate(exc: BaseException) -> str | None:
     """The PostgreSQL error code behind an exception, through Django's wrapping."""
-    for item in _chain(exc):
+    for item in error_chain(exc):
         code = getattr(item, "sqlstate", None)
         if code:
             return str(code)
