@@ -71,7 +71,7 @@ class EtcdControl:
             proc.require_free_port(client, f"etcd e{index} (clients)")
             proc.require_free_port(peer, f"etcd e{index} (peers)")
             proc.spawn(self._etcd_argv(index), pidfile=folder / "etcd.pid",
-                       log=self.etcd_dir / f"e{index}.log")
+                       log=self.etcd_dir / f"e{index}.log", cwd=folder)
         self.wait_etcd_healthy(timeout=30)
 
     def etcd_health(self, index: int) -> bool:
@@ -99,7 +99,7 @@ class EtcdControl:
         folder = self.etcd_member_dir(index)
         if proc.read_pid(folder / "etcd.pid") is None:
             proc.spawn(self._etcd_argv(index), pidfile=folder / "etcd.pid",
-                       log=self.etcd_dir / f"e{index}.log")
+                       log=self.etcd_dir / f"e{index}.log", cwd=folder)
 
     def stop_etcd(self) -> bool:
         """Stop every member at once, killing any still running after 3 s: members stopping

@@ -69,7 +69,7 @@ class PatroniControl:
 
     def _require_patroni(self) -> None:
         check = subprocess.run(proc.as_service_user([str(PATRONI_BIN), "--version"]),
-                               capture_output=True, text=True, check=False)
+                               capture_output=True, text=True, check=False, cwd="/")
         if check.returncode != 0:
             raise TopologyError(
                 f"{PATRONI_BIN} does not run as user {proc.service_user()!r} "
@@ -110,7 +110,7 @@ class PatroniControl:
         proc.require_free_port(node.rest_port, f"Patroni REST of {node.alias}")
         env = {**os.environ, "HOME": str(folder)}
         proc.spawn(self._patroni_argv(node), pidfile=folder / "patroni.pid",
-                   log=folder / "patroni.log", env=env)
+                   log=folder / "patroni.log", cwd=folder, env=env)
 
     def start_member(self, alias: str) -> None:
         """Start one member's Patroni again (after a test stopped or killed it)."""
@@ -198,7 +198,8 @@ class PatroniControl:
         env = {**os.environ, "PYTHONPATH": str(PROJECT_DIR)}
         proc.spawn([sys.executable, "-m", "deploy.leader_follower", str(self.layout.root)],
                    pidfile=self.follower_pidfile,
-                   log=self.layout.root / "pgbouncer" / "follower.log", env=env)
+                   log=self.layout.root / "pgbouncer" / "follower.log", cwd=self.layout.root,
+                   env=env)
 
     def stop_follower(self) -> bool:
         return proc.stop_pid(self.follower_pidfile)

@@ -198,14 +198,18 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def spawn(argv: Sequence[str], *, pidfile: Path, log: Path,
+def spawn(argv: Sequence[str], *, pidfile: Path, log: Path, cwd: Path,
           env: dict[str, str] | None = None) -> int:
     """Start a process that stays in the foreground (etcd, Patroni) in its own session, its
-    output appended to `log`, its pid written to `pidfile` so `down` finds it again."""
+    output appended to `log`, its pid written to `pidfile` so `down` finds it again.
+
+    `cwd`: a folder the process's user can enter. Started from a checkout that user cannot
+    enter (a clone in root's mode-700 temporary folder), Patroni's multiprocessing children
+    fail at their `chdir` back to it and the cluster never bootstraps."""
     with log.open("ab") as handle:
         child = subprocess.Popen(
             list(argv), stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True, env=env,
+            start_new_session=True, env=env, cwd=cwd,
         )
     pidfile.write_text(f"{child.pid}\n")
     return child.pid
