@@ -107,7 +107,7 @@ class ServiceControl:
             return service
         (folder / "port").write_text(f"{port}\n")
         (folder / "host").write_text(f"{host}\n")
-        (folder / "env.json").write_text(json.dumps(env))  # for restart_services
+        (folder / "env.json").write_text(json.dumps(env))  # for rolling restarts (edge.py)
         (folder / "prefix.json").write_text(json.dumps(list(prefix)))
         proc.require_free_port(port, f"the service ({name})", host=host)
         env.setdefault("SHARDSVC_BIND", f"{host}:{port}")
@@ -135,18 +135,6 @@ class ServiceControl:
         service.wait_ready(timeout=60)
         self.echo(f"service: {service.url}/ (log {folder / 'gunicorn.log'})")
         return service
-
-    def restart_services(self) -> None:
-        """Stop and start every running service with the settings it was started with."""
-        for pidfile in sorted(self.layout.root.glob("*/gunicorn.pid")):
-            service = ServiceProcess.in_folder(pidfile.parent)
-            if not service.running():
-                continue
-            env, prefix = service.start_settings()
-            service.stop()
-            self.echo(f"restarting service {pidfile.parent.name} for the new topology")
-            self.start_service(name=pidfile.parent.name, port=service.port, host=service.host,
-                               prefix=prefix, **env)
 
 
 @dataclass
