@@ -121,7 +121,12 @@ def _server_unreachable(exc: BaseException) -> bool:
         if isinstance(cause, psycopg.Error):
             state = cause.sqlstate
             if state is None:
-                return isinstance(cause, psycopg.OperationalError)
+                # Or the server's termination notice read as a second result of the query
+                # ("received 2 results from command 'BEGIN'", measured as Patroni stops a
+                # primary): a read, so safe to run again.
+                return isinstance(cause, psycopg.OperationalError) or (
+                    isinstance(cause, psycopg.InternalError)
+                    and str(cause).startswith("received "))
             if state.startswith("08") or state in _SERVER_GONE:
                 return True
         cause = cause.__cause__

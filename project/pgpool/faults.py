@@ -18,9 +18,13 @@ anything may have been, which `CommitOutcomeUnknown` (``errors.py``) reports.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import psycopg
+
+# psycopg's message when one command got more results than it can have.
+_GARBLED = re.compile(r"received \d+ results from command ")
 
 READ_ONLY = "25006"
 # Server shutting down, crashed, or not yet accepting connections.
@@ -47,11 +51,23 @@ def is_connection_lost(exc: BaseException) -> bool:
     for error in driver_errors(exc):
         state = error.sqlstate
         if state is None:
-            # Refused, reset, timed out while connecting, closed under a query.
-            return isinstance(error, psycopg.OperationalError)
+            # Refused, reset, timed out while connecting, closed under a query; or the
+            # server's termination notice read as a second result of the statement (measured
+            # when Patroni stops a primary: "received 2 results from command 'BEGIN'"). A
+            # statement that may have committed never gets here: the commit paths turn those
+            # into CommitOutcomeUnknown first.
+            return (isinstance(error, psycopg.OperationalError)
+                    or is_garbled_answer(error))
         if _lost(state):
             return True
     return False
+
+
+def is_garbled_answer(error: psycopg.Error) -> bool:
+    """psycopg's own error for an answer it cannot read, as a connection cut by the server
+    gives (no SQLSTATE): "received 2 results from command 'BEGIN'"."""
+    return (isinstance(error, psycopg.InternalError) and error.sqlstate is None
+            and _GARBLED.match(str(error)) is not None)
 
 
 def is_read_only(exc: BaseException) -> bool:

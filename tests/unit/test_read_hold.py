@@ -27,11 +27,14 @@ UNREACHABLE = [
     pg_errors.AdminShutdown("terminating connection"),  # 57P01
     pg_errors.CrashShutdown("crash"),  # 57P02
     pg_errors.CannotConnectNow("the database system is starting up"),  # 57P03
+    # measured: Patroni stopping the primary under a query, through PgBouncer
+    psycopg.InternalError("received 2 results from command 'BEGIN'"),
 ]
 NOT_UNREACHABLE = [
     pg_errors.QueryCanceled("statement timeout"),
     pg_errors.ReadOnlySqlTransaction("read-only"),  # a read never gets it; never waited on
     psycopg.ProgrammingError("syntax"),
+    psycopg.InternalError("some other confusion of the driver's"),
 ]
 
 

@@ -59,6 +59,8 @@ HELD = [
     (psycopg.OperationalError('connection to server at "127.0.0.1", port 6432 failed: '
                               "Connection refused"), "unreachable"),
     (psycopg.OperationalError("server closed the connection unexpectedly"), "unreachable"),
+    # measured: Patroni stopping the primary under a write's BEGIN, through PgBouncer
+    (psycopg.InternalError("received 2 results from command 'BEGIN'"), "unreachable"),
     (pg_errors.AdminShutdown("terminating connection due to administrator command"),
      "unreachable"),
     (pg_errors.CrashShutdown("terminating connection because of crash of another server "
@@ -102,6 +104,7 @@ def test_connection_lost_looks_through_django_wrappers_only_at_the_driver() -> N
     assert not is_connection_lost(OperationalError("no driver error behind it"))
     # A driver error that is not about the connection (no SQLSTATE, not operational).
     assert not is_connection_lost(django_error(psycopg.ProgrammingError("bad query")))
+    assert not is_connection_lost(django_error(psycopg.InternalError("another driver fault")))
 
 
 def test_a_commit_the_server_refused_has_a_known_outcome() -> None:
