@@ -19,11 +19,8 @@ from typing import Any
 import psycopg
 
 from migrations_tools.safety import error_chain
+from project.pgpool.faults import unavailable_reason
 from shards import pg
-
-# Connection exceptions (class 08), the server shutting down or crashing under the session
-# (57P01-57P03), and a write refused by a server that was demoted under it (25006).
-LOST_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "25006"})
 
 # How long to wait for a writable leader: Patroni promotes in 2-4 s after a postmaster is killed,
 # and after `ttl` (20 s) when the whole member is lost; some margin on a busy host.
@@ -35,19 +32,12 @@ class NoLeader(RuntimeError):
 
 
 def connection_lost(exc: BaseException) -> bool:
-    """Whether `exc` (or what caused it) is a session lost to its server going away or being
-    demoted, rather than an error of the work itself."""
-    for item in error_chain(exc):
-        code = getattr(item, "sqlstate", None)
-        if code:
-            if code.startswith("08") or code in LOST_SQLSTATES:
-                return True
-            continue
-        # psycopg raises these without a SQLSTATE when the socket closes or a connect fails;
-        # Django's wrappers of them carry the psycopg error as their cause.
-        if isinstance(item, (psycopg.OperationalError, psycopg.InterfaceError)):
-            return True
-    return False
+    """Whether `exc` (or what caused it, or what it was raised while handling) is a session lost
+    to its server going away or being demoted, rather than an error of the work itself: the
+    service's own classifier (`project.pgpool.faults`: unreachable or read-only), plus psycopg's
+    InterfaceError for a session already closed under a long-running command."""
+    return any(isinstance(item, psycopg.InterfaceError) or unavailable_reason(item) is not None
+               for item in error_chain(exc))
 
 
 @dataclass(frozen=True)
