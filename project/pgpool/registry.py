@@ -15,6 +15,12 @@ def get_pool(key: PoolKey, factory: Callable[[], ConnectionPool]) -> ConnectionP
     if pool is None:
         # setdefault is atomic: of two racing creators the first wins, the other pool is unused.
         pool = _pools.setdefault(key, factory())
+        # The alias now points elsewhere (a live topology change re-pointed it, or test setup
+        # renamed its database): the old pool would keep its idle connections to the old
+        # server for the life of the process. Retired, it closes them, and closes each
+        # connection still checked out as it comes back.
+        for old in [other for other in list(_pools) if other.alias == key.alias and other != key]:
+            retire_pool(old)
     return pool
 
 

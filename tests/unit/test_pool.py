@@ -18,8 +18,9 @@ import pytest
 from django.db.utils import OperationalError
 from psycopg.pq import TransactionStatus
 
+from project.pgpool import registry
 from project.pgpool.errors import PoolTimeout
-from project.pgpool.pool import ConnectionPool
+from project.pgpool.pool import ConnectionPool, PoolKey
 from tests.client import wait_until
 from tests.unit.pool_fakes import Connector, FakeConnection
 
@@ -369,3 +370,30 @@ def test_the_pool_counts_its_timeouts_and_metrics_publish_them_once(
     assert published() == before + 2
     metrics._sample_pool_timeouts()  # a second sample adds nothing new
     assert published() == before + 2
+
+
+def test_a_new_address_for_an_alias_retires_the_pool_of_the_old_one(connector: Connector) -> None:
+    old_key = PoolKey("shard_9", "127.0.0.1", "6001", "app", "app")
+    new_key = old_key._replace(port="6002")
+    other_key = PoolKey("shard_8", "127.0.0.1", "6001", "app", "app")
+    try:
+        old = registry.get_pool(old_key, lambda: make_pool(connector))
+        other = registry.get_pool(other_key, lambda: make_pool(connector))
+        idle, busy = old.getconn(), old.getconn()
+        old.putconn(idle)
+        kept = other.getconn()
+        other.putconn(kept)
+
+        new = registry.get_pool(new_key, lambda: make_pool(connector))
+
+        assert new is not old
+        assert registry.get_pool(new_key, lambda: make_pool(connector)) is new
+        assert idle.closed  # the old server's idle connection is not kept
+        old.putconn(busy)  # a request that checked out before the change still returns it
+        assert busy.closed and old.stats().size == 0
+        assert old_key not in registry.pool_stats()
+        assert not kept.closed  # another alias's pool is untouched
+        assert registry.get_pool(other_key, lambda: make_pool(connector)) is other
+    finally:
+        for key in (old_key, new_key, other_key):
+            registry.retire_pool(key)
