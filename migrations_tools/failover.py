@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 
 from migrations_tools.safety import error_chain
-from project.pgpool.faults import unavailable_reason
+from project.db_faults import unavailable_reason
 from shards import pg
 
 # How long to wait for a writable leader: Patroni promotes in 2-4 s after a postmaster is killed,
@@ -34,7 +34,7 @@ class NoLeader(RuntimeError):
 def connection_lost(exc: BaseException) -> bool:
     """Whether `exc` (or what caused it, or what it was raised while handling) is a session lost
     to its server going away or being demoted, rather than an error of the work itself: the
-    service's own classifier (`project.pgpool.faults`: unreachable or read-only), plus psycopg's
+    service's own classifier (`project.db_faults`: unreachable or read-only), plus psycopg's
     InterfaceError for a session already closed under a long-running command."""
     return any(isinstance(item, psycopg.InterfaceError) or unavailable_reason(item) is not None
                for item in error_chain(exc))

@@ -4,7 +4,7 @@ Two things stop a tenant's writes for a moment, and writers wait through both th
 - its move's cutover: the source shard's fence refuses them (`shards.fence`) until the
   directory flips, so each retry reloads the tenant's placement;
 - a failover of its shard's primary: the old primary is read-only or gone until the new one
-  is promoted and PgBouncer points at it (`project.pgpool.faults` tells these errors apart).
+  is promoted and PgBouncer points at it (`project.db_faults` tells these errors apart).
 
     @retry_writes
     def post_comment(...):               # one transaction on the current tenant's shard
@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 
 from django.db import DatabaseError, OperationalError, connections
 
+from project.db_faults import unavailable_reason
 from project.pgpool.deadline import current_deadline
 from project.pgpool.errors import CommitOutcomeUnknown
-from project.pgpool.faults import unavailable_reason
 from shards.directory import TenantEntry, get_directory
 from shards.fence import TenantStillFenced, is_fence_error
 from shards.runtime import runtime

@@ -15,8 +15,8 @@ from typing import Any
 
 from django.db import DatabaseError
 
+from project.db_faults import commit_outcome_unknown
 from project.pgpool.errors import CommitOutcomeUnknown
-from project.pgpool.faults import commit_outcome_unknown
 from routers.state import current_state
 from shards.topology import get_shard_map
 

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-import psycopg
 from django.db import OperationalError, connections, models
 
+from project.db_faults import is_connection_lost
 from shards.errors import NoTenantContext, WrongTenant
 from shards.global_ids import NextGlobalId
 from shards.runtime import replica_health, runtime
@@ -28,9 +28,6 @@ READ_ATTEMPTS = 3
 # the new primary) waits and is routed again, for up to FAILOVER_HOLD_SECONDS, as writes are
 # held. Reads are idempotent, so any such read may run again. Waits (first, longest) in seconds.
 PRIMARY_WAITS = (0.05, 0.2)  # routers.write_hold.FAILOVER_WAITS, for the same reasons
-# SQLSTATEs of a server shutting down, crashed or starting (project.pgpool.faults names the
-# same; that module sits beside this layer, so it cannot be imported here).
-_SERVER_GONE = frozenset({"57P01", "57P02", "57P03"})
 
 
 def _is_replica(alias: str) -> bool:
@@ -64,7 +61,7 @@ class ShardedQuerySet(models.QuerySet):
                     _drop_replica(alias, exc)
                     continue
                 hold = runtime.conf().failover_hold_seconds
-                if (not _server_unreachable(exc) or connections[alias].in_atomic_block
+                if (not is_connection_lost(exc) or connections[alias].in_atomic_block
                         or time.monotonic() + delay - started >= hold):
                     raise
                 _close(alias)
@@ -109,28 +106,6 @@ def _close(alias: str) -> None:
     except Exception:  # the connection is already broken; the pool frees its slot
         logger.debug("closing the failed connection to %s", alias, exc_info=True)
 
-
-def _server_unreachable(exc: BaseException) -> bool:
-    """The driver could not reach the server or lost it (refused, reset, PgBouncer's 08P01
-    while its server is down, a server shutting down or starting). The pool's timeout and the
-    request's deadline are OperationalErrors too, but not the driver's: those are not waited on."""
-    cause: BaseException | None = exc
-    seen: set[int] = set()
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, psycopg.Error):
-            state = cause.sqlstate
-            if state is None:
-                # Or the server's termination notice read as a second result of the query
-                # ("received 2 results from command 'BEGIN'", measured as Patroni stops a
-                # primary): a read, so safe to run again.
-                return isinstance(cause, psycopg.OperationalError) or (
-                    isinstance(cause, psycopg.InternalError)
-                    and str(cause).startswith("received "))
-            if state.startswith("08") or state in _SERVER_GONE:
-                return True
-        cause = cause.__cause__
-    return False
 
 
 # The managers' base is made at run time (from_queryset): mypy rejects a dynamic base [misc], and

@@ -24,9 +24,10 @@ from django_db_geventpool.backends.postgresql_psycopg3.base import (
 )
 from psycopg import IsolationLevel
 
+from project.db_faults import commit_outcome_unknown
+
 from .deadline import Deadline, current_deadline
 from .errors import CommitOutcomeUnknown
-from .faults import commit_outcome_unknown
 from .options import POOL_KEYS, PoolOptions
 from .pool import Connection, ConnectionPool, PoolKey
 from .registry import close_all_pools, get_pool, retire_pool

@@ -1,6 +1,6 @@
-"""Which failed reads on a primary wait and are routed again (shards/sharded.py): the same
-errors a held write waits through as "unreachable" (project/pgpool/faults.py), checked against
-that module so the two lists cannot drift apart. The errors are the driver's own classes."""
+"""Which failed reads on a primary wait and are routed again (shards/sharded.py): the errors a
+held write waits through as "unreachable", asked of the same classifier (project/db_faults.py).
+The errors are the driver's own classes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import psycopg.errors as pg_errors
 import pytest
 from django.db import IntegrityError, OperationalError
 
+from project.db_faults import is_connection_lost
 from project.pgpool.errors import DeadlineExceeded, pool_timeout
-from project.pgpool.faults import is_connection_lost
-from shards.sharded import _server_unreachable
+from shards import sharded
 
 
 def django_error(driver: psycopg.Error, wrapper: type[Exception] = OperationalError) -> Exception:
@@ -41,14 +41,12 @@ NOT_UNREACHABLE = [
 @pytest.mark.parametrize("driver", UNREACHABLE, ids=lambda e: type(e).__name__)
 def test_a_lost_primary_is_waited_on(driver: psycopg.Error) -> None:
     exc = django_error(driver)
-    assert _server_unreachable(exc) is True
     assert is_connection_lost(exc) is True
 
 
 @pytest.mark.parametrize("driver", NOT_UNREACHABLE, ids=lambda e: type(e).__name__)
 def test_errors_about_the_query_are_not(driver: psycopg.Error) -> None:
     exc = django_error(driver)
-    assert _server_unreachable(exc) is False
     assert is_connection_lost(exc) is False
 
 
@@ -56,5 +54,11 @@ def test_the_pool_timeout_and_the_deadline_are_not() -> None:
     # OperationalErrors too, but about this process, not the server: waiting would only add
     # to a request that is already late.
     for exc in (pool_timeout("shard_0", 20, 5.0), DeadlineExceeded("past the deadline")):
-        assert _server_unreachable(exc) is False
-    assert _server_unreachable(IntegrityError("duplicate")) is False
+        assert is_connection_lost(exc) is False
+    assert is_connection_lost(IntegrityError("duplicate")) is False
+
+
+def test_reads_and_writes_ask_one_classifier() -> None:
+    # One list of "the server is gone" errors: a read retried where a write would not be held
+    # (or the other way round) would be a drift between two copies.
+    assert sharded.is_connection_lost is is_connection_lost

@@ -1,4 +1,4 @@
-"""Which failed writes are held and run again (routers/write_hold.py, project/pgpool/faults.py),
+"""Which failed writes are held and run again (routers/write_hold.py, project/db_faults.py),
 and the hold's bound. The errors are the driver's own classes with the SQLSTATEs measured
 through PgBouncer during real failovers (tests/test_failover_writes.py makes them for real)."""
 
@@ -13,13 +13,13 @@ from django.conf import settings
 from django.db import IntegrityError, OperationalError, ProgrammingError
 from django.test import override_settings
 
-from project.pgpool.deadline import Deadline, deadline_scope
-from project.pgpool.errors import CommitOutcomeUnknown, DeadlineExceeded, pool_timeout
-from project.pgpool.faults import (
+from project.db_faults import (
     commit_outcome_unknown,
     is_connection_lost,
     unavailable_reason,
 )
+from project.pgpool.deadline import Deadline, deadline_scope
+from project.pgpool.errors import CommitOutcomeUnknown, DeadlineExceeded, pool_timeout
 from routers.write_hold import FENCED, PrimaryUnavailable, hold_reason, retry_writes
 from routers.writes import commits
 from shards.directory import TenantEntry
