@@ -101,7 +101,8 @@ def list_comments(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ):
     """Top-level comments, paginated, each with its reply tree."""
-    body, how = service.cached_comment_page(thread_id, order, cursor, limit)
+    body, how = service.cached_comment_page(thread_id, order, cursor, limit,
+                                            throttle_check=throttle.deferred_read(request))
     # The page was validated and rendered by CommentPageOut when it was built (page_json):
     # returned as those bytes, ninja passes it through without validating it again.
     response = HttpResponse(body, content_type=JSON)

@@ -25,7 +25,7 @@ from ninja.security import APIKeyHeader, APIKeyQuery
 from routers.state import request_tenant
 from shards.directory import TenantEntry
 from sites import throttle
-from sites.keys import owner_of_key
+from sites.keys import known_owner_of_key, owner_of_key
 from sites.models import PUBLIC_KEY_PREFIX
 from sites.public_keys import PublicKeyOwner, normalize_origin, owner_of_public_key
 
@@ -42,10 +42,16 @@ class SiteKey(APIKeyHeader):
         entry = request_tenant()
         if entry is None or not key:
             return None
-        throttle.refuse_failing_client(request)  # before the lookup: refused guesses cost none
-        if key.startswith(PUBLIC_KEY_PREFIX):
-            return _publishable(request, entry, key)
-        owner = owner_of_key(key) if len(key) <= 200 else None
+        owner = known_owner_of_key(key) if request.method in ("GET", "HEAD") else None
+        if owner is not None:
+            # Already known here as a site's key: no lookup at stake, so the address's check
+            # goes with the request's own Redis read, or before its answer leaves.
+            throttle.defer_failing_client_check(request)
+        else:
+            throttle.refuse_failing_client(request)  # before the lookup: guesses cost none
+            if key.startswith(PUBLIC_KEY_PREFIX):
+                return _publishable(request, entry, key)
+            owner = owner_of_key(key) if len(key) <= 200 else None
         if owner is not None and owner.tenant_id == entry.id:
             if "origin" in request.headers:
                 # Browsers add Origin to every cross-origin call (and same-origin writes); a

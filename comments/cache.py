@@ -29,6 +29,7 @@ from routers.state import current_state
 from shards import redisguard
 from shards.directory import TenantEntry
 from shards.redisguard import RedisUnavailable
+from sites.throttle import DeferredRead
 
 logger = logging.getLogger("shardsvc.cache")
 
@@ -135,18 +136,26 @@ def _page_at(raw: bytes | str | None, mark: int) -> bytes | None:
     return body if int(head) >= mark else None
 
 
-def cached_page(entry: TenantEntry, thread_id: int, variant: str,
-                fill: Fill) -> tuple[bytes, str]:
+def cached_page(entry: TenantEntry, thread_id: int, variant: str, fill: Fill, *,
+                also: DeferredRead | None = None) -> tuple[bytes, str]:
     """(the page's JSON bytes, "hit" | "fill" | "wait" | "bypass"); `fill` builds and renders
     the page. Redis failing at any step means "bypass": the page comes from the database and
-    Redis is left alone."""
+    Redis is left alone. `also`: the request's throttle check, read in the same round trip
+    and settled before anything else (it raises Throttled for a blocked address)."""
     key = _page_key(entry, thread_id, variant)
     try:
         client = redisguard.client()
         # The mark and the page in one round trip: the page is current if built at the mark.
-        raw_mark, raw = client.mget(_mark_key(entry, thread_id), key)
+        if also is None:
+            raw_mark, raw = client.mget(_mark_key(entry, thread_id), key)
+        else:
+            raw_mark, raw, counter = client.mget(_mark_key(entry, thread_id), key, also.key)
     except RedisError as exc:
+        if also is not None:
+            also.settle(None, unavailable=True)
         return _bypass(fill, exc)
+    if also is not None:
+        also.settle(counter)
     mark = int(raw_mark or 0)
     page = _page_at(raw, mark)
     if page is not None:

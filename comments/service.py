@@ -15,6 +15,7 @@ from comments.schemas import Order, page_json
 from routers import causal
 from routers.write_hold import retry_writes
 from shards.tenancy import current_tenant
+from sites.throttle import DeferredRead
 
 MAX_REPLIES_PER_PAGE = 500
 
@@ -147,9 +148,10 @@ def comment_page(thread_id: int, order: Order, cursor: str | None, limit: int) -
     return {"items": items, "next_cursor": next_cursor}
 
 
-def cached_comment_page(thread_id: int, order: Order, cursor: str | None,
-                        limit: int) -> tuple[bytes, str]:
-    """(the page's JSON answer, how the cache served it: "hit", "fill", "wait", "bypass")."""
+def cached_comment_page(thread_id: int, order: Order, cursor: str | None, limit: int, *,
+                        throttle_check: DeferredRead | None = None) -> tuple[bytes, str]:
+    """(the page's JSON answer, how the cache served it: "hit", "fill", "wait", "bypass");
+    `throttle_check` is read with the page (comments.cache.cached_page)."""
     entry = current_tenant()
     assert entry is not None
     if cursor:
@@ -159,7 +161,8 @@ def cached_comment_page(thread_id: int, order: Order, cursor: str | None,
         get_thread(thread_id)  # from the same fresh-enough database as the page
         return page_json(comment_page(thread_id, order, cursor, limit))
 
-    return cache.cached_page(entry, thread_id, f"{order}:{cursor or ''}:{limit}", fill)
+    return cache.cached_page(entry, thread_id, f"{order}:{cursor or ''}:{limit}", fill,
+                             also=throttle_check)
 
 
 @retry_writes

@@ -19,6 +19,7 @@ from comments.api import router as site_router
 from comments.ops import router as ops_comments_router
 from project.error_map import RULES, UnsupportedMediaType, answer_for
 from project.errors import error, error_response
+from sites import throttle
 from sites.api import router as ops_router
 
 
@@ -37,13 +38,20 @@ class JsonBodyParser(Parser):
         return super().parse_body(request)
 
 
-def _json_method_not_allowed(view: Callable[..., Any]) -> Callable[..., Any]:
-    """ninja answers a method a path does not take with a plain-text 405; this makes it the
-    API's JSON error, keeping the Allow header."""
+def _finished(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Every answer of the API's views, finished the same way: a throttle check still waiting
+    is made before it leaves; and ninja answers a method a path does not take with a
+    plain-text 405, which becomes the API's JSON error, keeping the Allow header."""
 
     @functools.wraps(view)  # keeps csrf_exempt and the other attributes ninja set
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         response = view(request, *args, **kwargs)
+        try:
+            # A throttle check that waited for a Redis read the request never made: made now,
+            # before anything of the answer leaves (sites/throttle.py).
+            throttle.settle_deferred(request)
+        except throttle.Throttled as exc:
+            return on_error(request, exc)
         if isinstance(response, HttpResponseNotAllowed):
             allowed = ", ".join(sorted(m.strip() for m in response["Allow"].split(",")))
             answer = error(405, "method_not_allowed",
@@ -66,7 +74,7 @@ class ServiceAPI(NinjaAPI):
         patterns, app_name, namespace = super().urls
         for pattern in patterns:
             if isinstance(pattern, URLPattern):
-                pattern.callback = _json_method_not_allowed(pattern.callback)
+                pattern.callback = _finished(pattern.callback)
                 if pattern.name == "openapi-json":
                     pattern.callback = SCHEMA_CACHE(pattern.callback)
         return patterns, app_name, namespace

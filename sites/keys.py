@@ -62,6 +62,19 @@ def owner_of_key(raw_key: str) -> KeyOwner | None:
     return KeyOwner(tenant_id, generation) if tenant_id else None
 
 
+def known_owner_of_key(raw_key: str) -> KeyOwner | None:
+    """The key's site if this worker's cache holds it as a site's key now, else None (not
+    known here: a guess, a key not seen lately, an expired entry); no I/O at all. A request
+    with such a key puts no lookup at stake, which lets its throttle check wait for a Redis
+    read it makes anyway (sites/throttle.py)."""
+    if len(raw_key) > 200 or not KEY_SHAPE.fullmatch(raw_key):
+        return None
+    found, owner = _local.get().lookup(hash_key(raw_key))
+    if not found or owner is None or not owner[0]:
+        return None
+    return KeyOwner(*owner)
+
+
 def _fetch_owner(key_hash: str) -> tuple[int, int]:
     owner = cache.get(_cache_key(key_hash))
     if owner is not None:

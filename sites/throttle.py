@@ -44,6 +44,7 @@ WRITES = "writes"
 ADMIN_LOGIN_ADDRESS = "admin-login-address"
 ADMIN_LOGIN_USER = "admin-login-user"
 _CHECKED = "_shardsvc_auth_checked"  # request attribute: this request's address was checked
+_DEFERRED = "_shardsvc_auth_deferred"  # request attribute: its check waits for a Redis read
 _WARN_EVERY = 10.0
 _last_warning = 0.0
 
@@ -187,7 +188,12 @@ def refuse_failing_client(request: HttpRequest) -> None:
     if getattr(request, _CHECKED, False):
         return  # one request may carry several credentials (key, then user token)
     rate = settings.THROTTLE_AUTH_FAILURES
-    usage = _peek_by_address(request, AUTH_FAILURES, rate)
+    _settle(request, rate, _peek_by_address(request, AUTH_FAILURES, rate))
+
+
+def _settle(request: HttpRequest, rate: str | None, usage: dict[str, Any] | None) -> None:
+    setattr(request, _CHECKED, True)
+    setattr(request, _DEFERRED, False)
     if _full(usage):
         assert usage is not None
         raise Throttled(
@@ -195,7 +201,70 @@ def refuse_failing_client(request: HttpRequest) -> None:
             f"retry after {max(1, usage['time_left'])} s",
             usage["time_left"],
         )
-    setattr(request, _CHECKED, True)
+
+
+# ----- the check made with the request's own Redis read ---------------------------------------
+#
+# Every request with a credential reads its address's failed-check counter: one Redis round
+# trip, the only one of a cached comment page besides the page itself. The check comes before
+# the credential's lookup so that a guess costs no lookup. A request that only reads and whose
+# credential this worker already holds as valid puts no lookup at stake, so its check may wait:
+# the cached page reads the counter in the same MGET as the page (deferred_read), and any other
+# answer is held until the check is made (settle_deferred, which the API runs on every answer).
+# Either way a blocked address gets 429 and nothing else, whatever its credential.
+
+
+def defer_failing_client_check(request: HttpRequest) -> None:
+    """Check this address later, with the request's first Redis read or before its answer
+    leaves. Only for a read-only request whose credential needs no lookup."""
+    if getattr(request, _CHECKED, False):
+        return
+    if request.method not in ("GET", "HEAD"):
+        # A write must be refused before it happens, not after.
+        refuse_failing_client(request)
+        return
+    setattr(request, _DEFERRED, True)
+
+
+@dataclass(frozen=True)
+class DeferredRead:
+    """The counter to read in a caller's own Redis round trip, and what settles the check."""
+
+    key: str  # as stored in Redis (the cache's prefix and version applied)
+    request: HttpRequest
+
+    def settle(self, raw: bytes | str | None, *, unavailable: bool = False) -> None:
+        """The counter's raw value as the caller's read returned it (None: no failures), or
+        `unavailable`: the read failed, and the check fails open as a failed GET does (it is
+        not tried again: a Redis that just timed out is not waited on twice)."""
+        rate = settings.THROTTLE_AUTH_FAILURES
+        usage = None
+        if not unavailable and rate is not None and _enabled():
+            _, limit, window, _ = _counter(AUTH_FAILURES, _client_address(self.request), rate)
+            count = int(raw) if raw is not None else 0
+            usage = {"count": count, "limit": limit, "time_left": window - int(time.time())}
+        _settle(self.request, rate, usage)
+
+
+def deferred_read(request: HttpRequest) -> DeferredRead | None:
+    """The deferred check of this request as a key to read, or None when nothing waits."""
+    if not getattr(request, _DEFERRED, False) or getattr(request, _CHECKED, False):
+        return None
+    rate = settings.THROTTLE_AUTH_FAILURES
+    if (rate is None or not _enabled()
+            or getattr(settings, "RATELIMIT_USE_CACHE", "default") != "default"):
+        # Off (no I/O), or the counters live elsewhere than the caller's Redis: check now.
+        refuse_failing_client(request)
+        return None
+    key, _, _, _ = _counter(AUTH_FAILURES, _client_address(request), rate)
+    return DeferredRead(_ratelimit_cache().make_key(key), request)
+
+
+def settle_deferred(request: HttpRequest) -> None:
+    """Make a check still waiting (the request read nothing from Redis): raise Throttled if
+    this address failed too often."""
+    if getattr(request, _DEFERRED, False) and not getattr(request, _CHECKED, False):
+        refuse_failing_client(request)
 
 
 def count_failed_check(request: HttpRequest) -> None:

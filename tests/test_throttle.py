@@ -134,6 +134,37 @@ def test_wrong_keys_are_refused_before_any_lookup_past_the_limit(throttled, topo
     assert call(other, "GET", url).status == 401
 
 
+def test_a_blocked_address_is_refused_where_its_key_is_known_and_its_page_cached(
+        throttled, topology) -> None:
+    # A read whose key a worker already holds makes its address's check with the page's own
+    # Redis read (cached page) or just before answering (any other read): either way, once
+    # the address is blocked, its right key gets 429 and nothing else.
+    site = create_site(throttled, topology, prefix="thr-known")
+    me, other = "127.0.0.31", "127.0.0.32"
+    headers = {"X-Api-Key": site.key}
+    thread = f"{site.root}/threads/{site.thread()}"
+    page = f"{thread}/comments"
+    # The thread was just made on the primary: readable once its replica has it.
+    wait_until(lambda: call(other, "GET", thread, headers=headers).status == 200, timeout=10,
+               what="the new thread on the replica")
+    for source in (me, other):
+        for _ in range(6):  # every worker knows the key, and the page is in the cache
+            answer = call(source, "GET", page, headers=headers)
+            assert answer.status == 200, answer.body
+            assert call(source, "GET", thread, headers=headers).status == 200
+    assert answer.headers["X-Cache"] == "hit", answer.headers
+
+    for _ in range(AUTH_LIMIT):
+        assert call(me, "GET", page, headers={"X-Api-Key": well_formed_key()}).status == 401
+
+    for _ in range(6):
+        assert_throttled(call(me, "GET", page, headers=headers))
+        assert_throttled(call(me, "GET", thread, headers=headers))
+    # Another address's reads are untouched, from the cache.
+    answer = call(other, "GET", page, headers=headers)
+    assert answer.status == 200 and answer.headers["X-Cache"] == "hit", answer.headers
+
+
 def test_a_concurrent_flood_of_wrong_keys_is_cut_off_near_the_limit(throttled, topology) -> None:
     site = create_site(throttled, topology, prefix="thr-flood")
     me, threads, sent = "127.0.0.23", 8, 200
