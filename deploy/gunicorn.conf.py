@@ -7,18 +7,29 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import atexit  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
+
+def _remove_own_metrics_dir(path: str, owner: int) -> None:
+    # Forked workers inherit this handler and run it when they exit: only the process that
+    # made the folder (the master, or whatever read this file) removes it.
+    if os.getpid() == owner:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 # Prometheus multiprocess mode: every worker writes its samples to files in this folder and
 # /metrics merges them. It must be set before prometheus_client is imported (the app, below) and
 # be empty when the service starts: `deploy.topology` gives each service folder its own and
-# empties it. Started some other way, the service gets a fresh folder, removed on exit.
-_own_metrics_dir = None
+# empties it. Started some other way, the service gets a fresh folder, removed when the process
+# that made it exits: at interpreter exit rather than in Gunicorn's on_exit, which a master whose
+# app failed to load (preload_app) never reaches, nor a process that only reads this file.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     _own_metrics_dir = tempfile.mkdtemp(prefix="shardsvc-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir
+    atexit.register(_remove_own_metrics_dir, _own_metrics_dir, os.getpid())
 
 bind = os.environ.get("SHARDSVC_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("SHARDSVC_WORKERS", "2"))
@@ -58,8 +69,3 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
-
-
-def on_exit(server):
-    if _own_metrics_dir is not None:
-        shutil.rmtree(_own_metrics_dir, ignore_errors=True)

@@ -6,8 +6,9 @@
     MoveJob table);
   - `prometheus-pgbouncer-exporter` (base + 8), `prometheus-redis-exporter` (base + 7) and
     `prometheus-node-exporter` with only its filesystem collector (base + 6, for disk alerts);
-  - Prometheus (base + 9), scraping those and every app host's `/metrics`, with the recording
-    and alert rules of deploy/prometheus/rules.
+  - Prometheus (base + 9), scraping those, every app host's `/metrics` and, in the highly
+    available topology, every Patroni member's REST API `/metrics`, with the recording and
+    alert rules of deploy/prometheus/rules.
 Every one runs as the unprivileged `prometheus` user (Debian's packages create it) when we are
 root, with its files under <topology>/monitoring. All listen on loopback, except Prometheus,
 which listens where the app hosts reach PgBouncer and Redis (the ops dashboard queries it).
@@ -148,12 +149,21 @@ class MonitoringControl:
     # ----- configuration
     def prometheus_config(self, params: MonitorParams) -> dict:
         """prometheus.yml, as JSON (a subset of YAML): every target with the labels the rules
-        and the dashboard group by."""
+        and the dashboard group by. A server's `role` label is the one it was started with:
+        the rules take the live one from what each server reports (`pg_recovery_in_recovery`,
+        recorded as `cluster_role:pg_server:info`), since under Patroni roles move."""
         postgres = [
             {"targets": [f"127.0.0.1:{node.port + POSTGRES_EXPORTER_OFFSET}"],
              "labels": {"instance": node.alias, "alias": node.alias, "cluster": node.cluster,
                         "role": node.role}}
             for node in self.layout.nodes()
+        ]
+        # Each member's Patroni REST API serves /metrics (patroni_primary,
+        # patroni_postgres_timeline, ...): no role label, Patroni reports it.
+        patroni = [
+            {"targets": [f"127.0.0.1:{node.rest_port}"],
+             "labels": {"instance": node.alias, "alias": node.alias, "cluster": node.cluster}}
+            for node in self.layout.nodes() if node.rest_port is not None
         ]
         apps = [{"targets": [host.upstream], "labels": {"instance": host.name}}
                 for host in self.app_hosts()]
@@ -174,6 +184,7 @@ class MonitoringControl:
                 # host in deploy/edge.py): no token needed from here.
                 {"job_name": "shardsvc", "metrics_path": "/metrics", "static_configs": apps},
                 {"job_name": "postgres", "static_configs": postgres},
+                *([{"job_name": "patroni", "static_configs": patroni}] if patroni else []),
                 one("pgbouncer", base + 8),
                 one("redis", base + 7),
                 one("node", base + 6),

@@ -16,8 +16,8 @@ export PATH="$PATH:/usr/sbin"
 SHARDSVC_DEBUG=1 SHARDSVC_TOPOLOGY=deploy/topology.example.toml .venv/bin/mypy || exit 1
 # Packages import only downwards: the layer contracts in pyproject.toml ([tool.importlinter]).
 .venv/bin/lint-imports || exit 1
-# Every alert rule fires in its unit test (deploy/prometheus/tests; promtool is in Debian's
-# prometheus package, which deploy/setup.sh installs).
+# Every alert rule fires in its unit test, and the recording rules with live roles have theirs
+# (deploy/prometheus/tests; promtool is in Debian's prometheus package, which setup.sh installs).
 promtool test rules deploy/prometheus/tests/*.yml || exit 1
 
 no_tests() {

@@ -37,6 +37,13 @@ def test_every_tier_is_scraped(prometheus: str, topology: LocalTopology) -> None
     assert jobs == {"shardsvc", "postgres", "pgbouncer", "redis", "node", "prometheus"}
     servers = query(prometheus, "pg_up == 1")
     assert {s["metric"]["alias"] for s in servers} == {n.alias for n in topology.layout.nodes()}
+    # Roles are recorded from what each server reports; without Patroni they are the ones
+    # the servers were started with.
+    started = {(n.cluster, n.alias, n.role) for n in topology.layout.nodes()}
+    wait_for(lambda: {(s["metric"]["cluster"], s["metric"]["alias"], s["metric"]["role"])
+                      for s in query(prometheus, "cluster_role:pg_server:info")} == started,
+             timeout=30, what="every server's live role recorded",
+             detail=lambda: query(prometheus, "cluster_role:pg_server:info"))
     # The service's own samples arrive, and the recording rules turn them into per-shard series.
     for _ in range(5):
         urllib.request.urlopen(f"http://{topology.app_hosts()[0].upstream}/readyz", timeout=10)

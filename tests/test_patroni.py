@@ -3,7 +3,9 @@
 One topology for the module (control + one shard, one replica each, under Patroni with a
 3-member etcd), started by the project's own manager. Writers go through PgBouncer's cluster
 entry, which the leader follower re-points; what was acknowledged is compared with what the new
-leader holds. Timings are printed (the benchmark's business), never asserted.
+leader holds. The switchover test also runs the monitoring stack, whose recorded roles and
+failover alert must follow the new leader. Timings are printed (the benchmark's business),
+never asserted.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,7 @@ from migrations_tools import patroni_status
 from migrations_tools.switchover import SwitchoverError, choose, switchover
 from shards import patroni, pg
 from shards.topology import load_shard_map
+from tests import prometheus_api
 from tests.conftest import make_topology
 from tests.ha_writes import CREATE_SQL, GRANT_SQL, Writer, longest_gap
 
@@ -44,6 +48,27 @@ def ha() -> Iterator[LocalTopology]:
         yield topo
     finally:
         topo.destroy()
+
+
+@pytest.fixture
+def prometheus(ha: LocalTopology) -> Iterator[str]:
+    """Prometheus and its exporters (scrapes every second) for one test, then stopped."""
+    with prometheus_api.monitoring_started(ha) as url:
+        yield url
+
+
+def recorded_roles(url: str, cluster: str = CLUSTER) -> dict[str, set[str]]:
+    """role -> aliases, as the recording rule cluster_role:pg_server:info has them now."""
+    roles: dict[str, set[str]] = {}
+    for sample in prometheus_api.query(url, f'cluster_role:pg_server:info{{cluster="{cluster}"}}'):
+        roles.setdefault(sample["metric"]["role"], set()).add(sample["metric"]["alias"])
+    return roles
+
+
+def first_sample(url: str, selector: str) -> float:
+    """The time (epoch seconds) of a series' first sample in the last 10 minutes."""
+    [series] = prometheus_api.query(url, f"{selector}[10m]")
+    return float(series["values"][0][0])
 
 
 def leader_dsn(topo: LocalTopology, cluster: str = CLUSTER) -> str:
@@ -150,9 +175,20 @@ def test_killed_primary_fails_over_with_no_acknowledged_write_lost(ha: LocalTopo
     assert [CLUSTER, new.alias] == [patroni_status.history_rows(roles)[-1][i] for i in (0, 4)]
 
 
-def test_switchover_command_hands_over_and_measures_the_pause(ha: LocalTopology) -> None:
+def test_switchover_command_hands_over_and_monitoring_follows(ha: LocalTopology,
+                                                              prometheus: str) -> None:
     old = ha.leader(CLUSTER)
     target = next(n for n in ha.layout.members(CLUSTER) if n != old)
+    # Prometheus records the roles the members have now (after the kill above, the member that
+    # started as a replica leads), and a fresh Prometheus has seen no failover.
+    prometheus_api.wait_for(
+        lambda: recorded_roles(prometheus) == {"primary": {old.alias}, "replica": {target.alias}},
+        timeout=60, what=f"{old.alias} recorded as {CLUSTER}'s primary",
+        detail=lambda: recorded_roles(prometheus))
+    assert len(prometheus_api.query(prometheus, 'up{job="patroni"} == 1')) == len(
+        ha.layout.nodes())
+    assert not prometheus_api.firing(prometheus, "PostgresFailover")
+
     done = manage(ha, "switchover", CLUSTER, "--to", target.alias)
     assert done.returncode == 0, done.stdout + done.stderr
     print("\n" + done.stdout.strip())
@@ -162,7 +198,42 @@ def test_switchover_command_hands_over_and_measures_the_pause(ha: LocalTopology)
     # The command returned once a write through PgBouncer succeeded: the entry is re-pointed.
     with pg.connect(pooled(ha)) as conn:
         assert pg.fetch_value(conn, "SELECT inet_server_port()") == target.port
+
+    # The recorded roles name the new primary (the old leader has none while it restarts),
+    # and the failover alert names it too.
+    prometheus_api.wait_for(
+        lambda: recorded_roles(prometheus).get("primary") == {target.alias},
+        timeout=60, what=f"{target.alias} recorded as {CLUSTER}'s primary",
+        detail=lambda: recorded_roles(prometheus))
+    prometheus_api.wait_for(
+        lambda: prometheus_api.firing(prometheus, "PostgresFailover", alias=target.alias),
+        timeout=60, what="PostgresFailover firing")
+    alerts = prometheus_api.firing(prometheus, "PostgresFailover", cluster=CLUSTER)
+    assert [(a["labels"]["alias"], a["labels"]["role"]) for a in alerts] == [
+        (target.alias, "primary")]
+    assert alerts[0]["annotations"]["summary"] == \
+        f"failover on {CLUSTER}: {target.alias} is its primary now"
     ha.wait_cluster_streaming(CLUSTER, timeout=60)
+    prometheus_api.wait_for(
+        lambda: recorded_roles(prometheus) == {"primary": {target.alias},
+                                               "replica": {old.alias}},
+        timeout=60, what=f"{old.alias} recorded as a replica once it streams",
+        detail=lambda: recorded_roles(prometheus))
+    # The per-role series joined on the live roles have both roles of the cluster again (the
+    # rejoined member's rate needs two scrapes).
+    prometheus_api.wait_for(
+        lambda: {s["metric"]["role"] for s in prometheus_api.query(
+            prometheus, f'cluster_role:pg_xact_rollback:ratio_rate1m{{cluster="{CLUSTER}"}}')}
+        == {"primary", "replica"}, timeout=60, what="the rollback ratio of both roles")
+    # How long after the promotion (its entry in Patroni's history) each first appeared.
+    promoted = datetime.fromisoformat(patroni.history(ha.member_urls(CLUSTER))[-1][3])
+    recorded = first_sample(prometheus, f'cluster_role:pg_server:info{{alias="{target.alias}",'
+                                        f'role="primary"}}') - promoted.timestamp()
+    fired = first_sample(prometheus, 'ALERTS{alertname="PostgresFailover",alertstate="firing",'
+                                     f'alias="{target.alias}"}}') - promoted.timestamp()
+    print(f"{target.alias} recorded as primary {recorded:.1f} s after its promotion, "
+          f"PostgresFailover firing after {fired:.1f} s "
+          f"(scrape and rule evaluation every {prometheus_api.TEST_PARAMS.scrape_interval})")
 
 
 def test_switchover_refusals_name_the_fix(ha: LocalTopology) -> None:

@@ -28,7 +28,7 @@ def test_alert_for_replaces_every_for_and_nothing_else() -> None:
     rendered = render_rules(ALERTS, "2s")
     durations = re.findall(r"^\s+for: (\S+)$", rendered, flags=re.MULTILINE)
     assert durations and set(durations) == {"2s"}
-    assert "[15m]" in rendered  # range selectors keep their windows
+    assert "[1h]" in rendered  # range selectors keep their windows
     assert render_rules(ALERTS, None) == ALERTS
 
 
@@ -53,3 +53,18 @@ def test_prometheus_scrapes_every_server_with_its_cluster_and_role(tmp_path: Pat
     ports = [int(t.rsplit(":", 1)[1]) for configs in jobs.values() for c in configs
              for t in c["targets"]]
     assert all(21000 <= port < 21040 for port in ports)  # inside the topology's port block
+
+
+def test_under_patroni_every_member_s_rest_api_is_scraped_without_a_role(tmp_path: Path) -> None:
+    topology = LocalTopology(LocalLayout(root=tmp_path, base_port=21000, shards=1, replicas=1,
+                                         ha=True))
+    config = topology.prometheus_config(MonitorParams())
+    jobs = {job["job_name"]: job["static_configs"] for job in config["scrape_configs"]}
+    patroni = {c["labels"]["alias"]: (c["targets"], c["labels"]) for c in jobs["patroni"]}
+    assert sorted(patroni) == ["default_m0", "default_m1", "shard_0_m0", "shard_0_m1"]
+    # The REST API's ports (base + 50 + k): the rules take a member's role from what it
+    # reports, so no target names one.
+    assert patroni["shard_0_m1"] == (["127.0.0.1:21053"], {
+        "instance": "shard_0_m1", "alias": "shard_0_m1", "cluster": "shard_0"})
+    assert "patroni" not in {job["job_name"] for job in LocalTopology(LocalLayout(
+        root=tmp_path, base_port=21000)).prometheus_config(MonitorParams())["scrape_configs"]}
