@@ -48,7 +48,9 @@
       box.replaceChildren(...(data.active.length ? data.active.map((j) => moveRow(j, data.can_operate))
                                                  : [el("p", {"class": "ops-none"}, "No move in progress.")]));
       const body = document.querySelector("#ops-recent tbody");
-      body.replaceChildren(...data.recent.map((j) => {
+      const none = el("tr", {});
+      none.append(el("td", {colspan: "7", "class": "ops-none"}, "No finished move yet."));
+      body.replaceChildren(...(data.recent.length ? [] : [none]), ...data.recent.map((j) => {
         const tr = el("tr", {"data-job": j.id, "data-state": j.state});
         [String(j.id), j.tenant, j.source + " → " + j.target, j.state,
          j.verified === null ? "-" : (j.verified ? "yes" : "NO"),
