@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from migrations_tools.admin_moves import move_log_dir
 
 PROC = Path("/proc")
 LOG_PREFIX = "switchover"
+# Checking the request (Patroni's members, 2 s per member at worst) and starting the command.
+LAUNCH_LOCK_TIMEOUT = 15.0
 # Options of `manage.py switchover` (and Django's own) that take a value: the word after one is
 # that value, not the cluster.
 _OPTIONS_WITH_VALUE = frozenset({"--to", "--timeout", "--settings", "--pythonpath", "-v",
@@ -72,12 +75,24 @@ def running(proc: Path = PROC) -> dict[str, int]:
 
 
 @contextmanager
-def launching() -> Iterator[None]:
+def launching(*, timeout: float = LAUNCH_LOCK_TIMEOUT) -> Iterator[None]:
     """Held while a worker checks that no switchover runs and starts one: two workers (or two
     app processes on this host) asked at once start one switchover, not two. The started
-    process is in /proc before Popen returns, so the next holder sees it."""
+    process is in /proc before Popen returns, so the next holder sees it. Raises OSError when
+    another start holds it past `timeout`."""
     with (move_log_dir() / f"{LOG_PREFIX}.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        # Never a blocking flock: under gevent it would stop the whole worker, also the
+        # greenlet of this worker that holds the lock, which then never releases it.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise OSError(f"another switchover was being started for {timeout:.0f} s; "
+                                  "try again") from None
+                time.sleep(0.05)
         try:
             yield
         finally:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +112,26 @@ def test_a_running_switchover_is_told_by_its_command_line(argv: list[str],
     assert switchover_cluster(argv) == cluster
 
 
-def test_this_host_runs_no_switchover_of_a_made_up_cluster() -> None:
-    assert "no-such-cluster" not in switchover_runs.running()
+def test_a_switchover_process_on_this_host_is_found_until_it_ends() -> None:
+    # A process whose command line reads as `manage.py switchover unit-cluster` (a sleeper).
+    sleeper = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()",
+                                "manage.py", "switchover", "--to", "m1", "unit-cluster"],
+                               stdin=subprocess.PIPE)
+    try:
+        assert switchover_runs.running().get("unit-cluster") == sleeper.pid
+    finally:
+        sleeper.communicate(b"")
+    assert "unit-cluster" not in switchover_runs.running()
+
+
+def test_a_second_start_waits_for_the_first(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(switchover_runs, "move_log_dir", lambda: tmp_path)
+    with (switchover_runs.launching(), pytest.raises(OSError, match="try again"),
+          switchover_runs.launching(timeout=0.2)):
+        pass
+    with switchover_runs.launching():  # released
+        pass
 
 
 HEADER = "# 20261130-091500 ops dashboard: alice: /usr/bin/python3 /srv/manage.py switchover " \
