@@ -264,7 +264,7 @@ def abort_move(request: HttpRequest, job_id: int) -> HttpResponse:
 
 def patroni_json(request: HttpRequest) -> JsonResponse:
     """Every Patroni-managed cluster: members, the last failovers, the switchover state."""
-    running = switchover_runs.running()
+    running = switchover_runs.running(get_shard_map().source)
     return JsonResponse({"clusters": [cluster_view(c, running) for c in get_shard_map().clusters
                                       if c.patroni],
                          "can_operate": _can_operate(request)})
@@ -281,7 +281,7 @@ def start_switchover(request: HttpRequest) -> HttpResponse:
             wanted = check_request(
                 get_shard_map(), request.POST.get("cluster", ""), request.POST.get("to", ""),
                 members=lambda c: patroni.cluster_members(list(c.patroni)),
-                running=switchover_runs.running())
+                running=switchover_runs.running(get_shard_map().source))
             pid, log = _launch(request, [wanted.command],
                                switchover_runs.log_name(wanted.cluster.name),
                                wanted.describe(), lock_free=False)

@@ -1,18 +1,20 @@
 """Switchovers as the ops dashboard tracks them: which clusters have one running on this host, and
 how the last one the dashboard started ended.
 
-"Running" is any live `manage.py switchover <cluster>` process, read from /proc: one started from
-the dashboard, by another worker, or from a shell. The command takes no lock of its own (a
-database lock would not do: switching over the control cluster drops every session on it), so
-the process list is what tells. The outcome is the command's own output, in the log the dashboard
-writes for it (`admin_moves.launch_commands`, in moves/ beside the topology file): its result
-line names the new leader and the measured pause, a `CommandError` line says why it stopped.
+"Running" is any live `manage.py switchover <cluster>` process of this topology, read from /proc:
+one started from the dashboard, by another worker, or from a shell. The command takes no lock of
+its own (a database lock would not do: switching over the control cluster drops every session on
+it), so the process list is what tells. The outcome is the command's own output, in the log the
+dashboard writes for it (`admin_moves.launch_commands`, in moves/ beside the topology file): its
+result line names the new leader and the measured pause, a `CommandError` line says why it
+stopped.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import os
 import re
 import time
 from collections.abc import Iterator, Sequence
@@ -58,20 +60,46 @@ def switchover_cluster(argv: Sequence[str]) -> str | None:
     return None
 
 
-def running(proc: Path = PROC) -> dict[str, int]:
-    """cluster -> pid of a switchover running on this host now."""
+def running(topology: Path, proc: Path = PROC) -> dict[str, int]:
+    """cluster -> pid of a switchover of this topology running on this host now.
+
+    Several topologies may share a host (tests, a developer's machine): a process counts when
+    its topology file (SHARDSVC_TOPOLOGY in its environment, else the settings' default beside
+    its manage.py) is this one, or when this user cannot read which it is (another user's
+    process): refusing a switchover is safer than starting a second one."""
+    mine = topology.resolve()
     found: dict[str, int] = {}
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
         try:
             raw = (entry / "cmdline").read_bytes()
-        except OSError:  # ended meanwhile, or not ours to read
+        except OSError:  # ended meanwhile
             continue
-        cluster = switchover_cluster([w.decode(errors="replace") for w in raw.split(b"\0") if w])
-        if cluster is not None:
+        argv = [w.decode(errors="replace") for w in raw.split(b"\0") if w]
+        cluster = switchover_cluster(argv)
+        if cluster is None:
+            continue
+        theirs = _topology_of(entry, argv)
+        if theirs is None or theirs == mine:
             found.setdefault(cluster, int(entry.name))
     return found
+
+
+def _topology_of(entry: Path, argv: list[str]) -> Path | None:
+    """The topology file a process reads (project/settings.py's rule); None if unknown."""
+    try:
+        environ = (entry / "environ").read_bytes()
+        cwd = Path(os.readlink(entry / "cwd"))
+    except OSError:
+        return None
+    for item in environ.split(b"\0"):
+        if item.startswith(b"SHARDSVC_TOPOLOGY="):
+            return (cwd / item.split(b"=", 1)[1].decode(errors="replace")).resolve()
+    manage = next((w for w in argv if Path(w).name == "manage.py"), None)
+    if manage is None:
+        return None
+    return (cwd / manage).parent.resolve() / ".var" / "topology.toml"
 
 
 @contextmanager

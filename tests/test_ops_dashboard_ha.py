@@ -128,6 +128,7 @@ def test_a_switchover_started_from_the_dashboard_completes_and_enters_the_histor
     expect(status).to_contain_text(
         f"{CLUSTER}: {old.alias} -> {target.alias}; writes through PgBouncer paused")
     expect(status).to_contain_text(f"by ops dashboard: {staff[0]}")
+    print(f"\n{status.inner_text()}")  # the pause measured: the benchmark's business
     assert topo.leader(CLUSTER) == target  # Patroni's own answer
     expect(row.locator(f"li[data-member='{target.alias}']")).to_have_attribute(
         "data-role", "leader", timeout=30_000)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -112,16 +113,21 @@ def test_a_running_switchover_is_told_by_its_command_line(argv: list[str],
     assert switchover_cluster(argv) == cluster
 
 
-def test_a_switchover_process_on_this_host_is_found_until_it_ends() -> None:
-    # A process whose command line reads as `manage.py switchover unit-cluster` (a sleeper).
+def test_a_switchover_process_of_this_topology_is_found_until_it_ends(tmp_path: Path) -> None:
+    # A process whose command line reads as `manage.py switchover unit-cluster` (a sleeper),
+    # for the topology file in tmp_path.
+    mine = tmp_path / "topology.toml"
     sleeper = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()",
                                 "manage.py", "switchover", "--to", "m1", "unit-cluster"],
-                               stdin=subprocess.PIPE)
+                               stdin=subprocess.PIPE, cwd=tmp_path,
+                               env={**os.environ, "SHARDSVC_TOPOLOGY": "topology.toml"})
     try:
-        assert switchover_runs.running().get("unit-cluster") == sleeper.pid
+        assert switchover_runs.running(mine).get("unit-cluster") == sleeper.pid
+        # Another topology on the same host has its own switchovers.
+        assert "unit-cluster" not in switchover_runs.running(tmp_path / "other.toml")
     finally:
         sleeper.communicate(b"")
-    assert "unit-cluster" not in switchover_runs.running()
+    assert "unit-cluster" not in switchover_runs.running(mine)
 
 
 def test_a_second_start_waits_for_the_first(tmp_path: Path,
