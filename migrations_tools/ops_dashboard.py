@@ -67,7 +67,9 @@ _PAGE = """{% extends "admin/base_site.html" %}{% load static %}
 <th>{{ c.name }}</th><td>{{ c.tenants }}</td><td>{{ c.rows }}</td><td>{{ c.size }}</td><td>
 <ul class="ops-members">{% for m in c.members %}<li class="{{ m.up|yesno:'up,down' }}"
 data-member="{{ m.alias }}" data-role="{{ m.role }}">{{ m.text }}</li>{% endfor %}</ul>
-<p class="errornote"{% if not c.error %} hidden{% endif %}>{{ c.error }}</p></td>
+{% if c.error %}<p class="errornote">{{ c.error }}</p>{% endif %}{% if c.patroni %}
+<p class="errornote ops-patroni-error"{% if not c.patroni_error %} hidden{% endif %}>
+{{ c.patroni_error }}</p>{% endif %}</td>
 <td class="ops-switchover">{% if not c.patroni %}<button type="button" disabled
 title="not managed by Patroni">Switch over</button> <span class="ops-none">Not under Patroni
 (plain topology): no member to hand over to.</span>{% elif not can_operate %}<span
@@ -127,11 +129,11 @@ def shard_map() -> list[dict[str, Any]]:
     clusters: list[dict[str, Any]] = []
     for cluster in get_shard_map().clusters:
         summary = summaries.get(cluster.name)
-        errors = [summary.error] if summary and summary.error else []
+        patroni_error = ""
         if cluster.patroni:
             # Patroni's roles, not the topology file's: they change with every failover.
             roles = patroni_status.read_roles(cluster)
-            errors += [roles.error] if roles.error else []
+            patroni_error = roles.error
             members = [_patroni_member(m) for m in roles.members]
         else:
             members = [{"alias": s.alias, "role": s.role, "up": s.up,
@@ -144,7 +146,8 @@ def shard_map() -> list[dict[str, Any]]:
             "tenants": summary.tenants if summary else "-",
             "rows": summary.rows if summary else "-",
             "size": fleet_status.human_bytes(summary.size_bytes) if summary else "-",
-            "error": "; ".join(errors),
+            "error": summary.error if summary else "",
+            "patroni_error": patroni_error,
             "members": members,
         })
     return clusters

@@ -184,7 +184,7 @@
     row.querySelector(".ops-members").replaceChildren(...cluster.members.map((m) =>
       el("li", {"class": ["running", "streaming"].includes(m.state) ? "up" : "down",
                 "data-member": m.name, "data-role": m.role}, memberText(m))));
-    const note = row.querySelector("td > .errornote");
+    const note = row.querySelector(".ops-patroni-error");
     if (note) { note.textContent = cluster.error; note.hidden = !cluster.error; }
     const cell = row.querySelector(".ops-switchover");
     const status = cell.querySelector(".ops-switchover-status");
