@@ -1,13 +1,16 @@
 """The ops dashboard at /admin/ops/: the fleet on one page, in the admin's look, for staff.
 
-The page itself holds the shard map (measured when it loads); moves, charts and alerts are
-JSON endpoints that static/migrations_tools/ops.js polls and draws (inline SVG, no CDN). Its two
-buttons run what the CLI runs, detached as the tenant admin's move action does
-(`admin_moves.launch_commands`): `move_tenant <tenant> <target>` and `move_tenant <tenant> --abort`.
+The page itself holds the shard map (measured when it loads); moves, charts, alerts and the
+Patroni clusters (members, failover history, switchovers) are JSON endpoints that
+static/migrations_tools/ops.js polls and draws (inline SVG, no CDN). Its buttons run what the CLI
+runs, detached as the tenant admin's move action does (`admin_moves.launch_commands`):
+`move_tenant <tenant> <target>`, `move_tenant <tenant> --abort` and
+`switchover <cluster> [--to <member>]` (migrations_tools/ops_switchover.py checks its request).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django.contrib import admin, messages
@@ -18,7 +21,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 from django.views.decorators.http import require_POST
 
-from migrations_tools import fleet_status
+from migrations_tools import fleet_status, patroni_status, switchover_runs
 from migrations_tools.admin_moves import launch_commands
 from migrations_tools.lock import current_holder
 from migrations_tools.ops_prometheus import (
@@ -27,7 +30,14 @@ from migrations_tools.ops_prometheus import (
     chart_series,
     firing_alerts,
 )
+from migrations_tools.ops_switchover import (
+    RefusedRequest,
+    check_request,
+    cluster_view,
+    member_row,
+)
 from project.errors import error
+from shards import patroni
 from shards.aliases import CONTROL_ALIAS
 from shards.models import MoveJob, Tenant
 from shards.topology import get_shard_map
@@ -45,18 +55,34 @@ _PAGE = """{% extends "admin/base_site.html" %}{% load static %}
 &rsaquo; Operations</div>{% endblock %}
 {% block content %}
 <div id="ops" data-moves-url="moves.json" data-alerts-url="alerts.json"
-     data-series-url="series.json" data-abort-url="abort/">
+     data-series-url="series.json" data-abort-url="abort/" data-patroni-url="patroni.json"
+     data-switchover-url="switchover/">{% csrf_token %}
 <div class="module"><h2>Alerts firing</h2><ul id="ops-alerts"><li>loading…</li></ul></div>
 
 <div class="module"><h2>Shard map</h2>
 <table id="ops-shards"><thead><tr><th>Cluster</th><th>Tenants</th><th>Rows</th><th>Size</th>
-<th>Members (role, lag)</th></tr></thead><tbody>
-{% for c in clusters %}<tr data-cluster="{{ c.name }}"><th>{{ c.name }}</th>
-<td>{{ c.tenants }}</td><td>{{ c.rows }}</td><td>{{ c.size }}</td><td><ul class="ops-members">
-{% for m in c.members %}<li class="{{ m.up|yesno:'up,down' }}">{{ m.alias }}: {{ m.role }},
-{{ m.lag }}</li>{% endfor %}</ul>{% if c.error %}<p class="errornote">{{ c.error }}</p>{% endif %}
-</td></tr>{% endfor %}
+<th>Members (role, lag; under Patroni: role, state, timeline, lag)</th><th>Switchover</th>
+</tr></thead><tbody>
+{% for c in clusters %}<tr data-cluster="{{ c.name }}"{% if c.patroni %} data-patroni{% endif %}>
+<th>{{ c.name }}</th><td>{{ c.tenants }}</td><td>{{ c.rows }}</td><td>{{ c.size }}</td><td>
+<ul class="ops-members">{% for m in c.members %}<li class="{{ m.up|yesno:'up,down' }}"
+data-member="{{ m.alias }}" data-role="{{ m.role }}">{{ m.text }}</li>{% endfor %}</ul>
+{% if c.error %}<p class="errornote">{{ c.error }}</p>{% endif %}{% if c.patroni %}
+<p class="errornote ops-patroni-error"{% if not c.patroni_error %} hidden{% endif %}>
+{{ c.patroni_error }}</p>{% endif %}</td>
+<td class="ops-switchover">{% if not c.patroni %}<button type="button" disabled
+title="not managed by Patroni">Switch over</button> <span class="ops-none">Not under Patroni
+(plain topology): no member to hand over to.</span>{% elif not can_operate %}<span
+class="ops-none">Needs the “change tenant” permission.</span>{% endif %}
+<p class="ops-switchover-notice" hidden></p><p class="ops-switchover-status"></p></td></tr>
+{% endfor %}
 </tbody></table></div>
+
+<div class="module"><h2>Last failovers</h2><p id="ops-failovers-none" class="ops-none"
+{% if patroni_clusters %}hidden{% endif %}>No cluster runs under Patroni: no failover history.</p>
+<table id="ops-failovers"{% if not patroni_clusters %} hidden{% endif %}><thead><tr>
+<th>Cluster</th><th>Timeline</th><th>When</th><th>Old leader → new leader</th><th>Reason</th>
+</tr></thead><tbody></tbody></table></div>
 
 <div class="module"><h2>Moves in progress</h2><div id="ops-moves"><p>loading…</p></div></div>
 <div class="module"><h2>Last moves</h2><table id="ops-recent"><thead><tr><th>Job</th>
@@ -103,26 +129,48 @@ def shard_map() -> list[dict[str, Any]]:
     clusters: list[dict[str, Any]] = []
     for cluster in get_shard_map().clusters:
         summary = summaries.get(cluster.name)
+        patroni_error = ""
+        if cluster.patroni:
+            # Patroni's roles, not the topology file's: they change with every failover.
+            roles = patroni_status.read_roles(cluster)
+            patroni_error = roles.error
+            members = [_patroni_member(m) for m in roles.members]
+        else:
+            members = [{"alias": s.alias, "role": s.role, "up": s.up,
+                        "text": f"{s.alias}: {s.role}, "
+                                + (s.describe_lag() if s.up else f"down: {s.error}")}
+                       for s in servers if s.cluster == cluster.name]
         clusters.append({
             "name": cluster.name,
+            "patroni": bool(cluster.patroni),
             "tenants": summary.tenants if summary else "-",
             "rows": summary.rows if summary else "-",
             "size": fleet_status.human_bytes(summary.size_bytes) if summary else "-",
             "error": summary.error if summary else "",
-            "members": [{"alias": s.alias, "role": s.role, "up": s.up,
-                         "lag": s.describe_lag() if s.up else f"down: {s.error}"}
-                        for s in servers if s.cluster == cluster.name],
+            "patroni_error": patroni_error,
+            "members": members,
         })
     return clusters
 
 
+def _patroni_member(member: dict[str, Any]) -> dict[str, Any]:
+    row = member_row(member)
+    # The same words ops.js writes when it refreshes them.
+    text = f"{row['name']}: {row['role']}, {row['state']}, timeline {row['timeline']}"
+    return {"alias": row["name"], "role": row["role"], "text": text + (
+                f", lag {row['lag']}" if row["lag"] is not None else ""),
+            "up": row["state"] in ("running", "streaming")}
+
+
 def ops_page(request: HttpRequest) -> HttpResponse:
     site = admin.site
+    clusters = shard_map()
     context = {
         **site.each_context(request),
         "title": "Operations",
         "subtitle": None,
-        "clusters": shard_map(),
+        "clusters": clusters,
+        "patroni_clusters": any(c["patroni"] for c in clusters),
         "charts": list(CHARTS.items()),
         "can_operate": _can_operate(request),
         "tenants": list(Tenant.objects.using(CONTROL_ALIAS).order_by("slug")
@@ -195,9 +243,10 @@ def start_move(request: HttpRequest) -> HttpResponse:
             tenant=tenant, state__in=MoveJob.ACTIVE_STATES).exists():
         messages.warning(request, f"{tenant.slug} is already moving: abort or finish that first")
     else:
-        _launch(request, [["move_tenant", str(tenant.pk), target, "--reason",
-                           f"ops dashboard: {request.user.get_username()}"]],
-                f"move-{tenant.slug}-{target}", f"moving {tenant.slug} to {target}")
+        _launch_with_message(
+            request, [["move_tenant", str(tenant.pk), target, "--reason",
+                       f"ops dashboard: {request.user.get_username()}"]],
+            f"move-{tenant.slug}-{target}", f"moving {tenant.slug} to {target}")
     return redirect("ops-dashboard")
 
 
@@ -210,22 +259,70 @@ def abort_move(request: HttpRequest, job_id: int) -> HttpResponse:
     if job is None or job.state not in MoveJob.ACTIVE_STATES:
         messages.warning(request, f"move {job_id} is not in progress: nothing to abort")
     else:
-        _launch(request, [["move_tenant", str(job.tenant_id), "--abort"]],
-                f"abort-{job.tenant.slug}", f"aborting move {job.pk} of {job.tenant.slug}")
+        _launch_with_message(request, [["move_tenant", str(job.tenant_id), "--abort"]],
+                             f"abort-{job.tenant.slug}",
+                             f"aborting move {job.pk} of {job.tenant.slug}", lock_free=False)
     return redirect("ops-dashboard")
 
 
-def _launch(request: HttpRequest, commands: list[list[str]], log_name: str, what: str) -> None:
-    holder = current_holder()
-    if holder is not None and "--abort" not in commands[0]:
-        messages.error(request, f"the cluster lock is held by {holder.describe()}: a move "
-                                "would fail at once. Try again when it is free.")
-        return
+def patroni_json(request: HttpRequest) -> JsonResponse:
+    """Every Patroni-managed cluster: members, the last failovers, the switchover state."""
+    running = switchover_runs.running(get_shard_map().source)
+    return JsonResponse({"clusters": [cluster_view(c, running) for c in get_shard_map().clusters
+                                      if c.patroni],
+                         "can_operate": _can_operate(request)})
+
+
+@require_POST
+def start_switchover(request: HttpRequest) -> HttpResponse:
+    """Start `manage.py switchover <cluster> [--to <member>]`; 202 with where its log is, or a
+    4xx (5xx if Patroni does not answer) saying why not. Answers JSON: ops.js posts it."""
+    if not _can_operate(request):
+        return error(403, "forbidden", f"a switchover needs the {OPERATE_PERMISSION} permission")
     try:
-        pid, log = launch_commands(commands, log_name=log_name,
-                                   reason=f"ops dashboard: {request.user.get_username()}")
+        with switchover_runs.launching():
+            wanted = check_request(
+                get_shard_map(), request.POST.get("cluster", ""), request.POST.get("to", ""),
+                members=lambda c: patroni.cluster_members(list(c.patroni)),
+                running=switchover_runs.running(get_shard_map().source))
+            pid, log = _launch(request, [wanted.command],
+                               switchover_runs.log_name(wanted.cluster.name),
+                               wanted.describe(), lock_free=False)
+    except RefusedRequest as exc:
+        return error(exc.status, exc.code, exc.message)
+    except (LaunchRefused, OSError) as exc:  # OSError: no writable folder for its log
+        return error(503, "not_started", str(exc))
+    return JsonResponse({"cluster": wanted.cluster.name, "leader": wanted.leader,
+                         "target": wanted.target, "pid": pid, "log": str(log),
+                         "message": f"Started {wanted.describe()} (pid {pid}, log {log})."},
+                        status=202)
+
+
+class LaunchRefused(Exception):
+    """A command the dashboard did not start; the message says why."""
+
+
+def _launch(request: HttpRequest, commands: list[list[str]], log_name: str, what: str, *,
+            lock_free: bool = True) -> tuple[int, Path]:
+    """Start the commands detached (admin_moves.launch_commands); (pid, log). With
+    `lock_free`, refuses while the cluster lock is held: a move would fail at once."""
+    holder = current_holder() if lock_free else None
+    if holder is not None:
+        raise LaunchRefused(f"the cluster lock is held by {holder.describe()}: a move "
+                            "would fail at once. Try again when it is free.")
+    try:
+        return launch_commands(commands, log_name=log_name,
+                               reason=f"ops dashboard: {request.user.get_username()}")
     except OSError as exc:
-        messages.error(request, f"could not start {what}: {exc}")
+        raise LaunchRefused(f"could not start {what}: {exc}") from None
+
+
+def _launch_with_message(request: HttpRequest, commands: list[list[str]], log_name: str,
+                         what: str, *, lock_free: bool = True) -> None:
+    try:
+        pid, log = _launch(request, commands, log_name, what, lock_free=lock_free)
+    except LaunchRefused as exc:
+        messages.error(request, str(exc))
         return
     messages.success(request, f"Started {what} in the background (pid {pid}, log {log}).")
 
@@ -242,4 +339,6 @@ urlpatterns = [
     path("alerts.json", _staff(alerts_json), name="ops-alerts"),
     path("start/", _staff(start_move), name="ops-start-move"),
     path("abort/<int:job_id>/", _staff(abort_move), name="ops-abort-move"),
+    path("patroni.json", _staff(patroni_json), name="ops-patroni"),
+    path("switchover/", _staff(start_switchover), name="ops-switchover"),
 ]

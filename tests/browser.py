@@ -23,3 +23,19 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+@contextmanager
+def logged_in_page(base_url: str, username: str, password: str, *,
+                   next_path: str = "/admin/ops/") -> Iterator[Any]:
+    """A page of a fresh browser, logged in to the admin as this staff user, on `next_path`."""
+    from playwright.sync_api import expect
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(f"{base_url}/admin/login/?next={next_path}")
+        page.fill("#id_username", username)
+        page.fill("#id_password", password)
+        page.click("input[type=submit]")
+        expect(page.locator("#content")).to_be_visible()
+        yield page

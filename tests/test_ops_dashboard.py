@@ -1,7 +1,10 @@
 """The ops dashboard (/admin/ops/) in a real headless browser, through nginx, on the live
 topology with Prometheus: the page shows the fleet and a firing alert, a chart has points, a
 move started from its button (after the confirmation) completes, and a stopped move shows its
-progress bar and phase and is aborted from its button.
+progress bar and phase and is aborted from its button. On this plain topology (no Patroni) the
+switchover button is disabled with its reason, and its endpoint refuses a GET, a missing CSRF
+token, an unknown or plain cluster and users without the permission (the switchover itself, on a
+Patroni topology: tests/test_ops_dashboard_ha.py).
 
 Debian's chromium is driven by Playwright (`executable_path`, never a downloaded browser); a
 screenshot of the page is saved as the test's artefact and its path printed.
@@ -18,13 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
 from deploy.topology import LocalTopology, ServiceProcess
+from tests.browser import logged_in_page
 from tests.client import wait_until
 from tests.prometheus_api import firing, monitoring_started, query, wait_for
 
-CHROMIUM = "/usr/bin/chromium"
 ARTEFACTS = Path(os.environ.get("SHARDSVC_TEST_ARTEFACTS",
                                 Path(tempfile.gettempdir()) / "shardsvc-artefacts"))
 pytestmark = pytest.mark.usefixtures("django_db")
@@ -76,21 +79,9 @@ def page(edge: str, superuser: tuple[str, str]) -> Iterator[Page]:
 
 
 def _logged_in_page(edge: str, superuser: tuple[str, str]) -> Iterator[Page]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                             args=["--no-sandbox"])
-        print(f"browser: chromium {browser.version}")
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            username, password = superuser
-            page.goto(f"{edge}/admin/login/?next=/admin/ops/")
-            page.fill("#id_username", username)
-            page.fill("#id_password", password)
-            page.click("input[type=submit]")
-            expect(page.locator("#ops")).to_be_visible()
-            yield page
-        finally:
-            browser.close()
+    with logged_in_page(edge, *superuser) as page:
+        expect(page.locator("#ops")).to_be_visible()
+        yield page
 
 
 def test_the_dashboard_shows_the_fleet_charts_and_alerts(
@@ -205,3 +196,70 @@ def test_a_stopped_move_shows_its_progress_and_is_aborted_from_the_dashboard(
     expect(done).to_have_attribute("data-state", "aborted", timeout=120_000)
     assert Tenant.objects.using("default").get(pk=entry.id).shard == "shard_0"
     expect(page.locator(f"#ops-moves .ops-move[data-job='{job.pk}']")).to_have_count(0)
+
+
+def test_the_switchover_endpoint_refuses_what_it_cannot_run(page: Page, edge: str) -> None:
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    page.reload()
+    cell = page.locator("#ops-shards tr[data-cluster='shard_0'] .ops-switchover")
+    expect(cell.locator("button[disabled]")).to_have_text("Switch over")
+    expect(cell).to_contain_text("Not under Patroni")
+    expect(page.locator("#ops-failovers-none")).to_be_visible()
+    url = f"{edge}/admin/ops/switchover/"
+    token = page.locator("#ops > input[name=csrfmiddlewaretoken]").input_value()
+
+    assert page.request.get(url).status == 405
+    no_token = page.request.post(url, form={"cluster": "shard_0"})
+    assert no_token.status == 403 and "CSRF" in no_token.text()
+    for cluster, status, code in (("shard_9", 400, "unknown_cluster"),
+                                  ("shard_0", 409, "not_patroni")):
+        answer = page.request.post(url, form={"cluster": cluster, "csrfmiddlewaretoken": token})
+        assert (answer.status, answer.json()["error"]) == (status, code), answer.text()
+    assert page.request.get(f"{edge}/admin/ops/patroni.json").json()["clusters"] == []
+
+    # Staff without the "change tenant" permission: a 403 saying which; not staff: the login.
+    User = get_user_model()
+    password = uuid.uuid4().hex
+    made = []
+    for staff in (True, False):
+        user = User.objects.db_manager("default").create_user(
+            f"ops-{'staff' if staff else 'user'}-{uuid.uuid4().hex[:8]}", "", password,
+            is_staff=staff)
+        made.append(user.pk)
+    wait_until(lambda: User.objects.using("default_replica_1").filter(pk__in=made).count() == 2,
+               timeout=10, what="the control replica to have the users")
+    try:
+        browser = page.context.browser
+        assert browser is not None
+        for pk, expected in zip(made, (403, 302), strict=True):
+            client = Client()
+            client.force_login(User.objects.using("default").get(pk=pk))
+            session = client.cookies["sessionid"].value
+            wait_until(lambda s=session: _session_on_replica(s), timeout=10,
+                       what="the control replica to have the session")
+            context = browser.new_context()
+            try:
+                context.add_cookies([{"name": "sessionid", "value": session, "url": edge}])
+                form_page = context.request.get(f"{edge}/admin/ops/")
+                form_token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"',
+                                       form_page.text())
+                assert form_token, form_page.text()[:500]
+                answer = context.request.post(url, max_redirects=0, form={
+                    "cluster": "shard_0", "csrfmiddlewaretoken": form_token[1]})
+                assert answer.status == expected, answer.text()[:500]
+                if expected == 403:
+                    assert "shards.change_tenant" in answer.json()["message"]
+                else:
+                    assert answer.headers["location"].startswith("/admin/login/")
+            finally:
+                context.close()
+    finally:
+        User.objects.using("default").filter(pk__in=made).delete()
+
+
+def _session_on_replica(key: str) -> bool:
+    from django.contrib.sessions.models import Session
+
+    return Session.objects.using("default_replica_1").filter(session_key=key).exists()

@@ -48,7 +48,9 @@
       box.replaceChildren(...(data.active.length ? data.active.map((j) => moveRow(j, data.can_operate))
                                                  : [el("p", {"class": "ops-none"}, "No move in progress.")]));
       const body = document.querySelector("#ops-recent tbody");
-      body.replaceChildren(...data.recent.map((j) => {
+      const none = el("tr", {});
+      none.append(el("td", {colspan: "7", "class": "ops-none"}, "No finished move yet."));
+      body.replaceChildren(...(data.recent.length ? [] : [none]), ...data.recent.map((j) => {
         const tr = el("tr", {"data-job": j.id, "data-state": j.state});
         [String(j.id), j.tenant, j.source + " → " + j.target, j.state,
          j.verified === null ? "-" : (j.verified ? "yes" : "NO"),
@@ -144,14 +146,137 @@
     }
   }
 
+  // ----- Patroni clusters: members, switchover button and outcome, failover history
+  const when = (iso) => iso ? new Date(iso).toLocaleString() : "-";
+
+  function memberText(m) {
+    return m.name + ": " + m.role + ", " + m.state + ", timeline " + m.timeline +
+      (m.lag === null ? "" : ", lag " + m.lag);
+  }
+
+  function switchoverForm(cluster) {
+    const form = el("form", {method: "post", action: root.dataset.switchoverUrl,
+                             "class": "ops-switchover-form", "data-cluster": cluster.name,
+                             "data-leader": cluster.leader || ""});
+    form.append(el("input", {type: "hidden", name: "csrfmiddlewaretoken", value: csrf()}));
+    form.append(el("input", {type: "hidden", name: "cluster", value: cluster.name}));
+    const select = el("select", {name: "to", "aria-label": "new leader of " + cluster.name});
+    select.append(el("option", {value: ""}, "Patroni picks"));
+    cluster.members.filter((m) => !m.leader).forEach((m) => select.append(el("option", {value: m.name}, m.name)));
+    form.append(select, " ", el("input", {type: "submit", value: "Switch over", "class": "button"}));
+    return form;
+  }
+
+  function switchoverStatus(cluster) {
+    const run = cluster.last_switchover;
+    if (cluster.running && (!run || run.state !== "running"))
+      return ["running", "A switchover of " + cluster.name + " is running (started outside the dashboard)."];
+    if (!run) return ["none", ""];
+    const started = "started " + when(run.started) + (run.by ? " by " + run.by : "");
+    if (run.state === "running") return ["running", "Switchover running (" + started + ")…"];
+    if (run.state === "done") return ["done", "Last switchover (" + started + "): " + run.outcome];
+    return ["failed", "Last switchover failed (" + started + "): " + run.outcome];
+  }
+
+  function showCluster(cluster, canOperate) {
+    const row = document.querySelector("#ops-shards tr[data-cluster='" + cluster.name + "']");
+    if (!row) return;
+    row.querySelector(".ops-members").replaceChildren(...cluster.members.map((m) =>
+      el("li", {"class": ["running", "streaming"].includes(m.state) ? "up" : "down",
+                "data-member": m.name, "data-role": m.role}, memberText(m))));
+    const note = row.querySelector(".ops-patroni-error");
+    if (note) { note.textContent = cluster.error; note.hidden = !cluster.error; }
+    const cell = row.querySelector(".ops-switchover");
+    const status = cell.querySelector(".ops-switchover-status");
+    const [state, text] = switchoverStatus(cluster);
+    status.dataset.state = state;
+    status.textContent = text;
+    status.classList.toggle("errornote", state === "failed");
+    if (!canOperate) return;
+    // Rebuilt only when the leader or the members change: a choice being made survives polls.
+    const signature = (cluster.leader || "") + "|" + cluster.members.map((m) => m.name).join(",");
+    let form = cell.querySelector("form");
+    if (!form || form.dataset.signature !== signature) {
+      const chosen = form ? form.querySelector("select").value : "";
+      const fresh = switchoverForm(cluster);
+      fresh.dataset.signature = signature;
+      if ([...fresh.querySelector("select").options].some((o) => o.value === chosen))
+        fresh.querySelector("select").value = chosen;
+      if (form) form.replaceWith(fresh); else cell.prepend(fresh);
+      form = fresh;
+    }
+    form.querySelector("input[type=submit]").disabled = cluster.running || !cluster.leader;
+  }
+
+  function historyRow(h) {
+    const tr = el("tr", {"data-cluster": h.cluster, "data-timeline": h.timeline});
+    [h.cluster, h.timeline, when(h.at), (h.old_leader || "?") + " → " + (h.new_leader || "?"),
+     h.reason].forEach((t) => tr.append(el("td", {}, t)));
+    return tr;
+  }
+
+  async function refreshPatroni() {
+    if (!document.querySelector("#ops-shards tr[data-patroni]")) return;
+    try {
+      const data = await getJSON(root.dataset.patroniUrl);
+      data.clusters.forEach((c) => showCluster(c, data.can_operate));
+      const rows = data.clusters.flatMap((c) => c.history)
+        .sort((a, b) => (b.at || "").localeCompare(a.at || ""));
+      const none = el("tr", {});
+      none.append(el("td", {colspan: "5", "class": "ops-none"}, "No failover yet."));
+      document.querySelector("#ops-failovers tbody").replaceChildren(...(rows.length ? rows.map(historyRow) : [none]));
+    } catch (err) {
+      document.querySelectorAll("#ops-shards tr[data-patroni] .ops-switchover-status").forEach((p) => {
+        p.textContent = "Patroni: " + err.message; p.dataset.state = "error";
+      });
+    }
+  }
+
+  function confirmSwitchover(form) {
+    const target = form.querySelector("select").value;
+    return "Switch over " + form.dataset.cluster + "? Its leader " + (form.dataset.leader || "(none)") +
+      " hands over to " + (target || "a member Patroni picks") +
+      "; writes pause for a few seconds.";
+  }
+
+  // The switchover posts from here and shows the answer beside its button (the start, or the
+  // refusal: a 4xx with a message) until the next post; the poll shows how the command went.
+  async function postSwitchover(form) {
+    const notice = form.parentElement.querySelector(".ops-switchover-notice");
+    form.querySelector("input[type=submit]").disabled = true;
+    let ok = false, text;
+    try {
+      const response = await fetch(form.action, {method: "POST", body: new FormData(form),
+                                                 credentials: "same-origin",
+                                                 headers: {Accept: "application/json"}});
+      const body = await response.json().catch(() => ({}));
+      ok = response.ok;
+      text = body.message || ("HTTP " + response.status);
+    } catch (err) {
+      text = err.message;
+    }
+    notice.dataset.state = ok ? "started" : "refused";
+    notice.textContent = ok ? text : "Not started: " + text;
+    notice.classList.toggle("errornote", !ok);
+    notice.hidden = false;
+    refreshPatroni();
+  }
+
   // Every button that changes something asks first (forms added later included).
   document.addEventListener("submit", (event) => {
-    const message = event.target.dataset && event.target.dataset.confirm;
+    const form = event.target;
+    if (form.classList && form.classList.contains("ops-switchover-form")) {
+      event.preventDefault();
+      if (window.confirm(confirmSwitchover(form))) postSwitchover(form);
+      return;
+    }
+    const message = form.dataset && form.dataset.confirm;
     if (message && !window.confirm(message)) event.preventDefault();
   });
 
-  refreshMoves(); refreshAlerts(); refreshCharts();
+  refreshMoves(); refreshAlerts(); refreshCharts(); refreshPatroni();
   setInterval(refreshMoves, 1000);
   setInterval(refreshAlerts, 5000);
   setInterval(refreshCharts, 5000);
+  setInterval(refreshPatroni, 2000);
 })();
