@@ -32,6 +32,7 @@ from typing import Any
 import psycopg
 
 from migrations_tools.errors import ClusterLockHeld, ClusterLockLost
+from migrations_tools.failover import LEADER_WAIT, NoLeader, connection_lost, wait_for_leader
 from shards import pg
 from shards.topology import get_shard_map
 
@@ -43,6 +44,8 @@ LOCK_NAMESPACE = 0x53485356  # "SHSV"
 LOCK_ID = 1
 TABLE = "shardsvc_cluster_lock"
 POLL_INTERVAL = 0.25
+# How long a lock whose session was lost waits for a control primary to take it again on.
+RETAKE_WAIT = LEADER_WAIT
 
 _HOLDER_SQL = """
 SELECT l.pid, a.usename, a.application_name, host(a.client_addr), a.backend_start
@@ -73,12 +76,20 @@ class LockHolder:
 
 
 class ClusterLock:
-    """The held lock; `ensure_held()` proves it still is before each irreversible step."""
+    """The held lock; `ensure_held()` proves it still is before each irreversible step.
 
-    def __init__(self, conn: psycopg.Connection[Any], holder: LockHolder) -> None:
+    A lock whose session was lost (the control primary failed over or restarted, the session
+    was terminated) is taken again on the control primary that answers now, if nobody took it
+    meanwhile: long work survives a failover of the control cluster as it does one of a shard.
+    Work already under way when the session went on unprotected for those seconds, as it would
+    have without the retake; nothing new starts before the lock is held again."""
+
+    def __init__(self, conn: psycopg.Connection[Any], holder: LockHolder, dsn: str) -> None:
         self._conn = conn
+        self._dsn = dsn
         self._mutex = threading.Lock()  # one psycopg connection, used from worker threads
         self.holder = holder
+        self.retakes: list[str] = []  # why the lock was taken again, one line per retake
 
     def ensure_held(self) -> None:
         with self._mutex:
@@ -87,15 +98,46 @@ class ClusterLock:
                     _HOLDER_SQL + " AND l.pid = pg_backend_pid()", [LOCK_NAMESPACE, LOCK_ID]
                 ).fetchone()
             except psycopg.Error as exc:
-                raise ClusterLockLost(
-                    f"lost the cluster lock ({self.holder.purpose}): its connection to the "
-                    f"control primary failed ({exc}). Nothing more is started; rerun the "
-                    "command when the control database is reachable."
-                ) from exc
+                if not connection_lost(exc):
+                    raise ClusterLockLost(
+                        f"lost the cluster lock ({self.holder.purpose}): checking it failed "
+                        f"({exc}). Nothing more is started; rerun the command."
+                    ) from exc
+                self._retake(exc)
+                return
         if row is None:
             raise ClusterLockLost(
                 f"lost the cluster lock ({self.holder.purpose}): its session no longer holds it"
             )
+
+    def _retake(self, lost: psycopg.Error) -> None:
+        purpose = self.holder.purpose
+        why = str(lost).strip().splitlines()[0] if str(lost).strip() else type(lost).__name__
+        self._conn.close()
+        try:
+            wait_for_leader(self._dsn, what="the control cluster", timeout=RETAKE_WAIT)
+        except NoLeader as exc:
+            raise ClusterLockLost(
+                f"lost the cluster lock ({purpose}): its connection to the control primary "
+                f"failed ({why}) and {exc}. Nothing more is started; rerun the command when "
+                "the control database is reachable."
+            ) from lost
+        conn = _connect(self._dsn, purpose)
+        if not _scalar(conn, "SELECT pg_try_advisory_lock(%s, %s)", [LOCK_NAMESPACE, LOCK_ID]):
+            holder = _read_holder(conn)
+            conn.close()
+            raise ClusterLockLost(
+                f"lost the cluster lock ({purpose}) with its connection ({why}), and "
+                f"{holder.describe() if holder else 'another session'} holds it now. Nothing "
+                "more is started; rerun the command once that one has finished."
+            ) from lost
+        self._conn = conn
+        self.holder = _record_holder(conn, purpose)
+        self.retakes.append(f"cluster lock taken again after its session was lost ({why})")
+        logger.warning("%s: %s", purpose, self.retakes[-1])
+
+    def release(self) -> None:
+        _release(self._conn, self.holder.purpose)
 
 
 # The lock session's application_name: the prefix, then the purpose (cut to 63 bytes).
@@ -186,29 +228,36 @@ def cluster_lock(purpose: str, *, wait: float = 0.0,
             if time.monotonic() >= deadline:
                 raise ClusterLockHeld(purpose, _read_holder(conn))
             time.sleep(POLL_INTERVAL)
-        # Only the lock holder gets here, so creating the table cannot race.
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {TABLE} ("
-            " backend_pid integer PRIMARY KEY, purpose text NOT NULL, who text NOT NULL,"
-            " since timestamptz NOT NULL DEFAULT now())"
-        )
-        who = _who()
-        with conn.transaction():
-            # Rows of holders that died: their sessions (and locks) are gone.
-            conn.execute(f"DELETE FROM {TABLE}")
-            since = _scalar(
-                conn,
-                f"INSERT INTO {TABLE} (backend_pid, purpose, who) "
-                "VALUES (pg_backend_pid(), %s, %s) RETURNING since",
-                [purpose, who],
-            )
-        holder = LockHolder(
-            purpose=purpose, who=who, since=since, backend_pid=conn.info.backend_pid
-        )
-        logger.debug("cluster lock taken: %s", holder.describe())
-        yield ClusterLock(conn, holder)
-    finally:
+        lock = ClusterLock(conn, _record_holder(conn, purpose), dsn or _control_dsn())
+        logger.debug("cluster lock taken: %s", lock.holder.describe())
+    except BaseException:
         _release(conn, purpose)
+        raise
+    try:
+        yield lock
+    finally:
+        lock.release()  # its session now: a retake replaced the first one
+
+
+def _record_holder(conn: psycopg.Connection[Any], purpose: str) -> LockHolder:
+    """Write who holds the lock beside it (the caller holds it)."""
+    # Only the lock holder gets here, so creating the table cannot race.
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS {TABLE} ("
+        " backend_pid integer PRIMARY KEY, purpose text NOT NULL, who text NOT NULL,"
+        " since timestamptz NOT NULL DEFAULT now())"
+    )
+    who = _who()
+    with conn.transaction():
+        # Rows of holders that died: their sessions (and locks) are gone.
+        conn.execute(f"DELETE FROM {TABLE}")
+        since = _scalar(
+            conn,
+            f"INSERT INTO {TABLE} (backend_pid, purpose, who) "
+            "VALUES (pg_backend_pid(), %s, %s) RETURNING since",
+            [purpose, who],
+        )
+    return LockHolder(purpose=purpose, who=who, since=since, backend_pid=conn.info.backend_pid)
 
 
 def _release(conn: psycopg.Connection[Any], purpose: str) -> None:

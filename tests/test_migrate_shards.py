@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 from deploy.topology import PROJECT_DIR, LocalTopology
-from migrations_tools.errors import ClusterLockHeld
+from migrations_tools.errors import ClusterLockHeld, ClusterLockLost
 from migrations_tools.lock import LOCK_ID, LOCK_NAMESPACE, cluster_lock, current_holder
 from migrations_tools.safety import ExecutionPolicy
 from shards import pg
@@ -184,6 +184,33 @@ def test_the_cluster_lock_makes_a_second_run_fail_fast_naming_the_holder(
         bare.execute("SELECT pg_advisory_lock(%s, %s)", [LOCK_NAMESPACE, LOCK_ID])
         holder = current_holder(dsn=dsn)
         assert holder is not None and holder.purpose == "rebalance"
+    assert current_holder(dsn=dsn) is None
+
+
+def test_a_lock_whose_session_is_lost_is_taken_again_unless_someone_else_holds_it(
+        fleet: LocalTopology) -> None:
+    # The control primary restarting or failing over ends the lock's session as a terminated
+    # backend does: the next check takes the lock again on the control primary that answers.
+    dsn = fleet.node("default").direct_dsn
+    with cluster_lock("move_tenant acme", dsn=dsn) as lock, pg.connect(dsn) as admin:
+        first = lock.holder.backend_pid
+        admin.execute("SELECT pg_terminate_backend(%s)", [first])
+        lock.ensure_held()
+        assert lock.holder.backend_pid != first
+        assert len(lock.retakes) == 1 and "lost" in lock.retakes[0], lock.retakes
+        holder = current_holder(dsn=dsn)
+        assert holder is not None and holder.backend_pid == lock.holder.backend_pid
+        assert holder.purpose == "move_tenant acme"
+        lock.ensure_held()  # held: nothing more to do
+        assert len(lock.retakes) == 1
+
+        # Taken by another session in the gap: nothing more may start.
+        admin.execute("SELECT pg_terminate_backend(%s)", [lock.holder.backend_pid])
+        with pg.connect(dsn, application_name="shardsvc lock: rebalance") as other:
+            other.execute("SELECT pg_advisory_lock(%s, %s)", [LOCK_NAMESPACE, LOCK_ID])
+            with pytest.raises(ClusterLockLost) as lost:
+                lock.ensure_held()
+            assert "rebalance" in str(lost.value) and "holds it now" in str(lost.value)
     assert current_holder(dsn=dsn) is None
 
 
