@@ -85,7 +85,7 @@ def wait_for_leader(dsn: str, *, what: str, timeout: float = LEADER_WAIT,
                     return identity(conn)
                 last = "the server it reaches is in recovery"
         except psycopg.Error as exc:
-            last = _first_line(exc)
+            last = first_line(exc)
         if time.monotonic() + poll > deadline:
             raise NoLeader(f"{what} has no writable primary after {timeout:.0f} s ({last})")
         time.sleep(poll)
@@ -95,7 +95,7 @@ def await_new_leader(what: str, dsn: str, exc: BaseException, *, say: Callable[[
                      rerun: str) -> ServerIdentity:
     """After a session to `what` was lost (`exc`), wait for the leader `dsn` reaches now and
     say so; `NoLeader`, with what to do, if none comes."""
-    say(f"lost its primary ({_first_line(exc)}); waiting for a new leader")
+    say(f"lost its primary ({first_line(exc)}); waiting for a new leader")
     try:
         leader = wait_for_leader(dsn, what=what)
     except NoLeader as missing:
@@ -105,6 +105,7 @@ def await_new_leader(what: str, dsn: str, exc: BaseException, *, say: Callable[[
     return leader
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's text (psycopg's often run to several), or its class."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

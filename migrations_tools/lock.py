@@ -32,7 +32,13 @@ from typing import Any
 import psycopg
 
 from migrations_tools.errors import ClusterLockHeld, ClusterLockLost
-from migrations_tools.failover import LEADER_WAIT, NoLeader, connection_lost, wait_for_leader
+from migrations_tools.failover import (
+    LEADER_WAIT,
+    NoLeader,
+    connection_lost,
+    first_line,
+    wait_for_leader,
+)
 from shards import pg
 from shards.topology import get_shard_map
 
@@ -112,7 +118,7 @@ class ClusterLock:
 
     def _retake(self, lost: psycopg.Error) -> None:
         purpose = self.holder.purpose
-        why = str(lost).strip().splitlines()[0] if str(lost).strip() else type(lost).__name__
+        why = first_line(lost)
         self._conn.close()
         try:
             wait_for_leader(self._dsn, what="the control cluster", timeout=RETAKE_WAIT)

@@ -31,10 +31,17 @@ import time
 from typing import Any
 
 import psycopg
+from django.db import DatabaseError, connections
 from psycopg import sql
 
 from migrations_tools import replication
-from migrations_tools.failover import NoLeader, ServerIdentity, connection_lost, wait_for_leader
+from migrations_tools.failover import (
+    NoLeader,
+    ServerIdentity,
+    connection_lost,
+    first_line,
+    wait_for_leader,
+)
 from migrations_tools.move_jobs import MoveError, MoveSettings
 from migrations_tools.tenant_rows import Progress, delete_tenant_rows
 from shards import pg
@@ -140,6 +147,33 @@ class FailoverSteps:
                 "shard has a leader again (manage.py shard_status), rerun the same move_tenant "
                 "to resume it, or roll it back with move_tenant --abort") from exc
 
+    def _reread_job(self, exc: BaseException) -> None:
+        """The lost session may have been the control database's (its primary failed over:
+        the job and the directory live there). Django's session to it is dropped, and the job
+        is read back as control has it once a control primary answers: a step whose last
+        bookkeeping (or the flip itself) did not commit runs again from the state committed,
+        as a rerun of the command would."""
+        wait = self.settings.failover_wait
+        deadline = time.monotonic() + wait
+        while True:
+            connections[CONTROL_ALIAS].close()
+            try:
+                wait_for_leader(get_shard_map().control.primary.direct_dsn,
+                                what="the control cluster",
+                                timeout=max(0.0, deadline - time.monotonic()))
+                self.job.refresh_from_db(using=CONTROL_ALIAS)
+                return
+            except (NoLeader, DatabaseError) as failed:
+                # A new leader is reached directly before PgBouncer's entry follows it.
+                if time.monotonic() + 0.2 > deadline or not (
+                        isinstance(failed, NoLeader) or connection_lost(failed)):
+                    raise MoveError(
+                        f"lost the control database ({first_line(exc)}) and could not read "
+                        f"job {self.job.pk} back within {wait:.0f} s ({first_line(failed)}): "
+                        "once control has a leader (manage.py shard_status), rerun the same "
+                        "move_tenant to resume it") from exc
+                time.sleep(0.2)
+
     def _changes(self, now: dict[str, ServerIdentity]) -> list[str]:
         recorded = self.job.report.get("servers") or {}
         changes = []
@@ -169,6 +203,8 @@ class FailoverSteps:
         lost = connection_lost(exc)
         if not lost and not isinstance(exc, MoveError):
             return False
+        if lost:
+            self._reread_job(exc)
         now = self._leaders()
         changes = self._changes(now)
         if not changes and not lost:

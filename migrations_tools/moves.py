@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from migrations_tools import initial_copy, replication
@@ -126,7 +126,8 @@ class Mover(VerifySteps, FailoverSteps):
                     os._exit(70)  # fault injection: die at the start of this state's work
                 try:
                     steps[State(self.job.state)]()
-                except (psycopg.Error, MoveError) as exc:
+                # Django's errors: the job and the directory, on the control database.
+                except (psycopg.Error, DatabaseError, MoveError) as exc:
                     if not self.recover(exc):  # a failover: resumed or restarted
                         raise
         finally:

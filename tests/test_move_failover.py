@@ -210,6 +210,33 @@ def test_source_killed_after_the_flip_goes_on_and_cleans_up_on_the_new_leader(ha
     assert_moved(ha, SITES[0], tenant_id, source, target, count)
 
 
+def test_control_switched_over_mid_move_carries_on_with_the_lock_taken_again(ha) -> None:
+    # The job, the directory and the cluster lock live on control: its switchover ends the
+    # lock's session (and any direct session to it), and the move carries on on the new
+    # control leader once the lock is taken again.
+    tenant_id, source = tenant(ha, SITES[1])
+    target = other(source)
+    count = rows(ha, source, tenant_id)
+    old = ha.leader("default")
+    with ha.admin_connect(ha.leader(target)) as blocker, blocker.transaction():
+        blocker.execute("LOCK TABLE comments_comment IN SHARE MODE")  # holds the copy
+        proc = start_move(ha, SITES[1], target)
+        wait_for(lambda: waiting_on_lock(ha, target, "shardsvc move % copy"),
+                 60, "the move's copy waiting on the target", proc)
+        switched = manage(ha, "switchover", "default")
+        assert switched.returncode == 0, switched.stdout + switched.stderr
+    assert ha.leader("default") != old
+    code, out, err = finish(proc)
+    assert code == 0, out + err[-3000:]
+    assert "cluster lock taken again after its session was lost" in err, err[-3000:]
+    state, verified, report = job_of(ha, tenant_id)
+    assert (state, verified) == ("done", True), (state, verified, report.get("verification"))
+    assert "failovers" not in report or report["failovers"] == [], report.get("failovers")
+    assert tenant(ha, SITES[1])[1] == target
+    assert rows(ha, target, tenant_id) == count and rows(ha, source, tenant_id) == 0
+    assert leftovers(ha) == {}
+
+
 def test_migrate_shards_carries_on_on_the_new_leader_of_a_shard_killed_mid_run(
         ha, tmp_path: Path) -> None:
     migrations = sorted((PROJECT_DIR / "comments" / "migrations").glob("[0-9]*.py"))
