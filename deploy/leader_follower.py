@@ -18,6 +18,10 @@ Why a follower process and not Patroni's `on_role_change` callback:
   checks `pg_is_in_recovery()` on it before pointing PgBouncer there, so clients are never sent
   to a server still finishing its promotion.
 One poll costs a REST call per member; at 0.2 s the entry follows within ~0.2 s of Patroni.
+
+Beside it, a thread lifts a switchover's write fence whose command died before lifting it
+(migrations_tools/switchover_fence.py: `lift_if_stale`), on every member every
+FENCE_CHECK_SECONDS: without it the leader would refuse writes until someone noticed.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -33,19 +38,44 @@ import psycopg
 
 from deploy.layout import ADMIN_USER, APP_DB, LocalLayout, Node
 from deploy.topology import LocalTopology
+from migrations_tools.switchover_fence import lift_if_stale
 from shards import patroni, pg
 
 POLL_INTERVAL = 0.2
+# A dead command's fence is lifted within this long (a live one is never touched). Checked on
+# a thread of its own: a member that hangs on connect must not delay the leader polls.
+FENCE_CHECK_SECONDS = 2.0
 log = logging.getLogger("shardsvc.leader_follower")
+
+
+def admin_dsn(node: Node) -> str:
+    return f"host=127.0.0.1 port={node.port} user={ADMIN_USER} dbname={APP_DB}"
 
 
 def accepts_writes(node: Node) -> bool:
     try:
-        with pg.connect(f"host=127.0.0.1 port={node.port} user={ADMIN_USER} dbname={APP_DB}",
-                        connect_timeout=1) as conn:
+        with pg.connect(admin_dsn(node), connect_timeout=1) as conn:
             return pg.fetch_value(conn, "SELECT pg_is_in_recovery()") is False
     except psycopg.Error:
         return False
+
+
+def lift_stale_fences(topology: LocalTopology) -> None:
+    for node in topology.layout.nodes():
+        try:
+            if lift_if_stale(admin_dsn(node)):
+                log.warning("%s: lifted a switchover's write fence whose command died before "
+                            "lifting it", node.alias)
+        except psycopg.Error:
+            continue  # down or restarting: checked again next time
+
+
+def watch_fences(root: Path, stop: threading.Event) -> None:
+    while not stop.wait(FENCE_CHECK_SECONDS):
+        try:
+            lift_stale_fences(load(root))  # loaded each time: `up --shards N` adds members
+        except Exception:
+            log.exception("fence check failed")
 
 
 def follow_once(topology: LocalTopology, leaders: dict[str, str]) -> dict[str, str]:
@@ -82,6 +112,10 @@ def run(root: Path) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    fences_stop = threading.Event()
+    fences = threading.Thread(target=watch_fences, args=(root, fences_stop), daemon=True,
+                              name="fence-check")
+    fences.start()
     log.info("following %s", ", ".join(f"{c} -> {a}" for c, a in sorted(leaders.items())))
     while not stopping:
         started = time.monotonic()
@@ -106,6 +140,7 @@ def run(root: Path) -> None:
             # failover. Log and poll again.
             log.exception("poll failed")
         time.sleep(max(0.0, POLL_INTERVAL - (time.monotonic() - started)))
+    fences_stop.set()
 
 
 def main(argv: list[str] | None = None) -> int:
