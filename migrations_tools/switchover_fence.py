@@ -17,6 +17,18 @@ So before asking Patroni, on the leader itself:
 ALTER SYSTEM writes only that server's postgresql.auto.conf (no WAL: the candidate is not
 fenced) and is allowed on a standby, so the fence is lifted on the old leader after it has
 rejoined as a standby, or at once when the switchover does not happen.
+
+A fence must not outlive the command that set it: a command killed between fencing and
+lifting would leave the leader refusing every write (or, once demoted, a standby that refuses
+writes the day it is promoted). So a session of its own holds the fence, open from before it is
+set until after it is lifted, with a session advisory lock (FENCE_LOCK) that dies with it. A
+fence (default_transaction_read_only in postgresql.auto.conf: under Patroni nothing else
+writes there, settings by hand go through `patronictl edit-config` into postgresql.conf) whose
+lock is free is stale: `lift_if_stale` takes the lock (so no switchover fences the server
+meanwhile) and lifts it, and the leader follower (deploy/leader_follower.py) calls it on every
+member every few seconds. The holder dies with the old leader's shutdown, so the follower may
+lift the fence on the restarted member before the command does: it is a standby then,
+read-only anyway.
 """
 
 from __future__ import annotations
@@ -43,6 +55,16 @@ DRAIN_SECONDS = 2.0
 SIGNAL_SECONDS = 0.05
 # How long lifting the fence retries while the old leader restarts as a standby.
 LIFT_SECONDS = 60.0
+# The session advisory lock a fence's holder keeps (a fixed key of the project's own), and its
+# application_name, for pg_stat_activity's reader.
+FENCE_LOCK = 0x5377_6F46  # "SwoF"
+FENCE_HOLDER = "shardsvc switchover fence"
+
+FENCED_SQL = """
+    SELECT EXISTS (SELECT 1 FROM pg_file_settings
+                   WHERE name = 'default_transaction_read_only'
+                     AND sourcefile LIKE '%/postgresql.auto.conf')
+"""
 
 IN_FLIGHT_SQL = """
     SELECT count(*) FROM pg_stat_activity
@@ -63,31 +85,42 @@ def member_dsn(cluster: Cluster, member: dict[str, Any]) -> str:
 @contextlib.contextmanager
 def writes_fenced(dsn: str) -> Iterator[float]:
     """Checkpoint, fence and drain the leader at `dsn` (see the module docstring); yields how
-    long the drain took. The fence is lifted on exit, whatever the
-    outcome, once the server accepts a connection again."""
-    conn = pg.connect(dsn, connect_timeout=2)
+    long the drain took. The fence is lifted on exit, whatever the outcome, once the server
+    accepts a connection again; if this process dies first, `lift_if_stale` lifts it."""
+    # The holder: connected before the fence is set, closed after it is lifted.
+    holder = pg.connect(dsn, connect_timeout=2, application_name=FENCE_HOLDER)
     try:
+        holder.execute("SELECT pg_advisory_lock(%s)", [FENCE_LOCK])
         # This session must be able to work whatever the server's default becomes.
-        conn.execute("SET default_transaction_read_only = off")
-        conn.execute("CHECKPOINT")
-        conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
-        conn.execute("SELECT pg_reload_conf()")
+        holder.execute("SET default_transaction_read_only = off")
+        holder.execute("CHECKPOINT")
+        holder.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+        holder.execute("SELECT pg_reload_conf()")
         time.sleep(SIGNAL_SECONDS)
-        fenced_at = pg.fetch_value(conn, "SELECT clock_timestamp()")
+        fenced_at = pg.fetch_value(holder, "SELECT clock_timestamp()")
         started = time.monotonic()
-        while (pg.fetch_value(conn, IN_FLIGHT_SQL, [fenced_at])
+        while (pg.fetch_value(holder, IN_FLIGHT_SQL, [fenced_at])
                and time.monotonic() - started < DRAIN_SECONDS):
             time.sleep(0.01)
         drained = time.monotonic() - started
     except BaseException:
-        conn.close()
-        lift(dsn)
+        try:
+            lift(dsn)
+        finally:
+            holder.close()
         raise
-    conn.close()
     try:
         yield drained
     finally:
-        lift(dsn)
+        try:
+            lift(dsn)
+        finally:
+            holder.close()
+
+
+def _reset(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
+    conn.execute("SELECT pg_reload_conf()")
 
 
 def lift(dsn: str, *, timeout: float = LIFT_SECONDS) -> None:
@@ -96,14 +129,29 @@ def lift(dsn: str, *, timeout: float = LIFT_SECONDS) -> None:
     while True:
         try:
             with pg.connect(dsn, connect_timeout=2) as conn:
-                conn.execute("ALTER SYSTEM RESET default_transaction_read_only")
-                conn.execute("SELECT pg_reload_conf()")
+                _reset(conn)
             return
         except psycopg.Error as exc:
             if time.monotonic() >= deadline:
                 where = conninfo_to_dict(dsn)  # host and port only: a DSN may hold a password
                 logger.error("could not lift the write fence on %s:%s: %s; run ALTER SYSTEM "
                              "RESET default_transaction_read_only and SELECT pg_reload_conf() "
-                             "on that server", where.get("host"), where.get("port"), exc)
+                             "on that server (the leader follower does it too once it can "
+                             "connect)", where.get("host"), where.get("port"), exc)
                 raise
             time.sleep(0.2)
+
+
+def lift_if_stale(dsn: str) -> bool:
+    """Lift a switchover's fence on the server at `dsn` when no session holds it any more (its
+    command died); True if it did. Raises psycopg.Error when the server cannot be reached."""
+    with pg.connect(dsn, connect_timeout=2) as conn:
+        if not pg.fetch_value(conn, FENCED_SQL):
+            return False
+        if not pg.fetch_value(conn, "SELECT pg_try_advisory_lock(%s)", [FENCE_LOCK]):
+            return False  # its command is alive and will lift it
+        try:
+            _reset(conn)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", [FENCE_LOCK])
+    return True

@@ -20,11 +20,14 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from deploy.leader_follower import FENCE_CHECK_SECONDS
 from deploy.topology import LocalTopology
 from migrations_tools import patroni_status
 from migrations_tools.switchover import SwitchoverError, choose, switchover
+from migrations_tools.switchover_fence import lift_if_stale
 from shards import patroni, pg
 from shards.topology import load_shard_map
 from tests import prometheus_api
@@ -261,3 +264,56 @@ def test_switchover_refusals_name_the_fix(ha: LocalTopology) -> None:
     finally:
         os.kill(pid, signal.SIGCONT)
     assert ha.leader(CLUSTER) == leader
+
+
+# A switchover command that fenced the leader and then died (killed before it could lift it).
+FENCE_AND_HANG = """
+import sys, time
+from migrations_tools.switchover_fence import writes_fenced
+with writes_fenced(sys.argv[1]):
+    print("fenced", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_fence_whose_command_died_is_lifted(ha: LocalTopology) -> None:
+    ha.wait_cluster_streaming(CLUSTER, timeout=60)
+    dsn = leader_dsn(ha)
+    ids = iter(range(3_000_000, 4_000_000))
+
+    def write() -> None:
+        with pg.connect(pooled(ha)) as conn:
+            conn.execute("INSERT INTO ha_writes (id) VALUES (%s)", [next(ids)])
+
+    def writes_taken() -> bool:
+        try:
+            write()
+            return True
+        except psycopg.errors.ReadOnlySqlTransaction:
+            return False
+
+    command = subprocess.Popen([sys.executable, "-c", FENCE_AND_HANG, dsn], cwd=PROJECT_DIR,
+                               env={**os.environ, "PYTHONPATH": str(PROJECT_DIR)},
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert command.stdout is not None
+        assert command.stdout.readline().strip() == "fenced"
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            write()
+        # While its command lives, the fence stays, whatever the follower's checks find.
+        time.sleep(FENCE_CHECK_SECONDS * 2.5)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            write()
+        assert lift_if_stale(dsn) is False
+    finally:
+        command.kill()
+        command.wait()
+    # Its holder session died with it: the leader follower lifts the fence.
+    wait_for(writes_taken, 30, "writes through PgBouncer taken again after the command died")
+    with pg.connect(dsn) as conn:
+        left = conn.execute("SELECT sourcefile FROM pg_file_settings "
+                            "WHERE name = 'default_transaction_read_only'").fetchall()
+    assert left == []
+    assert "lifted a switchover's write fence" in (
+        ha.layout.root / "pgbouncer" / "follower.log").read_text()
+    assert lift_if_stale(dsn) is False  # nothing left to lift
