@@ -22,6 +22,7 @@ from migrations_tools.ops_switchover import RefusedRequest, check_request, histo
 from migrations_tools.switchover_runs import SwitchoverRun, read_run, switchover_cluster
 from shards import patroni
 from shards.shardmap import Cluster, Server, ShardMap
+from tests.client import wait_until
 
 MEMBERS = [{"name": "shard_0", "role": "leader", "state": "running", "timeline": 3},
            {"name": "shard_0_replica_1", "role": "sync_standby", "state": "streaming",
@@ -122,7 +123,9 @@ def test_a_switchover_process_of_this_topology_is_found_until_it_ends(tmp_path: 
                                stdin=subprocess.PIPE, cwd=tmp_path,
                                env={**os.environ, "SHARDSVC_TOPOLOGY": "topology.toml"})
     try:
-        assert switchover_runs.running(mine).get("unit-cluster") == sleeper.pid
+        # Until the child has exec'd, /proc shows the test's own command line: poll for it.
+        wait_until(lambda: switchover_runs.running(mine).get("unit-cluster") == sleeper.pid,
+                   timeout=10, what="the sleeper read as a switchover of this topology")
         # Another topology on the same host has its own switchovers.
         assert "unit-cluster" not in switchover_runs.running(tmp_path / "other.toml")
     finally:
