@@ -25,6 +25,24 @@ from shards import patroni
 
 PATRONI_VENV = Path(os.environ.get("SHARDSVC_PATRONI_VENV", "/opt/shardsvc-patroni"))
 PATRONI_BIN = PATRONI_VENV / "bin" / "patroni"
+PATRONI_PYTHON = PATRONI_VENV / "bin" / "python"
+# Patroni, started with one of its module constants changed. Stopping a leader (a switchover),
+# Patroni reads pg_controldata every STOP_POLLING_INTERVAL (1 s, not a setting) until the
+# cluster reads "shut down", and only then releases the leader key to the standby: measured
+# with tests/benchmarks/bench_switchover.py, that poll is most of a second of a switchover's
+# write pause. At 0.1 s it runs pg_controldata ten times a second for the second or so a
+# shutdown takes. The pinned Patroni (pyproject's `ha` extra) has the constant
+# (tests/unit/test_patroni_launcher.py checks it); a release without it runs unchanged.
+STOP_POLLING_INTERVAL = 0.1
+PATRONI_LAUNCHER = (
+    "import sys\n"
+    "import patroni.postgresql\n"
+    "if hasattr(patroni.postgresql, 'STOP_POLLING_INTERVAL'):\n"
+    f"    patroni.postgresql.STOP_POLLING_INTERVAL = {STOP_POLLING_INTERVAL}\n"
+    "from patroni.__main__ import main\n"
+    "sys.argv[0] = 'patroni'\n"
+    "sys.exit(main())\n"
+)
 
 
 class PatroniControl:
@@ -65,7 +83,8 @@ class PatroniControl:
 
     def _patroni_argv(self, node: Node) -> list[str]:
         return proc.exec_as_user(proc.service_user(),
-                                 [str(PATRONI_BIN), str(node.datadir.parent / "patroni.yml")])
+                                 [str(PATRONI_PYTHON), "-c", PATRONI_LAUNCHER,
+                                  str(node.datadir.parent / "patroni.yml")])
 
     def _require_patroni(self) -> None:
         check = subprocess.run(proc.as_service_user([str(PATRONI_BIN), "--version"]),
