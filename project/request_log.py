@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -62,7 +62,16 @@ def request_id_from(raw: str | None) -> str:
     """The caller's id if well-formed, else a new one: ids end up in logs, so never trust them."""
     if raw and _REQUEST_ID_RE.match(raw):
         return raw
-    return uuid.uuid4().hex
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """What uuid.uuid4().hex gives (random, version 4, RFC 4122 variant), without building a
+    UUID object: its constructor's checks were most of the request id's cost."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
 
 
 def _tenant_of(request: HttpRequest) -> tuple[str | None, str | None]:
