@@ -33,6 +33,8 @@ from project.metrics import route_of
 from shards.tenancy import current_tenant
 
 REQUEST_ID_HEADER = "X-Request-Id"
+# Read from META: request.headers would build a mapping of every header for this one.
+_REQUEST_ID_META = "HTTP_X_REQUEST_ID"
 # Accepted as given: what tracing systems send (UUIDs, hex, base64url ids), short enough to log.
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
@@ -93,7 +95,7 @@ class RequestLogMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        ctx = RequestLogContext(request_id=request_id_from(request.headers.get(REQUEST_ID_HEADER)))
+        ctx = RequestLogContext(request_id=request_id_from(request.META.get(_REQUEST_ID_META)))
         # Set, not reset on return: Django logs error responses after the middleware chain has
         # returned, and those lines must carry the id too. The next request (same greenlet on a
         # keep-alive connection) replaces it; request_finished clears it.
