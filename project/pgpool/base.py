@@ -25,6 +25,7 @@ from django_db_geventpool.backends.postgresql_psycopg3.base import (
     DatabaseWrapper as GeventpoolDatabaseWrapper,
 )
 from psycopg import IsolationLevel
+from psycopg.pq import TransactionStatus
 
 from project.db_faults import commit_outcome_unknown
 
@@ -212,6 +213,18 @@ class DatabaseWrapper(GeventpoolDatabaseWrapper):
         # Rolls back an open transaction; a connection that is broken or fails the rollback is
         # closed and its slot freed, so returning never raises into request teardown.
         pool.putconn(conn)
+
+    def _set_autocommit(self, autocommit: bool) -> None:
+        # Django sets autocommit on every checkout, and pooled connections come out of the pool
+        # in autocommit already. psycopg's setter runs a generator through its wait loop even
+        # when the value does not change; with the value unchanged on an idle connection it
+        # does nothing else (it refuses only a change inside a transaction, and syncs only a
+        # pipeline, which Django never opens).
+        conn = self.connection
+        if (conn is not None and conn.autocommit == autocommit
+                and conn.pgconn.transaction_status == TransactionStatus.IDLE):
+            return
+        super()._set_autocommit(autocommit)
 
     # -- commit --------------------------------------------------------------------------------
 
