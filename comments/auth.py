@@ -30,6 +30,10 @@ from sites.models import PUBLIC_KEY_PREFIX
 from sites.public_keys import PublicKeyOwner, normalize_origin, owner_of_public_key
 
 USER_HEADER = "X-User-Token"
+# The headers of every site request are read from META (as WSGI names them): request.headers
+# would build a mapping of all of them first (sites/cors.py skips it too).
+_USER_META = "HTTP_X_USER_TOKEN"
+_API_KEY_META = "HTTP_X_API_KEY"
 _SALT = "shardsvc.user"
 USER_TOKEN_MAX_AGE = 30 * 86400
 MAX_USER = 150  # user ids and names, as UserTokenIn takes them and comments store them
@@ -37,6 +41,9 @@ MAX_USER = 150  # user ids and names, as UserTokenIn takes them and comments sto
 
 class SiteKey(APIKeyHeader):
     param_name = "X-Api-Key"
+
+    def _get_key(self, request: HttpRequest) -> str | None:
+        return request.META.get(_API_KEY_META)
 
     def authenticate(self, request: HttpRequest, key: str | None) -> TenantEntry | None:
         entry = request_tenant()
@@ -53,7 +60,7 @@ class SiteKey(APIKeyHeader):
                 return _publishable(request, entry, key)
             owner = owner_of_key(key) if len(key) <= 200 else None
         if owner is not None and owner.tenant_id == entry.id:
-            if "origin" in request.headers:
+            if "HTTP_ORIGIN" in request.META:
                 # Browsers add Origin to every cross-origin call (and same-origin writes); a
                 # backend does not. A secret key in a page can sign tokens for any user.
                 raise HttpError(403, "a secret API key (sk_...) must never be used from a web "
@@ -91,7 +98,7 @@ def _publishable(request: HttpRequest, entry: TenantEntry, key: str) -> TenantEn
         return None
     if owner.tenant_id != entry.id:
         raise HttpError(404, "no such resource on this site")
-    origin = request.headers.get("origin", "")
+    origin = request.META.get("HTTP_ORIGIN", "")
     try:
         allowed = normalize_origin(origin) in owner.origins
     except ValueError:
@@ -161,7 +168,7 @@ def issue_user_token(request: HttpRequest, user_id: str, name: str) -> str:
 
 def end_user(request: HttpRequest) -> EndUser:
     """The signed end user of this request, or a 401 that says how to get one."""
-    if request.headers.get(USER_HEADER):
+    if request.META.get(_USER_META):
         throttle.refuse_failing_client(request)
         try:
             return _end_user(request)
@@ -172,7 +179,7 @@ def end_user(request: HttpRequest) -> EndUser:
 
 
 def _end_user(request: HttpRequest) -> EndUser:
-    raw = request.headers.get(USER_HEADER)
+    raw = request.META.get(_USER_META)
     entry = site_of_request()
     if not raw:
         raise HttpError(401, f"this action needs an end user: send {USER_HEADER} "

@@ -4,8 +4,8 @@
 run out, a timer cuts the request's checked-out database connections (``project.pgpool.deadline``):
 the query waiting on one fails at once, the view's error becomes the usual 503, and the pool
 replaces the connections later. A wait that is not on a database socket (a connect in progress,
-anything else) is interrupted ``BACKSTOP_SECONDS`` later by a ``gevent.Timeout`` raising
-``DeadlineExceeded``, an ``OperationalError`` like the rest.
+anything else) is interrupted ``BACKSTOP_SECONDS`` later by a timer raising ``DeadlineExceeded``
+in the request's greenlet (what a ``gevent.Timeout`` does), an ``OperationalError`` like the rest.
 
 It needs gevent (the Gunicorn worker class): without a running gevent hub nothing fires the timer,
 so outside a gevent worker (manage.py shell, the test client) the middleware passes through.
@@ -17,8 +17,9 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
-from gevent import Timeout, get_hub
+from gevent import get_hub, getcurrent
 from gevent.monkey import is_module_patched
+from greenlet import greenlet as Greenlet
 
 from project.error_map import answer_for
 from project.errors import error_response
@@ -41,15 +42,26 @@ class RequestDeadlineMiddleware:
         if not self.seconds or not is_module_patched("socket"):
             return self.get_response(request)
         deadline = Deadline(self.seconds)
-        timer = get_hub().loop.timer(self.seconds)
+        loop = get_hub().loop
+        timer = loop.timer(self.seconds)
         timer.start(deadline.expire)
+        # The backstop: what a gevent.Timeout with deadline.error() would do (a timer that
+        # throws into this greenlet, started with the time updated, closed on the way out),
+        # without building the Timeout, its context manager and the error on every request.
+        backstop = loop.timer(self.seconds + BACKSTOP_SECONDS, priority=-1)
+        backstop.start(_interrupt, getcurrent(), deadline, update=True)
         try:
-            with deadline_scope(deadline), Timeout(
-                self.seconds + BACKSTOP_SECONDS, deadline.error()
-            ):
+            with deadline_scope(deadline):
                 return self.get_response(request)
         except DeadlineExceeded as exc:
             # Inner layers answer their own errors; this is one raised between them.
             return error_response(answer_for(exc, request.path))
         finally:
+            backstop.close()
             timer.close()
+
+
+def _interrupt(request_greenlet: Greenlet, deadline: Deadline) -> None:
+    """The backstop's callback (in the hub): raise DeadlineExceeded in the request's greenlet,
+    which is waiting on something other than a database socket."""
+    request_greenlet.throw(deadline.error())

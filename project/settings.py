@@ -249,7 +249,8 @@ MIDDLEWARE = [
     "project.middleware.RoutingMiddleware",
     # After routing: which origins may call is per site (sites/cors.py), and a preflight names
     # its site only by the path, which the routing middleware has resolved.
-    "corsheaders.middleware.CorsMiddleware",
+    # django-cors-headers' middleware, with a short way through for calls without an Origin.
+    "sites.cors.SiteCorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "project.csp.ContentSecurityPolicyMiddleware",

@@ -25,18 +25,25 @@ def current_tenant() -> TenantEntry | None:
     return _tenant.get()
 
 
-@contextmanager
-def tenant(which: TenantEntry | str | int) -> Iterator[TenantEntry]:
+class tenant:  # named as the function it replaced: `with tenant(...)`
     """Make `which` (an entry, a slug or a tenant id) the current tenant inside the block.
 
-    Nestable: the outer tenant (or none) is restored on exit, also on error.
+    Nestable: the outer tenant (or none) is restored on exit, also on error. A class, not a
+    generator context manager: it scopes every tenanted request, and contextlib's wrapping
+    cost six Python calls more per use.
     """
-    entry = which if isinstance(which, TenantEntry) else lookup(which)
-    token = _tenant.set(entry)
-    try:
-        yield entry
-    finally:
-        _tenant.reset(token)
+
+    __slots__ = ("_token", "entry")
+
+    def __init__(self, which: TenantEntry | str | int) -> None:
+        self.entry = which if isinstance(which, TenantEntry) else lookup(which)
+
+    def __enter__(self) -> TenantEntry:
+        self._token = _tenant.set(self.entry)
+        return self.entry
+
+    def __exit__(self, *exc_info: object) -> None:
+        _tenant.reset(self._token)
 
 
 @contextmanager

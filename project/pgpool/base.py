@@ -12,6 +12,8 @@ What changes against geventpool (see ``pool.py`` for the pool itself):
 from __future__ import annotations
 
 import functools
+import threading
+from contextvars import ContextVar
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
@@ -23,6 +25,7 @@ from django_db_geventpool.backends.postgresql_psycopg3.base import (
     DatabaseWrapper as GeventpoolDatabaseWrapper,
 )
 from psycopg import IsolationLevel
+from psycopg.pq import TransactionStatus
 
 from project.db_faults import commit_outcome_unknown
 
@@ -33,6 +36,36 @@ from .pool import Connection, ConnectionPool, PoolKey
 from .registry import close_all_pools, get_pool, retire_pool
 from .session import SessionSetup
 from .timeouts import timeouts_cursor_class
+
+# The wrappers that took a pooled connection in this greenlet (thread), for return_checked_out.
+# With the greenlet's id: a greenlet spawned with a copy of this context shares the list object
+# but has wrappers of its own (Django's connections are per greenlet), so it starts a new list.
+_checked_out: ContextVar[tuple[int, list[DatabaseWrapper]] | None] = ContextVar(
+    "pgpool_checked_out", default=None)
+
+
+def _note_checkout(wrapper: DatabaseWrapper) -> None:
+    ident = threading.get_ident()
+    held = _checked_out.get()
+    if held is None or held[0] != ident:
+        held = (ident, [])
+        _checked_out.set(held)
+    held[1].append(wrapper)
+
+
+def return_checked_out(**kwargs: Any) -> None:
+    """A request_finished receiver doing what Django's close_old_connections does for pooled
+    wrappers (close_if_unusable_or_obsolete, which hands the connection back), but only for the
+    wrappers of this greenlet that took a connection since the last call. close_old_connections
+    walks every alias of the topology through Django's per-greenlet connection handler; a
+    wrapper that holds no connection has nothing to give back."""
+    held = _checked_out.get()
+    if held is None or held[0] != threading.get_ident() or not held[1]:
+        return
+    wrappers = list(held[1])
+    held[1].clear()
+    for wrapper in wrappers:
+        wrapper.close_if_unusable_or_obsolete()
 
 
 class DatabaseWrapper(GeventpoolDatabaseWrapper):
@@ -70,7 +103,12 @@ class DatabaseWrapper(GeventpoolDatabaseWrapper):
     def pool(self) -> ConnectionPool | None:
         if self.alias == NO_DB_ALIAS:
             return None
-        # Looked up on every access, not cached: test setup rewrites NAME on a live wrapper.
+        # While a connection is out, the pool it came from: Django asks for `pool` (only
+        # whether there is one) in init_connection_state and in each health check, and
+        # building the key from settings for each was 4 lookups per request.
+        if self.connection is not None and self._checkout_pool is not None:
+            return self._checkout_pool
+        # Else looked up, not cached: test setup rewrites NAME on a live wrapper.
         return get_pool(self.pool_key(), self._new_pool)
 
     def pool_key(self) -> PoolKey:
@@ -135,6 +173,7 @@ class DatabaseWrapper(GeventpoolDatabaseWrapper):
             # interrupted by the deadline's backstop (project/deadline.py).
             deadline.check()
         conn = pool.getconn()
+        _note_checkout(self)
         conn.cursor_factory = self._cursor_factory
         if deadline is not None:
             deadline.track(conn)
@@ -174,6 +213,18 @@ class DatabaseWrapper(GeventpoolDatabaseWrapper):
         # Rolls back an open transaction; a connection that is broken or fails the rollback is
         # closed and its slot freed, so returning never raises into request teardown.
         pool.putconn(conn)
+
+    def _set_autocommit(self, autocommit: bool) -> None:
+        # Django sets autocommit on every checkout, and pooled connections come out of the pool
+        # in autocommit already. psycopg's setter runs a generator through its wait loop even
+        # when the value does not change; with the value unchanged on an idle connection it
+        # does nothing else (it refuses only a change inside a transaction, and syncs only a
+        # pipeline, which Django never opens).
+        conn = self.connection
+        if (conn is not None and conn.autocommit == autocommit
+                and conn.pgconn.transaction_status == TransactionStatus.IDLE):
+            return
+        super()._set_autocommit(autocommit)
 
     # -- commit --------------------------------------------------------------------------------
 

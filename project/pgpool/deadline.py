@@ -19,8 +19,6 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -81,14 +79,21 @@ def current_deadline() -> Deadline | None:
     return _current.get()
 
 
-@contextmanager
-def deadline_scope(deadline: Deadline) -> Iterator[Deadline]:
-    """Make ``deadline`` the current one for the block (per greenlet under gevent)."""
-    token = _current.set(deadline)
-    try:
-        yield deadline
-    finally:
-        _current.reset(token)
+class deadline_scope:  # named as the function it replaced: `with deadline_scope(...)`
+    """Make ``deadline`` the current one for the block (per greenlet under gevent). A class,
+    not a generator context manager: every request enters one."""
+
+    __slots__ = ("_token", "deadline")
+
+    def __init__(self, deadline: Deadline) -> None:
+        self.deadline = deadline
+
+    def __enter__(self) -> Deadline:
+        self._token = _current.set(self.deadline)
+        return self.deadline
+
+    def __exit__(self, *exc_info: object) -> None:
+        _current.reset(self._token)
 
 
 def _shutdown(conn: Any) -> None:

@@ -23,8 +23,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import count
 from typing import Any, NamedTuple
@@ -72,6 +71,29 @@ class _Waiter:
         self.granted = False
 
 
+class _CriticalSection:
+    """A pool's lock held for a block (`with self._critical:`); on release, free the slots that
+    finalizers queued meanwhile. One reusable object per pool rather than a generator context
+    manager: a request passes four critical sections, and contextlib's wrapping cost five
+    Python calls each. It holds the pool weakly, as the finalizers do: no cycle keeps a
+    retired pool alive."""
+
+    __slots__ = ("_lock", "_pool")
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._lock = pool._lock
+        self._pool = weakref.ref(pool)
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+        pool = self._pool()
+        if pool is not None:
+            pool._drain_lost()
+
+
 class ConnectionPool:
     """At most ``max_size`` connections (idle + in use + connecting) for one database."""
 
@@ -96,6 +118,7 @@ class ConnectionPool:
         self._connect = connect
         self._configure = configure
         self._lock = threading.Lock()
+        self._critical = _CriticalSection(self)
         self._size = 0
         # LIFO: the most recently used connection is the least likely to need a SELECT 1.
         self._idle: deque[tuple[Connection, float]] = deque()
@@ -132,7 +155,7 @@ class ConnectionPool:
     def putconn(self, conn: Connection) -> None:
         """Return a checked-out connection: rolled back and kept, handed on, or closed."""
         # Critical section: disarm the leak finalizer before the slot changes hands.
-        with self._critical():
+        with self._critical:
             entry = self._checked_out.pop(id(conn), None)
         if entry is None or entry[1].detach() is None:
             logger.warning("pool %r: closing a connection it did not hand out", self.name)
@@ -143,7 +166,7 @@ class ConnectionPool:
             self._release_slot()
             return
         # Critical section: hand to the oldest waiter, keep idle, or give the slot up.
-        with self._critical():
+        with self._critical:
             surplus = self._dispatch_locked(conn)
         if surplus is not None:
             _close_quietly(surplus)
@@ -151,7 +174,7 @@ class ConnectionPool:
     def close_idle(self) -> None:
         """Close every idle connection; connections in use still come back normally."""
         # Critical section: take the idle list; the slots go with the connections.
-        with self._critical():
+        with self._critical:
             idle = [conn for conn, _ in self._idle]
             self._idle.clear()
             self._size -= len(idle)
@@ -160,13 +183,13 @@ class ConnectionPool:
 
     def retire(self) -> None:
         """Stop keeping idle connections (settings changed); returns still serve waiters."""
-        with self._critical():
+        with self._critical:
             self._retired = True
         self.close_idle()
 
     def stats(self) -> PoolStats:
         # Critical section: one consistent snapshot.
-        with self._critical():
+        with self._critical:
             idle = len(self._idle)
             return PoolStats(
                 size=self._size,
@@ -176,15 +199,6 @@ class ConnectionPool:
                 max_size=self.max_size,
             )
 
-    @contextmanager
-    def _critical(self) -> Iterator[None]:
-        """Hold the lock; on release, free slots that finalizers queued meanwhile."""
-        self._lock.acquire()
-        try:
-            yield
-        finally:
-            self._lock.release()
-            self._drain_lost()
 
     # -- checkout ------------------------------------------------------------------------------
 
@@ -193,7 +207,7 @@ class ConnectionPool:
         # Critical section: the capacity check and the reservation must not be separated by a
         # yield, or a cold burst overshoots the cap (the geventpool defect). Newcomers queue
         # behind existing waiters even if something looks free, so nobody jumps the queue.
-        with self._critical():
+        with self._critical:
             if not self._waiters:
                 if self._idle:
                     return self._idle.pop()
@@ -220,7 +234,7 @@ class ConnectionPool:
         # Critical section: a grant may land between the wait ending and this lock. It is never
         # lost: a caller that is unwinding passes it to the next waiter (or idle, or frees the
         # slot); a caller that merely timed out keeps it, since the handoff came in time.
-        with self._critical():
+        with self._critical:
             if not waiter.granted:
                 self._waiters.remove(waiter)
                 kept = False
@@ -275,7 +289,7 @@ class ConnectionPool:
         fin = weakref.finalize(conn, _on_lost, weakref.ref(self), id(conn), token)
         fin.atexit = False
         # Critical section: pairs with the pop in putconn and the cleanup in _drain_lost.
-        with self._critical():
+        with self._critical:
             self._checked_out[id(conn)] = (token, fin)
 
     # -- return --------------------------------------------------------------------------------
@@ -292,7 +306,11 @@ class ConnectionPool:
                 # ACTIVE (a query still running, e.g. its greenlet was killed) or UNKNOWN.
                 return False
             # Idle connections stay in autocommit so the idle check never opens a transaction.
-            conn.autocommit = True
+            # Set only when off: psycopg's setter runs a generator through its wait loop even
+            # when the value does not change (the connection is idle here, so nothing else
+            # differs).
+            if not conn.autocommit:
+                conn.autocommit = True
         except psycopg.Error:
             logger.warning("pool %r: discarding a connection whose rollback failed", self.name)
             return False
@@ -316,7 +334,7 @@ class ConnectionPool:
 
     def _release_slot(self) -> None:
         # Critical section: a slot whose connection is gone passes to the oldest waiter.
-        with self._critical():
+        with self._critical:
             self._free_slot_locked()
 
     def _free_slot_locked(self) -> None:

@@ -6,7 +6,8 @@ concurrency, so what it reports does not depend on the machine's load:
         <profile|cpu|callgrind> <site.json>
 
 - profile: Python function calls, psycopg's waits on its connections and Redis commands per
-  request, from cProfile;
+  request, from cProfile (with REQUEST_COST_PSTATS=PREFIX set, the profile is also written to
+  PREFIX.<target>.<kind> for pstats);
 - cpu: microseconds of this process's CPU per request (load makes it noisier, not wrong);
 - callgrind: under `valgrind --tool=callgrind --instr-atstart=no`, it prints "ready", waits for a
   line on stdin (the driver turns instrumentation on), runs the requests, prints "done" and waits
@@ -158,6 +159,9 @@ def main() -> None:
             one(i)
         profile.disable()
         stats = pstats.Stats(profile)
+        if os.environ.get("REQUEST_COST_PSTATS"):
+            # For reading with pstats: where the calls went, one file per side and kind.
+            stats.dump_stats(os.environ["REQUEST_COST_PSTATS"] + f".{target}.{kind}")
         result["python_calls"] = stats.total_calls / n  # type: ignore[attr-defined]
         result["database_waits"] = _calls_of(stats, "psycopg/waiting.py", "wait_poll") / n
         result["redis_commands"] = _calls_of(stats, "redis/connection.py",

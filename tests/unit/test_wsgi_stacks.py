@@ -8,10 +8,12 @@ from collections.abc import Iterator
 import pytest
 from django.conf import settings
 from django.core.cache import close_caches
+from django.core.handlers.base import reset_urlconf
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections, reset_queries
 from django.test import override_settings
 
+from project.pgpool.base import return_checked_out
 from project.wsgi import api_middleware, application, lean_request_signals
 
 BROWSER_ONLY = {
@@ -54,6 +56,9 @@ def django_signals() -> Iterator[None]:
     request_started.connect(close_old_connections)
     request_started.connect(reset_queries)
     request_finished.connect(close_caches)
+    request_finished.disconnect(return_checked_out, dispatch_uid="shardsvc.pgpool.return")
+    request_finished.connect(close_old_connections)
+    request_finished.connect(reset_urlconf)
 
 
 def receivers(signal: object) -> set[object]:
@@ -67,8 +72,10 @@ def test_a_serving_worker_drops_per_request_housekeeping_that_does_nothing(
     lean_request_signals()
     assert not {close_old_connections, reset_queries} & receivers(request_started)
     assert close_caches not in receivers(request_finished)
-    # Connections still go back to the pool when a request ends.
-    assert close_old_connections in receivers(request_finished)
+    # Connections still go back to the pool when a request ends: those the greenlet took.
+    assert close_old_connections not in receivers(request_finished)
+    assert return_checked_out in receivers(request_finished)
+    assert reset_urlconf not in receivers(request_finished)
 
 
 def test_caches_that_close_their_connections_keep_being_closed(django_signals: None) -> None:
