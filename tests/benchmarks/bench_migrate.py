@@ -13,8 +13,10 @@ measures `manage.py migrate_shards` as a DBA runs it, in one run:
 Before each measurement every shard is emptied (DROP SCHEMA public CASCADE), so each run applies
 the same migrations from scratch; control stays migrated and is not part of the measured time.
 The time is the command's own "N shard(s) in X s" (the shard phase), median of --repeat runs;
-the command's wall time (Django start-up included) is shown next to it. Last, the load average
-and the target: 8 shards with --jobs 8 in at most 2x the time of 1 shard, PASS/FAIL.
+next to it the command's CPU in that phase (from the same line: the load of the machine barely
+moves it, so it shows what each extra shard costs in Python) and the command's wall time (Django
+start-up included). Last, the load average and the target: 8 shards with --jobs 8 in at most 2x
+the time of 1 shard, PASS/FAIL.
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ RESET_SQL = (
     "GRANT USAGE ON SCHEMA public TO PUBLIC"
 )
 RATIO_TARGET = 2.0  # 8 shards with --jobs 8 against 1 shard
-SHARD_PHASE = re.compile(r"and (\d+) shard\(s\) in ([\d.]+)s \(jobs (\d+)\)")
+SHARD_PHASE = re.compile(r"and (\d+) shard\(s\) in ([\d.]+)s \(jobs (\d+), ([\d.]+)s CPU\)")
 
 
-def migrate_shards(topo: LocalTopology, *args: str) -> tuple[float, float]:
-    """(shard phase seconds, wall seconds) of one migrate_shards run."""
+def migrate_shards(topo: LocalTopology, *args: str) -> tuple[float, float, float]:
+    """(shard phase seconds, its CPU seconds, wall seconds) of one migrate_shards run."""
     started = time.monotonic()
     run = subprocess.run(
         [sys.executable, "manage.py", "migrate_shards", *args], cwd=PROJECT_DIR,
@@ -57,7 +59,7 @@ def migrate_shards(topo: LocalTopology, *args: str) -> tuple[float, float]:
     match = SHARD_PHASE.search(run.stdout)
     if match is None:
         raise SystemExit(f"no timing line in the output:\n{run.stdout}")
-    return float(match.group(2)), wall
+    return float(match.group(2)), float(match.group(4)), wall
 
 
 def reset_shards(topo: LocalTopology) -> None:
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         topo.up(service=False, migrate=False)
         migrate_shards(topo, "--shard", "shard_0")  # control, once; warms caches
-        results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in scenarios}
+        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _ in scenarios}
         for _ in range(args.repeat):
             for name, extra in scenarios:  # interleaved: drift over time hits all alike
                 reset_shards(topo)
@@ -101,21 +103,24 @@ def main(argv: list[str] | None = None) -> int:
         topo.destroy()
 
     medians = {
-        name: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+        name: tuple(statistics.median(r[i] for r in runs) for i in range(3))
         for name, runs in results.items()
     }
     print(f"migrate_shards, control + {SHARDS} shards (no replicas, fsync "
           f"{'on' if args.durable else 'off'}, {os.cpu_count()} CPU core(s)), median of "
           f"{args.repeat} run(s) each; shard phase = the command's own timing line")
-    print(f"{'scenario':<22} {'shard phase':>12} {'command wall':>13}")
-    for name, (phase, wall) in medians.items():
-        print(f"{name:<22} {phase:>11.2f}s {wall:>12.2f}s")
+    print(f"{'scenario':<22} {'shard phase':>12} {'phase CPU':>10} {'command wall':>13}")
+    for name, (phase, cpu, wall) in medians.items():
+        print(f"{name:<22} {phase:>11.2f}s {cpu:>9.2f}s {wall:>12.2f}s")
     one = medians["1 shard"][0]
     sequential = medians[f"{SHARDS} shards, --jobs 1"][0]
     parallel = medians[f"{SHARDS} shards, --jobs {SHARDS}"][0]
     print(f"ratio {SHARDS} shards --jobs {SHARDS} / 1 shard: {parallel / one:.2f}x "
           f"(--jobs 1: {sequential / one:.2f}x; speed-up of --jobs {SHARDS} over --jobs 1: "
           f"{sequential / parallel:.2f}x)")
+    extra_cpu = (medians[f"{SHARDS} shards, --jobs {SHARDS}"][1] - medians["1 shard"][1]) / (
+        SHARDS - 1)
+    print(f"CPU per shard past the first (--jobs {SHARDS}): {extra_cpu * 1000:.0f} ms")
     print(f"load average at the start: {load_before}; at the end: {load_after}")
     print(Target(f"{SHARDS} shards --jobs {SHARDS} / 1 shard (shard phase)", parallel / one, "x",
                  at_most=RATIO_TARGET, note=f"{parallel:.2f}s / {one:.2f}s").line())
