@@ -7,9 +7,10 @@ Each database runs in a thread of this process with its own direct connection (s
 `connections.py`), rather than in a subprocess per shard. A subprocess would pay Django's start-up
 (about 0.4 s of CPU here) for every shard, more than the Python side of migrating a new shard
 (about 0.1 s: loading the graph, rendering model states); in threads that Python share is
-serialised by the GIL (so shards at the same migrations render their model states once, see
-`shared_states.py`), while the database's share (DDL, commits, lock waits and retries, network
-round trips) overlaps, and it is the share that grows on a real fleet with real tables.
+serialised by the GIL (so the graph is loaded from disk once per run, see `run_graph.py`, and
+shards at the same migrations render their model states once, see `shared_states.py`), while
+the database's share (DDL, commits, lock waits and retries, network round trips) overlaps, and
+it is the share that grows on a real fleet with real tables.
 tests/benchmarks/bench_migrate.py measures both. A child forked per shard after start-up (no
 Django start-up to pay, a core each) was measured too: on this 2-core host, busy, it was no faster
 than threads (8 shards in 0.97 s against 0.71 s, runs minutes apart), so threads stay. One
@@ -46,12 +47,12 @@ from migrations_tools.lock import ClusterLock
 from migrations_tools.plans import (
     Reporter,
     applied_state,
-    executor_for,
     full_plan,
     migration_label,
     recorded_keys,
     runs_here,
 )
+from migrations_tools.run_graph import RunGraph, check_replacements, executor_for
 from migrations_tools.safety import (
     QUERY_CANCELED,
     ExecutionPolicy,
@@ -113,12 +114,15 @@ class FleetResult:
 def migrate_database(alias: str, *, policy: ExecutionPolicy, reporter: Reporter,
                      stop: threading.Event | None = None,
                      lock: ClusterLock | None = None,
-                     states: SharedStates | None = None) -> DatabaseResult:
+                     states: SharedStates | None = None,
+                     graph: RunGraph | None = None) -> DatabaseResult:
     """Apply every unapplied migration on one primary; never raises, the result says how it
     went. `stop` (set by --fail-fast or Ctrl-C) ends the run between two migrations; `states`
-    shares rendered model states with the other databases of the run."""
+    and `graph` share rendered model states and the migration graph with the other databases
+    of the run."""
     stop = stop or threading.Event()
     states = states or SharedStates()
+    graph = graph or RunGraph()
     result = DatabaseResult(alias=alias)
     started = time.monotonic()
     # A shard's pre_migrate reads the shard registry on control: give it a direct session too.
@@ -129,7 +133,7 @@ def migrate_database(alias: str, *, policy: ExecutionPolicy, reporter: Reporter,
             try:
                 with direct_connections(*aliases, policy=policy):
                     _migrate_connected(alias, connections[alias], result, policy, reporter,
-                                       stop, lock, states)
+                                       stop, lock, states, graph)
                 break
             except Exception as exc:
                 if (isinstance(exc, ClusterLockLost) or attempt > FAILOVER_RETRIES
@@ -157,9 +161,9 @@ def migrate_database(alias: str, *, policy: ExecutionPolicy, reporter: Reporter,
 
 def _migrate_connected(alias: str, connection: BaseDatabaseWrapper, result: DatabaseResult,
                        policy: ExecutionPolicy, reporter: Reporter, stop: threading.Event,
-                       lock: ClusterLock | None, states: SharedStates) -> None:
+                       lock: ClusterLock | None, states: SharedStates, graph: RunGraph) -> None:
     connection.prepare_database()
-    executor = executor_for(connection)
+    executor = executor_for(connection, graph)
     plan = full_plan(executor, connection)
     result.remaining = [migration_label(m) for m, _ in plan]
     if plan:
@@ -202,7 +206,7 @@ def _migrate_connected(alias: str, connection: BaseDatabaseWrapper, result: Data
     # (replica identity on a shard's tables, the shard registry on control) assume the schema
     # the applied migrations describe, which a failure leaves in doubt. The rerun runs them.
     reporter.status(alias, "post_migrate")
-    executor.check_replacements()
+    check_replacements(executor)
     emit_post_migrate_signal(0, False, alias, stdout=io.StringIO(), apps=steps.post_apps,
                              plan=plan)
     if result.status == "stopped":
@@ -326,8 +330,9 @@ def migrate_fleet(shards: Sequence[str], *, jobs: int, policy: ExecutionPolicy,
     stop = threading.Event()
     fleet = FleetResult(results=[], jobs=jobs)
     started = time.monotonic()
+    graph = RunGraph()  # loaded from disk once for every database of the run
     control = migrate_database(CONTROL_ALIAS, policy=policy, reporter=reporter, stop=stop,
-                               lock=lock)
+                               lock=lock, graph=graph)
     fleet.control_seconds = time.monotonic() - started
     by_alias: dict[str, DatabaseResult] = {CONTROL_ALIAS: control}
     if not control.ok:
@@ -339,14 +344,15 @@ def migrate_fleet(shards: Sequence[str], *, jobs: int, policy: ExecutionPolicy,
             )
     else:
         by_alias.update(_migrate_shards(shards, jobs, policy, reporter, fail_fast, lock, stop,
-                                        fleet))
+                                        fleet, graph))
     fleet.results = [by_alias[alias] for alias in (CONTROL_ALIAS, *shards)]
     return fleet
 
 
 def _migrate_shards(shards: Sequence[str], jobs: int, policy: ExecutionPolicy,
                     reporter: Reporter, fail_fast: bool, lock: ClusterLock | None,
-                    stop: threading.Event, fleet: FleetResult) -> dict[str, DatabaseResult]:
+                    stop: threading.Event, fleet: FleetResult,
+                    graph: RunGraph) -> dict[str, DatabaseResult]:
     def run(alias: str) -> DatabaseResult:
         if stop.is_set():
             return DatabaseResult(
@@ -354,7 +360,7 @@ def _migrate_shards(shards: Sequence[str], jobs: int, policy: ExecutionPolicy,
                 error="not started: another database failed (--fail-fast) or interrupted",
             )
         return migrate_database(alias, policy=policy, reporter=reporter, stop=stop, lock=lock,
-                                states=states)
+                                states=states, graph=graph)
 
     results: dict[str, DatabaseResult] = {}
     states = SharedStates()  # shards at the same migrations render their states once
