@@ -16,6 +16,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.migration import Migration
 from django.db.migrations.state import ProjectState
+from django.utils import timezone
 
 from migrations_tools.connections import direct_connections
 from migrations_tools.errors import MigrationFailed
@@ -43,6 +44,27 @@ def recorded_keys(migrations: Sequence[Migration]) -> list[tuple[str, str]]:
     MigrationExecutor.record_migration: a squashed migration records what it replaces."""
     return [key for migration in migrations
             for key in migration.replaces or [(migration.app_label, migration.name)]]
+
+
+def record_applied(executor: MigrationExecutor, migrations: Sequence[Migration]) -> None:
+    """Mark `migrations` applied in django_migrations with one INSERT, in the caller's
+    transaction if there is one. MigrationRecorder.record_applied builds a model instance and
+    compiles an INSERT ... RETURNING per row through the ORM: profiled, more Python than
+    running the statement, paid per migration and per shard."""
+    keys = recorded_keys(migrations)
+    if not keys:
+        return
+    recorder = executor.recorder
+    recorder.ensure_schema()
+    connection = executor.connection
+    table = connection.ops.quote_name(recorder.Migration._meta.db_table)
+    apps, names = (list(column) for column in zip(*keys, strict=True))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (app, name, applied) "
+            "SELECT app, name, %s FROM unnest(%s::varchar[], %s::varchar[]) AS r(app, name)",
+            [timezone.now(), apps, names],
+        )
 
 
 def runs_here(alias: str, migration: Migration) -> bool:

@@ -49,18 +49,15 @@ from migrations_tools.plans import (
     applied_state,
     full_plan,
     migration_label,
-    recorded_keys,
+    record_applied,
     runs_here,
 )
 from migrations_tools.run_graph import RunGraph, check_replacements, executor_for
 from migrations_tools.safety import (
-    QUERY_CANCELED,
     ExecutionPolicy,
-    describe_old_transactions,
     error_summary,
-    format_duration,
+    explain_failure,
     is_retryable,
-    sqlstate,
 )
 from migrations_tools.shared_states import (
     OperationStates,
@@ -69,6 +66,7 @@ from migrations_tools.shared_states import (
     build_steps,
 )
 from shards.aliases import CONTROL_ALIAS
+from shards.preparation import register_shards
 from shards.topology import get_shard_map
 
 Status = Literal["ok", "failed", "stopped", "skipped"]
@@ -78,6 +76,15 @@ FAILOVER_RETRIES = 2
 
 
 # --- migrating ----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunShared:
+    """What the databases of one run share: the migration graph (loaded once), the rendered
+    model states, and the shards' global id generators (read from the registry once)."""
+    graph: RunGraph = field(default_factory=RunGraph)
+    states: SharedStates = field(default_factory=SharedStates)
+    generators: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,18 +121,16 @@ class FleetResult:
 def migrate_database(alias: str, *, policy: ExecutionPolicy, reporter: Reporter,
                      stop: threading.Event | None = None,
                      lock: ClusterLock | None = None,
-                     states: SharedStates | None = None,
-                     graph: RunGraph | None = None) -> DatabaseResult:
+                     shared: RunShared | None = None) -> DatabaseResult:
     """Apply every unapplied migration on one primary; never raises, the result says how it
-    went. `stop` (set by --fail-fast or Ctrl-C) ends the run between two migrations; `states`
-    and `graph` share rendered model states and the migration graph with the other databases
-    of the run."""
+    went. `stop` (set by --fail-fast or Ctrl-C) ends the run between two migrations; `shared`:
+    what the other databases of the run share with this one."""
     stop = stop or threading.Event()
-    states = states or SharedStates()
-    graph = graph or RunGraph()
+    shared = shared or RunShared()
     result = DatabaseResult(alias=alias)
     started = time.monotonic()
-    # A shard's pre_migrate reads the shard registry on control: give it a direct session too.
+    # A shard's pre_migrate may read the shard registry on control: give it a direct session
+    # too (connected only if used: migrate_fleet reads every shard's generator beforehand).
     aliases = (alias,) if alias == CONTROL_ALIAS else (alias, CONTROL_ALIAS)
     try:
         for attempt in range(1, FAILOVER_RETRIES + 2):
@@ -133,7 +138,7 @@ def migrate_database(alias: str, *, policy: ExecutionPolicy, reporter: Reporter,
             try:
                 with direct_connections(*aliases, policy=policy):
                     _migrate_connected(alias, connections[alias], result, policy, reporter,
-                                       stop, lock, states, graph)
+                                       stop, lock, shared)
                 break
             except Exception as exc:
                 if (isinstance(exc, ClusterLockLost) or attempt > FAILOVER_RETRIES
@@ -161,9 +166,9 @@ def migrate_database(alias: str, *, policy: ExecutionPolicy, reporter: Reporter,
 
 def _migrate_connected(alias: str, connection: BaseDatabaseWrapper, result: DatabaseResult,
                        policy: ExecutionPolicy, reporter: Reporter, stop: threading.Event,
-                       lock: ClusterLock | None, states: SharedStates, graph: RunGraph) -> None:
+                       lock: ClusterLock | None, shared: RunShared) -> None:
     connection.prepare_database()
-    executor = executor_for(connection, graph)
+    executor = executor_for(connection, shared.graph)
     plan = full_plan(executor, connection)
     result.remaining = [migration_label(m) for m, _ in plan]
     if plan:
@@ -172,9 +177,11 @@ def _migrate_connected(alias: str, connection: BaseDatabaseWrapper, result: Data
     runs = [runs_here(alias, migration) for migration in migrations]
     key = (alias == CONTROL_ALIAS, frozenset(executor.loader.applied_migrations),
            tuple(migration_label(m) for m in migrations), tuple(runs))
-    steps = states.steps(key, lambda: build_steps(applied_state(executor), migrations, runs))
+    steps = shared.states.steps(key,
+                                lambda: build_steps(applied_state(executor), migrations, runs))
     quiet = io.StringIO()  # handlers print only at verbosity >= 2
-    emit_pre_migrate_signal(0, False, alias, stdout=quiet, apps=steps.pre_apps, plan=plan)
+    emit_pre_migrate_signal(0, False, alias, stdout=quiet, apps=steps.pre_apps, plan=plan,
+                            shard_generators=shared.generators)
     unrecorded: list[Migration] = []  # no-ops here, recorded together before the next one runs
     try:
         for migration, here in zip(migrations, runs, strict=True):
@@ -225,12 +232,8 @@ def _record(executor: MigrationExecutor, migrations: list[Migration]) -> None:
     """
     if not migrations:
         return
-    recorder = executor.recorder
-    recorder.ensure_schema()
-    rows = [recorder.Migration(app=app_label, name=name)
-            for app_label, name in recorded_keys(migrations)]
     with transaction.atomic(using=executor.connection.alias):
-        recorder.migration_qs.bulk_create(rows)
+        record_applied(executor, migrations)
     migrations.clear()
 
 
@@ -255,9 +258,9 @@ def _apply(executor: MigrationExecutor, migration: Migration, states: OperationS
             if not retryable or attempt > policy.retries or stop.is_set():
                 raise MigrationFailed(
                     label,
-                    _explain(exc, executor.connection, migration, policy, attempt,
-                             time.monotonic() - first_try,
-                             blockers=describe_blockers(watch.blockers if watch else [])),
+                    explain_failure(exc, executor.connection, migration, policy, attempt,
+                                    time.monotonic() - first_try,
+                                    blockers=describe_blockers(watch.blockers if watch else [])),
                     attempts=attempt,
                 ) from exc
             delay = policy.delay(attempt)
@@ -289,39 +292,6 @@ def _blocker_watch(connection: BaseDatabaseWrapper, alias: str,
                         after=min(0.5, policy.lock_timeout / 4))
 
 
-def _explain(exc: BaseException, connection: BaseDatabaseWrapper, migration: Migration,
-             policy: ExecutionPolicy, attempts: int, elapsed: float, *,
-             blockers: str = "") -> str:
-    message = error_summary(exc)
-    if is_retryable(exc) and not migration.atomic:
-        return (
-            f"{message}; not retried: the migration is not atomic (atomic = False), so part of "
-            "it may be applied. Check what exists, make it idempotent, then rerun"
-        )
-    if is_retryable(exc):
-        oldest = ""
-        try:
-            with connection.cursor() as cursor:
-                oldest = describe_old_transactions(cursor, policy.lock_timeout)
-        except Exception:  # diagnostics only: the connection may be gone
-            oldest = ""
-        seen = "; ".join(part for part in (blockers, oldest) if part)
-        detail = f" ({seen})" if seen else ""
-        return (
-            f"{message}: could not take its locks within lock_timeout "
-            f"{format_duration(policy.lock_timeout)} in {attempts} attempt(s) over "
-            f"{elapsed:.1f}s; each attempt was rolled back, nothing of it is applied{detail}. "
-            "End or wait out the long transaction on that table, then rerun"
-        )
-    if sqlstate(exc) == QUERY_CANCELED:
-        return (
-            f"{message} (statement_timeout {format_duration(policy.statement_timeout)}); "
-            "the migration was rolled back. Raise --statement-timeout, or split the work "
-            "(batches, CONCURRENTLY)"
-        )
-    return message
-
-
 def migrate_fleet(shards: Sequence[str], *, jobs: int, policy: ExecutionPolicy,
                   reporter: Reporter, fail_fast: bool = False,
                   lock: ClusterLock | None = None) -> FleetResult:
@@ -330,9 +300,9 @@ def migrate_fleet(shards: Sequence[str], *, jobs: int, policy: ExecutionPolicy,
     stop = threading.Event()
     fleet = FleetResult(results=[], jobs=jobs)
     started = time.monotonic()
-    graph = RunGraph()  # loaded from disk once for every database of the run
+    shared = RunShared()
     control = migrate_database(CONTROL_ALIAS, policy=policy, reporter=reporter, stop=stop,
-                               lock=lock, graph=graph)
+                               lock=lock, shared=shared)
     fleet.control_seconds = time.monotonic() - started
     by_alias: dict[str, DatabaseResult] = {CONTROL_ALIAS: control}
     if not control.ok:
@@ -343,16 +313,27 @@ def migrate_fleet(shards: Sequence[str], *, jobs: int, policy: ExecutionPolicy,
                 "global id generator from its registry",
             )
     else:
+        shared.generators = _shard_generators(shards, policy)
         by_alias.update(_migrate_shards(shards, jobs, policy, reporter, fail_fast, lock, stop,
-                                        fleet, graph))
+                                        fleet, shared))
     fleet.results = [by_alias[alias] for alias in (CONTROL_ALIAS, *shards)]
     return fleet
+
+
+def _shard_generators(shards: Sequence[str], policy: ExecutionPolicy) -> dict[str, int]:
+    """Each shard's generator id, in one control transaction: otherwise each shard's
+    pre_migrate reads its own on a control connection opened for just that."""
+    try:
+        with direct_connections(CONTROL_ALIAS, policy=policy):
+            return register_shards(shards)
+    except Exception:  # each shard then asks itself, and fails with its own message
+        return {}
 
 
 def _migrate_shards(shards: Sequence[str], jobs: int, policy: ExecutionPolicy,
                     reporter: Reporter, fail_fast: bool, lock: ClusterLock | None,
                     stop: threading.Event, fleet: FleetResult,
-                    graph: RunGraph) -> dict[str, DatabaseResult]:
+                    shared: RunShared) -> dict[str, DatabaseResult]:
     def run(alias: str) -> DatabaseResult:
         if stop.is_set():
             return DatabaseResult(
@@ -360,10 +341,9 @@ def _migrate_shards(shards: Sequence[str], jobs: int, policy: ExecutionPolicy,
                 error="not started: another database failed (--fail-fast) or interrupted",
             )
         return migrate_database(alias, policy=policy, reporter=reporter, stop=stop, lock=lock,
-                                states=states, graph=graph)
+                                shared=shared)
 
     results: dict[str, DatabaseResult] = {}
-    states = SharedStates()  # shards at the same migrations render their states once
     started, cpu_started = time.monotonic(), time.process_time()
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="migrate") as pool:
         futures = {pool.submit(run, alias): alias for alias in shards}

@@ -26,7 +26,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.migration import Migration
 from django.db.migrations.state import ModelState, ProjectState, StateApps
 
-from migrations_tools.plans import recorded_keys
+from migrations_tools.plans import record_applied
 
 # (state before, state after) for each operation of a migration, in order.
 OperationStates = list[tuple[ProjectState, ProjectState]]
@@ -106,16 +106,10 @@ def apply_migration(executor: MigrationExecutor, migration: Migration,
             else:
                 operation.database_forwards(migration.app_label, editor, before, after)
         if not editor.deferred_sql:
-            _record(executor, migration)
+            record_applied(executor, [migration])
             recorded = True
     if not recorded:
-        _record(executor, migration)
-
-
-def _record(executor: MigrationExecutor, migration: Migration) -> None:
-    # MigrationExecutor.record_migration (whose signature changed across Django versions).
-    for app_label, name in recorded_keys([migration]):
-        executor.recorder.record_applied(app_label, name)
+        record_applied(executor, [migration])
 
 
 class SharedStates:
