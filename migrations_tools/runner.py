@@ -31,6 +31,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from itertools import takewhile
 from typing import Literal
 
 from django.core.management.sql import emit_post_migrate_signal, emit_pre_migrate_signal
@@ -171,20 +172,27 @@ def _migrate_connected(alias: str, connection: BaseDatabaseWrapper, result: Data
     executor = executor_for(connection, shared.graph)
     plan = full_plan(executor, connection)
     result.remaining = [migration_label(m) for m, _ in plan]
-    if plan:
-        executor.recorder.ensure_schema()
     migrations = [migration for migration, _ in plan]
     runs = [runs_here(alias, migration) for migration in migrations]
     key = (alias == CONTROL_ALIAS, frozenset(executor.loader.applied_migrations),
            tuple(migration_label(m) for m in migrations), tuple(runs))
     steps = shared.states.steps(key,
                                 lambda: build_steps(applied_state(executor), migrations, runs))
-    quiet = io.StringIO()  # handlers print only at verbosity >= 2
-    emit_pre_migrate_signal(0, False, alias, stdout=quiet, apps=steps.pre_apps, plan=plan,
-                            shard_generators=shared.generators)
+    leading = list(takewhile(lambda here: not here, runs))  # no-ops before the first that runs
+    # The set-up in one transaction, one commit (a wait for the disk) instead of three: the
+    # django_migrations table, pre_migrate's work (the global id generator) and those no-ops.
+    with transaction.atomic(using=alias):
+        if plan:
+            executor.recorder.ensure_schema()
+        emit_pre_migrate_signal(0, False, alias, stdout=io.StringIO(), apps=steps.pre_apps,
+                                plan=plan, shard_generators=shared.generators)
+        record_applied(executor, migrations[:len(leading)])
+    result.recorded = len(leading)
+    del result.remaining[:len(leading)]
     unrecorded: list[Migration] = []  # no-ops here, recorded together before the next one runs
     try:
-        for migration, here in zip(migrations, runs, strict=True):
+        for migration, here in zip(migrations[len(leading):], runs[len(leading):],
+                                   strict=True):
             if stop.is_set():
                 result.status = "stopped"
                 break

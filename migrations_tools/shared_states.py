@@ -93,7 +93,12 @@ def _post_apps(state: ProjectState) -> StateApps:
 def apply_migration(executor: MigrationExecutor, migration: Migration,
                     states: OperationStates) -> None:
     """MigrationExecutor.apply_migration with Migration.apply's loop, over states built
-    beforehand instead of one state changed in place."""
+    beforehand instead of one state changed in place.
+
+    One difference: an atomic migration's deferred SQL (foreign keys, indexes) runs before the
+    migration is recorded, and the record goes in the same transaction. Django runs it as the
+    schema editor closes and records the migration after the commit, in a transaction (a
+    wait for the disk) of its own. Here a failure of either rolls both back."""
     connection = executor.connection
     recorded = False
     with connection.schema_editor(atomic=migration.atomic) as editor:
@@ -105,6 +110,9 @@ def apply_migration(executor: MigrationExecutor, migration: Migration,
                     operation.database_forwards(migration.app_label, editor, before, after)
             else:
                 operation.database_forwards(migration.app_label, editor, before, after)
+        if editor.atomic_migration:
+            while editor.deferred_sql:  # what the editor would run as it closes, in order
+                editor.execute(editor.deferred_sql.pop(0))
         if not editor.deferred_sql:
             record_applied(executor, [migration])
             recorded = True
