@@ -45,7 +45,10 @@ def direct_settings(alias: str, *, policy: ExecutionPolicy | None = None,
     direct_user = conninfo_to_dict(server.direct_dsn).get("user")
     if pooled_user and pooled_user != direct_user:
         options["assume_role"] = pooled_user
-    entries = databases_setting(shard_map, engine=ENGINE, options=options, use_direct=True)
+    # The two entries needed, not the whole fleet's: this runs for every connection a
+    # migration opens, and parsing every server's DSN each time was a share of a shard's CPU.
+    entries = databases_setting(shard_map, engine=ENGINE, options=options, use_direct=True,
+                                only=(DEFAULT_DB_ALIAS, alias))
     # configure_settings fills Django's defaults (AUTOCOMMIT, TIME_ZONE, TEST, ...) and insists
     # on a `default` entry, so configure the pair and keep ours.
     configured = connections.configure_settings(

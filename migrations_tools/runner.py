@@ -7,9 +7,10 @@ Each database runs in a thread of this process with its own direct connection (s
 `connections.py`), rather than in a subprocess per shard. A subprocess would pay Django's start-up
 (about 0.4 s of CPU here) for every shard, more than the Python side of migrating a new shard
 (about 0.1 s: loading the graph, rendering model states); in threads that Python share is
-serialised by the GIL (so shards at the same migrations render their model states once, see
-`shared_states.py`), while the database's share (DDL, commits, lock waits and retries, network
-round trips) overlaps, and it is the share that grows on a real fleet with real tables.
+serialised by the GIL (so the graph is loaded from disk once per run, see `run_graph.py`, and
+shards at the same migrations render their model states once, see `shared_states.py`), while
+the database's share (DDL, commits, lock waits and retries, network round trips) overlaps, and
+it is the share that grows on a real fleet with real tables.
 tests/benchmarks/bench_migrate.py measures both. A child forked per shard after start-up (no
 Django start-up to pay, a core each) was measured too: on this 2-core host, busy, it was no faster
 than threads (8 shards in 0.97 s against 0.71 s, runs minutes apart), so threads stay. One
@@ -30,6 +31,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from itertools import takewhile
 from typing import Literal
 
 from django.core.management.sql import emit_post_migrate_signal, emit_pre_migrate_signal
@@ -46,20 +48,17 @@ from migrations_tools.lock import ClusterLock
 from migrations_tools.plans import (
     Reporter,
     applied_state,
-    executor_for,
     full_plan,
     migration_label,
-    recorded_keys,
+    record_applied,
     runs_here,
 )
+from migrations_tools.run_graph import RunGraph, check_replacements, executor_for
 from migrations_tools.safety import (
-    QUERY_CANCELED,
     ExecutionPolicy,
-    describe_old_transactions,
     error_summary,
-    format_duration,
+    explain_failure,
     is_retryable,
-    sqlstate,
 )
 from migrations_tools.shared_states import (
     OperationStates,
@@ -68,6 +67,7 @@ from migrations_tools.shared_states import (
     build_steps,
 )
 from shards.aliases import CONTROL_ALIAS
+from shards.preparation import register_shards
 from shards.topology import get_shard_map
 
 Status = Literal["ok", "failed", "stopped", "skipped"]
@@ -77,6 +77,15 @@ FAILOVER_RETRIES = 2
 
 
 # --- migrating ----------------------------------------------------------------------------------
+
+
+@dataclass
+class RunShared:
+    """What the databases of one run share: the migration graph (loaded once), the rendered
+    model states, and the shards' global id generators (read from the registry once)."""
+    graph: RunGraph = field(default_factory=RunGraph)
+    states: SharedStates = field(default_factory=SharedStates)
+    generators: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,6 +109,9 @@ class FleetResult:
     jobs: int
     control_seconds: float = 0.0
     shards_seconds: float = 0.0
+    # This process's CPU during the shard phase (all threads): unlike the wall time, the load
+    # of the machine barely moves it, so it shows what each extra shard costs in Python.
+    shards_cpu_seconds: float = 0.0
     interrupted: bool = False
 
     @property
@@ -110,15 +122,16 @@ class FleetResult:
 def migrate_database(alias: str, *, policy: ExecutionPolicy, reporter: Reporter,
                      stop: threading.Event | None = None,
                      lock: ClusterLock | None = None,
-                     states: SharedStates | None = None) -> DatabaseResult:
+                     shared: RunShared | None = None) -> DatabaseResult:
     """Apply every unapplied migration on one primary; never raises, the result says how it
-    went. `stop` (set by --fail-fast or Ctrl-C) ends the run between two migrations; `states`
-    shares rendered model states with the other databases of the run."""
+    went. `stop` (set by --fail-fast or Ctrl-C) ends the run between two migrations; `shared`:
+    what the other databases of the run share with this one."""
     stop = stop or threading.Event()
-    states = states or SharedStates()
+    shared = shared or RunShared()
     result = DatabaseResult(alias=alias)
     started = time.monotonic()
-    # A shard's pre_migrate reads the shard registry on control: give it a direct session too.
+    # A shard's pre_migrate may read the shard registry on control: give it a direct session
+    # too (connected only if used: migrate_fleet reads every shard's generator beforehand).
     aliases = (alias,) if alias == CONTROL_ALIAS else (alias, CONTROL_ALIAS)
     try:
         for attempt in range(1, FAILOVER_RETRIES + 2):
@@ -126,7 +139,7 @@ def migrate_database(alias: str, *, policy: ExecutionPolicy, reporter: Reporter,
             try:
                 with direct_connections(*aliases, policy=policy):
                     _migrate_connected(alias, connections[alias], result, policy, reporter,
-                                       stop, lock, states)
+                                       stop, lock, shared)
                 break
             except Exception as exc:
                 if (isinstance(exc, ClusterLockLost) or attempt > FAILOVER_RETRIES
@@ -154,23 +167,32 @@ def migrate_database(alias: str, *, policy: ExecutionPolicy, reporter: Reporter,
 
 def _migrate_connected(alias: str, connection: BaseDatabaseWrapper, result: DatabaseResult,
                        policy: ExecutionPolicy, reporter: Reporter, stop: threading.Event,
-                       lock: ClusterLock | None, states: SharedStates) -> None:
+                       lock: ClusterLock | None, shared: RunShared) -> None:
     connection.prepare_database()
-    executor = executor_for(connection)
+    executor = executor_for(connection, shared.graph)
     plan = full_plan(executor, connection)
     result.remaining = [migration_label(m) for m, _ in plan]
-    if plan:
-        executor.recorder.ensure_schema()
     migrations = [migration for migration, _ in plan]
     runs = [runs_here(alias, migration) for migration in migrations]
     key = (alias == CONTROL_ALIAS, frozenset(executor.loader.applied_migrations),
            tuple(migration_label(m) for m in migrations), tuple(runs))
-    steps = states.steps(key, lambda: build_steps(applied_state(executor), migrations, runs))
-    quiet = io.StringIO()  # handlers print only at verbosity >= 2
-    emit_pre_migrate_signal(0, False, alias, stdout=quiet, apps=steps.pre_apps, plan=plan)
+    steps = shared.states.steps(key,
+                                lambda: build_steps(applied_state(executor), migrations, runs))
+    leading = list(takewhile(lambda here: not here, runs))  # no-ops before the first that runs
+    # The set-up in one transaction, one commit (a wait for the disk) instead of three: the
+    # django_migrations table, pre_migrate's work (the global id generator) and those no-ops.
+    with transaction.atomic(using=alias):
+        if plan:
+            executor.recorder.ensure_schema()
+        emit_pre_migrate_signal(0, False, alias, stdout=io.StringIO(), apps=steps.pre_apps,
+                                plan=plan, shard_generators=shared.generators)
+        record_applied(executor, migrations[:len(leading)])
+    result.recorded = len(leading)
+    del result.remaining[:len(leading)]
     unrecorded: list[Migration] = []  # no-ops here, recorded together before the next one runs
     try:
-        for migration, here in zip(migrations, runs, strict=True):
+        for migration, here in zip(migrations[len(leading):], runs[len(leading):],
+                                   strict=True):
             if stop.is_set():
                 result.status = "stopped"
                 break
@@ -199,7 +221,7 @@ def _migrate_connected(alias: str, connection: BaseDatabaseWrapper, result: Data
     # (replica identity on a shard's tables, the shard registry on control) assume the schema
     # the applied migrations describe, which a failure leaves in doubt. The rerun runs them.
     reporter.status(alias, "post_migrate")
-    executor.check_replacements()
+    check_replacements(executor)
     emit_post_migrate_signal(0, False, alias, stdout=io.StringIO(), apps=steps.post_apps,
                              plan=plan)
     if result.status == "stopped":
@@ -218,12 +240,8 @@ def _record(executor: MigrationExecutor, migrations: list[Migration]) -> None:
     """
     if not migrations:
         return
-    recorder = executor.recorder
-    recorder.ensure_schema()
-    rows = [recorder.Migration(app=app_label, name=name)
-            for app_label, name in recorded_keys(migrations)]
     with transaction.atomic(using=executor.connection.alias):
-        recorder.migration_qs.bulk_create(rows)
+        record_applied(executor, migrations)
     migrations.clear()
 
 
@@ -248,9 +266,9 @@ def _apply(executor: MigrationExecutor, migration: Migration, states: OperationS
             if not retryable or attempt > policy.retries or stop.is_set():
                 raise MigrationFailed(
                     label,
-                    _explain(exc, executor.connection, migration, policy, attempt,
-                             time.monotonic() - first_try,
-                             blockers=describe_blockers(watch.blockers if watch else [])),
+                    explain_failure(exc, executor.connection, migration, policy, attempt,
+                                    time.monotonic() - first_try,
+                                    blockers=describe_blockers(watch.blockers if watch else [])),
                     attempts=attempt,
                 ) from exc
             delay = policy.delay(attempt)
@@ -282,39 +300,6 @@ def _blocker_watch(connection: BaseDatabaseWrapper, alias: str,
                         after=min(0.5, policy.lock_timeout / 4))
 
 
-def _explain(exc: BaseException, connection: BaseDatabaseWrapper, migration: Migration,
-             policy: ExecutionPolicy, attempts: int, elapsed: float, *,
-             blockers: str = "") -> str:
-    message = error_summary(exc)
-    if is_retryable(exc) and not migration.atomic:
-        return (
-            f"{message}; not retried: the migration is not atomic (atomic = False), so part of "
-            "it may be applied. Check what exists, make it idempotent, then rerun"
-        )
-    if is_retryable(exc):
-        oldest = ""
-        try:
-            with connection.cursor() as cursor:
-                oldest = describe_old_transactions(cursor, policy.lock_timeout)
-        except Exception:  # diagnostics only: the connection may be gone
-            oldest = ""
-        seen = "; ".join(part for part in (blockers, oldest) if part)
-        detail = f" ({seen})" if seen else ""
-        return (
-            f"{message}: could not take its locks within lock_timeout "
-            f"{format_duration(policy.lock_timeout)} in {attempts} attempt(s) over "
-            f"{elapsed:.1f}s; each attempt was rolled back, nothing of it is applied{detail}. "
-            "End or wait out the long transaction on that table, then rerun"
-        )
-    if sqlstate(exc) == QUERY_CANCELED:
-        return (
-            f"{message} (statement_timeout {format_duration(policy.statement_timeout)}); "
-            "the migration was rolled back. Raise --statement-timeout, or split the work "
-            "(batches, CONCURRENTLY)"
-        )
-    return message
-
-
 def migrate_fleet(shards: Sequence[str], *, jobs: int, policy: ExecutionPolicy,
                   reporter: Reporter, fail_fast: bool = False,
                   lock: ClusterLock | None = None) -> FleetResult:
@@ -323,8 +308,9 @@ def migrate_fleet(shards: Sequence[str], *, jobs: int, policy: ExecutionPolicy,
     stop = threading.Event()
     fleet = FleetResult(results=[], jobs=jobs)
     started = time.monotonic()
+    shared = RunShared()
     control = migrate_database(CONTROL_ALIAS, policy=policy, reporter=reporter, stop=stop,
-                               lock=lock)
+                               lock=lock, shared=shared)
     fleet.control_seconds = time.monotonic() - started
     by_alias: dict[str, DatabaseResult] = {CONTROL_ALIAS: control}
     if not control.ok:
@@ -335,15 +321,27 @@ def migrate_fleet(shards: Sequence[str], *, jobs: int, policy: ExecutionPolicy,
                 "global id generator from its registry",
             )
     else:
+        shared.generators = _shard_generators(shards, policy)
         by_alias.update(_migrate_shards(shards, jobs, policy, reporter, fail_fast, lock, stop,
-                                        fleet))
+                                        fleet, shared))
     fleet.results = [by_alias[alias] for alias in (CONTROL_ALIAS, *shards)]
     return fleet
 
 
+def _shard_generators(shards: Sequence[str], policy: ExecutionPolicy) -> dict[str, int]:
+    """Each shard's generator id, in one control transaction: otherwise each shard's
+    pre_migrate reads its own on a control connection opened for just that."""
+    try:
+        with direct_connections(CONTROL_ALIAS, policy=policy):
+            return register_shards(shards)
+    except Exception:  # each shard then asks itself, and fails with its own message
+        return {}
+
+
 def _migrate_shards(shards: Sequence[str], jobs: int, policy: ExecutionPolicy,
                     reporter: Reporter, fail_fast: bool, lock: ClusterLock | None,
-                    stop: threading.Event, fleet: FleetResult) -> dict[str, DatabaseResult]:
+                    stop: threading.Event, fleet: FleetResult,
+                    shared: RunShared) -> dict[str, DatabaseResult]:
     def run(alias: str) -> DatabaseResult:
         if stop.is_set():
             return DatabaseResult(
@@ -351,11 +349,10 @@ def _migrate_shards(shards: Sequence[str], jobs: int, policy: ExecutionPolicy,
                 error="not started: another database failed (--fail-fast) or interrupted",
             )
         return migrate_database(alias, policy=policy, reporter=reporter, stop=stop, lock=lock,
-                                states=states)
+                                shared=shared)
 
     results: dict[str, DatabaseResult] = {}
-    states = SharedStates()  # shards at the same migrations render their states once
-    started = time.monotonic()
+    started, cpu_started = time.monotonic(), time.process_time()
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="migrate") as pool:
         futures = {pool.submit(run, alias): alias for alias in shards}
         pending = set(futures)
@@ -375,4 +372,5 @@ def _migrate_shards(shards: Sequence[str], jobs: int, policy: ExecutionPolicy,
                 for alias in {futures[f] for f in pending}:
                     reporter.line(alias, "interrupted: stopping after the current migration")
     fleet.shards_seconds = time.monotonic() - started
+    fleet.shards_cpu_seconds = time.process_time() - cpu_started
     return results

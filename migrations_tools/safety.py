@@ -17,7 +17,11 @@ import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+    from django.db.migrations.migration import Migration
 
 # PostgreSQL error codes worth another attempt: the migration rolled back without changing
 # anything, and waiting a little lets the conflicting transaction finish.
@@ -159,3 +163,37 @@ def describe_old_transactions(cursor: Any, older_than: float) -> str:
         for pid, user, state, age, query in rows
     ]
     return "oldest open transactions: " + "; ".join(parts)
+
+
+def explain_failure(exc: BaseException, connection: BaseDatabaseWrapper, migration: Migration,
+                    policy: ExecutionPolicy, attempts: int, elapsed: float, *,
+                    blockers: str = "") -> str:
+    """The error of a migration that failed: what happened to it, and what to do."""
+    message = error_summary(exc)
+    if is_retryable(exc) and not migration.atomic:
+        return (
+            f"{message}; not retried: the migration is not atomic (atomic = False), so part of "
+            "it may be applied. Check what exists, make it idempotent, then rerun"
+        )
+    if is_retryable(exc):
+        oldest = ""
+        try:
+            with connection.cursor() as cursor:
+                oldest = describe_old_transactions(cursor, policy.lock_timeout)
+        except Exception:  # diagnostics only: the connection may be gone
+            oldest = ""
+        seen = "; ".join(part for part in (blockers, oldest) if part)
+        detail = f" ({seen})" if seen else ""
+        return (
+            f"{message}: could not take its locks within lock_timeout "
+            f"{format_duration(policy.lock_timeout)} in {attempts} attempt(s) over "
+            f"{elapsed:.1f}s; each attempt was rolled back, nothing of it is applied{detail}. "
+            "End or wait out the long transaction on that table, then rerun"
+        )
+    if sqlstate(exc) == QUERY_CANCELED:
+        return (
+            f"{message} (statement_timeout {format_duration(policy.statement_timeout)}); "
+            "the migration was rolled back. Raise --statement-timeout, or split the work "
+            "(batches, CONCURRENTLY)"
+        )
+    return message

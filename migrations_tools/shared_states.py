@@ -26,7 +26,7 @@ from django.db.migrations.executor import MigrationExecutor
 from django.db.migrations.migration import Migration
 from django.db.migrations.state import ModelState, ProjectState, StateApps
 
-from migrations_tools.plans import recorded_keys
+from migrations_tools.plans import record_applied
 
 # (state before, state after) for each operation of a migration, in order.
 OperationStates = list[tuple[ProjectState, ProjectState]]
@@ -93,7 +93,12 @@ def _post_apps(state: ProjectState) -> StateApps:
 def apply_migration(executor: MigrationExecutor, migration: Migration,
                     states: OperationStates) -> None:
     """MigrationExecutor.apply_migration with Migration.apply's loop, over states built
-    beforehand instead of one state changed in place."""
+    beforehand instead of one state changed in place.
+
+    One difference: an atomic migration's deferred SQL (foreign keys, indexes) runs before the
+    migration is recorded, and the record goes in the same transaction. Django runs it as the
+    schema editor closes and records the migration after the commit, in a transaction (a
+    wait for the disk) of its own. Here a failure of either rolls both back."""
     connection = executor.connection
     recorded = False
     with connection.schema_editor(atomic=migration.atomic) as editor:
@@ -105,17 +110,14 @@ def apply_migration(executor: MigrationExecutor, migration: Migration,
                     operation.database_forwards(migration.app_label, editor, before, after)
             else:
                 operation.database_forwards(migration.app_label, editor, before, after)
+        if editor.atomic_migration:
+            while editor.deferred_sql:  # what the editor would run as it closes, in order
+                editor.execute(editor.deferred_sql.pop(0))
         if not editor.deferred_sql:
-            _record(executor, migration)
+            record_applied(executor, [migration])
             recorded = True
     if not recorded:
-        _record(executor, migration)
-
-
-def _record(executor: MigrationExecutor, migration: Migration) -> None:
-    # MigrationExecutor.record_migration (whose signature changed across Django versions).
-    for app_label, name in recorded_keys([migration]):
-        executor.recorder.record_applied(app_label, name)
+        record_applied(executor, [migration])
 
 
 class SharedStates:

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from django.apps import apps
@@ -37,19 +39,37 @@ def ensure_registered(name: str) -> Any:
     # Models: this module is imported while the apps load (shards.apps), before models can be.
     from shards.models import Shard
 
+    with _registry_errors(), transaction.atomic(using=CONTROL_ALIAS):
+        existing = Shard.objects.using(CONTROL_ALIAS).filter(name=name).first()
+        if existing is not None:
+            return existing
+        # Serialize allocations: two migrate runs must not hand out the same id.
+        with connections[CONTROL_ALIAS].cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext('shardsvc.registry'))")
+        last = Shard.objects.using(CONTROL_ALIAS).order_by("-generator_id").first()
+        next_id = (last.generator_id if last else global_ids.CONTROL_GENERATOR_ID) + 1
+        if next_id > global_ids.MAX_GENERATOR_ID:
+            raise CommandError("no global id generator left for a new shard")
+        return Shard.objects.using(CONTROL_ALIAS).create(name=name, generator_id=next_id)
+
+
+def register_shards(names: Sequence[str]) -> dict[str, int]:
+    """The generator id of each shard in `names`, registering new ones, in one transaction."""
+    from shards.models import Shard
+
+    with _registry_errors(), transaction.atomic(using=CONTROL_ALIAS):
+        known = dict(Shard.objects.using(CONTROL_ALIAS).filter(name__in=list(names))
+                     .values_list("name", "generator_id"))
+        for name in names:
+            if name not in known:
+                known[name] = ensure_registered(name).generator_id
+    return known
+
+
+@contextmanager
+def _registry_errors() -> Iterator[None]:
     try:
-        with transaction.atomic(using=CONTROL_ALIAS):
-            existing = Shard.objects.using(CONTROL_ALIAS).filter(name=name).first()
-            if existing is not None:
-                return existing
-            # Serialize allocations: two migrate runs must not hand out the same id.
-            with connections[CONTROL_ALIAS].cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(hashtext('shardsvc.registry'))")
-            last = Shard.objects.using(CONTROL_ALIAS).order_by("-generator_id").first()
-            next_id = (last.generator_id if last else global_ids.CONTROL_GENERATOR_ID) + 1
-            if next_id > global_ids.MAX_GENERATOR_ID:
-                raise CommandError("no global id generator left for a new shard")
-            return Shard.objects.using(CONTROL_ALIAS).create(name=name, generator_id=next_id)
+        yield
     except DatabaseError as exc:
         if "shards_shard" in str(exc):
             raise CommandError(
@@ -60,6 +80,8 @@ def ensure_registered(name: str) -> Any:
 
 
 def before_migrate(sender: Any, using: str, **kwargs: Any) -> None:
+    """`shard_generators` (name -> generator id), when the sender has it: migrate_shards reads
+    the registry for all its shards at once (register_shards) instead of once per shard."""
     shard_map = get_shard_map()
     server = shard_map.server(using)
     if server.role != "primary":
@@ -68,8 +90,10 @@ def before_migrate(sender: Any, using: str, **kwargs: Any) -> None:
     if using == CONTROL_ALIAS:
         global_ids.install(using, generator_id=global_ids.CONTROL_GENERATOR_ID, name=using)
         return
-    registry = ensure_registered(using)
-    global_ids.install(using, generator_id=registry.generator_id, name=using)
+    generator_id = (kwargs.get("shard_generators") or {}).get(using)
+    if generator_id is None:
+        generator_id = ensure_registered(using).generator_id
+    global_ids.install(using, generator_id=generator_id, name=using)
 
 
 def after_migrate(sender: Any, using: str, **kwargs: Any) -> None:

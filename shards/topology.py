@@ -10,6 +10,7 @@ result; nothing else reads the file. Everyone else asks ``get_shard_map()``, whi
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -42,11 +43,13 @@ def databases_setting(
     engine: str = "project.pgpool",
     options: dict[str, Any] | None = None,
     use_direct: bool = False,
+    only: Collection[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Django ``DATABASES``: one entry per alias, from the pooled DSNs (or the direct ones)."""
+    """Django ``DATABASES``: one entry per alias (or per alias in `only`), from the pooled DSNs
+    (or the direct ones)."""
     return {
         server.alias: _database(server.direct_dsn if use_direct else server.dsn, engine, options)
-        for server in shard_map.servers()
+        for server in shard_map.servers() if only is None or server.alias in only
     }
 
 

@@ -60,7 +60,10 @@ def make_topology(prefix: str, *, shards: int = 2, replicas: int = 1,
     root = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     # mkdtemp makes 0700 folders; the PostgreSQL user must be able to enter it.
     root.chmod(0o755)
-    start = start_port or int(os.environ.get("SHARDSVC_TEST_BASE_PORT", "25400"))
+    # SHARDSVC_TEST_BASE_PORT, when set, wins over a module's own start port: test runs that
+    # share a machine each keep to their own block (free_base_port skips what is taken).
+    chosen = os.environ.get("SHARDSVC_TEST_BASE_PORT")
+    start = int(chosen) if chosen else (start_port or 25400)
     layout = LocalLayout(
         root=root,
         base_port=free_base_port(start, HA_SPAN if ha else PORTS_PER_TOPOLOGY),

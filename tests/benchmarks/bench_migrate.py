@@ -13,8 +13,11 @@ measures `manage.py migrate_shards` as a DBA runs it, in one run:
 Before each measurement every shard is emptied (DROP SCHEMA public CASCADE), so each run applies
 the same migrations from scratch; control stays migrated and is not part of the measured time.
 The time is the command's own "N shard(s) in X s" (the shard phase), median of --repeat runs;
-the command's wall time (Django start-up included) is shown next to it. Last, the load average
-and the target: 8 shards with --jobs 8 in at most 2x the time of 1 shard, PASS/FAIL.
+next to it the command's CPU in that phase (from the same line: the load of the machine barely
+moves it, so it shows what each extra shard costs in Python), the CPU the shard servers spent
+(PostgreSQL on the same cores: backends, DDL, commits; read from /proc) and the command's wall
+time (Django start-up included). Last, the load average and the target: 8 shards with --jobs 8
+in at most 2x the time of 1 shard, PASS/FAIL.
 """
 
 from __future__ import annotations
@@ -41,11 +44,13 @@ RESET_SQL = (
     "GRANT USAGE ON SCHEMA public TO PUBLIC"
 )
 RATIO_TARGET = 2.0  # 8 shards with --jobs 8 against 1 shard
-SHARD_PHASE = re.compile(r"and (\d+) shard\(s\) in ([\d.]+)s \(jobs (\d+)\)")
+SHARD_PHASE = re.compile(r"and (\d+) shard\(s\) in ([\d.]+)s \(jobs (\d+), ([\d.]+)s CPU\)")
 
 
-def migrate_shards(topo: LocalTopology, *args: str) -> tuple[float, float]:
-    """(shard phase seconds, wall seconds) of one migrate_shards run."""
+def migrate_shards(topo: LocalTopology, *args: str) -> tuple[float, float, float, float]:
+    """(shard phase seconds, its CPU seconds, the shard servers' CPU seconds, wall seconds) of
+    one migrate_shards run."""
+    servers_before = servers_cpu(topo)
     started = time.monotonic()
     run = subprocess.run(
         [sys.executable, "manage.py", "migrate_shards", *args], cwd=PROJECT_DIR,
@@ -57,7 +62,33 @@ def migrate_shards(topo: LocalTopology, *args: str) -> tuple[float, float]:
     match = SHARD_PHASE.search(run.stdout)
     if match is None:
         raise SystemExit(f"no timing line in the output:\n{run.stdout}")
-    return float(match.group(2)), wall
+    time.sleep(0.2)  # the run's backends have exited and been reaped: their CPU is counted
+    return float(match.group(2)), float(match.group(4)), servers_cpu(topo) - servers_before, wall
+
+
+def servers_cpu(topo: LocalTopology) -> float:
+    """CPU seconds of the shard primaries' PostgreSQL so far: each postmaster's own, its
+    exited backends' (reaped: cutime, cstime) and its running processes'."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for node in topo.layout.nodes():
+        if node.role != "primary" or node.cluster == "default":
+            continue
+        postmaster = int((node.datadir / "postmaster.pid").read_text().split()[0])
+        total += sum(_proc_times(postmaster, 4))
+        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+        for child in children:
+            total += sum(_proc_times(int(child), 2))
+    return total / tick
+
+
+def _proc_times(pid: int, fields: int) -> list[int]:
+    # /proc/<pid>/stat after the command name: utime, stime, cutime, cstime are fields 11-14.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:  # exited since it was listed
+        return []
+    return [int(value) for value in stat[11:11 + fields]]
 
 
 def reset_shards(topo: LocalTopology) -> None:
@@ -91,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         topo.up(service=False, migrate=False)
         migrate_shards(topo, "--shard", "shard_0")  # control, once; warms caches
-        results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in scenarios}
+        results: dict[str, list[tuple[float, ...]]] = {name: [] for name, _ in scenarios}
         for _ in range(args.repeat):
             for name, extra in scenarios:  # interleaved: drift over time hits all alike
                 reset_shards(topo)
@@ -101,21 +132,26 @@ def main(argv: list[str] | None = None) -> int:
         topo.destroy()
 
     medians = {
-        name: (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs))
+        name: tuple(statistics.median(r[i] for r in runs) for i in range(4))
         for name, runs in results.items()
     }
     print(f"migrate_shards, control + {SHARDS} shards (no replicas, fsync "
           f"{'on' if args.durable else 'off'}, {os.cpu_count()} CPU core(s)), median of "
           f"{args.repeat} run(s) each; shard phase = the command's own timing line")
-    print(f"{'scenario':<22} {'shard phase':>12} {'command wall':>13}")
-    for name, (phase, wall) in medians.items():
-        print(f"{name:<22} {phase:>11.2f}s {wall:>12.2f}s")
+    print(f"{'scenario':<22} {'shard phase':>12} {'phase CPU':>10} {'PostgreSQL CPU':>15} "
+          f"{'command wall':>13}")
+    for name, (phase, cpu, servers, wall) in medians.items():
+        print(f"{name:<22} {phase:>11.2f}s {cpu:>9.2f}s {servers:>14.2f}s {wall:>12.2f}s")
     one = medians["1 shard"][0]
     sequential = medians[f"{SHARDS} shards, --jobs 1"][0]
     parallel = medians[f"{SHARDS} shards, --jobs {SHARDS}"][0]
     print(f"ratio {SHARDS} shards --jobs {SHARDS} / 1 shard: {parallel / one:.2f}x "
           f"(--jobs 1: {sequential / one:.2f}x; speed-up of --jobs {SHARDS} over --jobs 1: "
           f"{sequential / parallel:.2f}x)")
+    many, one_shard = medians[f"{SHARDS} shards, --jobs {SHARDS}"], medians["1 shard"]
+    print(f"CPU per shard past the first (--jobs {SHARDS}): the command "
+          f"{(many[1] - one_shard[1]) / (SHARDS - 1) * 1000:.0f} ms, PostgreSQL "
+          f"{(many[2] - one_shard[2]) / (SHARDS - 1) * 1000:.0f} ms")
     print(f"load average at the start: {load_before}; at the end: {load_after}")
     print(Target(f"{SHARDS} shards --jobs {SHARDS} / 1 shard (shard phase)", parallel / one, "x",
                  at_most=RATIO_TARGET, note=f"{parallel:.2f}s / {one:.2f}s").line())

@@ -205,7 +205,7 @@ class Command(BaseCommand):
         shards = len(fleet.results) - 1
         self.stdout.write(
             f"Migrated control in {fleet.control_seconds:.2f}s and {shards} shard(s) in "
-            f"{fleet.shards_seconds:.2f}s (jobs {fleet.jobs})."
+            f"{fleet.shards_seconds:.2f}s (jobs {fleet.jobs}, {fleet.shards_cpu_seconds:.2f}s CPU)."
         )
         failed = fleet.failed
         if fleet.interrupted:
