@@ -188,8 +188,13 @@ def test_switchover_command_hands_over_and_monitoring_follows(ha: LocalTopology,
         lambda: recorded_roles(prometheus) == {"primary": {old.alias}, "replica": {target.alias}},
         timeout=60, what=f"{old.alias} recorded as {CLUSTER}'s primary",
         detail=lambda: recorded_roles(prometheus))
-    assert len(prometheus_api.query(prometheus, 'up{job="patroni"} == 1')) == len(
-        ha.layout.nodes())
+    # Every member's Patroni scraped (the first scrapes of a fresh Prometheus come at
+    # different moments per target).
+    prometheus_api.wait_for(
+        lambda: len(prometheus_api.query(prometheus, 'up{job="patroni"} == 1')) == len(
+            ha.layout.nodes()),
+        timeout=60, what="every Patroni member scraped",
+        detail=lambda: prometheus_api.query(prometheus, 'up{job="patroni"}'))
     assert not prometheus_api.firing(prometheus, "PostgresFailover")
 
     done = manage(ha, "switchover", CLUSTER, "--to", target.alias)
