@@ -209,9 +209,10 @@ def _settle(request: HttpRequest, rate: str | None, usage: dict[str, Any] | None
 # trip, the only one of a cached comment page besides the page itself. The check comes before
 # the credential's lookup so that a guess costs no lookup. A request that only reads and whose
 # credential this worker already holds as valid puts no lookup at stake, so its check may wait:
-# the cached page reads the counter in the same MGET as the page (deferred_read), and any other
-# answer is held until the check is made (settle_deferred, which the API runs on every answer).
-# Either way a blocked address gets 429 and nothing else, whatever its credential.
+# a comment page (comments.auth chooses which views) reads the counter in the same MGET as the
+# page (deferred_read), and an answer given without that read is held until the check is made
+# (settle_deferred, which the API runs on every answer). Either way a blocked address gets 429
+# and nothing else, whatever its credential.
 
 
 def defer_failing_client_check(request: HttpRequest) -> None:

@@ -136,9 +136,9 @@ def test_wrong_keys_are_refused_before_any_lookup_past_the_limit(throttled, topo
 
 def test_a_blocked_address_is_refused_where_its_key_is_known_and_its_page_cached(
         throttled, topology) -> None:
-    # A read whose key a worker already holds makes its address's check with the page's own
-    # Redis read (cached page) or just before answering (any other read): either way, once
-    # the address is blocked, its right key gets 429 and nothing else.
+    # A page read whose key a worker already holds makes its address's check with the page's
+    # own Redis read; a row read checks first. Either way, once the address is blocked, its
+    # right key gets 429 and nothing else.
     site = create_site(throttled, topology, prefix="thr-known")
     me, other = "127.0.0.31", "127.0.0.32"
     headers = {"X-Api-Key": site.key}
