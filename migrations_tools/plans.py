@@ -21,7 +21,7 @@ from django.utils import timezone
 from migrations_tools.connections import direct_connections
 from migrations_tools.errors import MigrationFailed
 from migrations_tools.lint import Finding, lint_plan
-from migrations_tools.run_graph import LOADER_LOCK, RunGraph, executor_for
+from migrations_tools.run_graph import RunGraph, executor_for
 from migrations_tools.safety import (
     ExecutionPolicy,
     error_summary,
@@ -140,11 +140,6 @@ def applied_state(executor: MigrationExecutor) -> ProjectState:
         with_applied_migrations=True
     )
     return state
-
-
-def reload_graph(executor: MigrationExecutor) -> None:
-    with LOADER_LOCK:
-        executor.loader.build_graph()
 
 
 def full_plan(executor: MigrationExecutor, connection: BaseDatabaseWrapper

@@ -15,7 +15,8 @@ from django.db import connections, router
 from django.db.migrations.loader import MigrationLoader
 
 from migrations_tools.connections import direct_connections
-from migrations_tools.plans import LOADER_LOCK, fan_out
+from migrations_tools.plans import fan_out
+from migrations_tools.run_graph import LOADER_LOCK
 from migrations_tools.safety import error_summary
 
 MigrationKey = tuple[str, str]
