@@ -51,8 +51,8 @@ return current
 
 
 # A write's two Redis updates in one round trip: _RAISE_MARK on KEYS[1] (ARGV[1], ARGV[2]), then
-# the thread's live event as comments.live publishes it (stream KEYS[2], payload ARGV[3],
-# channel ARGV[4], history length ARGV[5] and lifetime ARGV[6]).
+# the thread's live event (comments.live.Event): appended to its history stream KEYS[2]
+# (payload ARGV[3], kept to ARGV[5] entries for ARGV[6] seconds) and published on ARGV[4].
 _RAISE_MARK_AND_PUBLISH = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > current then

@@ -2,7 +2,8 @@
 
 Every committed change of a comment (created, edited, deleted, voted) is appended to the
 thread's Redis stream (its history, for clients that reconnect: their Last-Event-ID is a stream
-id) and published on the thread's channel, in one script so the two never disagree on order.
+id) and published on the thread's channel, in one script so the two never disagree on order:
+the write's own, which raises the thread's page mark in the same call (comments.cache).
 Both names carry the tenant id and the thread id: a subscriber of one site's thread can only
 ever be handed that channel's events (comments/live_hub.py dispatches by exact channel name).
 
@@ -21,7 +22,6 @@ from typing import Any, Literal
 from redis.exceptions import RedisError
 
 from comments.schemas import CommentOut
-from shards import redisguard
 from shards.tenancy import current_tenant
 
 logger = logging.getLogger("shardsvc.live")
@@ -32,14 +32,6 @@ CHANNEL_PREFIX = "shardsvc:live:"
 HISTORY = 500
 HISTORY_SECONDS = 3600
 EVENT_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
-
-_PUBLISH = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', ARGV[2], id .. ' ' .. ARGV[1])
-return id
-"""
-
 
 def channel(tenant_id: int, thread_id: int) -> str:
     return f"{CHANNEL_PREFIX}{tenant_id}:{thread_id}"
@@ -75,17 +67,3 @@ def event(kind: Kind, comment: dict[str, Any]) -> Event:
 
 def not_published(exc: RedisError) -> None:
     logger.warning("live: event not published (%s): readers see it on reload", exc)
-
-
-def publish(kind: Kind, comment: dict[str, Any]) -> str | None:
-    """Tell the thread's open pages about `comment` (service.comment_dict's shape); returns the
-    event id, or None when Redis did not take it. A write publishes with its thread's mark
-    instead, in one call (comments.cache.raise_mark)."""
-    done = event(kind, comment)
-    try:
-        event_id = redisguard.client().eval(
-            _PUBLISH, 1, done.history, done.payload, done.channel, HISTORY, HISTORY_SECONDS)
-    except RedisError as exc:
-        not_published(exc)
-        return None
-    return event_id.decode() if isinstance(event_id, bytes) else str(event_id)
