@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,13 +57,15 @@ class ServerState:
         return f"{self.lag_seconds:.3f} s"
 
 
-def check_servers() -> list[ServerState]:
-    """Every server of the topology, checked directly and concurrently; primaries first so a
-    replica's bytes behind compare with a primary position read just before."""
+def check_servers(clusters: Collection[str] | None = None) -> list[ServerState]:
+    """Every server of the topology (of `clusters` only, if given), checked directly and
+    concurrently; primaries first so a replica's bytes behind compare with a primary position
+    read just before."""
     shard_map = get_shard_map()
+    checked = [c for c in shard_map.clusters if clusters is None or c.name in clusters]
     states: list[ServerState] = []
     by_alias: dict[str, ServerState] = {}
-    for cluster in shard_map.clusters:
+    for cluster in checked:
         for server in cluster.servers:
             state = ServerState(server.alias, cluster.name, server.role)
             states.append(state)
@@ -93,8 +96,8 @@ def check_servers() -> list[ServerState]:
         if head is not None and state.replay_lsn is not None:
             state.behind_bytes = max(head - state.replay_lsn, 0)
 
-    parallel(primary, [c.primary for c in shard_map.clusters])
-    parallel(replica, [r for c in shard_map.clusters for r in c.replicas])
+    parallel(primary, [c.primary for c in checked])
+    parallel(replica, [r for c in checked for r in c.replicas])
     return states
 
 

@@ -124,7 +124,10 @@ def _can_operate(request: HttpRequest) -> bool:
 def shard_map() -> list[dict[str, Any]]:
     """Every cluster (control first) with its members' role, reachability and lag, and for
     shards their tenants, rows and size."""
-    servers = fleet_status.check_servers()
+    # Patroni clusters show Patroni's own view of their members (below): only the others are
+    # checked server by server.
+    servers = fleet_status.check_servers(
+        [c.name for c in get_shard_map().clusters if not c.patroni])
     summaries = {s.name: s for s in fleet_status.summarize_shards()}
     clusters: list[dict[str, Any]] = []
     for cluster in get_shard_map().clusters:
