@@ -45,30 +45,15 @@ class ShardedQuerySet(models.QuerySet):
     def _retrying_read(self, operation: Callable[[], T]) -> T:
         if self._db is not None or self._for_write:
             return operation()  # the caller chose the database: no second guessing
-        attempt = 0
-        started = time.monotonic()
-        delay = PRIMARY_WAITS[0]
-        while True:
-            alias = self.db  # the router's choice, pinned for this attempt
-            self._db = alias
+
+        def pinned(alias: str) -> T:
+            self._db = alias  # the router's choice, pinned for this attempt
             try:
                 return operation()
-            except OperationalError as exc:
-                attempt += 1
-                if _is_replica(alias):
-                    if attempt >= READ_ATTEMPTS:
-                        raise
-                    _drop_replica(alias, exc)
-                    continue
-                hold = runtime.conf().failover_hold_seconds
-                if (not is_connection_lost(exc) or connections[alias].in_atomic_block
-                        or time.monotonic() + delay - started >= hold):
-                    raise
-                _close(alias)
-                time.sleep(delay)  # cooperative under gevent
-                delay = min(delay * 1.5, PRIMARY_WAITS[1])
             finally:
                 self._db = None
+
+        return retrying_read(lambda: self.db, pinned)
 
     def _fetch_all(self) -> None:
         if self._result_cache is None:
@@ -92,6 +77,34 @@ class ShardedQuerySet(models.QuerySet):
         for obj in objs:
             obj.claim_for_current_tenant()
         return super().bulk_create(objs, *args, **kwargs)
+
+
+def retrying_read(choose: Callable[[], str], operation: Callable[[str], T]) -> T:
+    """`operation` on the alias `choose` returns (the router's choice for a read), again on
+    another when it fails: a failed replica is excluded at once and the read routed again, up
+    to READ_ATTEMPTS; a primary that cannot be reached (failing over) is waited for, within the
+    failover hold. Reads only: they may run again."""
+    attempt = 0
+    started = time.monotonic()
+    delay = PRIMARY_WAITS[0]
+    while True:
+        alias = choose()
+        try:
+            return operation(alias)
+        except OperationalError as exc:
+            attempt += 1
+            if _is_replica(alias):
+                if attempt >= READ_ATTEMPTS:
+                    raise
+                _drop_replica(alias, exc)
+                continue
+            hold = runtime.conf().failover_hold_seconds
+            if (not is_connection_lost(exc) or connections[alias].in_atomic_block
+                    or time.monotonic() + delay - started >= hold):
+                raise
+            _close(alias)
+            time.sleep(delay)  # cooperative under gevent
+            delay = min(delay * 1.5, PRIMARY_WAITS[1])
 
 
 def _drop_replica(alias: str, exc: Exception) -> None:

@@ -76,10 +76,16 @@ def threads(request: HttpRequest, tenant: str) -> JsonResponse:
 
 
 def thread(request: HttpRequest, tenant: str, thread_id: int) -> JsonResponse:
-    """GET one thread through the router; says which database served the read."""
-    from comments.models import Thread
+    """GET one thread as the API reads it (comments.service.get_thread: routed, retried on a
+    failing replica); says which database served the read."""
+    from comments import service
 
-    found = Thread.objects.filter(id=thread_id).values("id", "tenant_id", "url").first()
+    try:
+        row = service.get_thread(thread_id)
+    except service.NotFound:
+        found = None
+    else:
+        found = {"id": row.id, "tenant_id": row.tenant_id, "url": row.url}
     body = {"thread": found, **_served_by()}
     return JsonResponse(body, status=200 if found else 404)
 

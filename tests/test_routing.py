@@ -12,6 +12,7 @@ from routers.state import routing_scope
 from shards.errors import CrossShardRelation, NoTenantContext, WrongTenant
 from shards.models import Tenant
 from shards.tenancy import current_tenant, tenant
+from tests.client import wait_until
 
 pytestmark = pytest.mark.usefixtures("django_db")
 
@@ -84,6 +85,35 @@ def test_orm_reads_and_writes_land_on_the_tenant_shard(tenants) -> None:
         assert not Thread.objects.filter(id=created.id).exists()  # another tenant: invisible
     assert Thread.unscoped.using("shard_0").filter(id=created.id).count() == 1
     assert Thread.unscoped.using("shard_1").filter(id=created.id).count() == 0
+
+
+def test_a_row_read_by_id_is_the_orm_read_with_its_statement_compiled_once(tenants) -> None:
+    """shards.row_by_id, the API's thread read: same row, same scope, same routing as the ORM."""
+    from shards.row_by_id import RowById
+
+    threads = RowById(Thread)
+    a, b = tenants["a"], tenants["b"]
+    with tenant(a):
+        created = Thread.objects.create(url="/row-by-id", title="compiled once")
+    wait_until(lambda: Thread.unscoped.using("shard_0_replica_1").filter(id=created.id).exists(),
+               timeout=10, what="the replica to replay the thread")
+    with tenant(a), routing_scope() as routing:
+        row = threads.get(created.id)
+        assert row is not None and row._state.db == "shard_0_replica_1"
+        assert [alias for alias, _ in routing.reads] == ["shard_0_replica_1"]
+        orm = Thread.objects.get(id=created.id)
+        assert [(f.attname, getattr(row, f.attname)) for f in Thread._meta.concrete_fields] == \
+            [(f.attname, getattr(orm, f.attname)) for f in Thread._meta.concrete_fields]
+        assert not row._state.adding
+        assert threads.get(-5) is None
+        routing.tokens["shard_0"] = 1 << 62  # a position no replica has replayed: the primary
+        assert threads.get(created.id)._state.db == "shard_0"
+    with tenant(b), routing_scope():
+        assert threads.get(created.id) is None  # another tenant's id: not found, on its shard
+    with tenant(tenants["c"]), routing_scope():
+        assert threads.get(created.id) is None  # another tenant on the same shard: scoped
+    with pytest.raises(NoTenantContext):
+        threads.get(created.id)
 
 
 def test_no_tenant_context_is_a_clear_error() -> None:
