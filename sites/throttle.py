@@ -11,7 +11,9 @@ value, and `Retry-After` says when.
 
 Failed checks are counted, successes are not: a site's normal traffic never comes near the
 limits, while a client guessing keys or tokens is refused (429) before its next guess is
-looked up, so a flood of never-seen keys stops reaching the control database.
+looked up, so a flood of never-seen keys stops reaching the control database. An address that
+reaches the limit is pushed to every worker (sites.blocked), so checking one reads nothing
+from Redis while the worker's view of the blocked addresses is live.
 
 Fail open: when the cache cannot be read or written, nothing is throttled (a warning is
 logged, at most every few seconds per worker). A Redis outage must not lock every site out;
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ from django_ratelimit.core import get_usage
 
 from project.errors import error
 from shards import redisguard
+from sites.blocked import BlockedAddresses, announce
 
 logger = logging.getLogger("shardsvc.throttle")
 
@@ -180,6 +184,38 @@ def _full(usage: dict[str, Any] | None) -> bool:
     return usage is not None and usage["count"] >= usage["limit"]
 
 
+# ----- blocked addresses, pushed to every worker (sites.blocked) -------------------------------
+
+_BLOCKED = "throttle:blocked"
+_views: dict[str, BlockedAddresses] = {}
+
+
+def _blocked_view() -> BlockedAddresses | None:
+    """This process's view of the blocked addresses, or None where the counters do not live in
+    the default cache's Redis."""
+    if getattr(settings, "RATELIMIT_USE_CACHE", "default") != "default":
+        return None
+    key = _ratelimit_cache().make_key(_BLOCKED)
+    view = _views.get(key)
+    if view is None or view.pid != os.getpid():
+        view = _views[key] = BlockedAddresses(redisguard.client, key,
+                                              can_connect=redisguard.available)
+    return view
+
+
+def _settled_by_pushed_view(request: HttpRequest, rate: str) -> bool:
+    """Settle this address's check from the pushed view (no I/O to wait on); False when the
+    view cannot be trusted now and the counter must be read."""
+    view = _blocked_view()
+    until = view.check(_client_address(request)) if view is not None else None
+    if until is None:
+        return False
+    limit, _ = _split_rate(rate)
+    usage = {"count": limit, "limit": limit, "time_left": int(until - time.time())}
+    _settle(request, rate, usage if until else None)
+    return True
+
+
 def refuse_failing_client(request: HttpRequest) -> None:
     """Raise Throttled if this client address has failed too many credential checks.
 
@@ -188,6 +224,8 @@ def refuse_failing_client(request: HttpRequest) -> None:
     if getattr(request, _CHECKED, False):
         return  # one request may carry several credentials (key, then user token)
     rate = settings.THROTTLE_AUTH_FAILURES
+    if rate is not None and _enabled() and _settled_by_pushed_view(request, rate):
+        return
     _settle(request, rate, _peek_by_address(request, AUTH_FAILURES, rate))
 
 
@@ -205,14 +243,15 @@ def _settle(request: HttpRequest, rate: str | None, usage: dict[str, Any] | None
 
 # ----- the check made with the request's own Redis read ---------------------------------------
 #
-# Every request with a credential reads its address's failed-check counter: one Redis round
-# trip, the only one of a cached comment page besides the page itself. The check comes before
-# the credential's lookup so that a guess costs no lookup. A request that only reads and whose
-# credential this worker already holds as valid puts no lookup at stake, so its check may wait:
-# a comment page (comments.auth chooses which views) reads the counter in the same MGET as the
-# page (deferred_read), and an answer given without that read is held until the check is made
-# (settle_deferred, which the API runs on every answer). Either way a blocked address gets 429
-# and nothing else, whatever its credential.
+# A request with a credential whose address's verdict the pushed view (sites.blocked) cannot
+# give reads its counter: one Redis round trip, the only one of a cached comment page besides
+# the page itself. The check comes before the credential's lookup so that a guess costs no
+# lookup. A request that only reads and whose credential this worker already holds as valid
+# puts no lookup at stake, so its check may wait: a comment page (comments.auth chooses which
+# views) reads the counter in the same MGET as the page (deferred_read), and an answer given
+# without that read is held until the check is made (settle_deferred, which the API runs on
+# every answer). Either way a blocked address gets 429 and nothing else, whatever its
+# credential.
 
 
 def defer_failing_client_check(request: HttpRequest) -> None:
@@ -223,6 +262,12 @@ def defer_failing_client_check(request: HttpRequest) -> None:
     if request.method not in ("GET", "HEAD"):
         # A write must be refused before it happens, not after.
         refuse_failing_client(request)
+        return
+    rate = settings.THROTTLE_AUTH_FAILURES
+    if rate is None or not _enabled():
+        refuse_failing_client(request)  # nothing to read: settled now
+        return
+    if _settled_by_pushed_view(request, rate):
         return
     setattr(request, _DEFERRED, True)
 
@@ -269,8 +314,21 @@ def settle_deferred(request: HttpRequest) -> None:
 
 
 def count_failed_check(request: HttpRequest) -> None:
-    """Count a wrong API key, user token or ops token sent from this client address."""
-    _usage(request, AUTH_FAILURES, "ip", settings.THROTTLE_AUTH_FAILURES, increment=True)
+    """Count a wrong API key, user token or ops token sent from this client address; the
+    failure that reaches the limit blocks the address in every worker (sites.blocked)."""
+    rate = settings.THROTTLE_AUTH_FAILURES
+    usage = _usage(request, AUTH_FAILURES, "ip", rate, increment=True)
+    view = _blocked_view() if _full(usage) else None
+    if view is None:
+        return
+    address = _client_address(request)
+    _, _, window, period = _counter(AUTH_FAILURES, address, str(rate))
+    view.note(address, window)
+    try:
+        announce(redisguard.client(), view.key, address, window,
+                 period + ratelimit_core.EXPIRATION_FUDGE)
+    except Exception as exc:  # fail open: the counter still blocks it where it is read
+        _warn_unavailable(exc)
 
 
 def count_write(request: HttpRequest, tenant_id: int, user_id: str) -> None:

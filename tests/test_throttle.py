@@ -8,101 +8,38 @@ share a counter, and the limits count per day so no window ends in the middle of
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import re
-import secrets
 import socket
 import subprocess
 import sys
-import urllib.parse
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.topology import LocalTopology, ServiceProcess
 from routers.causal import HEADER
 from tests.api_client import SiteClient, create_site
-from tests.client import Response, get, wait_until
-
-AUTH_LIMIT = 5
-WRITE_LIMIT = 4
-LOGIN_LIMIT = 3
-DAY = 86400
+from tests.client import Response, wait_until
+from tests.throttle_client import (
+    AUTH_LIMIT,
+    LOGIN_LIMIT,
+    WRITE_LIMIT,
+    assert_throttled,
+    call,
+    control_queries,
+    throttled_service,
+    well_formed_key,
+)
 
 
 @pytest.fixture(scope="module")
 def throttled(topology: LocalTopology) -> Iterator[ServiceProcess]:
-    svc = topology.start_service(
-        name="throttle", port=topology.layout.http_port + 7,
-        SHARDSVC_THROTTLE_AUTH_FAILURES=f"{AUTH_LIMIT}/d",
-        SHARDSVC_THROTTLE_WRITES=f"{WRITE_LIMIT}/d",
-        SHARDSVC_THROTTLE_ADMIN_LOGIN=f"{LOGIN_LIMIT}/d",
-        # Directory entries stay in Redis: the only control queries left are key lookups.
-        SHARDSVC_DIRECTORY_REDIS_TTL="3600",
-    )
-    try:
+    with throttled_service(topology) as svc:
         yield svc
-    finally:
-        svc.stop()
-
-
-def call(source: str, method: str, url: str, *, body: Any = None,
-         headers: dict[str, str] | None = None, form: dict[str, str] | None = None) -> Response:
-    """One request sent from the loopback address `source`."""
-    parts = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30,
-                                      source_address=(source, 0))
-    all_headers = {"Accept": "application/json", **(headers or {})}
-    data: bytes | None = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        all_headers["Content-Type"] = "application/json"
-    elif form is not None:
-        data = urllib.parse.urlencode(form).encode()
-        all_headers["Content-Type"] = "application/x-www-form-urlencoded"
-    try:
-        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""),
-                     body=data, headers=all_headers)
-        answer = conn.getresponse()
-        raw = answer.read()
-        try:
-            decoded: Any = json.loads(raw)
-        except ValueError:
-            decoded = raw.decode(errors="replace")
-        headers = {name: value for name, value in answer.getheaders()}
-        headers["Set-Cookie"] = "\n".join(answer.msg.get_all("Set-Cookie") or [])
-        return Response(answer.status, decoded, headers)
-    finally:
-        conn.close()
-
-
-def control_queries(service: ServiceProcess) -> float:
-    """Queries the service's workers ran on the control cluster, from its /metrics."""
-    answer = get(f"{service.url}/metrics")
-    assert answer.status == 200, answer.body
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(answer.body)
-        for sample in family.samples
-        if sample.name == "shardsvc_db_queries_total" and sample.labels["cluster"] == "default"
-    )
-
-
-def assert_throttled(answer: Response, limit_seconds: int = DAY) -> None:
-    assert answer.status == 429, (answer.status, answer.body)
-    assert answer.body["error"] == "rate_limited", answer.body
-    assert "retry after" in answer.body["message"], answer.body
-    assert 1 <= int(answer.headers["Retry-After"]) <= limit_seconds, answer.headers
-
-
-def well_formed_key() -> str:
-    return "sk_" + secrets.token_urlsafe(32)
 
 
 def test_wrong_keys_are_refused_before_any_lookup_past_the_limit(throttled, topology) -> None:

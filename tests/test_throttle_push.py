@@ -1,0 +1,94 @@
+"""Blocked addresses pushed to the workers (sites.blocked), through the real service and
+against the topology's Redis: no counter read while a worker's view is live, a block known to
+every worker before its answer leaves, a lost subscription distrusted until it is back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from deploy.topology import LocalTopology, ServiceProcess
+from tests.api_client import create_site
+from tests.client import wait_until
+from tests.throttle_client import (
+    AUTH_LIMIT,
+    CounterReads,
+    assert_throttled,
+    call,
+    throttled_service,
+    well_formed_key,
+)
+
+
+@pytest.fixture(scope="module")
+def throttled(topology: LocalTopology) -> Iterator[ServiceProcess]:
+    with throttled_service(topology) as svc:
+        yield svc
+
+
+def test_known_keys_read_no_counter_and_a_block_reaches_every_worker_at_once(
+        throttled, topology) -> None:
+    """Blocked addresses are pushed to the workers (sites.blocked): a request whose address is
+    not blocked reads no counter from Redis, and the failure that blocks an address is known to
+    every worker before its answer reaches the client."""
+    site = create_site(throttled, topology, prefix="thr-push")
+    me, other = "127.0.0.33", "127.0.0.34"
+    headers = {"X-Api-Key": site.key}
+    thread = f"{site.root}/threads/{site.thread()}"
+    wait_until(lambda: call(other, "GET", thread, headers=headers).status == 200, timeout=10,
+               what="the new thread on the replica")
+    for _ in range(8):  # both workers: the key known, the subscription confirmed and read
+        assert call(me, "GET", thread, headers=headers).status == 200
+
+    with CounterReads(topology) as reads:
+        for _ in range(20):
+            assert call(me, "GET", thread, headers=headers).status == 200
+    assert reads.seen == []
+
+    with CounterReads(topology) as reads:
+        for _ in range(AUTH_LIMIT):
+            assert call(me, "GET", thread, headers={"X-Api-Key": well_formed_key()}).status == 401
+        # Each refused at once, on whichever worker takes the connection: no counter read.
+        for _ in range(8):
+            assert_throttled(call(me, "GET", thread, headers=headers))
+        assert call(other, "GET", thread, headers=headers).status == 200
+    assert reads.seen, "the failed checks were counted"
+    assert not [c for c in reads.seen if c.split()[0].upper() in ("GET", "MGET")], reads.seen
+
+
+def test_the_pushed_view_is_trusted_only_while_its_subscription_is_live(topology) -> None:
+    """sites.blocked against the topology's Redis: not trusted before its subscription is
+    confirmed and read, an announcement seen by the very next check, a lost subscription
+    distrusted until it is back, and what was announced meanwhile found then."""
+    from shards import redisguard
+    from sites.blocked import BlockedAddresses, announce
+
+    key = f"test-blocked-{uuid.uuid4().hex[:8]}"
+    client = redisguard.client()
+    view = BlockedAddresses(redisguard.client, key)
+    try:
+        # None (ask the counter) until the subscription is confirmed and its set read.
+        wait_until(lambda: view.check("10.0.0.1") == 0.0, timeout=5,
+                   what="the subscription confirmed and its set read")
+        until = int(time.time()) + 60
+        announce(client, key, "10.0.0.1", until, 120)
+        assert view.check("10.0.0.1") == until  # the next check, no waiting
+        assert view.check("10.0.0.2") == 0.0
+
+        killed = client.client_kill_filter(_type="pubsub")
+        assert killed >= 1
+        announce(client, key, "10.0.0.2", until, 120)  # while the view is away
+
+        def distrusted() -> bool:
+            return view.check("10.0.0.2") is None
+
+        wait_until(distrusted, timeout=5, what="the lost subscription distrusted")
+        wait_until(lambda: view.check("10.0.0.2") == until, timeout=10,
+                   what="the view back, with what was announced while it was away")
+        assert view.check("10.0.0.1") == until
+    finally:
+        view.close()
+        client.delete(key)
