@@ -167,9 +167,21 @@ def cached_page(entry: TenantEntry, thread_id: int, variant: str, fill: Fill, *,
         state.require_position(entry.shard, mark)
     lock = f"{key}:{mark}:fill"
     try:
-        elected = client.set(lock, "1", nx=True, px=FILL_LOCK_MS)
+        # The election and one more look, in one round trip: another filler may have stored the
+        # page and dropped its lock between our read and our lock.
+        pipe = client.pipeline(transaction=False)
+        pipe.set(lock, "1", nx=True, px=FILL_LOCK_MS)
+        pipe.get(key)
+        elected, raw = pipe.execute()
     except RedisError as exc:
         return _bypass(fill, exc)
+    page = _page_at(raw, mark)
+    if page is not None:
+        if elected:
+            with contextlib.suppress(RedisError):  # else it expires after FILL_LOCK_MS
+                client.delete(lock)
+        _record("hit")
+        return page, "hit"
     if elected:
         return _fill_elected(client, key, mark, lock, fill)
     return _wait_for_filler(client, key, mark, lock, fill)
@@ -178,28 +190,24 @@ def cached_page(entry: TenantEntry, thread_id: int, variant: str, fill: Fill, *,
 def _fill_elected(client: Any, key: str, mark: int, lock: str,
                   fill: Fill) -> tuple[bytes, str]:
     try:
-        # Another filler may have stored the page and dropped its lock between our read and our
-        # lock: look once more before reading the database.
-        try:
-            stored = _page_at(client.get(key), mark)
-        except RedisError as exc:
-            return _bypass(fill, exc)
-        if stored is not None:
-            _record("hit")
-            return stored, "hit"
         page = fill()
-        try:
-            # A slower filler of an older mark may overwrite this later: readers at the newer
-            # mark then rebuild it. Never served to a reader of a later mark.
-            client.set(key, b"%d\n" % mark + page, ex=PAGE_TTL)
-        except RedisError as exc:
-            logger.debug("cache: page not stored: %s", exc)
-            _record("bypass")
-            return page, "bypass"
-    finally:
-        # If Redis fails here the lock expires by itself after FILL_LOCK_MS.
-        with contextlib.suppress(RedisError):
+    except BaseException:
+        with contextlib.suppress(RedisError):  # else it expires after FILL_LOCK_MS
             client.delete(lock)
+        raise
+    try:
+        # Stored, then the lock dropped (in this order: waiters look for the page once the
+        # lock is gone), in one round trip. A slower filler of an older mark may overwrite
+        # the page later: readers at the newer mark then rebuild it. Never served to a reader
+        # of a later mark.
+        pipe = client.pipeline(transaction=False)
+        pipe.set(key, b"%d\n" % mark + page, ex=PAGE_TTL)
+        pipe.delete(lock)
+        pipe.execute()
+    except RedisError as exc:
+        logger.debug("cache: page not stored: %s", exc)  # the lock expires by itself
+        _record("bypass")
+        return page, "bypass"
     _record("fill")
     return page, "fill"
 

@@ -182,7 +182,8 @@ def _probe() -> None:
 
 class GuardedRedis(Redis):
     """The redis-py client django-redis builds (``REDIS_CLIENT_CLASS``): every command and
-    pipeline under this process's breaker. Pub/sub is not guarded (nothing uses it)."""
+    pipeline under this process's breaker. Pub/sub is not guarded: its users (comments.live_hub,
+    sites.blocked) each keep one long-lived subscription and handle its loss themselves."""
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         return guarded(lambda: super(GuardedRedis, self).execute_command(*args, **options))

@@ -116,6 +116,29 @@ def test_a_row_read_by_id_is_the_orm_read_with_its_statement_compiled_once(tenan
         threads.get(created.id)
 
 
+def test_a_counter_added_to_by_id_is_the_orm_update_compiled_once(tenants) -> None:
+    """RowById.add, every comment's count update: on the tenant's primary, scoped to it, and
+    seen as a write by the request's routing (its later reads go to the primary)."""
+    from shards.row_by_id import RowById
+
+    threads = RowById(Thread)
+    with tenant(tenants["a"]):
+        created = Thread.objects.create(url="/row-by-id-add")
+    with tenant(tenants["a"]), routing_scope() as routing:
+        assert threads.add(created.id, "comment_count", 3) == 1
+        assert threads.add(created.id, "comment_count", -1) == 1
+        assert routing.wrote_to("shard_0")
+        assert router.db_for_read(Thread) == "shard_0"
+        assert threads.add(-5, "comment_count", 1) == 0
+    with tenant(tenants["c"]), routing_scope():  # same shard, another tenant: not its row
+        assert threads.add(created.id, "comment_count", 100) == 0
+    with tenant(tenants["b"]), routing_scope():  # another shard
+        assert threads.add(created.id, "comment_count", 100) == 0
+    assert Thread.unscoped.using("shard_0").get(id=created.id).comment_count == 2
+    with pytest.raises(NoTenantContext):
+        threads.add(created.id, "comment_count", 1)
+
+
 def test_no_tenant_context_is_a_clear_error() -> None:
     assert current_tenant() is None
     with pytest.raises(NoTenantContext, match=r"comments.Thread is sharded.*with tenant"):

@@ -1,7 +1,8 @@
 """What one request costs the service, beside the plain Django baseline, in figures that do not
-depend on the machine's load: a single-row read, a comment page from the cache and a comment
-write, each driven one at a time through the WSGI application in a process of its own
-(request_cost_runner), no HTTP server in between (Gunicorn's share is the same for both).
+depend on the machine's load: a single-row read, a comment page from the cache, a comment page
+built from the database (a cursor never asked before) and a comment write, each driven one at
+a time through the WSGI application in a process of its own (request_cost_runner), no HTTP
+server in between (Gunicorn's share is the same for both).
 
     .venv/bin/python -m tests.benchmarks.request_cost [--dir TOPOLOGY] [--requests 300]
                                                       [--callgrind] [--cpu]
@@ -39,8 +40,8 @@ from tests.benchmarks import mixed
 RUNNER = "tests.benchmarks.request_cost_runner"
 # A runner under valgrind runs about a hundred times slower: minutes per step, never half an hour.
 CALLGRIND_TIMEOUT = 1800
-PAIRS = [("row", "service"), ("row", "plain"), ("cached", "service"), ("write", "service"),
-         ("write", "plain")]
+PAIRS = [("row", "service"), ("row", "plain"), ("cached", "service"), ("built", "service"),
+         ("built", "plain"), ("write", "service"), ("write", "plain")]
 
 
 def runner_env(topology: LocalTopology, site: dict[str, Any], folder: Path) -> dict[str, str]:

@@ -2,7 +2,7 @@
 application called in this process (the service's, or the plain baseline's), no server and no
 concurrency, so what it reports does not depend on the machine's load:
 
-    python -m tests.benchmarks.request_cost_runner <service|plain> <row|cached|write> <n> \\
+    python -m tests.benchmarks.request_cost_runner <service|plain> <row|cached|built|write> <n> \\
         <profile|cpu|callgrind> <site.json>
 
 - profile: Python function calls, psycopg's waits on its connections and Redis commands per
@@ -22,8 +22,10 @@ from gevent import monkey
 
 monkey.patch_all()
 
+import base64  # noqa: E402
 import cProfile  # noqa: E402
 import io  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import pstats  # noqa: E402
@@ -112,6 +114,8 @@ def request_maker(target: str, kind: str,
     ids = [t["id"] for t in site["threads"]]
     reads, writes = ids[: len(ids) // 2], ids[len(ids) // 2:]  # as bench_perf: pages stay cached
     read_headers = {k: v for k, v in headers.items() if k != "X-User-Token"}
+    run = time.time_ns() // 1000 % 1_000_000  # built pages: this run's cursors are its own
+    asked = itertools.count()
     write_headers = {**headers, "Content-Type": "application/json"}
 
     def one(i: int) -> Any:
@@ -120,13 +124,21 @@ def request_maker(target: str, kind: str,
         if kind == "cached":
             return client.call("GET", f"{base}/{reads[i % len(reads)]}/comments?limit=20",
                                read_headers)
+        if kind == "built":
+            # A cursor never asked before (as bench_perf's page built from the database): past
+            # any id the shards hand out, so the page is the thread's newest 20.
+            fresh = next(asked)  # the warm-up's cursors are never asked again
+            last = base64.urlsafe_b64encode(f'["newest",91{run:06d}{fresh:011d}]'.encode())
+            last = last.decode()
+            return client.call("GET", f"{base}/{reads[i % len(reads)]}/comments?limit=20"
+                               f"&cursor={last.rstrip('=')}", read_headers)
         body: dict[str, Any] = {"body": f"request cost comment {i}"}
         if target == "plain":
             body["author"] = "request-cost"
         return client.call("POST", f"{base}/{writes[i % len(writes)]}/comments", write_headers,
                            json.dumps(body).encode())
 
-    if kind not in ("row", "cached", "write") or (target, kind) == ("plain", "cached"):
+    if kind not in ("row", "cached", "built", "write") or (target, kind) == ("plain", "cached"):
         raise SystemExit(f"no {kind} requests for {target}")
     return client, one
 
