@@ -12,6 +12,8 @@ import os  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
+from deploy.accept_balance import AcceptBalance  # noqa: E402
+
 
 def _remove_own_metrics_dir(path: str, owner: int) -> None:
     # Forked workers inherit this handler and run it when they exit: only the process that
@@ -49,6 +51,16 @@ loglevel = os.environ.get("SHARDSVC_LOG_LEVEL", "info")
 proc_name = "shardsvc"
 
 
+# Shared by the master and the workers it forks: keep-alive connections evened out between
+# workers (deploy/accept_balance.py).
+_accept_balance = AcceptBalance()
+
+
+def pre_fork(server, worker):
+    worker.accept_balance = _accept_balance
+    worker.accept_slot = _accept_balance.claim()
+
+
 def post_worker_init(worker):
     # Imported here: this file is read before the app is loaded (and must patch first).
     from project.wsgi import lean_request_signals
@@ -69,3 +81,4 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+    _accept_balance.release(getattr(worker, "accept_slot", None))

@@ -1,4 +1,5 @@
-"""The Gunicorn worker of the service: gevent, with Gunicorn's own error pages in JSON.
+"""The Gunicorn worker of the service: gevent, with Gunicorn's own error pages in JSON, and
+keep-alive connections evened out between workers (deploy.accept_balance).
 
 Gunicorn answers requests it cannot parse (a request line over `limit_request_line`, too many or
 too large headers, a malformed request) itself, before Django sees them, with an HTML page.
@@ -14,11 +15,16 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import gevent
+from gevent.server import StreamServer
 from gunicorn import util
+from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
+from deploy.accept_balance import RECHECK_SECONDS, AcceptBalance
 from project.errors import ErrorAnswer, code_for_status
 
+_NEXT_TURN = 1e-6  # seconds: any positive time means "after the loop's next I/O poll"
 MAX_MESSAGE = 300  # the parser's text can quote the request: keep the answer short
 # How long and how much a refused request is read on before its connection closes.
 LINGER_SECONDS = 1.0
@@ -50,7 +56,69 @@ def json_error(status: int, reason: str, message: str) -> bytes:
     return head.encode("latin-1") + body
 
 
+class _BalancedStreamServer(StreamServer):
+    """gevent's server as Gunicorn's gevent worker makes it, accepting only while its worker
+    does not hold more connections than its share (deploy.accept_balance)."""
+
+    balance: AcceptBalance | None = None
+    _recheck: Any = None
+
+    def do_read(self) -> Any:
+        balance = self.balance
+        if balance is not None and balance.crowded():
+            self.stop_accepting()  # the other workers take what arrives meanwhile
+            if self._recheck is None:
+                self._recheck = self.loop.timer(RECHECK_SECONDS)
+            self._recheck.start(self._accept_again)
+            return None
+        accepted = super().do_read()
+        if accepted and balance is not None:
+            balance.opened()
+        return accepted
+
+    def _accept_again(self) -> None:
+        if self.started:
+            self.start_accepting()
+
+
 class JsonErrorGeventWorker(GeventWorker):
+    # Set by gunicorn.conf.py's pre_fork in the master, so the forked worker has them.
+    accept_balance: AcceptBalance | None = None
+    accept_slot: int | None = None
+
+    def init_process(self) -> None:
+        if self.accept_balance is not None and self.accept_slot is not None:
+            self.accept_balance.attach(self.accept_slot)
+            _BalancedStreamServer.balance = self.accept_balance
+            # The server class Gunicorn's gevent worker builds its servers from, in this
+            # worker process only.
+            ggevent.StreamServer = _BalancedStreamServer
+        super().init_process()
+
+    def notify(self) -> None:
+        super().notify()
+        if self.accept_balance is not None:
+            self.accept_balance.alive()
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
+        keep_alive = bool(super().handle_request(listener_name, req, sock, addr))
+        # Wait for the loop's next turn before reading the connection's next request. A
+        # keep-alive client whose next request is already in the socket would otherwise be
+        # served again at once, ahead of every other connection with a request waiting: under
+        # load some connections were served in a tight loop while others waited (one worker,
+        # /healthz: p50 0.7 ms, p90 833 ms). A sleep of 0 is not enough: gevent may resume the
+        # greenlet before the loop polls for I/O again (its documentation says so); any
+        # positive time waits for the next iteration.
+        gevent.sleep(_NEXT_TURN)
+        return keep_alive
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            if self.accept_balance is not None and self.accept_slot is not None:
+                self.accept_balance.closed()
+
     def handle_error(self, req: Any, client: socket.socket, addr: Any, exc: BaseException) -> None:
         kept = _KeptWrites(client)
         super().handle_error(req, kept, addr, exc)
