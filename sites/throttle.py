@@ -36,6 +36,7 @@ from django.core.cache import caches
 from django.http import HttpRequest, HttpResponse
 from django_ratelimit import core as ratelimit_core
 from django_ratelimit.core import get_usage
+from django_redis.cache import RedisCache
 
 from project.errors import error
 from shards import redisguard
@@ -195,7 +196,10 @@ def _blocked_view() -> BlockedAddresses | None:
     the default cache's Redis."""
     if getattr(settings, "RATELIMIT_USE_CACHE", "default") != "default":
         return None
-    key = _ratelimit_cache().make_key(_BLOCKED)
+    cache = _ratelimit_cache()
+    if not isinstance(cache, RedisCache):
+        return None  # e.g. a test's in-memory cache: nothing to subscribe to
+    key = cache.make_key(_BLOCKED)
     view = _views.get(key)
     if view is None or view.pid != os.getpid():
         view = _views[key] = BlockedAddresses(redisguard.client, key,
