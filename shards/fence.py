@@ -23,8 +23,6 @@ CREATE TABLE IF NOT EXISTS shardsvc_fence (
     -- Made permanent ('infinity') just before the flip, and kept until the source rows are gone.
     expires_at timestamptz NOT NULL DEFAULT 'infinity'
 );
-ALTER TABLE shardsvc_fence
-    ADD COLUMN IF NOT EXISTS expires_at timestamptz NOT NULL DEFAULT 'infinity';
 CREATE OR REPLACE FUNCTION shardsvc_fence_check() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -49,12 +47,41 @@ $$;
 """
 
 
+# A fence table made before its lease column (expires_at) gets it.
+_ADD_LEASE_SQL = """
+ALTER TABLE shardsvc_fence
+    ADD COLUMN IF NOT EXISTS expires_at timestamptz NOT NULL DEFAULT 'infinity'
+"""
+# pg_trigger.tgtype of the fence trigger: FOR EACH ROW (1) | INSERT (4) | DELETE (8) |
+# UPDATE (16), and neither BEFORE (2) nor INSTEAD OF (64): AFTER.
+_TRIGGER_TYPE = 1 | 4 | 8 | 16
+
+
 def install(alias: str, tables: list[str]) -> None:
-    """The fence table, function and one trigger per sharded table (idempotent)."""
+    """The fence table, function and one trigger per sharded table (idempotent).
+
+    What is already in place is left alone: `ALTER TABLE` and `CREATE TRIGGER` lock their
+    table even when they change nothing, and in the migration's transaction, on a shard taking
+    writes, those locks deadlocked with the writes (a write locks its tables, then its fence
+    trigger reads shardsvc_fence; the install locked shardsvc_fence, then the tables)."""
     quote = connections[alias].ops.quote_name
     with connections[alias].cursor() as cursor:
         cursor.execute(INSTALL_SQL)
+        cursor.execute("SELECT 1 FROM pg_attribute WHERE attrelid = 'shardsvc_fence'::regclass "
+                       "AND attname = 'expires_at' AND NOT attisdropped")
+        if cursor.fetchone() is None:
+            cursor.execute(_ADD_LEASE_SQL)
+        cursor.execute(
+            "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+            "WHERE t.tgname = 'shardsvc_fence' AND NOT t.tgisinternal AND t.tgtype = %s "
+            "AND t.tgfoid = 'shardsvc_fence_check()'::regprocedure "
+            "AND c.relnamespace = current_schema()::regnamespace",
+            [_TRIGGER_TYPE],
+        )
+        in_place = {name for (name,) in cursor.fetchall()}
         for table in tables:
+            if table in in_place:
+                continue
             # AFTER, not BEFORE: the error aborts the statement all the same, and a BEFORE row
             # trigger makes every COPY into the table insert row by row (no multi-insert),
             # even where it does not fire, as in a move's copy (session_replication_role).

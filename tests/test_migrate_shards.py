@@ -354,3 +354,28 @@ def test_lint_flags_unsafe_operations_on_existing_tables(
     assert check.returncode == 1
     for shard in SHARDS:
         assert f"{prefix(shard)} comments.9002_dba_unsafe" in check.stdout
+
+
+def test_migrating_an_up_to_date_shard_takes_no_lock_its_writes_hold(admin, django_db) -> None:
+    """The fence install after migrations leaves what is in place alone: on a shard whose
+    writes hold their tables, it neither waits nor deadlocks (its ALTER TABLE and CREATE
+    TRIGGER used to lock the fence table, then the sharded tables, in the migration's one
+    transaction: a write that had locked a table and then read the fence table deadlocked)."""
+    from django.db import connections, transaction
+
+    from shards import preparation
+
+    writer = admin("shard_0")
+    writer.autocommit = False
+    # As a write holds its tables while its fence trigger runs: RowExclusiveLock on each.
+    for model in preparation.sharded_models():
+        writer.execute(f"LOCK TABLE {model._meta.db_table} IN ROW EXCLUSIVE MODE")
+    writer.execute("SELECT count(*) FROM shardsvc_fence")
+    try:
+        with transaction.atomic(using="shard_0"):
+            with connections["shard_0"].cursor() as cursor:
+                # Any lock the write's locks conflict with fails at once instead of waiting.
+                cursor.execute("SET LOCAL lock_timeout = '100ms'")
+            preparation.after_migrate(sender=None, using="shard_0")
+    finally:
+        writer.rollback()
