@@ -25,8 +25,8 @@ from shards.tenancy import current_tenant
 
 M = TypeVar("M", bound=ShardedModel)
 
-# Marks for the two parameters while compiling: their places in the compiled statement's
-# parameters say which is which, whatever order the ORM writes the conditions in.
+# Marks for the parameters while compiling: their places in the compiled statement's parameters
+# say which is which, whatever order the ORM writes the conditions in.
 _TENANT_MARK = -1
 _ID_MARK = -2
 _DELTA_MARK = -3

@@ -101,10 +101,9 @@ class BlockedAddresses:
         assert subscription is not None
         try:
             while (message := subscription.get_message(timeout=0.0)) is not None:
+                self._note_reconnection(subscription)  # before its confirmation is handled
                 self._handle(message, now)
-            if subscription.reconnected:
-                subscription.reconnected = False
-                self._synced = False  # until the new subscription is confirmed and read
+            self._note_reconnection(subscription)
             if now - self._last_ping >= PING_EVERY:
                 self._last_ping = now
                 subscription.ping()
@@ -113,6 +112,11 @@ class BlockedAddresses:
             self._drop()
             return False
         return self._synced and now - self._last_pong < TRUST_FOR
+
+    def _note_reconnection(self, subscription: _Subscription) -> None:
+        if subscription.reconnected:
+            subscription.reconnected = False
+            self._synced = False  # until the new subscription is confirmed and its set read
 
     def _subscribe(self, now: float) -> bool:
         if now - self._last_attempt < CONNECT_EVERY or not self._can_connect():
