@@ -22,7 +22,21 @@ from tests.client import wait_until
 CONNECTIONS = 32
 
 
-def test_connections_opened_at_once_are_shared_between_the_workers(service, tenants) -> None:
+@pytest.fixture(scope="module")
+def two_workers(topology: LocalTopology) -> Iterator[ServiceProcess]:
+    """A service of two workers that no other test connects to: the connections a worker
+    holds are this module's only."""
+    svc = topology.start_service(name="two-workers", port=topology.layout.http_port + 22,
+                                 SHARDSVC_WORKERS="2", SHARDSVC_URLCONF="tests.urls")
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+def test_connections_opened_at_once_are_shared_between_the_workers(two_workers,
+                                                                   tenants) -> None:
+    service = two_workers
     parts = urllib.parse.urlsplit(service.url)
     path = f"/api/sites/{tenants['a'].slug}/_diag/where"
     start = threading.Barrier(CONNECTIONS)
@@ -46,8 +60,9 @@ def test_connections_opened_at_once_are_shared_between_the_workers(service, tena
             conn.close()
     assert len(held) == 2, held
     # A worker stops accepting once it holds more than SLACK over the other, so they end at
-    # most SLACK + 1 apart (without it, 31 to 1 and 20 to 12 are what one sees).
-    assert max(held.values()) - min(held.values()) <= SLACK + 1, held
+    # most SLACK + 1 apart, plus one when both accept at the same moment (without the table,
+    # 29 to 3 and 63 to 1 of 64 were seen).
+    assert max(held.values()) - min(held.values()) <= SLACK + 2, held
 
 
 @pytest.fixture(scope="module")
