@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -130,6 +131,26 @@ def django_db(topology: LocalTopology) -> Iterator[None]:
 
     connections.close_all()
     close_all_pools()
+
+
+@contextmanager
+def running_service(topology: LocalTopology, *, name: str, port: int,
+                    **env: str) -> Iterator[ServiceProcess]:
+    """A service of the harness topology for the length of the block, stopped after it."""
+    svc = topology.start_service(name=name, port=port, **env)
+    try:
+        yield svc
+    finally:
+        svc.stop()
+
+
+@pytest.fixture(scope="module")
+def throttled(topology: LocalTopology) -> Iterator[ServiceProcess]:
+    """The service with the throttling tests' small limits (tests/throttle_client.py)."""
+    from tests.throttle_client import throttled_service
+
+    with throttled_service(topology) as svc:
+        yield svc
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ import pytest
 from deploy.accept_balance import SLACK
 from deploy.topology import LocalTopology, ServiceProcess
 from tests.client import wait_until
+from tests.conftest import running_service
 
 CONNECTIONS = 32
 
@@ -26,12 +27,9 @@ CONNECTIONS = 32
 def two_workers(topology: LocalTopology) -> Iterator[ServiceProcess]:
     """A service of two workers that no other test connects to: the connections a worker
     holds are this module's only."""
-    svc = topology.start_service(name="two-workers", port=topology.layout.http_port + 22,
-                                 SHARDSVC_WORKERS="2", SHARDSVC_URLCONF="tests.urls")
-    try:
+    with running_service(topology, name="two-workers", port=topology.layout.http_port + 22,
+                         SHARDSVC_WORKERS="2", SHARDSVC_URLCONF="tests.urls") as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 def test_connections_opened_at_once_are_shared_between_the_workers(two_workers,
@@ -68,12 +66,9 @@ def test_connections_opened_at_once_are_shared_between_the_workers(two_workers,
 @pytest.fixture(scope="module")
 def one_worker(topology: LocalTopology) -> Iterator[ServiceProcess]:
     """A service with a single worker: every connection shares its loop."""
-    svc = topology.start_service(name="one-worker", port=topology.layout.http_port + 21,
-                                 SHARDSVC_WORKERS="1", SHARDSVC_ACCESS_LOG="")
-    try:
+    with running_service(topology, name="one-worker", port=topology.layout.http_port + 21,
+                         SHARDSVC_WORKERS="1", SHARDSVC_ACCESS_LOG="") as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 PIPELINED = 300

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from deploy.topology import LocalTopology, ServiceProcess
+from deploy.topology import ServiceProcess
 from routers.causal import HEADER
 from tests.api_client import SiteClient, create_site
 from tests.client import Response, wait_until
@@ -31,15 +31,8 @@ from tests.throttle_client import (
     assert_throttled,
     call,
     control_queries,
-    throttled_service,
     well_formed_key,
 )
-
-
-@pytest.fixture(scope="module")
-def throttled(topology: LocalTopology) -> Iterator[ServiceProcess]:
-    with throttled_service(topology) as svc:
-        yield svc
 
 
 def test_wrong_keys_are_refused_before_any_lookup_past_the_limit(throttled, topology) -> None:

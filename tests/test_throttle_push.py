@@ -9,12 +9,9 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
-from deploy.topology import LocalTopology, ServiceProcess
+from deploy.topology import ServiceProcess
 from tests.api_client import create_site
 from tests.client import wait_until
 from tests.throttle_client import (
@@ -22,15 +19,8 @@ from tests.throttle_client import (
     CounterReads,
     assert_throttled,
     call,
-    throttled_service,
     well_formed_key,
 )
-
-
-@pytest.fixture(scope="module")
-def throttled(topology: LocalTopology) -> Iterator[ServiceProcess]:
-    with throttled_service(topology) as svc:
-        yield svc
 
 
 def warm_up_every_worker(service: ServiceProcess, source: str, path: str,

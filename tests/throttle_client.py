@@ -28,18 +28,17 @@ DAY = 86400
 @contextmanager
 def throttled_service(topology: LocalTopology) -> Iterator[ServiceProcess]:
     """The service with the small limits above, on a port of its own."""
-    svc = topology.start_service(
-        name="throttle", port=topology.layout.http_port + 7,
+    from tests.conftest import running_service
+
+    with running_service(
+        topology, name="throttle", port=topology.layout.http_port + 7,
         SHARDSVC_THROTTLE_AUTH_FAILURES=f"{AUTH_LIMIT}/d",
         SHARDSVC_THROTTLE_WRITES=f"{WRITE_LIMIT}/d",
         SHARDSVC_THROTTLE_ADMIN_LOGIN=f"{LOGIN_LIMIT}/d",
         # Directory entries stay in Redis: the only control queries left are key lookups.
         SHARDSVC_DIRECTORY_REDIS_TTL="3600",
-    )
-    try:
+    ) as svc:
         yield svc
-    finally:
-        svc.stop()
 
 
 def call(source: str, method: str, url: str, *, body: Any = None,
