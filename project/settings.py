@@ -194,6 +194,8 @@ CACHES = {
             # pool makes callers wait (bounded by REDIS_TIMEOUT) instead.
             "CONNECTION_POOL_CLASS": "redis.BlockingConnectionPool",
             "CONNECTION_POOL_KWARGS": {"max_connections": 200, "timeout": REDIS_TIMEOUT},
+            # hiredis, with a readiness check that does not go through gevent's loop.
+            "PARSER_CLASS": "shards.redis_parser.ReadyCheckParser",
             "SOCKET_CONNECT_TIMEOUT": REDIS_TIMEOUT,
             "SOCKET_TIMEOUT": REDIS_TIMEOUT,
         },
