@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from django.core.signals import request_finished
@@ -42,9 +41,12 @@ access_logger = logging.getLogger("shardsvc.access")
 # What every record would otherwise gather and no format in this process writes: where the call
 # was made from (found by walking the caller's stack) and the multiprocessing name. One access
 # line per request pays for it; the logging HOWTO's "Optimization" section documents these
-# switches. The thread and process ids stay: Gunicorn's own log format writes %(process)d.
+# switches. The thread id and name go too (no format here writes them; under gevent, finding the
+# current thread's name for every record goes through gevent's thread-id lookups). The process
+# id stays: Gunicorn's own log format writes %(process)d.
 logging._srcfile = None
 logging.logMultiprocessing = False
+logging.logThreads = False
 
 
 @dataclass
@@ -150,26 +152,43 @@ class RequestContextFilter(logging.Filter):
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 # Objects Django passes in `extra` that say nothing a JSON line needs.
 _DROP = frozenset({"request", "server_time"})
+_SKIP = _STANDARD | _DROP
+
+
+# One encoder for every line: json.dumps with options other than its defaults builds a new
+# encoder per call.
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False)
 
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: timestamp (UTC, ms), level, logger, message, then context
     (request_id, site, shard, route) and any `extra` fields; exc/stack as text."""
 
+    _second: tuple[int, str] = (-1, "")
+
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds").replace("+00:00", "Z"),
+            "timestamp": self._timestamp(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
         }
         for key, value in record.__dict__.items():
-            if key in _STANDARD or key in _DROP or key.startswith("_") or value is None:
+            if value is None or key in _SKIP or key[0] == "_":
                 continue
             payload[key] = value
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
         if record.stack_info:
             payload["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(payload, default=str, ensure_ascii=False)
+        return _ENCODER.encode(payload)
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        # Lines come many to a second: the date and time of day are formatted once per second.
+        # One tuple: a thread never pairs one second with another's text.
+        second, text = self._second
+        if second != int(record.created):
+            second = int(record.created)
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        return f"{text}.{int(record.msecs):03d}Z"
