@@ -16,6 +16,7 @@ import threading
 from contextvars import ContextVar
 from typing import Any
 
+import psycopg
 from django.db import DEFAULT_DB_ALIAS, DatabaseError
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql.base import Cursor as DjangoCursor
@@ -31,6 +32,7 @@ from project.db_faults import commit_outcome_unknown
 
 from .deadline import Deadline, current_deadline
 from .errors import CommitOutcomeUnknown
+from .gevent_wait import GeventConnection, under_gevent
 from .options import POOL_KEYS, PoolOptions
 from .pool import Connection, ConnectionPool, PoolKey
 from .registry import close_all_pools, get_pool, retire_pool
@@ -42,6 +44,11 @@ from .timeouts import timeouts_cursor_class
 # but has wrappers of its own (Django's connections are per greenlet), so it starts a new list.
 _checked_out: ContextVar[tuple[int, list[DatabaseWrapper]] | None] = ContextVar(
     "pgpool_checked_out", default=None)
+
+
+def _connection_class() -> type[psycopg.Connection[Any]]:
+    # Chosen when a pool is made: Gunicorn's gevent worker has patched `select` by then.
+    return GeventConnection if under_gevent() else psycopg.Connection
 
 
 def _note_checkout(wrapper: DatabaseWrapper) -> None:
@@ -140,7 +147,7 @@ class DatabaseWrapper(GeventpoolDatabaseWrapper):
         )
         return ConnectionPool(
             name=self.alias,
-            connect=functools.partial(self.Database.connect, **params),
+            connect=functools.partial(_connection_class().connect, **params),
             configure=setup,
             max_size=opts.max_conns,
             reuse=opts.reuse_conns,
