@@ -9,7 +9,7 @@ from django.db.models import F, Q, QuerySet, Value
 from django.db.models.functions import MD5
 from django.utils import timezone
 
-from comments import cache, cursors, live
+from comments import cache, cursors, live, new_comment
 from comments.models import MAX_DEPTH, Comment, Thread, Vote
 from comments.schemas import Order, page_json
 from routers import causal
@@ -174,23 +174,27 @@ def cached_comment_page(thread_id: int, order: Order, cursor: str | None, limit:
 @retry_writes
 def post_comment(thread_id: int, *, author: str, author_name: str, body: str,
                  parent_id: int | None) -> Comment:
+    if parent_id is None:
+        # The most frequent write, in two round trips instead of four (comments.new_comment).
+        created = new_comment.post_top_level(_shard(), thread_id, author=author,
+                                             author_name=author_name, body=body)
+        if created is None:
+            raise NotFound(f"no thread {thread_id} on this site")
+        _after_write("created", created)
+        return created
     with causal.write_transaction(_shard()):
         # The count first: the UPDATE finds the thread and locks its row (as SELECT FOR
         # UPDATE did) in one statement; a missing thread updates nothing.
         if not _THREAD_BY_ID.add(thread_id, "comment_count", 1):
             raise NotFound(f"no thread {thread_id} on this site")
-        parent = None
-        if parent_id is not None:
-            parent = Comment.objects.filter(id=parent_id, thread_id=thread_id).first()
-            if parent is None:
-                raise NotFound(f"no comment {parent_id} in thread {thread_id}")
-            if parent.depth >= MAX_DEPTH:
-                raise Invalid(f"replies nest at most {MAX_DEPTH} levels deep")
+        parent = Comment.objects.filter(id=parent_id, thread_id=thread_id).first()
+        if parent is None:
+            raise NotFound(f"no comment {parent_id} in thread {thread_id}")
+        if parent.depth >= MAX_DEPTH:
+            raise Invalid(f"replies nest at most {MAX_DEPTH} levels deep")
         comment = Comment.objects.create(
-            thread_id=thread_id, parent=parent,
-            root_id=(parent.root_id or parent.id) if parent else None,
-            depth=parent.depth + 1 if parent else 0,
-            author=author, author_name=author_name, body=body,
+            thread_id=thread_id, parent=parent, root_id=parent.root_id or parent.id,
+            depth=parent.depth + 1, author=author, author_name=author_name, body=body,
         )
     _after_write("created", comment)
     return comment

@@ -79,17 +79,24 @@ class RowById(Generic[M]):
     def add(self, row_id: int, field: str, delta: int) -> int:
         """Add `delta` to `field` of the current tenant's row `row_id` on its primary, as
         `filter(id=row_id).update(field=F(field) + delta)` does: rows updated, 0 or 1."""
+        alias = router.db_for_write(self.model)
+        sql, params = self.add_statement(alias, row_id, field, delta)
+        with connections[alias].cursor() as cursor:
+            cursor.execute(sql, params)
+            return int(cursor.rowcount)
+
+    def add_statement(self, alias: str, row_id: int, field: str,
+                      delta: int) -> tuple[str, list[int]]:
+        """`add`'s UPDATE and its parameters, for a caller that sends it as part of a larger
+        statement (e.g. in a WITH, with a RETURNING of its own)."""
         entry = current_tenant()
         if entry is None:
             raise NoTenantContext(self.model._meta.label)
-        alias = router.db_for_write(self.model)
         sql, places = self._updates.get(field) or self._compile_update(alias, field)
         params = [0, 0, 0]
         for place, value in zip(places, (delta, entry.id, row_id), strict=True):
             params[place] = value
-        with connections[alias].cursor() as cursor:
-            cursor.execute(sql, params)
-            return int(cursor.rowcount)
+        return sql, params
 
     def _compile_update(self, alias: str, field: str) -> tuple[str, tuple[int, int, int]]:
         query = UpdateQuery(self.model)

@@ -36,19 +36,26 @@ def primary_statements(service: ServiceProcess) -> float:
                                  role="primary")
 
 
-def test_a_comment_costs_three_statements_on_the_primary(service: ServiceProcess,
-                                                         site: SiteClient) -> None:
+def test_a_comment_costs_two_statements_on_the_primary(service: ServiceProcess,
+                                                       site: SiteClient) -> None:
     thread = site.thread()
     site.comment(thread, "warm")  # the worker's key and directory caches are filled
     before = primary_statements(service)
     answer = site.call("POST", f"/threads/{thread}/comments", {"body": "counted"}, user=True)
     assert answer.status == 201, answer.body
-    # The count's UPDATE (which also finds and locks the thread), the INSERT, and the COMMIT
-    # with the WAL position after it.
-    assert primary_statements(service) - before == 3
+    # comments/new_comment.py: BEGIN with the count's UPDATE (which also finds and locks the
+    # thread) and the INSERT in one statement; then the COMMIT with the WAL position after it.
+    assert primary_statements(service) - before == 2
     assert causal.HEADER in answer.headers
     missing = site.call("POST", "/threads/1/comments", {"body": "nowhere"}, user=True)
     assert missing.status == 404
+    # A reply reads its parent first: the count's UPDATE, the parent's SELECT, the INSERT,
+    # the COMMIT with the position.
+    before = primary_statements(service)
+    reply = site.call("POST", f"/threads/{thread}/comments",
+                      {"body": "reply", "parent_id": answer.body["id"]}, user=True)
+    assert reply.status == 201, reply.body
+    assert primary_statements(service) - before == 4
 
 
 def test_the_writer_reads_its_own_comments_while_the_replica_lags(
