@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, QuerySet, Value
+from django.db.models import F, QuerySet, Value
 from django.db.models.functions import MD5
 from django.utils import timezone
 
-from comments import cache, cursors, live, new_comment
+from comments import cache, cursors, live, new_comment, page_reads
 from comments.models import MAX_DEPTH, Comment, Thread, Vote
 from comments.schemas import Order, page_json
 from routers import causal
@@ -17,8 +17,6 @@ from routers.write_hold import retry_writes
 from shards.row_by_id import RowById
 from shards.tenancy import current_tenant
 from sites.throttle import DeferredRead
-
-MAX_REPLIES_PER_PAGE = 500
 
 
 class NotFound(LookupError):
@@ -107,53 +105,6 @@ def comment_dict(comment: Comment) -> dict[str, Any]:
     }
 
 
-def page_with_replies(roots: QuerySet[Comment], comments: QuerySet[Comment],
-                      limit: int) -> tuple[list[dict[str, Any]], list[Comment], bool]:
-    """(items with their reply trees, the root comments shown, whether more follow) for the
-    first `limit` of the ordered `roots`; replies come from `comments` (same tenant)."""
-    page = list(roots[: limit + 1])
-    more = len(page) > limit
-    page = page[:limit]
-    items = [comment_dict(c) for c in page]
-    by_id = {item["id"]: item for item in items}
-    if page:
-        replies = comments.filter(root_id__in=list(by_id)).order_by("id")
-        for reply in replies[:MAX_REPLIES_PER_PAGE]:
-            node = comment_dict(reply)
-            by_id[node["id"]] = node
-            parent = by_id.get(reply.parent_id)
-            if parent is not None:
-                parent["replies"].append(node)
-    return items, page, more
-
-
-def comment_page(thread_id: int, order: Order, cursor: str | None, limit: int) -> dict[str, Any]:
-    """One page of top-level comments with their whole reply trees (replies oldest first)."""
-    roots = Comment.objects.filter(thread_id=thread_id, parent__isnull=True)
-    if order == "newest":
-        roots = roots.order_by("-id")
-        if cursor:
-            (last_id,) = cursors.decode(cursor, order)
-            roots = roots.filter(id__lt=last_id)
-    elif order == "oldest":
-        roots = roots.order_by("id")
-        if cursor:
-            (last_id,) = cursors.decode(cursor, order)
-            roots = roots.filter(id__gt=last_id)
-    else:
-        roots = roots.order_by("-score", "-id")
-        if cursor:
-            score, last_id = cursors.decode(cursor, order)
-            roots = roots.filter(Q(score__lt=score) | Q(score=score, id__lt=last_id))
-    items, page, more = page_with_replies(roots, Comment.objects.all(), limit)
-    next_cursor = None
-    if more and page:
-        last = page[-1]
-        key = [last.score, last.id] if order == "top" else [last.id]
-        next_cursor = cursors.encode(order, key)
-    return {"items": items, "next_cursor": next_cursor}
-
-
 def cached_comment_page(thread_id: int, order: Order, cursor: str | None, limit: int, *,
                         throttle_check: DeferredRead | None = None) -> tuple[bytes, str]:
     """(the page's JSON answer, how the cache served it: "hit", "fill", "wait", "bypass");
@@ -165,7 +116,7 @@ def cached_comment_page(thread_id: int, order: Order, cursor: str | None, limit:
 
     def fill() -> bytes:
         get_thread(thread_id)  # from the same fresh-enough database as the page
-        return page_json(comment_page(thread_id, order, cursor, limit))
+        return page_json(page_reads.comment_page(thread_id, order, cursor, limit))
 
     return cache.cached_page(entry, thread_id, f"{order}:{cursor or ''}:{limit}", fill,
                              also=throttle_check)
