@@ -31,19 +31,16 @@ noted here).
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from django.db import connections
 from django.db.models import Field
-from psycopg.pq import TransactionStatus
 
 from comments.models import Comment, Thread
+from project.pgpool.timeouts import rollback_quietly
 from routers.causal import COMMIT_AND_POSITION_SQL
 from routers.state import current_state
 from shards.row_by_id import RowById
-
-logger = logging.getLogger("shardsvc.writes")
 
 _THREADS = RowById(Thread)
 # (statement, the fields whose values fill its INSERT's parameters), built on first use.
@@ -89,7 +86,9 @@ def post_top_level(shard: str, thread_id: int, *, author: str, author_name: str,
             cursor.nextset()  # past the BEGIN's result, to the INSERT's
             row = cursor.fetchone()
         except BaseException:
-            _roll_back(connection)
+            # A server's error leaves the transaction aborted; a lost connection has none left.
+            if connection.connection is not None:
+                rollback_quietly(connection.connection)
             raise
         if state is not None:
             state.note_write(shard)
@@ -104,16 +103,3 @@ def post_top_level(shard: str, thread_id: int, *, author: str, author_name: str,
     comment._state.adding = False
     comment._state.db = shard
     return comment
-
-
-def _roll_back(connection: Any) -> None:
-    """End the first message's transaction if it is still open (a server's error leaves it
-    aborted; a lost connection has none left), keeping the original error for the caller."""
-    raw = connection.connection
-    if raw is None or raw.closed or raw.info.transaction_status not in (
-            TransactionStatus.INTRANS, TransactionStatus.INERROR):
-        return
-    try:
-        raw.rollback()
-    except Exception:
-        logger.debug("rollback after a failed comment write failed", exc_info=True)

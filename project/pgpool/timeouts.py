@@ -84,7 +84,7 @@ class TimeoutsCursorMixin(_CursorBase):
             result = super().executemany(query, params_seq, **kwargs)
         except BaseException:
             if autocommit:
-                _rollback_quietly(conn)
+                rollback_quietly(conn)
             raise
         if autocommit:
             conn.commit()
@@ -108,8 +108,9 @@ def timeouts_cursor_class(base: type, *, statement_timeout: float,
     )
 
 
-def _rollback_quietly(conn: Any) -> None:
-    """End the failed query's transaction, keeping the query's own error for the caller."""
+def rollback_quietly(conn: Any) -> None:
+    """End the failed query's transaction (psycopg connection `conn`), if one is still open,
+    keeping the query's own error for the caller."""
     if conn.closed or conn.pgconn.transaction_status not in (
         TransactionStatus.INTRANS,
         TransactionStatus.INERROR,
