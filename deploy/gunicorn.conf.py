@@ -8,6 +8,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import atexit  # noqa: E402
+import gc  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
@@ -57,6 +58,11 @@ _accept_balance = AcceptBalance()
 
 
 def pre_fork(server, worker):
+    # What the master built loading the app (preload_app) lives as long as the worker: frozen,
+    # the worker's full collections skip it (and leave those pages shared with the master).
+    # Measured under wrk at 64 connections: a worker's gen-2 collections paused it 47-52 ms
+    # (median; up to 74), every request in flight waiting; 6-7 ms frozen.
+    gc.freeze()
     worker.accept_balance = _accept_balance
     worker.accept_slot = _accept_balance.claim()
 
