@@ -260,6 +260,13 @@ def test_the_switchover_endpoint_refuses_what_it_cannot_run(page: Page, edge: st
 
 
 def _session_on_replica(key: str) -> bool:
+    """The control replica has the session as the primary has it now: a login saves the new
+    session twice (empty, to claim its key, then with the user), and a replica that has only
+    the first would serve the dashboard an anonymous session."""
     from django.contrib.sessions.models import Session
 
-    return Session.objects.using("default_replica_1").filter(session_key=key).exists()
+    def data(alias: str) -> str | None:
+        row = Session.objects.using(alias).filter(session_key=key).first()
+        return None if row is None else row.session_data
+
+    return data("default_replica_1") == data("default") is not None
