@@ -22,6 +22,7 @@ from django.core.handlers.base import reset_urlconf
 from django.core.handlers.wsgi import WSGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections, reset_queries
+from django.urls import get_resolver
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
@@ -113,5 +114,17 @@ def lean_request_signals() -> None:
     request_finished.disconnect(reset_urlconf)
 
 
+def load_urlconf() -> None:
+    """Import the URLconf, every view module behind it and the API with its schemas now, in the
+    process that loads the app. Django does it at the first request; under Gunicorn with
+    preload_app that is each worker's first request, whose imports and schema building (about
+    0.2 s here) block every other request of the worker. Loaded in the master, the workers fork
+    with it ready (and frozen with the rest of the master's objects: deploy/gunicorn.conf.py)."""
+    resolver = get_resolver()
+    resolver.url_patterns  # noqa: B018  (the property imports the URLconf)
+    resolver._populate()  # the reverse lookups, built once either way
+
+
 django.setup(set_prefix=False)  # what get_wsgi_application does before building its handler
 application = PathHandlers()
+load_urlconf()

@@ -85,3 +85,19 @@ def test_caches_that_close_their_connections_keep_being_closed(django_signals: N
     with override_settings(CACHES=closing):
         lean_request_signals()
     assert close_caches in receivers(request_finished)
+
+
+def test_loading_the_app_loads_the_urlconf_and_the_api() -> None:
+    """In a process of its own: what importing project.wsgi (Gunicorn's preload) leaves loaded,
+    so that no worker's first request imports it."""
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import sys; import project.wsgi; from django.urls import get_resolver; "
+             "print('comments.api' in sys.modules, 'migrations_tools.ops_dashboard' in "
+             "sys.modules, get_resolver()._populated)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env={**os.environ}, cwd=settings.BASE_DIR, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "True"]
