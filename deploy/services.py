@@ -132,7 +132,8 @@ class ServiceControl:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # survives the caller; `down` stops it by pid file
             )
-        service.wait_ready(timeout=60)
+        service.wait_ready(timeout=60,
+                           workers=int(self.service_env(**env)["SHARDSVC_WORKERS"]))
         self.echo(f"service: {service.url}/ (log {folder / 'gunicorn.log'})")
         return service
 
@@ -184,14 +185,18 @@ class ServiceProcess:
         except OSError:
             return False
 
-    def wait_ready(self, *, timeout: float) -> None:
+    def wait_ready(self, *, timeout: float, workers: int = 1) -> None:
+        """Until /healthz answers and the master has forked `workers` workers: Gunicorn forks
+        them one after another, with a random pause of up to 0.1 s between two, and the first
+        may answer before the last exists."""
         deadline = time.monotonic() + timeout
         last_error = ""
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:
-                    if response.status == 200:
+                    if response.status == 200 and len(self.worker_pids()) >= workers:
                         return
+                    last_error = f"{len(self.worker_pids())} of {workers} workers forked"
             except OSError as exc:
                 last_error = str(exc)
             time.sleep(0.1)
@@ -199,6 +204,17 @@ class ServiceProcess:
             f"the service did not answer /healthz on port {self.port} within {timeout:.0f} s "
             f"({last_error}){proc.log_tail(self.log, 40)}"
         )
+
+    def worker_pids(self) -> list[int]:
+        """The Gunicorn master's children (its workers), as the kernel lists them."""
+        master = proc.read_pid(self.pidfile)
+        if master is None:
+            return []
+        try:
+            children = Path(f"/proc/{master}/task/{master}/children").read_text()
+        except OSError:
+            return []
+        return [int(pid) for pid in children.split()]
 
     def stop(self) -> None:
         proc.stop_pid(self.pidfile, timeout=20)
