@@ -175,7 +175,10 @@ def main() -> None:
             # For reading with pstats: where the calls went, one file per side and kind.
             stats.dump_stats(os.environ["REQUEST_COST_PSTATS"] + f".{target}.{kind}")
         result["python_calls"] = stats.total_calls / n  # type: ignore[attr-defined]
-        result["database_waits"] = _calls_of(stats, "psycopg/waiting.py", "wait_poll") / n
+        # psycopg's own wait, or the gevent one the service's pools use under monkey patching.
+        result["database_waits"] = (_calls_of(stats, "psycopg/waiting.py", "wait_poll")
+                                    + _calls_of(stats, "project/pgpool/gevent_wait.py", "wait")
+                                    ) / n
         result["redis_commands"] = _calls_of(stats, "redis/connection.py",
                                              "send_packed_command") / n
     elif mode == "cpu":
