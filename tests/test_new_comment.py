@@ -6,8 +6,6 @@ error that rolls the whole write back."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -19,24 +17,12 @@ from comments.models import Comment, Thread
 from routers.state import routing_scope
 from shards.tenancy import tenant
 from tests.client import wait_until
+from tests.statements import statements
 
 pytestmark = pytest.mark.usefixtures("django_db")
 
 _COLUMNS = ["tenant_id", "thread_id", "parent_id", "root_id", "author", "author_name", "body",
             "created_at", "edited_at", "deleted", "score", "depth"]
-
-
-@contextmanager
-def statements(alias: str) -> Iterator[list[str]]:
-    sent: list[str] = []
-
-    def note(execute: Callable[..., Any], sql: str, params: Any, many: bool,
-             context: dict[str, Any]) -> Any:
-        sent.append(sql)
-        return execute(sql, params, many, context)
-
-    with connections[alias].execute_wrapper(note):
-        yield sent
 
 
 def row(model: type[Model], alias: str, pk: int) -> dict[str, Any]:

@@ -6,12 +6,9 @@ choice of server."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from django.db import connections
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
@@ -24,6 +21,7 @@ from routers.replicas import get_replica_health
 from routers.state import routing_scope
 from shards.tenancy import tenant
 from tests.client import wait_until
+from tests.statements import statements
 
 pytestmark = pytest.mark.usefixtures("django_db")
 
@@ -65,19 +63,6 @@ def orm_page(thread_id: int, order: str, cursor: str | None, limit: int) -> dict
         next_cursor = cursors.encode(order, [last.score, last.id] if order == "top"
                                      else [last.id])
     return {"items": items, "next_cursor": next_cursor}
-
-
-@contextmanager
-def statements(alias: str) -> Iterator[list[str]]:
-    sent: list[str] = []
-
-    def note(execute: Callable[..., Any], sql: str, params: Any, many: bool,
-             context: dict[str, Any]) -> Any:
-        sent.append(sql)
-        return execute(sql, params, many, context)
-
-    with connections[alias].execute_wrapper(note):
-        yield sent
 
 
 @pytest.fixture(scope="module")
