@@ -34,7 +34,7 @@ from shards.tenancy import current_tenant
 MAX_REPLIES_PER_PAGE = 500
 
 # The columns a page shows, in the order the statements select them.
-_FIELDS = ("id", "thread_id", "parent_id", "author", "author_name", "body", "deleted", "score",
+FIELDS = ("id", "thread_id", "parent_id", "author", "author_name", "body", "deleted", "score",
            "depth", "created_at", "edited_at")
 # Per order: the roots' condition after a cursor, and their ordering. A "top" cursor's key is
 # (score, id); its condition takes the score twice.
@@ -56,9 +56,9 @@ def _column(name: str) -> str:
 
 def _names(alias: str) -> dict[str, str]:
     quote = connections[alias].ops.quote_name
-    names = {f: quote(_column(f)) for f in (*_FIELDS, "tenant_id", "root_id")}
+    names = {f: quote(_column(f)) for f in (*FIELDS, "tenant_id", "root_id")}
     names["table"] = quote(Comment._meta.db_table)
-    names["columns"] = ", ".join(names[f] for f in _FIELDS)
+    names["columns"] = ", ".join(names[f] for f in FIELDS)
     return names
 
 
@@ -86,8 +86,8 @@ def _replies_sql(alias: str) -> str:
     return _replies
 
 
-def _item(row: Sequence[Any]) -> dict[str, Any]:
-    """A row as comments.service.comment_dict makes a comment."""
+def comment_item(row: Sequence[Any]) -> dict[str, Any]:
+    """A comment as a page (and the API's answers) show it, from its values in FIELDS' order."""
     (id_, thread_id, parent_id, author, author_name, body, deleted, score, depth, created_at,
      edited_at) = row
     return {
@@ -123,17 +123,17 @@ def comment_page(thread_id: int, order: Order, cursor: str | None,
     roots, replies = retrying_read(lambda: router.db_for_read(Comment), read)
     more = len(roots) > limit
     page = roots[:limit]
-    items = [_item(row) for row in page]
+    items = [comment_item(row) for row in page]
     by_id = {item["id"]: item for item in items}
     for row in replies:
-        node = _item(row)
+        node = comment_item(row)
         by_id[node["id"]] = node
         parent = by_id.get(node["parent_id"])
         if parent is not None:
             parent["replies"].append(node)
     next_cursor = None
     if more and page:
-        last = dict(zip(_FIELDS, page[-1], strict=True))
+        last = items[-1]
         key = [last["score"], last["id"]] if order == "top" else [last["id"]]
         next_cursor = cursors.encode(order, key)
     return {"items": items, "next_cursor": next_cursor}

@@ -89,20 +89,7 @@ def get_thread(thread_id: int) -> Thread:
 
 
 def comment_dict(comment: Comment) -> dict[str, Any]:
-    return {
-        "id": comment.id,
-        "thread_id": comment.thread_id,
-        "parent_id": comment.parent_id,
-        "author": comment.author,
-        "author_name": comment.author_name,
-        "body": "" if comment.deleted else comment.body,
-        "deleted": comment.deleted,
-        "score": comment.score,
-        "depth": comment.depth,
-        "created_at": comment.created_at.isoformat(),
-        "edited_at": comment.edited_at.isoformat() if comment.edited_at else None,
-        "replies": [],
-    }
+    return page_reads.comment_item([getattr(comment, field) for field in page_reads.FIELDS])
 
 
 def cached_comment_page(thread_id: int, order: Order, cursor: str | None, limit: int, *,

@@ -194,9 +194,10 @@ class ServiceProcess:
         while time.monotonic() < deadline:
             try:
                 with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as response:
-                    if response.status == 200 and len(self.worker_pids()) >= workers:
+                    forked = len(self.worker_pids())
+                    if response.status == 200 and forked >= workers:
                         return
-                    last_error = f"{len(self.worker_pids())} of {workers} workers forked"
+                    last_error = f"{forked} of {workers} workers forked"
             except OSError as exc:
                 last_error = str(exc)
             time.sleep(0.1)

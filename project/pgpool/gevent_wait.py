@@ -15,7 +15,8 @@ watchers (read, read/write), made once per connection. A socket shut down under 
 the error as it does under psycopg's own waits.
 
 Only for waits without a timeout (psycopg uses timeouts for cancellation and for connecting,
-which do not come through here): those, and every wait outside gevent, are psycopg's.
+which do not come through here): those stay psycopg's, as does every wait of a process without
+gevent, whose pools make psycopg's own connections.
 """
 
 from __future__ import annotations
@@ -57,12 +58,13 @@ def under_gevent() -> bool:
 
 
 class GeventConnection(psycopg.Connection[Any]):
-    """A psycopg connection whose statements wait on gevent watchers (module docstring)."""
+    """A psycopg connection whose statements wait on gevent watchers (module docstring). The
+    pools make these only under gevent (project.pgpool.base)."""
 
     _watchers: dict[Wait, Any] | None = None
 
     def wait(self, gen: PQGen[Any], interval: float = 0.1, timeout: float | None = None) -> Any:
-        if timeout is not None or not under_gevent():
+        if timeout is not None:
             return super().wait(gen, interval, timeout)
         fileno = self.pgconn.socket
         try:
