@@ -8,7 +8,7 @@ from typing import Any
 
 from deploy.topology import LocalTopology, ServiceProcess
 from routers import causal
-from tests.client import Response, request
+from tests.client import Connection, Response, request
 
 
 @dataclass
@@ -28,14 +28,19 @@ class SiteClient:
         return f"{self.base}/sites/{self.slug}"
 
     def call(self, method: str, path: str, body: Any = None, *, user: bool = False,
-             headers: dict[str, str] | None = None, key: str | None = None) -> Response:
+             headers: dict[str, str] | None = None, key: str | None = None,
+             via: Connection | None = None) -> Response:
+        """One call; on `via`'s keep-alive connection when given, else on a new connection."""
         all_headers = {"X-Api-Key": self.key if key is None else key}
         if user and self.user_token:
             all_headers["X-User-Token"] = self.user_token
         if self.causal_token:
             all_headers[causal.HEADER] = self.causal_token
         all_headers.update(headers or {})
-        answer = request(method, f"{self.root}{path}", body=body, headers=all_headers)
+        if via is None:
+            answer = request(method, f"{self.root}{path}", body=body, headers=all_headers)
+        else:
+            answer = via.request(method, f"{self.root}{path}", body=body, headers=all_headers)
         self.causal_token = answer.headers.get(causal.HEADER, self.causal_token)
         return answer
 

@@ -11,6 +11,7 @@ errors per shard and compare acknowledged comments with what the new leader hold
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import itertools
 import threading
 import time
@@ -22,6 +23,7 @@ from deploy.topology import LocalTopology, ServiceProcess
 from routers.write_hold import FAILOVER_WAITS
 from shards import pg
 from tests.api_client import UNREACHED_THROTTLES, SiteClient, create_site
+from tests.client import Connection
 from tests.conftest import make_topology
 
 # The service's FAILOVER_HOLD_SECONDS (its default): how long a write is held before a 503.
@@ -83,24 +85,24 @@ class SiteUser:
         # which a failover of the primary must not interrupt.
         self.reader = SiteClient(owner.base, owner.slug, owner.key, owner.shard)
 
-    def write(self) -> Call:
+    def write(self, via: Connection | None = None) -> Call:
         sent = time.monotonic()
-        answer = _call(self.writer, "POST", f"/threads/{self.thread}/comments",
+        answer = _call(self.writer, via, "POST", f"/threads/{self.thread}/comments",
                        {"body": f"ha {uuid.uuid4().hex[:8]}"}, user=True)
         return _record("write", self.shard, sent, answer)
 
-    def read(self) -> Call:
+    def read(self, via: Connection | None = None) -> Call:
         sent = time.monotonic()
-        answer = _call(self.reader, "GET", f"/threads/{self.thread}/comments?limit=5")
+        answer = _call(self.reader, via, "GET", f"/threads/{self.thread}/comments?limit=5")
         return _record("read", self.shard, sent, answer)
 
 
-def _call(client: SiteClient, method: str, path: str, body: object = None, *,
-          user: bool = False):
+def _call(client: SiteClient, via: Connection | None, method: str, path: str,
+          body: object = None, *, user: bool = False):
     try:
-        return client.call(method, path, body, user=user)
-    except OSError as exc:  # refused, reset, timed out: the service gave no answer
-        return exc
+        return client.call(method, path, body, user=user, via=via)
+    except (OSError, http.client.HTTPException) as exc:
+        return exc  # refused, reset, closed, timed out: the service gave no answer
 
 
 def _record(kind: str, shard: str, sent: float, answer: object) -> Call:
@@ -156,16 +158,20 @@ class ServiceLoad:
         interval = 1 / rate
         turn = offset
         next_at = time.monotonic()
+        # One keep-alive connection per thread, as a browser keeps one: a new connection per
+        # call cost the clients and the service more than the call itself.
+        via = Connection(self.users[0].reader.base, timeout=CLIENT_TIMEOUT)
         while not self._stop.is_set():
             user = self.users[turn % len(self.users)]
             turn += 1
-            call = user.write() if kind == "write" else user.read()
+            call = user.write(via) if kind == "write" else user.read(via)
             with self._lock:
                 self.calls.append(call)
             # Paced by schedule, not by answers: a held write does not slow the others down
             # beyond this thread's own wait.
             next_at = max(next_at + interval, time.monotonic() - 1.0)
             self._stop.wait(max(0.0, next_at - time.monotonic()))
+        via.close()
 
     def snapshot(self) -> list[Call]:
         with self._lock:
