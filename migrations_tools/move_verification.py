@@ -2,8 +2,9 @@
 
 - at the flip: the frozen source against a snapshot of the target taken at the flip; a
   difference fails the move with the source rows kept;
-- before the cutover, while catching up: settled id ranges compared one at a time
-  (`verify_ranges`); the verification at the flip then skips those still unchanged;
+- before the cutover, while catching up: settled id ranges compared one at a time, each table
+  apart (`verify_ranges`); the verification at the flip then skips, table by table, those
+  still unchanged;
 - resumed after a crash past the flip (the snapshot died with the command): what can still be
   compared (`verify_resumed`); short of a clean result the job ends "unverified", the source
   rows stay, and only `move_tenant --accept-unverified` removes them.
@@ -66,24 +67,30 @@ class VerifySteps:
             self._verify_resumed()
             return
         skipped = self._still_verified_ranges()
-        condition, params = verify_ranges.outside(skipped)
-        diffs = verify.compare(self.source, snapshot, self.tables, self.job.tenant_id,
-                               condition=condition, params=params)
+        diffs = []
+        for table in self.tables:
+            condition, params = verify_ranges.outside(skipped[table])
+            diffs += verify.compare(self.source, snapshot, [table], self.job.tenant_id,
+                                    condition=condition, params=params)
         snapshot.rollback()
         snapshot.close()
         self._target_snapshot = None
         clean = all(d.clean for d in diffs)
+        # Ranges verified before the cutover and unchanged since, in every table (a table's
+        # rows in a range are skipped as soon as they are, whatever the other tables' are).
+        everywhere = set.intersection(*(set(r) for r in skipped.values())) if skipped else set()
         self._report(verification={
             "note": "against the target's snapshot at the flip",
-            "skipped_ranges": len(skipped),  # verified before the cutover, unchanged since
+            "skipped_ranges": len(everywhere),
+            "skipped_by_table": {table: len(ranges) for table, ranges in skipped.items()},
             "tables": [{"table": d.table, "source_rows": d.source_rows,
                         "target_rows": d.target_rows, "bad_buckets": d.bad_buckets}
                        for d in diffs]})
         self.progress("verified: " + ", ".join(
             f"{d.table} {d.source_rows}={d.target_rows}" if d.clean
             else f"{d.table} {d.source_rows}!={d.target_rows} buckets {d.bad_buckets}"
-            for d in diffs) + (f" (and {len(skipped)} id ranges verified before the cutover)"
-                               if skipped else ""))
+            for d in diffs) + (f" (and {len(everywhere)} id ranges verified before the cutover)"
+                               if everywhere else ""))
         if not clean:
             self._set(State.FAILED, verified=False, finished_at=timezone.now(),
                       error="verification found differences; source rows kept (fenced)")
@@ -94,8 +101,13 @@ class VerifySteps:
     # --- continuous verification, before the cutover
 
     def _compare_next_range(self) -> bool:
-        """Compare one settled id range not verified yet. False when none is left, or the
-        time allowed for it is spent (the rest is verified at the flip)."""
+        """Compare one settled id range not verified yet, in the tables not verified in it yet.
+        False when none is left, or the time allowed for it is spent (the rest is verified at
+        the flip).
+
+        Tables are verified apart: a range that holds a few rows written all the time (a busy
+        thread's comment counter) would otherwise keep every other table's rows in it, which
+        no longer change, for the flip, where they are compared while writes go on."""
         budget = self.settings.continuous_verify_seconds
         if budget <= 0:
             return False
@@ -104,24 +116,30 @@ class VerifySteps:
         if time.monotonic() > self._continuous_deadline:
             return False
         plan = self.job.report.get("continuous") or self._plan_ranges()
-        pending = [i for i in range(len(plan["ranges"])) if str(i) not in plan["verified"]
+        pending = [i for i in range(len(plan["ranges"])) if self._unverified_tables(plan, i)
                    and plan["tries"].get(str(i), 0) < MAX_TRIES]
         if not pending:
             return False
         index = pending[0]
         lo, hi = plan["ranges"][index]
-        tables, tenant_id = self.tables, self.job.tenant_id
+        tables, tenant_id = self._unverified_tables(plan, index), self.job.tenant_id
         seen = verify_ranges.read_source(self.source, tables, tenant_id, (lo, hi))
         try:
             self._wait_applied(seen.lsn, time.monotonic() + APPLY_WAIT)
-            applied = True
+            target = verify_ranges.read_target(self.target, tables, tenant_id, (lo, hi))
         except MoveError:
-            applied = False  # busy: count a try, compare again later
-        if applied and verify_ranges.read_target(self.target, tables, tenant_id,
-                                                 (lo, hi)) == seen.checksums:
-            plan["verified"][str(index)] = {"snapshot": seen.snapshot, "rows": seen.rows()}
-        elif applied and verify_ranges.unchanged_since(self.source, tables, tenant_id, (lo, hi),
-                                                       seen.snapshot, seen.rows()):
+            target = None  # busy: count a try, compare again later
+        differ = [] if target is None else [t for t in tables
+                                            if target[t] != seen.checksums[t]]
+        matching = [] if target is None else [t for t in tables if t not in differ]
+        if matching:
+            entry = plan["verified"].setdefault(str(index), {"snapshot": {}, "rows": {}})
+            counts = seen.rows()
+            for table in matching:
+                entry["snapshot"][table] = seen.snapshot
+                entry["rows"][table] = counts[table]
+        if differ and verify_ranges.unchanged_since(self.source, differ, tenant_id, (lo, hi),
+                                                    seen.snapshot, seen.rows()):
             self._report(continuous={**plan, "differs": [lo, hi]})
             raise MoveError(
                 f"continuous verification: the tenant's rows with ids in [{lo}, {hi}) differ "
@@ -129,13 +147,19 @@ class VerifySteps:
                 "change on the source meanwhile. Nothing was cut over: the tenant serves "
                 f"from {self.job.source}. Abort the move (move_tenant <tenant> --abort) and "
                 "look at the target's log before trying again")
-        else:  # the range changed while compared: try again later
+        if target is None or differ:  # changed while compared: try again later
             plan["tries"][str(index)] = plan["tries"].get(str(index), 0) + 1
         self._report(continuous=plan)
+        matched = sum(1 for i in range(len(plan["ranges"]))
+                      if not self._unverified_tables(plan, i))
         rows = sum(sum(v["rows"].values()) for v in plan["verified"].values())
-        self.progress(f"continuous verification: {len(plan['verified'])}/"
-                      f"{len(plan['ranges'])} id ranges match ({rows} rows)")
+        self.progress(f"continuous verification: {matched}/{len(plan['ranges'])} id ranges "
+                      f"match ({rows} rows)")
         return True
+
+    def _unverified_tables(self, plan: dict[str, Any], index: int) -> list[str]:
+        done = (plan["verified"].get(str(index)) or {}).get("rows", {})
+        return [t for t in self.tables if t not in done]
 
     def _plan_ranges(self) -> dict[str, Any]:
         lo = verify_ranges.lowest_id(self.source, self.tables, self.job.tenant_id)
@@ -146,15 +170,21 @@ class VerifySteps:
         self._report(continuous=plan)
         return plan
 
-    def _still_verified_ranges(self) -> list[tuple[int, int]]:
-        """Ranges verified before the cutover whose (now frozen) source rows are unchanged."""
+    def _still_verified_ranges(self) -> dict[str, list[tuple[int, int]]]:
+        """Per table, the ranges verified before the cutover whose (now frozen) source rows
+        are unchanged."""
         plan = self.job.report.get("continuous") or {}
-        kept = []
+        kept: dict[str, list[tuple[int, int]]] = {table: [] for table in self.tables}
         for index, seen in (plan.get("verified") or {}).items():
             lo, hi = plan["ranges"][int(index)]
-            if verify_ranges.unchanged_since(self.source, self.tables, self.job.tenant_id,
-                                             (lo, hi), seen["snapshot"], seen["rows"]):
-                kept.append((lo, hi))
+            snapshots = seen["snapshot"]
+            if isinstance(snapshots, str):  # a job planned when a range had one snapshot
+                snapshots = dict.fromkeys(seen["rows"], snapshots)
+            for table, snapshot in snapshots.items():
+                if table in kept and verify_ranges.unchanged_since(
+                        self.source, [table], self.job.tenant_id, (lo, hi), snapshot,
+                        seen["rows"]):
+                    kept[table].append((lo, hi))
         return kept
 
     def _verify_resumed(self) -> None:

@@ -4,6 +4,8 @@ and the move's gauges in /metrics."""
 
 from __future__ import annotations
 
+import threading
+import uuid
 from typing import Any
 
 import pytest
@@ -68,6 +70,44 @@ def test_settled_ranges_are_verified_before_the_cutover_and_skipped_at_the_flip(
     assert after.value("shardsvc_move_lag_bytes", **labels) == 0
     assert after.value("shardsvc_move_write_pause_seconds", **labels) > 0
 
+
+
+def test_a_busy_row_keeps_only_its_own_table_for_the_flip(service, topology) -> None:
+    site, thread = seeded_site(service, topology, "shard_0", comments=30)
+    tenant_id = Tenant.objects.using("default").get(slug=site.slug).id
+    stop = threading.Event()
+    touches = []
+
+    def touch() -> None:  # the thread's row written all along, as a busy page's counter is
+        with topology.admin_connect(topology.node("shard_0")) as conn:
+            while not stop.is_set():
+                conn.execute("UPDATE comments_thread SET title = %s WHERE id = %s",
+                             [uuid.uuid4().hex, thread])
+                touches.append(1)
+
+    toucher = threading.Thread(target=touch, daemon=True)
+
+    def progress(message: str) -> None:
+        if message == "[catching_up]":
+            toucher.start()
+        elif message == "[cutover]":  # before the fence, which would refuse these writes
+            stop.set()
+            toucher.join()
+
+    job = run_move(site.slug, tenant_id, "shard_1", SETTLED_NOW, progress)
+    assert (job.state, job.verified) == ("done", True), job.report
+    assert touches
+    continuous = job.report["continuous"]
+    # The thread (the tenant's first id) sits in range 0, which differed while it changed...
+    assert continuous["tries"].get("0", 0) >= 1, continuous
+    # ...but its comments there did not change: verified before the cutover, and not compared
+    # again at the flip, in any range.
+    assert continuous["verified"]["0"]["rows"]["comments_comment"] > 0
+    verification = job.report["verification"]
+    assert verification["skipped_by_table"]["comments_comment"] == 4
+    compared = {t["table"]: t["source_rows"] for t in verification["tables"]}
+    assert compared["comments_comment"] == 0, verification
+    assert rows_on(topology, "shard_1", tenant_id) == 31
 
 
 def test_the_service_names_its_connections_by_process(service, topology, admin) -> None:
