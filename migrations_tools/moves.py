@@ -35,7 +35,7 @@ from django.utils import timezone
 from migrations_tools import initial_copy, replication
 from migrations_tools.move_failover import FailoverSteps, drop_replication
 from migrations_tools.move_jobs import MoveError, MoveSettings
-from migrations_tools.move_progress import clamp_progress, progress_text
+from migrations_tools.move_progress import CutoverSteps, clamp_progress, progress_text
 from migrations_tools.move_verification import VerifySteps
 from migrations_tools.tenant_rows import Progress, delete_tenant_rows, sharded_tables, tenant_rows
 from migrations_tools.verify_resumed import current_snapshot
@@ -266,6 +266,7 @@ class Mover(VerifySteps, FailoverSteps):
                 "fenced_at = clock_timestamp(), expires_at = EXCLUDED.expires_at",
                 [self.job.tenant_id, self.job.pk, self.settings.fence_lease])
         fenced = time.monotonic()
+        steps = CutoverSteps(fenced)
         fence_time = pg.fetch_value(self.source, "SELECT clock_timestamp()")
         if self.crash_at == "fenced":
             os._exit(70)  # fault injection: die holding the fence (see run())
@@ -281,8 +282,11 @@ class Mover(VerifySteps, FailoverSteps):
                     raise MoveError(f"transactions older than the fence ran past {timeout:.0f} "
                                     "s on the source; the move stays on the source, retry it")
                 time.sleep(0.002)
+            steps.done("older_transactions")
             last_write = self._flush_source()
+            steps.done("flush")
             self._wait_applied(last_write, deadline)
+            steps.done("applied")
             # Snapshot of the target as the copy left it, for verification after the flip.
             snapshot.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             flip_snapshot = current_snapshot(snapshot)
@@ -296,18 +300,22 @@ class Mover(VerifySteps, FailoverSteps):
             ).rowcount
             if not kept:
                 raise MoveError("the fence lease ran out before the flip; retry the move")
+            steps.done("snapshot")
             with transaction.atomic(using=CONTROL_ALIAS):
                 set_placement(self.job.tenant_id, self.job.target, min_lsn=min_lsn,
                               state=Tenant.State.ACTIVE)
                 pause_ms = (time.monotonic() - fenced) * 1000
+                steps.done("flip")
                 self._set(State.FLIPPED, flip_lsn=min_lsn, write_pause_ms=round(pause_ms, 2),
                           flip_snapshot=flip_snapshot)
         except BaseException:
             if self.job.state == State.CUTOVER:
                 self._after_failed_cutover()
             raise
-        self._report(flipped_at=time.time())
-        self.progress(f"flipped to {self.job.target}: writes paused {pause_ms:.1f} ms")
+        # Pairs, in order: the report is jsonb, which orders an object's keys its own way.
+        self._report(flipped_at=time.time(), cutover_ms=list(steps.ms.items()))
+        self.progress(f"flipped to {self.job.target}: writes paused {pause_ms:.1f} ms "
+                      f"({steps.text()})")
 
     def _flush_source(self) -> int:
         """The source's WAL position past every commit so far, flushed so the walsender can

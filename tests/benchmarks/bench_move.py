@@ -222,6 +222,8 @@ def main() -> int:
         print(f"{'copy (s)':<34}{job.report.get('copy_seconds', 0):>14.1f}")
         print(f"{'move total (s)':<34}{total:>14.1f}")
         print(f"{'server-side write pause (ms)':<34}{job.write_pause_ms:>14.1f}")
+        for step, ms in job.report.get("cutover_ms") or []:
+            print(f"{'  ' + step.replace('_', ' '):<34}{ms:>14.1f}")
         print(f"{'writes acknowledged':<34}{len(latencies):>14,}")
         print(f"{'writes failed':<34}{len(failures):>14,}")
         print(f"{'write rate asked (/s)':<34}{args.rate:>14.1f}")

@@ -9,7 +9,7 @@ import itertools
 import pytest
 
 from migrations_tools.blockers import Blocker, describe_blockers
-from migrations_tools.move_progress import clamp_progress, progress_text, shown_lag
+from migrations_tools.move_progress import CutoverSteps, clamp_progress, progress_text, shown_lag
 from migrations_tools.natural_sort import natural_key
 from migrations_tools.verify_ranges import merge_ranges, outside, plan_ranges, settled_below
 from project.pgpool.session import application_name_for
@@ -95,3 +95,12 @@ def test_a_blocked_migration_names_its_blockers() -> None:
         "blocked by pid 77 (application_name 'shardsvc-web-9', user app, idle in transaction, "
         "open 12s: SELECT 1); pid 78 (application_name '(none set)', user postgres, active: ?)")
     assert describe_blockers([]) == ""
+
+
+def test_cutover_steps_time_each_step_from_the_previous_one() -> None:
+    steps = CutoverSteps(fenced=10.0)
+    steps.done("older_transactions", now=10.0125)
+    steps.done("flush", now=10.0135)
+    steps.done("flip", now=10.2)
+    assert steps.ms == {"older_transactions": 12.5, "flush": 1.0, "flip": 186.5}
+    assert steps.text() == "older_transactions 12.5, flush 1.0, flip 186.5"
