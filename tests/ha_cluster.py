@@ -118,8 +118,9 @@ def _record(kind: str, shard: str, sent: float, answer: object) -> Call:
 
 @dataclasses.dataclass
 class ServiceLoad:
-    """Writers and readers on threads, each paced to its share of the rates. Used as a context
-    manager: the load runs inside the block."""
+    """Writers and readers on threads, each paced to its share of the rates and calling the
+    sites of one shard (threads are dealt to the shards in turn). Used as a context manager:
+    the load runs inside the block."""
 
     users: list[SiteUser]
     writes_per_second: float
@@ -156,13 +157,17 @@ class ServiceLoad:
 
     def _run(self, kind: str, rate: float, offset: int) -> None:
         interval = 1 / rate
-        turn = offset
+        # Each thread calls the sites of one shard, so that writes held on a failing shard hold
+        # up only that shard's threads: the other shard's tenants keep their full rate.
+        shards = sorted({user.shard for user in self.users})
+        mine = [user for user in self.users if user.shard == shards[offset % len(shards)]]
+        turn = offset // len(shards)
         next_at = time.monotonic()
         # One keep-alive connection per thread, as a browser keeps one: a new connection per
         # call cost the clients and the service more than the call itself.
         via = Connection(self.users[0].reader.base, timeout=CLIENT_TIMEOUT)
         while not self._stop.is_set():
-            user = self.users[turn % len(self.users)]
+            user = mine[turn % len(mine)]
             turn += 1
             call = user.write(via) if kind == "write" else user.read(via)
             with self._lock:
