@@ -53,6 +53,11 @@ def test_settled_ranges_are_verified_before_the_cutover_and_skipped_at_the_flip(
     assert progress_lines[-1] == "continuous verification: 4/4 id ranges match (31 rows)"
     # Unchanged since, so the flip compared none of those rows again.
     assert job.report["verification"]["skipped_ranges"] == 4
+    # The write pause step by step, in order, adding up to the pause.
+    steps = job.report["cutover_ms"]
+    assert [step for step, _ in steps] == ["older_transactions", "flush", "applied", "snapshot",
+                                           "flip"]
+    assert sum(ms for _, ms in steps) == pytest.approx(job.write_pause_ms, abs=0.5)
     assert all(t["source_rows"] == 0 for t in job.report["verification"]["tables"])
     assert rows_on(topology, "shard_0", tenant_id) == 0
     assert rows_on(topology, "shard_1", tenant_id) == 31
