@@ -82,9 +82,13 @@ def retry_writes(function: Callable[..., T]) -> Callable[..., T]:
         while True:
             try:
                 with tenant(hold.entry):
-                    return function(*args, **kwargs)
+                    result = function(*args, **kwargs)
             except DatabaseError as exc:
                 hold.wait_or_raise(exc)
+            else:
+                if hold.waits:
+                    hold.log_through()
+                return result
 
     return wrapper
 
@@ -96,6 +100,16 @@ class _Hold:
         self.entry = entry
         self.started = time.monotonic()
         self.waits: dict[str, float] = {}
+        self.slept = 0.0  # seconds asleep between attempts
+        self.attempts = 1
+
+    def log_through(self) -> None:
+        """How long the write was held, once it went through: what a cutover or a failover
+        cost this client, in the log line an operator greps for beside the first one."""
+        logger.info("write of %s went through on %s after %.0f ms held (%d attempts, %.0f ms "
+                    "asleep; %s)", self.entry.slug, self.entry.shard,
+                    (time.monotonic() - self.started) * 1000, self.attempts, self.slept * 1000,
+                    ", ".join(self.waits))
 
     def wait_or_raise(self, exc: DatabaseError) -> None:
         """Sleep before the next attempt, or raise: `exc` itself when it is not worth another
@@ -129,6 +143,8 @@ class _Hold:
         with contextlib.suppress(DatabaseError):
             connections[shard].close()
         time.sleep(delay)  # cooperative under gevent
+        self.slept += delay
+        self.attempts += 1
         if fenced:
             self.entry = get_directory().lookup(self.entry.id, fresh=True)
 

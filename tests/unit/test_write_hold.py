@@ -4,6 +4,7 @@ through PgBouncer during real failovers (tests/test_failover_writes.py makes the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import psycopg
@@ -170,6 +171,23 @@ def test_a_held_write_runs_again_until_the_primary_takes_it() -> None:
     with tenant(ALPHA), hold_for(5.0):
         assert write() == "done"
     assert len(calls) == 3
+
+
+def test_a_held_write_that_went_through_says_how_long_it_was_held(caplog) -> None:
+    write, _calls = failing([django_error(READ_ONLY), django_error(READ_ONLY)])
+    with tenant(ALPHA), hold_for(5.0), caplog.at_level("INFO", logger="shardsvc.writes"):
+        assert write() == "done"
+    through = [r.getMessage() for r in caplog.records if "went through" in r.getMessage()]
+    assert len(through) == 1, caplog.text
+    assert re.fullmatch(rf"write of {ALPHA.slug} went through on shard_0 after \d+ ms held "
+                        r"\(3 attempts, \d+ ms asleep; read-only\)", through[0]), through
+
+
+def test_a_write_that_was_not_held_logs_nothing(caplog) -> None:
+    write, _calls = failing([])
+    with tenant(ALPHA), caplog.at_level("INFO", logger="shardsvc.writes"):
+        assert write() == "done"
+    assert not caplog.records
 
 
 def test_past_the_bound_the_write_fails_with_the_reason() -> None:
