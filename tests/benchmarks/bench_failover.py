@@ -197,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.reads:.0f} reads/s, achieved {write_rate:.0f} writes/s + {read_rate:.0f} "
           f"reads/s (answered, all rounds); fsync {'on' if args.durable else 'off'}; "
           f"{os.cpu_count()} CPU core(s)")
+    for shard in (FAILING, OTHER):
+        # The other shard's own rate: its tenants kept theirs while shard_0's writes were held.
+        rates = [sum(1 for r in rounds for c in r.calls if c.kind == kind and c.shard == shard)
+                 / seconds for kind in ("write", "read")]
+        print(f"  {shard}: {rates[0]:.0f} writes/s + {rates[1]:.0f} reads/s")
     print(f"load average at the start: {load_before}; at the end: {load_after}")
     for target in targets(rounds):
         # Claimed only under the load the targets name; below it the line says "load short".
