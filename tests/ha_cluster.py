@@ -16,7 +16,8 @@ import itertools
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from deploy.topology import LocalTopology, ServiceProcess
@@ -34,6 +35,10 @@ HELD_AT_LEAST = HOLD_SECONDS - FAILOVER_WAITS[1]
 # Client-side timeout: above the service's request deadline (10 s), so every answer is the
 # service's own, never this client giving up.
 CLIENT_TIMEOUT = 20.0
+# Threads that send offered writes (ServiceLoad's open_writes): enough for a failing shard's
+# share of 200 writes/s held for the whole hold (6 s), so offered writes wait for a free thread
+# only past that.
+OPEN_WRITE_THREADS = 640
 
 
 @contextmanager
@@ -62,10 +67,23 @@ class Call:
     code: str = ""  # the error body's "error"
     retry_after: str | None = None
     comment_id: str = ""  # of an acknowledged write
+    due: float | None = None  # when an offered write was due (ServiceLoad's open_writes)
 
     @property
     def seconds(self) -> float:
+        """From sending to the answer: the service's own time."""
         return self.answered - self.sent
+
+    @property
+    def offered(self) -> float:
+        """When the client wanted it sent: when it was due, or sent."""
+        return self.sent if self.due is None else self.due
+
+    @property
+    def waited(self) -> float:
+        """From when the call was due to the answer: what the client saw, a wait for a free
+        load thread included."""
+        return self.answered - self.offered
 
     @property
     def ok(self) -> bool:
@@ -85,11 +103,11 @@ class SiteUser:
         # which a failover of the primary must not interrupt.
         self.reader = SiteClient(owner.base, owner.slug, owner.key, owner.shard)
 
-    def write(self, via: Connection | None = None) -> Call:
+    def write(self, via: Connection | None = None, *, due: float | None = None) -> Call:
         sent = time.monotonic()
         answer = _call(self.writer, via, "POST", f"/threads/{self.thread}/comments",
                        {"body": f"ha {uuid.uuid4().hex[:8]}"}, user=True)
-        return _record("write", self.shard, sent, answer)
+        return dataclasses.replace(_record("write", self.shard, sent, answer), due=due)
 
     def read(self, via: Connection | None = None) -> Call:
         sent = time.monotonic()
@@ -120,19 +138,27 @@ def _record(kind: str, shard: str, sent: float, answer: object) -> Call:
 class ServiceLoad:
     """Writers and readers on threads, each paced to its share of the rates and calling the
     sites of one shard (threads are dealt to the shards in turn). Used as a context manager:
-    the load runs inside the block."""
+    the load runs inside the block.
+
+    With `open_writes`, writes are offered on a fixed schedule instead, each on a thread of a
+    pool, whatever is still in flight: a write held through a failover does not put off the
+    next one, so a failing shard gets its whole share of writes, all held at once (at 100/s and
+    a 2.5 s promotion, about 250), as real clients would send them."""
 
     users: list[SiteUser]
     writes_per_second: float
     reads_per_second: float
     write_threads: int = 4
     read_threads: int = 4
+    open_writes: bool = False
     calls: list[Call] = dataclasses.field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()
         self.started = 0.0
         self.stopped = 0.0
 
@@ -142,17 +168,26 @@ class ServiceLoad:
                                     ("read", self.reads_per_second, self.read_threads)):
             if rate <= 0:
                 continue
+            if kind == "write" and self.open_writes:
+                self._pool = ThreadPoolExecutor(max_workers=OPEN_WRITE_THREADS,
+                                                thread_name_prefix="offered-write")
+                self._start(self._offer_writes, rate)
+                continue
             for n in range(threads):
-                share = rate / threads
-                thread = threading.Thread(target=self._run, args=(kind, share, n), daemon=True)
-                thread.start()
-                self._threads.append(thread)
+                self._start(self._run, kind, rate / threads, n)
         return self
+
+    def _start(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        thread.start()
+        self._threads.append(thread)
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=CLIENT_TIMEOUT + 5)
+        if self._pool is not None:  # writes not sent yet are dropped; sent ones are answered
+            self._pool.shutdown(wait=True, cancel_futures=True)
         self.stopped = time.monotonic()
 
     def _run(self, kind: str, rate: float, offset: int) -> None:
@@ -177,6 +212,29 @@ class ServiceLoad:
             next_at = max(next_at + interval, time.monotonic() - 1.0)
             self._stop.wait(max(0.0, next_at - time.monotonic()))
         via.close()
+
+    def _offer_writes(self, rate: float) -> None:
+        assert self._pool is not None
+        # Each shard its share, whatever the other's writes are doing.
+        by_shard: dict[str, list[SiteUser]] = {}
+        for user in self.users:
+            by_shard.setdefault(user.shard, []).append(user)
+        order = [user for turn in itertools.zip_longest(*by_shard.values()) for user in turn
+                 if user is not None]
+        interval, n = 1 / rate, 0
+        while not self._stop.is_set():
+            due = self.started + n * interval
+            self._pool.submit(self._offered_write, order[n % len(order)], due)
+            n += 1
+            self._stop.wait(max(0.0, self.started + n * interval - time.monotonic()))
+
+    def _offered_write(self, user: SiteUser, due: float) -> None:
+        via = getattr(self._local, "via", None)
+        if via is None:
+            via = self._local.via = Connection(user.reader.base, timeout=CLIENT_TIMEOUT)
+        call = user.write(via, due=due)
+        with self._lock:
+            self.calls.append(call)
 
     def snapshot(self) -> list[Call]:
         with self._lock:
