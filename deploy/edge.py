@@ -16,7 +16,7 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,7 +168,7 @@ class EdgeControl:
         pid = proc.read_pid(service.pidfile)
         if pid is None:
             return
-        for child in children(pid):
+        for child in proc.children(pid):
             os.kill(child, signal.SIGKILL)
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
@@ -257,11 +257,11 @@ class EdgeControl:
         master = self.edge_pid()
         if master is None:
             return
-        old = set(children(master))
+        old = set(proc.children(master))
         os.kill(master, signal.SIGHUP)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            now = set(children(master))
+            now = set(proc.children(master))
             if now and not now & old:
                 return
             time.sleep(0.05)
@@ -271,24 +271,6 @@ class EdgeControl:
     def stop_edge(self) -> bool:
         # SIGQUIT: graceful shutdown (SIGTERM would drop requests in flight).
         return proc.stop_pid(self.edge_dir / "nginx.pid", timeout=15, sig=signal.SIGQUIT)
-
-
-def children(pid: int) -> list[int]:
-    """The direct children of a process, from /proc."""
-    found = []
-    for entry in _proc_stats():
-        fields = entry[1].rsplit(")", 1)[-1].split()
-        if len(fields) > 2 and fields[1] == str(pid):
-            found.append(entry[0])
-    return found
-
-
-def _proc_stats() -> Iterator[tuple[int, str]]:
-    for path in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            yield int(path.parent.name), path.read_text()
-        except (OSError, ValueError):
-            continue
 
 
 def _write(path: Path, text: str) -> None:

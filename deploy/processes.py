@@ -9,7 +9,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
@@ -226,3 +226,21 @@ def stop_all(pidfiles: Sequence[Path], *, timeout: float = 60.0) -> bool:
     for pidfile in running:
         stop_pid(pidfile, timeout=timeout)
     return bool(running)
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of a process, from /proc."""
+    found = []
+    for entry in _proc_stats():
+        fields = entry[1].rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and fields[1] == str(pid):
+            found.append(entry[0])
+    return found
+
+
+def _proc_stats() -> Iterator[tuple[int, str]]:
+    for path in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            yield int(path.parent.name), path.read_text()
+        except (OSError, ValueError):
+            continue

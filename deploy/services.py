@@ -207,15 +207,9 @@ class ServiceProcess:
         )
 
     def worker_pids(self) -> list[int]:
-        """The Gunicorn master's children (its workers), as the kernel lists them."""
+        """The Gunicorn master's children: its workers."""
         master = proc.read_pid(self.pidfile)
-        if master is None:
-            return []
-        try:
-            children = Path(f"/proc/{master}/task/{master}/children").read_text()
-        except OSError:
-            return []
-        return [int(pid) for pid in children.split()]
+        return [] if master is None else proc.children(master)
 
     def stop(self) -> None:
         proc.stop_pid(self.pidfile, timeout=20)

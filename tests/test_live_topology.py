@@ -27,8 +27,7 @@ pytestmark = pytest.mark.slow
 def worker_pids(service: ServiceProcess) -> set[int]:
     master = read_pid(service.pidfile)
     assert master is not None
-    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
-    return {master, *map(int, children)}
+    return {master, *service.worker_pids()}
 
 
 class Load:

@@ -26,8 +26,7 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from deploy.edge import children
-from deploy.processes import read_pid
+from deploy.processes import children, read_pid
 from deploy.topology import LocalTopology
 from tests.benchmarks.bench_routing import BenchmarkFailed, WrkResult, print_table, run_wrk
 from tests.client import request

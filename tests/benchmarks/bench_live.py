@@ -18,8 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from deploy.edge import children
-from deploy.processes import read_pid
+from deploy.processes import children, read_pid
 from tests.api_client import UNREACHED_THROTTLES, create_site
 from tests.conftest import make_topology
 from tests.live_client import Stream

@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from deploy.processes import children
 from deploy.topology import LocalTopology
 from tests.benchmarks.perf_report import Target, loadavg_text, parse_loadavg
 from tests.conftest import make_topology
@@ -76,9 +77,8 @@ def servers_cpu(topo: LocalTopology) -> float:
             continue
         postmaster = int((node.datadir / "postmaster.pid").read_text().split()[0])
         total += sum(_proc_times(postmaster, 4))
-        children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
-        for child in children:
-            total += sum(_proc_times(int(child), 2))
+        for child in children(postmaster):
+            total += sum(_proc_times(child, 2))
     return total / tick
 
 
