@@ -28,7 +28,8 @@ from pathlib import Path
 
 from deploy.processes import children, read_pid
 from deploy.topology import LocalTopology
-from tests.benchmarks.bench_routing import BenchmarkFailed, WrkResult, print_table, run_wrk
+from tests.benchmarks.perf_report import table
+from tests.benchmarks.wrk import BenchmarkFailed, WrkResult, run_wrk
 from tests.client import request
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -124,6 +125,10 @@ def measure(topology: LocalTopology, hosts: int, script: Path, args: argparse.Na
     per_request = {tier: (after[tier] - before[tier]) * 1000 / max(result.requests, 1)
                    for tier in TIERS}
     return Run(hosts, result, per_request)
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    print("\n".join(table(headers, rows)))
 
 
 def cores_table(cost_ms: dict[str, float]) -> list[list[str]]:
