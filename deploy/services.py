@@ -116,6 +116,7 @@ class ServiceControl:
         metrics_dir = Path(env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(folder / "metrics")))
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
+        service_env = self.service_env(**env)
         with (folder / "gunicorn.log").open("ab") as log:
             subprocess.Popen(
                 [
@@ -126,14 +127,13 @@ class ServiceControl:
                     "project.wsgi:application",
                 ],
                 cwd=PROJECT_DIR,
-                env=self.service_env(**env),
+                env=service_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # survives the caller; `down` stops it by pid file
             )
-        service.wait_ready(timeout=60,
-                           workers=int(self.service_env(**env)["SHARDSVC_WORKERS"]))
+        service.wait_ready(timeout=60, workers=int(service_env["SHARDSVC_WORKERS"]))
         self.echo(f"service: {service.url}/ (log {folder / 'gunicorn.log'})")
         return service
 

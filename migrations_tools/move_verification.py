@@ -132,14 +132,14 @@ class VerifySteps:
         differ = [] if target is None else [t for t in tables
                                             if target[t] != seen.checksums[t]]
         matching = [] if target is None else [t for t in tables if t not in differ]
+        counts = seen.rows()
         if matching:
             entry = plan["verified"].setdefault(str(index), {"snapshot": {}, "rows": {}})
-            counts = seen.rows()
             for table in matching:
                 entry["snapshot"][table] = seen.snapshot
                 entry["rows"][table] = counts[table]
         if differ and verify_ranges.unchanged_since(self.source, differ, tenant_id, (lo, hi),
-                                                    seen.snapshot, seen.rows()):
+                                                    seen.snapshot, counts):
             self._report(continuous={**plan, "differs": [lo, hi]})
             raise MoveError(
                 f"continuous verification: the tenant's rows with ids in [{lo}, {hi}) differ "

@@ -37,10 +37,8 @@ class SiteClient:
         if self.causal_token:
             all_headers[causal.HEADER] = self.causal_token
         all_headers.update(headers or {})
-        if via is None:
-            answer = request(method, f"{self.root}{path}", body=body, headers=all_headers)
-        else:
-            answer = via.request(method, f"{self.root}{path}", body=body, headers=all_headers)
+        send = request if via is None else via.request
+        answer = send(method, f"{self.root}{path}", body=body, headers=all_headers)
         self.causal_token = answer.headers.get(causal.HEADER, self.causal_token)
         return answer
 

@@ -210,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
 
     seconds = sum(max(c.answered for c in r.calls) - min(c.offered for c in r.calls)
                   for r in rounds if r.calls)
-    write_rate = sum(1 for r in rounds for c in r.calls if c.kind == "write") / seconds
-    read_rate = sum(1 for r in rounds for c in r.calls if c.kind == "read") / seconds
+    answered = Counter((c.kind, c.shard) for r in rounds for c in r.calls)
+    write_rate = sum(n for (kind, _), n in answered.items() if kind == "write") / seconds
+    read_rate = sum(n for (kind, _), n in answered.items() if kind == "read") / seconds
     print(f"\n{FAILING} under Patroni (1 replica, synchronous_mode), through the service "
           f"(Gunicorn, {topo.layout.workers} gevent workers); asked {args.writes:.0f} writes/s + "
           f"{args.reads:.0f} reads/s, achieved {write_rate:.0f} writes/s + {read_rate:.0f} "
@@ -219,9 +220,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.cpu_count()} CPU core(s)")
     for shard in (FAILING, OTHER):
         # The other shard's own rate: its tenants kept theirs while shard_0's writes were held.
-        rates = [sum(1 for r in rounds for c in r.calls if c.kind == kind and c.shard == shard)
-                 / seconds for kind in ("write", "read")]
-        print(f"  {shard}: {rates[0]:.0f} writes/s + {rates[1]:.0f} reads/s")
+        print(f"  {shard}: {answered['write', shard] / seconds:.0f} writes/s + "
+              f"{answered['read', shard] / seconds:.0f} reads/s")
     print(f"load average at the start: {load_before}; at the end: {load_after}")
     for target in targets(rounds):
         # Claimed only under the load the targets name; below it the line says "load short".

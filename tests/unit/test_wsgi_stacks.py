@@ -3,6 +3,9 @@ authentication and messages; the full one for the admin and every other path."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -90,14 +93,10 @@ def test_caches_that_close_their_connections_keep_being_closed(django_signals: N
 def test_loading_the_app_loads_the_urlconf_and_the_api() -> None:
     """In a process of its own: what importing project.wsgi (Gunicorn's preload) leaves loaded,
     so that no worker's first request imports it."""
-    import os
-    import subprocess
-    import sys
-
     probe = ("import sys; import project.wsgi; from django.urls import get_resolver; "
              "print('comments.api' in sys.modules, 'migrations_tools.ops_dashboard' in "
              "sys.modules, get_resolver()._populated)")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          env={**os.environ}, cwd=settings.BASE_DIR, timeout=120, check=False)
+                          env=os.environ, cwd=settings.BASE_DIR, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True", "True"]
