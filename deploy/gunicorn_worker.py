@@ -25,6 +25,9 @@ from deploy.accept_balance import RECHECK_SECONDS, AcceptBalance
 from project.errors import ErrorAnswer, code_for_status
 
 _NEXT_TURN = 1e-6  # seconds: any positive time means "after the loop's next I/O poll"
+# Connections a worker accepts in one turn of its loop, when the balance is on (gevent's own
+# default; Gunicorn sets 1 for several workers, see _BalancedStreamServer.max_accept).
+ACCEPT_PER_TURN = 100
 MAX_MESSAGE = 300  # the parser's text can quote the request: keep the answer short
 # How long and how much a refused request is read on before its connection closes.
 LINGER_SECONDS = 1.0
@@ -62,6 +65,23 @@ class _BalancedStreamServer(StreamServer):
 
     balance: AcceptBalance | None = None
     _recheck: Any = None
+    _max_accept = 1
+
+    # Gunicorn's gevent worker sets max_accept = 1 when it runs several workers, so that one
+    # worker does not take every waiting connection at once. The balance does that per
+    # connection (do_read stops accepting as soon as this worker holds more than its share),
+    # while one accept per turn of the loop caps how fast new connections get in at the turn's
+    # length. Measured in a switchover under 200 writes/s: every client connection busy with a
+    # held write, new writes came on new connections, and with the workers' loops turning every
+    # 25-50 ms the two took about 40 connections a second: a write sent during the pause
+    # waited up to 5.3 s to be accepted, longer than the pause itself (2 s).
+    @property
+    def max_accept(self) -> int:
+        return ACCEPT_PER_TURN if self.balance is not None else self._max_accept
+
+    @max_accept.setter
+    def max_accept(self, value: int) -> None:
+        self._max_accept = value
 
     def do_read(self) -> Any:
         balance = self.balance

@@ -44,7 +44,8 @@ def test_the_comment_and_count_are_the_orms_in_one_statement(tenants, thread) ->
         posted = new_comment.post_top_level("shard_0", thread.id, author="ann",
                                             author_name="Ann", body="one trip")
         assert posted is not None and len(sent) == 2
-        assert sent[0].startswith("BEGIN; WITH") and sent[1].startswith("COMMIT; SELECT")
+        assert sent[0].startswith("BEGIN; INSERT") and sent[1].startswith("UPDATE")
+        assert "; COMMIT; SELECT" in sent[1]
         assert routing.wrote_to("shard_0")
         assert routing.position_after_writes("shard_0") is not None
     with tenant(tenants["a"]):
@@ -57,6 +58,28 @@ def test_the_comment_and_count_are_the_orms_in_one_statement(tenants, thread) ->
     assert posted._state.db == "shard_0" and not posted._state.adding
     assert posted.pk != by_orm.pk and posted.pk > thread.pk  # the global id generator's
     assert count_of(thread) == 1  # the ORM's create above does not count
+
+
+def test_the_threads_row_is_free_until_the_commits_message(tenants, thread, admin) -> None:
+    """Another writer of the same thread does not wait for this one's round trip: the thread's
+    row is locked only by the message that also commits."""
+    free_between: list[bool] = []
+    other = admin("shard_0")
+
+    def probe(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.startswith("UPDATE"):  # the second message, about to be sent
+            with other.transaction():  # fails with LockNotAvailable if the row is locked
+                locked = other.execute("SELECT 1 FROM comments_thread WHERE id = %s "
+                                       "FOR NO KEY UPDATE NOWAIT", [thread.id]).fetchone()
+                free_between.append(locked == (1,))
+        return execute(sql, params, many, context)
+
+    with (tenant(tenants["a"]), routing_scope(),
+          connections["shard_0"].execute_wrapper(probe)):
+        posted = new_comment.post_top_level("shard_0", thread.id, author="ann",
+                                            author_name="Ann", body="no lock held")
+    assert posted is not None and free_between == [True]
+    assert count_of(thread) == 1
 
 
 def test_a_replica_at_the_remembered_position_has_the_comment(tenants, thread) -> None:
