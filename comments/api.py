@@ -33,6 +33,7 @@ from comments.schemas import (
     UserTokenOut,
     VoteIn,
     VoteOut,
+    comment_json,
     thread_json,
 )
 from routers.context import use_primary
@@ -116,14 +117,16 @@ def post_comment(request: HttpRequest, site: Site, thread_id: Id, payload: Comme
     user = writer(request)
     comment = service.post_comment(thread_id, author=user.id, author_name=user.name,
                                    body=payload.body, parent_id=payload.parent_id)
-    return 201, service.comment_dict(comment)
+    # Rendered here, as get_thread's answer is (schemas.comment_json).
+    return HttpResponse(comment_json(service.comment_dict(comment)), status=201,
+                        content_type=JSON)
 
 
 @router.patch("/comments/{comment_id}", response={200: CommentOut, **BODY_ERRORS})
 def edit_comment(request: HttpRequest, site: Site, comment_id: Id, payload: CommentEdit):
     """Edit one's own comment."""
     comment = service.edit_comment(comment_id, user=writer(request).id, body=payload.body)
-    return service.comment_dict(comment)
+    return HttpResponse(comment_json(service.comment_dict(comment)), content_type=JSON)
 
 
 @router.delete("/comments/{comment_id}", response={204: None, **ERRORS})

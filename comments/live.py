@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from redis.exceptions import RedisError
 
-from comments.schemas import CommentOut
+from comments.schemas import comment_out
 from shards.tenancy import current_tenant
 
 logger = logging.getLogger("shardsvc.live")
@@ -42,9 +42,9 @@ def history_key(tenant_id: int, thread_id: int) -> str:
 
 
 def event_json(kind: Kind, comment: dict[str, Any]) -> str:
-    """The event as the widget reads it: the comment in the API's own shape (ids as strings)."""
-    shown = CommentOut.model_validate(comment).model_dump(mode="json")
-    return json.dumps({"type": kind, "comment": shown}, separators=(",", ":"))
+    """The event as the widget reads it: the comment as the API's answers show it (ids as
+    strings, times to the millisecond)."""
+    return json.dumps({"type": kind, "comment": comment_out(comment)}, separators=(",", ":"))
 
 
 @dataclass(frozen=True)

@@ -106,14 +106,21 @@ def page_json(page: dict[str, Any]) -> bytes:
     from isoformat()), so validating it only re-checks what the rows' columns guarantee, and
     took a fifth of a page build's Python work (django-ninja's attribute getter, per field
     of every comment). tests/unit/test_page_json.py holds it to the validated rendering."""
-    answer = {"items": [_comment_out(item) for item in page["items"]],
+    answer = {"items": [comment_out(item) for item in page["items"]],
               "next_cursor": page["next_cursor"]}
     return json.dumps(answer).encode()
 
 
-def _comment_out(item: dict[str, Any]) -> dict[str, Any]:
-    # CommentOut's fields, in its order; ids as strings (IdOut), times as the renderer writes
-    # them.
+def comment_json(item: dict[str, Any]) -> bytes:
+    """One comment (comments.service.comment_dict's shape) as a write's answer: what
+    CommentOut's validation and django-ninja's renderer make of it, written directly as for
+    page_json (a write spent about 0.18 ms of its 1.6 ms of CPU in that validation)."""
+    return json.dumps(comment_out(item)).encode()
+
+
+def comment_out(item: dict[str, Any]) -> dict[str, Any]:
+    """CommentOut's fields, in its order: ids as strings (IdOut), times as the renderer writes
+    them."""
     parent = item["parent_id"]
     return {
         "id": str(item["id"]), "thread_id": str(item["thread_id"]),
@@ -122,7 +129,7 @@ def _comment_out(item: dict[str, Any]) -> dict[str, Any]:
         "deleted": item["deleted"], "score": item["score"], "depth": item["depth"],
         "created_at": _rendered_time(item["created_at"]),
         "edited_at": _rendered_time(item["edited_at"]),
-        "replies": [_comment_out(reply) for reply in item["replies"]],
+        "replies": [comment_out(reply) for reply in item["replies"]],
     }
 
 

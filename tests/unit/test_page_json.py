@@ -1,5 +1,6 @@
 """A comment page's cached bytes (comments.schemas.page_json) are exactly what validating the page
-with CommentPageOut and rendering it with django-ninja's renderer gives."""
+with CommentPageOut and rendering it with django-ninja's renderer gives; so are a write's answer
+(comment_json, against CommentOut), and a live event shows the comment as that answer does."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 import pytest
 from ninja.responses import NinjaJSONEncoder
 
-from comments.schemas import CommentPageOut, page_json
+from comments.live import event_json
+from comments.schemas import CommentOut, CommentPageOut, comment_json, page_json
 
 
 def validated(page: dict[str, Any]) -> bytes:
@@ -58,3 +60,19 @@ def test_page_bytes_match_the_validated_rendering(when: datetime, cursor: str | 
 def test_an_empty_page_matches_too() -> None:
     page = {"items": [], "next_cursor": None}
     assert page_json(page) == validated(page) == b'{"items": [], "next_cursor": null}'
+
+
+@pytest.mark.parametrize("when", [EXACT, FINE, ROUNDISH, ELSEWHERE])
+@pytest.mark.parametrize("deleted", [False, True])
+def test_a_written_comment_matches_the_validated_rendering(when: datetime, deleted: bool) -> None:
+    written = comment(2**63 - 1, parent=5, depth=1, when=when, edited=FINE, deleted=deleted,
+                      body="\u2028 \"quoted\" \\ ✓")
+    assert comment_json(written) == json.dumps(CommentOut.model_validate(written).model_dump(),
+                                               cls=NinjaJSONEncoder).encode()
+
+
+def test_a_live_event_shows_the_comment_as_the_write_answered_it() -> None:
+    written = comment(2**62 + 1, when=FINE, edited=FINE)
+    event = json.loads(event_json("edited", written))
+    assert event == {"type": "edited", "comment": json.loads(comment_json(written))}
+    assert event["comment"]["id"] == str(2**62 + 1)  # ids as strings, as the API writes them
