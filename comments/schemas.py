@@ -114,7 +114,7 @@ def page_json(page: dict[str, Any]) -> bytes:
 def comment_json(item: dict[str, Any]) -> bytes:
     """One comment (comments.service.comment_dict's shape) as a write's answer: what
     CommentOut's validation and django-ninja's renderer make of it, written directly as for
-    page_json (a write spent about 0.18 ms of its 1.6 ms of CPU in that validation)."""
+    page_json (validating it cost a write 0.1-0.2 ms of its 1.6 ms of CPU, request_cost)."""
     return json.dumps(comment_out(item)).encode()
 
 

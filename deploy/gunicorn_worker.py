@@ -65,7 +65,7 @@ class _BalancedStreamServer(StreamServer):
 
     balance: AcceptBalance | None = None
     _recheck: Any = None
-    _max_accept = 1
+    _max_accept: int = StreamServer.max_accept  # gevent's, until Gunicorn sets its own
 
     # Gunicorn's gevent worker sets max_accept = 1 when it runs several workers, so that one
     # worker does not take every waiting connection at once. The balance does that per
