@@ -5,6 +5,9 @@ through PgBouncer during real failovers (tests/test_failover_writes.py makes the
 from __future__ import annotations
 
 import re
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable
 
 import psycopg
@@ -21,6 +24,7 @@ from project.db_faults import (
 )
 from project.pgpool.deadline import Deadline, deadline_scope
 from project.pgpool.errors import CommitOutcomeUnknown, DeadlineExceeded, pool_timeout
+from routers import write_hold
 from routers.write_hold import FENCED, PrimaryUnavailable, hold_reason, retry_writes
 from routers.writes import commits
 from shards.directory import TenantEntry
@@ -249,3 +253,86 @@ def test_a_fence_that_outlasts_its_bound_names_the_move() -> None:
           runtime.injected("directory", Directory()), pytest.raises(TenantStillFenced)):
         write()
     assert entry_lookups and set(entry_lookups) == {ALPHA.id}
+
+
+UNREACHABLE = pg_errors.ProtocolViolation("server login has been failing, try again later")
+
+
+def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+class Primary:
+    """A shard primary that fails writes as unreachable until `back` is set; a write named in
+    `broken` fails with an error that is not held once `break_now` is set."""
+
+    def __init__(self) -> None:
+        self.back = threading.Event()
+        self.break_now = threading.Event()
+        self.broken: set[str] = set()
+        self.attempts: Counter[str] = Counter()
+        self.results: dict[str, object] = {}
+
+    def writer(self, name: str) -> threading.Thread:
+        @retry_writes
+        def write() -> str:
+            self.attempts[name] += 1
+            if name in self.broken and self.break_now.is_set():
+                raise django_error(pg_errors.UniqueViolation("duplicate key"), IntegrityError)
+            if not self.back.is_set():
+                raise django_error(UNREACHABLE)
+            return name
+
+        def run() -> None:
+            with tenant(ALPHA):  # a thread starts without the caller's context
+                try:
+                    self.results[name] = write()
+                except Exception as exc:  # kept for the test to look at
+                    self.results[name] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+
+def prober() -> object:
+    outage = write_hold._OUTAGES.get(ALPHA.shard)
+    return None if outage is None else outage.prober
+
+
+def test_writes_held_on_one_shard_wait_while_one_of_them_tries() -> None:
+    primary = Primary()
+    with hold_for(10.0):
+        first = primary.writer("first")
+        until(lambda: primary.attempts["first"] >= 2, "the first write to try again")
+        second = primary.writer("second")
+        until(lambda: primary.attempts["second"] == 1, "the second write's first try")
+        tries = primary.attempts["first"]
+        until(lambda: primary.attempts["first"] >= tries + 3, "the first write to keep trying")
+        assert primary.attempts["second"] == 1  # it waits and does not try meanwhile
+        primary.back.set()
+        first.join(10)
+        second.join(10)
+    assert primary.results == {"first": "first", "second": "second"}
+    assert primary.attempts["second"] == 2  # once more, when the first one went through
+    assert ALPHA.shard not in write_hold._OUTAGES
+
+
+def test_a_write_that_stops_trying_hands_over_to_one_that_waits() -> None:
+    primary = Primary()
+    primary.broken.add("first")
+    with hold_for(10.0):
+        first = primary.writer("first")
+        until(lambda: prober() is not None, "the first write to try for the others")
+        second = primary.writer("second")
+        until(lambda: primary.attempts["second"] == 1, "the second write's first try")
+        primary.break_now.set()  # the first write fails for a reason of its own
+        first.join(10)
+        assert isinstance(primary.results["first"], IntegrityError)
+        until(lambda: primary.attempts["second"] >= 3, "the second write to try by itself")
+        primary.back.set()
+        second.join(10)
+    assert primary.results["second"] == "second"
