@@ -206,8 +206,10 @@ class _Hold:
                          exc: DatabaseError) -> None:
         """Wait, without trying, until a write of `shard` goes through or its prober gives up
         (then this write takes over), within this write's own bound."""
+        outage = _OUTAGES.get(shard)
         while True:
-            outage = _OUTAGES.get(shard)
+            # The outage this write waits on: once a write went through it is over (its event
+            # set, even if another write has failed since and a new one begun).
             if outage is None or outage.back.is_set() or self._probe(shard):
                 return
             now = time.monotonic()
