@@ -16,11 +16,12 @@ client gets a 503 with Retry-After that says why. A write that may have committe
 (`CommitOutcomeUnknown`: the connection was lost during its COMMIT) is never run again.
 
 Through a failover, one held write per process and shard keeps trying (the prober); the other
-writes held on that shard wait for it to go through, then all try again at once, or take over
-when it gives up. Each try costs a new connection to PgBouncer (the failed one is dropped):
-with every held write trying on its own, a primary lost whole (the leader key expiring, ~20 s)
-had writes at 200/s spend ~40% of a worker's CPU on tries, and the other shards' reads fell
-from 393/s to 301/s meanwhile (bench_failover's member round, py-spy).
+writes held on that shard, and those that come meanwhile (before their first try), wait for it
+to go through, then all try again at once, or take over when it gives up. Each try costs a
+new connection to PgBouncer (the failed one is dropped): with every held write trying on its
+own, a primary lost whole (the leader key expiring, ~20 s) had writes at 200/s spend ~40% of a
+worker's CPU on tries, and the other shards' reads fell from 393/s to 301/s meanwhile
+(bench_failover's member round, py-spy).
 """
 
 from __future__ import annotations
@@ -68,11 +69,12 @@ class _Outage:
     event the others wait on. Made when first needed (under gevent, after the monkey patching:
     its event then yields to other greenlets)."""
 
-    __slots__ = ("back", "prober")
+    __slots__ = ("back", "prober", "reason")
 
-    def __init__(self) -> None:
+    def __init__(self, reason: str) -> None:
         self.back = threading.Event()
         self.prober: _Hold | None = None
+        self.reason = reason  # why the primary failed the prober's last try
 
 
 # shard -> its outage, while one lasts
@@ -113,6 +115,8 @@ def retry_writes(function: Callable[..., T]) -> Callable[..., T]:
             return function(*args, **kwargs)
         hold = _Hold(entry)
         try:
+            if _OUTAGES:
+                hold.wait_for_prober_first()
             while True:
                 try:
                     with tenant(hold.entry):
@@ -181,7 +185,7 @@ class _Hold:
         # attempt checks out a working one.
         with contextlib.suppress(DatabaseError):
             connections[shard].close()
-        if not fenced and not self._probe(shard):
+        if not fenced and not self._probe(shard, reason):
             self._wait_for_prober(shard, end, reason, budget, exc)
         else:
             time.sleep(delay)  # cooperative under gevent
@@ -190,27 +194,45 @@ class _Hold:
         if fenced:
             self.entry = get_directory().lookup(self.entry.id, fresh=True)
 
-    def _probe(self, shard: str) -> bool:
+    def _probe(self, shard: str, reason: str) -> bool:
         """Become (or stay) the write that keeps trying `shard`'s primary; False if another
         write of this process does."""
         outage = _OUTAGES.get(shard)
         if outage is None:
-            outage = _OUTAGES.setdefault(shard, _Outage())
+            outage = _OUTAGES.setdefault(shard, _Outage(reason))
         if outage.prober is None or outage.prober is self:
             outage.prober = self
+            outage.reason = reason
             self.probing = shard
             return True
         return False
 
+    def wait_for_prober_first(self) -> None:
+        """Before this write's first try: while another write of this process is trying its
+        shard's primary through a failover, wait for it as a held write does (a try would
+        open a connection to PgBouncer only to fail like the prober's)."""
+        shard = self.entry.shard
+        outage = _OUTAGES.get(shard)
+        if (outage is None or outage.prober is None or outage.back.is_set()
+                or connections[shard].in_atomic_block):
+            return
+        budget = runtime.conf().failover_hold_seconds
+        end = self.started + budget
+        deadline = current_deadline()
+        if deadline is not None:
+            end = min(end, time.monotonic() + deadline.remaining() - DEADLINE_RESERVE)
+        self.waits.setdefault(outage.reason, FAILOVER_WAITS[0])
+        self._wait_for_prober(shard, end, outage.reason, budget, None)
+
     def _wait_for_prober(self, shard: str, end: float, reason: str, budget: float,
-                         exc: DatabaseError) -> None:
+                         exc: DatabaseError | None) -> None:
         """Wait, without trying, until a write of `shard` goes through or its prober gives up
         (then this write takes over), within this write's own bound."""
         outage = _OUTAGES.get(shard)
         while True:
             # The outage this write waits on: once a write went through it is over (its event
             # set, even if another write has failed since and a new one begun).
-            if outage is None or outage.back.is_set() or self._probe(shard):
+            if outage is None or outage.back.is_set() or self._probe(shard, reason):
                 return
             now = time.monotonic()
             if now >= end:

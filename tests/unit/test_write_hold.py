@@ -303,21 +303,20 @@ def prober() -> object:
     return None if outage is None else outage.prober
 
 
-def test_writes_held_on_one_shard_wait_while_one_of_them_tries() -> None:
+def test_writes_of_a_shard_wait_while_one_of_them_tries() -> None:
     primary = Primary()
     with hold_for(10.0):
         first = primary.writer("first")
-        until(lambda: primary.attempts["first"] >= 2, "the first write to try again")
-        second = primary.writer("second")
-        until(lambda: primary.attempts["second"] == 1, "the second write's first try")
+        until(lambda: prober() is not None, "the first write to try for the others")
+        second = primary.writer("second")  # comes while the first one is trying
         tries = primary.attempts["first"]
         until(lambda: primary.attempts["first"] >= tries + 3, "the first write to keep trying")
-        assert primary.attempts["second"] == 1  # it waits and does not try meanwhile
+        assert primary.attempts["second"] == 0  # it waits, and does not try meanwhile
         primary.back.set()
         first.join(10)
         second.join(10)
     assert primary.results == {"first": "first", "second": "second"}
-    assert primary.attempts["second"] == 2  # once more, when the first one went through
+    assert primary.attempts["second"] == 1  # once, when the first one went through
     assert ALPHA.shard not in write_hold._OUTAGES
 
 
@@ -328,11 +327,25 @@ def test_a_write_that_stops_trying_hands_over_to_one_that_waits() -> None:
         first = primary.writer("first")
         until(lambda: prober() is not None, "the first write to try for the others")
         second = primary.writer("second")
-        until(lambda: primary.attempts["second"] == 1, "the second write's first try")
+        tries = primary.attempts["first"]
+        until(lambda: primary.attempts["first"] >= tries + 2, "the first write to keep trying")
+        assert primary.attempts["second"] == 0
         primary.break_now.set()  # the first write fails for a reason of its own
         first.join(10)
         assert isinstance(primary.results["first"], IntegrityError)
-        until(lambda: primary.attempts["second"] >= 3, "the second write to try by itself")
+        until(lambda: primary.attempts["second"] >= 2, "the second write to try by itself")
         primary.back.set()
         second.join(10)
     assert primary.results["second"] == "second"
+
+
+def test_a_write_waiting_for_the_prober_fails_at_its_own_bound() -> None:
+    primary = Primary()
+    with hold_for(0.6):
+        first = primary.writer("first")
+        until(lambda: prober() is not None, "the first write to try for the others")
+        second = primary.writer("second")
+        first.join(10)
+        second.join(10)
+    assert isinstance(primary.results["second"], PrimaryUnavailable)
+    assert "unreachable" in str(primary.results["second"])
