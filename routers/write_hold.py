@@ -172,9 +172,7 @@ class _Hold:
         self.waits[reason] = min(delay * 1.5, longest)
         now = time.monotonic()
         held = now - self.started
-        end = self.started + budget
-        if deadline is not None:
-            end = min(end, now + deadline.remaining() - DEADLINE_RESERVE)
+        end = self._end(budget)
         if now + delay >= end:
             raise self._gave_up(reason, held, budget) from exc
         if len(self.waits) == 1 and delay == first:
@@ -217,12 +215,17 @@ class _Hold:
                 or connections[shard].in_atomic_block):
             return
         budget = runtime.conf().failover_hold_seconds
+        self.waits.setdefault(outage.reason, FAILOVER_WAITS[0])
+        self._wait_for_prober(shard, self._end(budget), outage.reason, budget, None)
+
+    def _end(self, budget: float) -> float:
+        """When this write's hold ends: its budget from the first try, or the request's
+        deadline less DEADLINE_RESERVE, whichever comes first."""
         end = self.started + budget
         deadline = current_deadline()
         if deadline is not None:
             end = min(end, time.monotonic() + deadline.remaining() - DEADLINE_RESERVE)
-        self.waits.setdefault(outage.reason, FAILOVER_WAITS[0])
-        self._wait_for_prober(shard, end, outage.reason, budget, None)
+        return end
 
     def _wait_for_prober(self, shard: str, end: float, reason: str, budget: float,
                          exc: DatabaseError | None) -> None:
