@@ -23,6 +23,10 @@ class MoveError(RuntimeError):
 class MoveSettings:
     grace_seconds: float = 2.0  # source rows are kept (fenced) this long after the flip
     cutover_timeout: float = 10.0  # fenced longer than this: give up, unfence, retry later
+    # A cutover that gave up (unfenced, back to catching up) is tried again this many times in
+    # all, this long apart, before the command fails and leaves the job for a rerun.
+    cutover_attempts: int = 3
+    cutover_retry_pause: float = 2.0
     # The fence expires by itself after this long if the mover dies before the flip; the
     # mover only flips well inside it (cutover_timeout is much shorter).
     fence_lease: float = 60.0

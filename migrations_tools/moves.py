@@ -33,16 +33,16 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from migrations_tools import initial_copy, replication
+from migrations_tools.move_cutover import CutoverStage
 from migrations_tools.move_failover import FailoverSteps, drop_replication
 from migrations_tools.move_jobs import MoveError, MoveSettings
-from migrations_tools.move_progress import CutoverSteps, clamp_progress, progress_text
+from migrations_tools.move_progress import clamp_progress, progress_text
 from migrations_tools.move_verification import VerifySteps
 from migrations_tools.tenant_rows import Progress, delete_tenant_rows, sharded_tables, tenant_rows
-from migrations_tools.verify_resumed import current_snapshot
 from shards import pg
 from shards.aliases import CONTROL_ALIAS
 from shards.directory import set_placement
-from shards.lsn import current_lsn, insert_lsn
+from shards.lsn import current_lsn
 from shards.models import MoveJob, Tenant
 from shards.runtime import runtime
 from shards.topology import get_shard_map
@@ -51,7 +51,7 @@ logger = logging.getLogger("shardsvc.moves")
 State = MoveJob.State
 
 
-class Mover(VerifySteps, FailoverSteps):
+class Mover(CutoverStage, VerifySteps, FailoverSteps):
     def __init__(self, job: MoveJob, *, settings: MoveSettings | None = None,
                  progress: Progress | None = None,
                  still_locked: Callable[[], None] | None = None,
@@ -72,6 +72,8 @@ class Mover(VerifySteps, FailoverSteps):
         self._target: psycopg.Connection[Any] | None = None
         self._target_snapshot: psycopg.Connection[Any] | None = None
         self._continuous_deadline: float | None = None
+        self._cutovers_failed = 0
+        self._cutover_gave_up: BaseException | None = None
 
     # --- connections
     @property
@@ -128,7 +130,8 @@ class Mover(VerifySteps, FailoverSteps):
                     steps[State(self.job.state)]()
                 # Django's errors: the job and the directory, on the control database.
                 except (psycopg.Error, DatabaseError, MoveError) as exc:
-                    if not self.recover(exc):  # a failover: resumed or restarted
+                    # A failover: resumed or restarted; else a cutover that gave up: again.
+                    if not self.recover(exc) and not self._retry_cutover(exc):
                         raise
         finally:
             self.close()
@@ -234,115 +237,6 @@ class Mover(VerifySteps, FailoverSteps):
                 break
             time.sleep(0.2)
         self._set(State.CUTOVER, lag_bytes=lag)
-
-    def _wait_applied(self, lsn: int, deadline: float) -> None:
-        while (replication.confirmed_lsn(self.source, self.name) or 0) < lsn:
-            if time.monotonic() > deadline:
-                raise MoveError("the target did not apply the source's last writes in time")
-            time.sleep(0.005)
-
-    def _cutover(self) -> None:
-        tenant_row = Tenant.objects.using(CONTROL_ALIAS).get(id=self.job.tenant_id)
-        if tenant_row.shard == self.job.target:  # flipped before a crash
-            self._set(State.FLIPPED)
-            return
-        timeout = self.settings.cutover_timeout
-        deadline = time.monotonic() + timeout
-        if timeout >= self.settings.fence_lease / 2:
-            raise MoveError("cutover_timeout must stay well below the fence lease")
-        # Connected before the fence: a new session's start-up (10-30 ms on a busy host)
-        # would otherwise lengthen the writers' pause. Its snapshot is taken after the fence.
-        snapshot = replication.connect(self.target_dsn, purpose=f"verify {self.job.pk}")
-        snapshot.autocommit = False
-        if self._target_snapshot is not None:  # an earlier attempt's
-            self._target_snapshot.close()
-        self._target_snapshot = snapshot
-        with self.source.transaction():
-            self.source.execute("SET LOCAL synchronous_commit = on")
-            self.source.execute(
-                "INSERT INTO shardsvc_fence (tenant_id, job_id, expires_at) "
-                "VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s)) "
-                "ON CONFLICT (tenant_id) DO UPDATE SET job_id = EXCLUDED.job_id, "
-                "fenced_at = clock_timestamp(), expires_at = EXCLUDED.expires_at",
-                [self.job.tenant_id, self.job.pk, self.settings.fence_lease])
-        fenced = time.monotonic()
-        steps = CutoverSteps(fenced)
-        fence_time = pg.fetch_value(self.source, "SELECT clock_timestamp()")
-        if self.crash_at == "fenced":
-            os._exit(70)  # fault injection: die holding the fence (see run())
-        try:
-            # Transactions whose snapshot predates the fence may still write: wait them out.
-            while pg.fetch_value(
-                self.source,
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                "AND backend_type = 'client backend' AND pid <> pg_backend_pid() "
-                "AND xact_start < %s", [fence_time],
-            ):
-                if time.monotonic() > deadline:
-                    raise MoveError(f"transactions older than the fence ran past {timeout:.0f} "
-                                    "s on the source; the move stays on the source, retry it")
-                time.sleep(0.002)
-            steps.done("older_transactions")
-            last_write = self._flush_source()
-            steps.done("flush")
-            self._wait_applied(last_write, deadline)
-            steps.done("applied")
-            # Snapshot of the target as the copy left it, for verification after the flip.
-            snapshot.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            flip_snapshot = current_snapshot(snapshot)
-            min_lsn = insert_lsn(self.target)
-            # From here on the fence must outlive any crash: writers with a stale placement
-            # must never write to the source again. Checked to still be ours first.
-            kept = self.source.execute(
-                "UPDATE shardsvc_fence SET expires_at = 'infinity' WHERE tenant_id = %s "
-                "AND job_id = %s AND expires_at > clock_timestamp() + make_interval(secs => %s)",
-                [self.job.tenant_id, self.job.pk, self.settings.fence_lease / 2],
-            ).rowcount
-            if not kept:
-                raise MoveError("the fence lease ran out before the flip; retry the move")
-            steps.done("snapshot")
-            with transaction.atomic(using=CONTROL_ALIAS):
-                set_placement(self.job.tenant_id, self.job.target, min_lsn=min_lsn,
-                              state=Tenant.State.ACTIVE)
-                pause_ms = (time.monotonic() - fenced) * 1000
-                steps.done("flip")
-                self._set(State.FLIPPED, flip_lsn=min_lsn, write_pause_ms=round(pause_ms, 2),
-                          flip_snapshot=flip_snapshot)
-        except BaseException:
-            if self.job.state == State.CUTOVER:
-                self._after_failed_cutover()
-            raise
-        # Pairs, in order: the report is jsonb, which orders an object's keys its own way.
-        self._report(flipped_at=time.time(), cutover_ms=list(steps.ms.items()))
-        self.progress(f"flipped to {self.job.target}: writes paused {pause_ms:.1f} ms "
-                      f"({steps.text()})")
-
-    def _flush_source(self) -> int:
-        """The source's WAL position past every commit so far, flushed so the walsender can
-        send it. Commits made with synchronous_commit=off may sit unflushed for up to
-        wal_writer_delay; one synchronous commit of ours flushes everything before it."""
-        with self.source.transaction():
-            self.source.execute("SET LOCAL synchronous_commit = on")
-            self.source.execute("UPDATE shardsvc_fence SET fenced_at = fenced_at "
-                                "WHERE tenant_id = %s", [self.job.tenant_id])
-        return insert_lsn(self.source)
-
-    def _after_failed_cutover(self) -> None:
-        """Lift the fence only when the directory certainly still names the source: if the
-        flip's commit was lost in flight it may have happened, and lifting the fence then would
-        let stale writers write to the old shard. Unsure: keep the fence; a rerun settles it."""
-        try:
-            shard = Tenant.objects.using(CONTROL_ALIAS).values_list("shard", flat=True).get(
-                id=self.job.tenant_id)
-        except Exception:
-            logger.exception("cutover failed and the directory cannot be read: fence kept")
-            return
-        if shard == self.job.target:
-            self._set(State.FLIPPED)
-            return
-        self.source.execute("DELETE FROM shardsvc_fence WHERE tenant_id = %s",
-                            [self.job.tenant_id])
-        self._set(State.CATCHING_UP)
 
     def _cleanup(self) -> None:
         self.drop_replication()

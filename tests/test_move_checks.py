@@ -24,11 +24,20 @@ SETTLED_NOW = MoveSettings(grace_seconds=0.0, settle_seconds=0.0, continuous_ran
 
 
 def run_move(slug: str, tenant_id: int, target: str, settings: MoveSettings,
-             progress: Any) -> MoveJob:
+             progress: Any, *, keep_failed: bool = False) -> MoveJob:
+    """The move run as move_tenant runs it. One that fails is aborted (its slot and copied
+    rows gone) before the error goes on, so that it leaves nothing for later tests, unless the
+    test looks at the failed job itself (`keep_failed`)."""
     job = start_move(tenant_id, target, reason="move checks test")
     with cluster_lock(f"move_tenant {slug}") as lock:
-        return Mover(job, settings=settings, progress=progress,
-                     still_locked=lock.ensure_held).run()
+        try:
+            return Mover(job, settings=settings, progress=progress,
+                         still_locked=lock.ensure_held).run()
+        except MoveError:
+            if not keep_failed:
+                job.refresh_from_db(using="default")
+                Mover(job).abort()
+            raise
 
 
 def test_settled_ranges_are_verified_before_the_cutover_and_skipped_at_the_flip(
@@ -140,7 +149,7 @@ def test_a_difference_in_a_settled_range_stops_the_move_before_the_cutover(
 
     with pytest.raises(MoveError, match=r"continuous verification: .* differ between "
                                         r"shard_0 and shard_1"):
-        run_move(site.slug, tenant_id, "shard_1", SETTLED_NOW, progress)
+        run_move(site.slug, tenant_id, "shard_1", SETTLED_NOW, progress, keep_failed=True)
     job = MoveJob.objects.using("default").filter(tenant_id=tenant_id).latest("created_at")
     assert job.state == "catching_up" and job.report["continuous"]["differs"]
     # Nothing was cut over: the tenant serves from its source, unfenced.
@@ -151,3 +160,52 @@ def test_a_difference_in_a_settled_range_stops_the_move_before_the_cutover(
     assert rows_on(topology, "shard_0", tenant_id) == 11
     assert replication_objects(topology) == {}
 
+
+
+def test_a_cutover_that_gives_up_is_tried_again(service, topology, admin) -> None:
+    site, _thread = seeded_site(service, topology, "shard_0", comments=5)
+    tenant_id = Tenant.objects.using("default").get(slug=site.slug).id
+    # A transaction older than the fence keeps the first cutover waiting until it gives up.
+    old = admin("shard_0")
+    messages: list[str] = []
+
+    def progress(message: str) -> None:
+        messages.append(message)
+        if message == "[cutover]" and messages.count("[cutover]") == 1:
+            old.execute("BEGIN")
+            old.execute("SELECT 1")
+        elif message.startswith("cutover attempt 1/3 gave up"):
+            assert fences(topology) == 0  # writes go on meanwhile
+            old.execute("ROLLBACK")
+
+    settings = MoveSettings(grace_seconds=0.0, cutover_timeout=1.0, cutover_retry_pause=0.1)
+    job = run_move(site.slug, tenant_id, "shard_1", settings, progress)
+    assert (job.state, job.verified) == ("done", True), job.report
+    failures = job.report["cutover_failures"]
+    assert len(failures) == 1 and "transactions older than the fence" in failures[0]
+    assert messages.count("[cutover]") == 2
+    assert rows_on(topology, "shard_1", tenant_id) == 6
+    assert replication_objects(topology) == {}
+
+
+def test_a_cutover_that_keeps_giving_up_fails_after_its_attempts(
+        service, topology, admin) -> None:
+    site, _thread = seeded_site(service, topology, "shard_0", comments=5)
+    tenant_id = Tenant.objects.using("default").get(slug=site.slug).id
+    old = admin("shard_0")
+    old.execute("BEGIN")
+    old.execute("SELECT 1")
+    settings = MoveSettings(grace_seconds=0.0, cutover_timeout=0.5, cutover_attempts=2,
+                            cutover_retry_pause=0.1)
+    try:
+        with pytest.raises(MoveError, match="transactions older than the fence"):
+            run_move(site.slug, tenant_id, "shard_1", settings, None, keep_failed=True)
+    finally:
+        old.execute("ROLLBACK")
+    job = MoveJob.objects.using("default").filter(tenant_id=tenant_id).latest("created_at")
+    assert job.state == "catching_up" and len(job.report["cutover_failures"]) == 2
+    assert Tenant.objects.using("default").get(id=tenant_id).shard == "shard_0"
+    assert fences(topology) == 0
+    Mover(job).abort()
+    assert replication_objects(topology) == {}
+    assert rows_on(topology, "shard_0", tenant_id) == 6
