@@ -41,9 +41,11 @@ def migration_label(migration: Migration) -> str:
 
 def recorded_keys(migrations: Sequence[Migration]) -> list[tuple[str, str]]:
     """The django_migrations rows (app, name) that mark `migrations` applied, in order. As
-    MigrationExecutor.record_migration: a squashed migration records what it replaces."""
+    MigrationExecutor.record_migration, a squashed migration records what it replaces; and
+    itself, in the same statement, which Django's check_replacements would record after the
+    run in a transaction (a wait for the disk) of its own."""
     return [key for migration in migrations
-            for key in migration.replaces or [(migration.app_label, migration.name)]]
+            for key in [*migration.replaces, (migration.app_label, migration.name)]]
 
 
 def record_applied(executor: MigrationExecutor, migrations: Sequence[Migration]) -> None:

@@ -3,13 +3,14 @@
 Django's MigrationExecutor builds a MigrationLoader per database, and each reloads every app's
 migration modules from disk (importlib.reload) and builds the dependency graph again: about a
 third of the Python a new shard cost, serialised by the GIL across the runner's threads, and the
-same graph every time. Without squashed migrations the graph does not depend on the database:
-only the applied set does, which each database reads once (one query instead of three: the
-loader, the consistency check and check_replacements each read it again).
+same graph every time. The graph does not depend on the database, only the applied set does,
+which each database reads once (one query instead of three: the loader, the consistency check
+and check_replacements each read it again).
 
-A migration that `replaces` others makes the graph depend on what is applied (Django keeps the
-squashed node or the replaced ones, depending on how many of them are applied), so with any such
-migration on disk every database loads its own graph, as Django does.
+Except for a squashed migration (one that `replaces` others) with only some of what it replaces
+applied: Django then keeps the replaced nodes instead of the squashed one. With none or all of
+them applied it keeps the squashed node, as the shared graph (loaded with nothing applied)
+does, so only a database with a partly applied squash loads a graph of its own, as Django does.
 
 The shared graph is only read: planning, forwards plans and project states never change it.
 """
@@ -37,13 +38,18 @@ class RunGraph:
         self._lock = threading.Lock()
         self._loader: MigrationLoader | None = None
 
-    def loader(self) -> MigrationLoader | None:
-        """The shared loader, or None when squashed migrations make the graph per database."""
+    def loader(self) -> MigrationLoader:
+        """The shared loader: the graph as Django builds it for a database with nothing
+        applied (squashed migrations in place of what they replace)."""
         with self._lock:
             if self._loader is None:
                 with LOADER_LOCK:
                     self._loader = MigrationLoader(None)  # disk only: nothing is applied
-            return None if self._loader.replacements else self._loader
+            return self._loader
+
+
+class PartlySquashed(Exception):
+    """A squashed migration has some, not all, of what it replaces applied here."""
 
 
 class _DatabaseLoader(MigrationLoader):
@@ -55,19 +61,31 @@ class _DatabaseLoader(MigrationLoader):
         self.unmigrated_apps = shared.unmigrated_apps
         self.migrated_apps = shared.migrated_apps
         self.graph = shared.graph
-        self.replacements: dict[Any, Any] = {}
-        applied: dict[Any, Any] = recorder.applied_migrations()  # recorder rows, as Django's
+        self.replacements = shared.replacements
+        self.recorded: dict[Any, Any] = recorder.applied_migrations()  # rows, as Django's
+        applied: dict[Any, Any] = dict(self.recorded)
+        for key, migration in self.replacements.items():  # as MigrationLoader.build_graph
+            statuses = [target in applied for target in migration.replaces]
+            if any(statuses) and not all(statuses):
+                raise PartlySquashed(key)
+            if all(statuses):
+                applied[key] = migration
+            else:
+                applied.pop(key, None)
         self.applied_migrations = applied
 
     def check_consistent_history(self, connection: BaseDatabaseWrapper) -> None:
-        # Django's check, over the applied set read above rather than a second query (there
-        # are no squashed migrations here, so no replacement to make allowance for).
-        applied = self.applied_migrations
+        # Django's check, over the rows read above rather than a second query.
+        applied = self.recorded
         for migration in applied:
             if migration not in self.graph.nodes:
                 continue
             for parent in self.graph.node_map[migration].parents:
                 if parent not in applied:
+                    # A squashed migration not recorded yet, all it replaces applied.
+                    squashed = self.replacements.get(parent)
+                    if squashed is not None and all(m in applied for m in squashed.replaces):
+                        continue
                     raise InconsistentMigrationHistory(
                         f"Migration {migration[0]}.{migration[1]} is applied before its "
                         f"dependency {parent[0]}.{parent[1]} on database "
@@ -87,9 +105,11 @@ class _ExecutorOnGraph(MigrationExecutor):
 def executor_for(connection: BaseDatabaseWrapper,
                  graph: RunGraph | None = None) -> MigrationExecutor:
     """A MigrationExecutor for `connection`; over `graph`'s shared graph when it can be."""
-    shared = graph.loader() if graph is not None else None
-    if shared is not None:
-        return _ExecutorOnGraph(connection, shared)
+    if graph is not None:
+        try:
+            return _ExecutorOnGraph(connection, graph.loader())
+        except PartlySquashed:
+            pass
     with LOADER_LOCK:
         return MigrationExecutor(connection)
 

@@ -27,6 +27,9 @@ class DatabaseState:
     alias: str
     applied: set[MigrationKey] = field(default_factory=set)
     on_disk: list[MigrationKey] = field(default_factory=list)  # graph order
+    # Migrations on disk that a squashed one replaces, in this database's graph or not (it
+    # holds the squashed one unless only some of them are applied here).
+    replaced: set[MigrationKey] = field(default_factory=set)
     error: str | None = None
 
 
@@ -37,6 +40,8 @@ def read_state(alias: str) -> DatabaseState:
             with LOADER_LOCK:
                 loader = MigrationLoader(connections[alias], ignore_no_migrations=True)
             state.applied = set(loader.applied_migrations)
+            state.replaced = {key for squashed in loader.replacements.values()
+                              for key in squashed.replaces}
             # Forwards order of the whole graph, as showmigrations --plan lists it.
             seen: set[MigrationKey] = set()
             for leaf in loader.graph.leaf_nodes():
@@ -69,7 +74,7 @@ def matrix(aliases: Sequence[str], *, jobs: int, apps: Sequence[str] | None = No
         for key in state.on_disk:
             if key not in order:
                 order.append(key)
-    on_disk = set(order)
+    on_disk = set(order).union(*(s.replaced for s in readable))
     for state in readable:  # recorded but gone from disk: appended at the end
         for key in sorted(state.applied - on_disk):
             if key not in order:

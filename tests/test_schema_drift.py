@@ -7,11 +7,14 @@ pytest process's own Django settings belong to the session topology.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from deploy.topology import LocalTopology
+from deploy.topology import PROJECT_DIR, LocalTopology
 from migrations_tools.drift import Fingerprint, compare
 from tests.commands import manage
 from tests.conftest import make_topology
@@ -77,6 +80,53 @@ def test_a_clean_fleet_is_reported_clean(fleet: LocalTopology) -> None:
     assert "No drift: every database has the same migrations applied." in matrix.stdout
     header = matrix.stdout.splitlines()[0].split()
     assert header == ["MIGRATION", "default", "shard_0", "shard_1", "shard_2"]
+
+
+def older_release(root: Path, upto: str) -> dict[str, str]:
+    """The environment of a release whose comments migrations ended at `upto`, before they
+    were squashed: a settings module selecting a copy of them."""
+    package = root / "older" / "comments"
+    package.mkdir(parents=True)
+    (package.parent / "__init__.py").write_text("")
+    for source in sorted((PROJECT_DIR / "comments" / "migrations").glob("*.py")):
+        if source.name == "__init__.py" or (source.name[:4].isdigit() and "squashed" not in
+                                            source.name and source.name <= f"{upto}~"):
+            shutil.copy(source, package / source.name)
+    (root / "older_settings.py").write_text(
+        "from project.settings import *  # noqa: F403\n"
+        'MIGRATION_MODULES = {"comments": "older.comments"}\n')
+    return {"DJANGO_SETTINGS_MODULE": "older_settings",
+            "PYTHONPATH": f"{root}{os.pathsep}{PROJECT_DIR}"}
+
+
+def test_a_shard_partway_through_the_squashed_migrations_finishes_them_one_by_one(
+        fleet: LocalTopology, tmp_path: Path) -> None:
+    # The fleet's shards were built by the squashed migration. shard_2 is rebuilt as a release
+    # of 0001-0002 left it; this release then applies 0003 and 0004 there, one by one.
+    with fleet.admin_connect(fleet.node("shard_2")) as conn:
+        conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION "
+                     "pg_database_owner; GRANT USAGE ON SCHEMA public TO PUBLIC")
+    older = manage(fleet, "migrate_shards", "--shard", "shard_2",
+                   **older_release(tmp_path, "0002"))
+    assert older.returncode == 0, older.stdout + older.stderr
+    assert "Applying comments.0002_page_indexes... OK" in older.stdout, older.stdout
+
+    run = manage(fleet, "migrate_shards")
+    assert run.returncode == 0, run.stdout + run.stderr
+    applied = [line.split("Applying ", 1)[1].split("...")[0]
+               for line in run.stdout.splitlines() if "Applying " in line]
+    assert applied == ["comments.0003_thread_url_md5_uniq", "comments.0004_drop_thread_url_uniq"]
+
+    # Built either way, the shards' schemas are the same, and so are their records.
+    check = manage(fleet, "check_shard_schema")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "reference for shards (3 of 3 primaries share it)" in check.stdout
+    matrix = manage(fleet, "shard_showmigrations", "comments")
+    assert matrix.returncode == 0, matrix.stdout + matrix.stderr
+    assert "No drift: every database has the same migrations applied." in matrix.stdout
+    rows = [line.split()[0] for line in matrix.stdout.splitlines()[1:]
+            if line.startswith("comments.")]
+    assert rows == ["comments.0001_squashed_0004_drop_thread_url_uniq"]
 
 
 def test_a_manual_alter_and_a_dropped_index_are_drift(fleet: LocalTopology) -> None:

@@ -23,11 +23,12 @@ def test_each_migration_is_recorded_by_app_and_name_in_order() -> None:
     ]
 
 
-def test_a_squashed_migration_records_the_migrations_it_replaces() -> None:
+def test_a_squashed_migration_records_the_migrations_it_replaces_and_itself() -> None:
     replaced = [("auth", "0001_initial"), ("auth", "0002_a"), ("auth", "0003_b")]
     squashed = migration("auth", "0001_squashed_0003", replaces=replaced)
     assert recorded_keys([squashed, migration("sites", "0002_x")]) == [
-        ("auth", "0001_initial"), ("auth", "0002_a"), ("auth", "0003_b"), ("sites", "0002_x"),
+        ("auth", "0001_initial"), ("auth", "0002_a"), ("auth", "0003_b"),
+        ("auth", "0001_squashed_0003"), ("sites", "0002_x"),
     ]
 
 

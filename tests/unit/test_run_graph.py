@@ -24,48 +24,63 @@ class Recorded:
         return dict(self._applied)
 
 
+SQUASHED = ("comments", "0001_squashed_0004_drop_thread_url_uniq")
+REPLACED = [("comments", "0001_initial"), ("comments", "0002_page_indexes"),
+            ("comments", "0003_thread_url_md5_uniq"), ("comments", "0004_drop_thread_url_uniq")]
+
+
 def database_loader(graph: RunGraph, alias: str,
                     applied: list[tuple[str, str]]) -> MigrationLoader:
-    shared = graph.loader()
-    assert shared is not None
-    return run_graph._DatabaseLoader(shared, Recorded(alias, applied))  # type: ignore[arg-type]
+    return run_graph._DatabaseLoader(graph.loader(),
+                                     Recorded(alias, applied))  # type: ignore[arg-type]
 
 
 def test_the_graph_is_loaded_once_for_every_database() -> None:
     graph = RunGraph()
     shared = graph.loader()
-    assert shared is not None and graph.loader() is shared
-    assert ("comments", "0001_initial") in shared.graph.nodes
+    assert graph.loader() is shared
+    assert ("sites", "0001_initial") in shared.graph.nodes
 
     fresh = database_loader(graph, "shard_0", [])
-    migrated = database_loader(graph, "shard_1", [("comments", "0001_initial")])
+    migrated = database_loader(graph, "shard_1", [("shards", "0001_initial"),
+                                                ("sites", "0001_initial")])
     assert fresh.graph is migrated.graph is shared.graph
     assert set(fresh.applied_migrations) == set()
-    assert set(migrated.applied_migrations) == {("comments", "0001_initial")}
-    leaf = next(key for key in shared.graph.leaf_nodes() if key[0] == "comments")
+    assert set(migrated.applied_migrations) == {("shards", "0001_initial"),
+                                                ("sites", "0001_initial")}
+    leaf = next(key for key in shared.graph.leaf_nodes() if key[0] == "sites")
     fresh.check_consistent_history(fresh.connection)
     migrated.check_consistent_history(migrated.connection)
     assert leaf not in migrated.applied_migrations
 
 
 def test_a_migration_applied_before_its_dependency_is_refused_as_django_does() -> None:
-    loader = database_loader(RunGraph(), "shard_3", [("comments", "0002_page_indexes")])
+    loader = database_loader(RunGraph(), "shard_3", [("shards", "0001_initial"),
+                                                     ("sites", "0002_site_key_generation")])
     with pytest.raises(InconsistentMigrationHistory) as info:
         loader.check_consistent_history(loader.connection)
     assert str(info.value) == (
-        "Migration comments.0002_page_indexes is applied before its dependency "
-        "comments.0001_initial on database 'shard_3'."
+        "Migration sites.0002_site_key_generation is applied before its dependency "
+        "sites.0001_initial on database 'shard_3'."
     )
 
 
-def test_squashed_migrations_make_each_database_load_its_own_graph(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    class WithSquash(MigrationLoader):
-        def build_graph(self) -> None:
-            super().build_graph()
-            # As if comments.0001_squashed replaced 0001 and 0002: which nodes the graph keeps
-            # depends on how many of those a database has applied.
-            self.replacements = {("comments", "0001_squashed"): object()}
+def test_the_shared_graph_holds_the_squashed_migration_in_place_of_what_it_replaces() -> None:
+    graph = RunGraph()
+    assert SQUASHED in graph.loader().graph.nodes
+    assert not any(key in graph.loader().graph.nodes for key in REPLACED)
+    # A new database applies the squashed migration...
+    assert SQUASHED not in database_loader(graph, "shard_0", []).applied_migrations
+    # ...and one with all it replaces applied has it applied, recorded or not, as Django has.
+    migrated = database_loader(graph, "shard_1", REPLACED)
+    assert SQUASHED in migrated.applied_migrations
+    migrated.check_consistent_history(migrated.connection)
 
-    monkeypatch.setattr(run_graph, "MigrationLoader", WithSquash)
-    assert RunGraph().loader() is None
+
+def test_a_partly_applied_squash_gets_a_graph_of_its_own() -> None:
+    with pytest.raises(run_graph.PartlySquashed):
+        database_loader(RunGraph(), "shard_2", REPLACED[:2])
+    # Django's own loader for such a database keeps the replaced migrations instead.
+    loader = MigrationLoader(None, load=False)
+    loader.load_disk()
+    assert all(key in loader.disk_migrations for key in REPLACED)
