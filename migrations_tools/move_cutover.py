@@ -12,15 +12,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
 
-import psycopg
 from django.db import transaction
 
 from migrations_tools import replication
-from migrations_tools.move_jobs import MoveError, MoveSettings
+from migrations_tools.move_jobs import MoveError
+from migrations_tools.move_parts import MoverParts
 from migrations_tools.move_progress import CutoverSteps
-from migrations_tools.tenant_rows import Progress
 from migrations_tools.verify_resumed import current_snapshot
 from shards import pg
 from shards.aliases import CONTROL_ALIAS
@@ -32,32 +30,11 @@ logger = logging.getLogger(__name__)
 State = MoveJob.State
 
 
-class CutoverStage:
-    """Mixed into Mover, which provides these."""
+class CutoverStage(MoverParts):
+    """Mixed into Mover."""
 
-    job: MoveJob
-    settings: MoveSettings
-    progress: Progress
-    name: str
-    target_dsn: str
-    crash_at: str | None
-    _target_snapshot: psycopg.Connection[Any] | None
     _cutovers_failed: int
     _cutover_gave_up: BaseException | None
-
-    @property
-    def source(self) -> psycopg.Connection[Any]:
-        raise NotImplementedError
-
-    @property
-    def target(self) -> psycopg.Connection[Any]:
-        raise NotImplementedError
-
-    def _set(self, state: str | None = None, **fields: Any) -> None:
-        raise NotImplementedError
-
-    def _report(self, **items: Any) -> None:
-        raise NotImplementedError
 
     def _wait_applied(self, lsn: int, deadline: float) -> None:
         while (replication.confirmed_lsn(self.source, self.name) or 0) < lsn:

@@ -42,8 +42,9 @@ from migrations_tools.failover import (
     first_line,
     wait_for_leader,
 )
-from migrations_tools.move_jobs import MoveError, MoveSettings
-from migrations_tools.tenant_rows import Progress, delete_tenant_rows
+from migrations_tools.move_jobs import MoveError
+from migrations_tools.move_parts import MoverParts
+from migrations_tools.tenant_rows import delete_tenant_rows
 from shards import pg
 from shards.aliases import CONTROL_ALIAS
 from shards.models import MoveJob, Tenant
@@ -100,36 +101,10 @@ def drop_standby_slots(cluster: str, name: str) -> list[str]:
     return unreachable
 
 
-class FailoverSteps:
-    """Mixed into Mover, which provides these."""
+class FailoverSteps(MoverParts):
+    """Mixed into Mover."""
 
-    job: MoveJob
-    settings: MoveSettings
-    progress: Progress
-    tables: list[str]
-    source_dsn: str
-    target_dsn: str
-    name: str
-    _target_snapshot: psycopg.Connection[Any] | None
-    _continuous_deadline: float | None
     _failovers_seen: int = 0
-
-    @property
-    def source(self) -> psycopg.Connection[Any]:
-        raise NotImplementedError
-
-    @property
-    def target(self) -> psycopg.Connection[Any]:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        raise NotImplementedError
-
-    def _set(self, state: str | None = None, **fields: Any) -> None:
-        raise NotImplementedError
-
-    def _report(self, **items: Any) -> None:
-        raise NotImplementedError
 
     def _leaders(self) -> dict[str, ServerIdentity]:
         wait = self.settings.failover_wait

@@ -19,8 +19,8 @@ import psycopg
 from django.utils import timezone
 
 from migrations_tools import replication, verify, verify_ranges
-from migrations_tools.move_jobs import MoveError, MoveSettings
-from migrations_tools.tenant_rows import Progress
+from migrations_tools.move_jobs import MoveError
+from migrations_tools.move_parts import MoverParts
 from migrations_tools.verify_resumed import ResumedDiff, compare_since_flip
 from shards.aliases import CONTROL_ALIAS
 from shards.models import MoveJob, Tenant
@@ -30,36 +30,8 @@ MAX_TRIES = 3  # compare a range this often while it keeps changing, then leave 
 APPLY_WAIT = 10.0  # seconds to wait for the target to apply what a range's snapshot saw
 
 
-class VerifySteps:
-    """Mixed into Mover, which provides these."""
-
-    job: MoveJob
-    settings: MoveSettings
-    progress: Progress
-    tables: list[str]
-    target_dsn: str
-    _target_snapshot: psycopg.Connection[Any] | None
-    _continuous_deadline: float | None
-
-    @property
-    def source(self) -> psycopg.Connection[Any]:
-        raise NotImplementedError
-
-    @property
-    def target(self) -> psycopg.Connection[Any]:
-        raise NotImplementedError
-
-    def _wait_applied(self, lsn: int, deadline: float) -> None:
-        raise NotImplementedError
-
-    def _set(self, state: str | None = None, **fields: Any) -> None:
-        raise NotImplementedError
-
-    def _report(self, **items: Any) -> None:
-        raise NotImplementedError
-
-    def drop_replication(self) -> None:
-        raise NotImplementedError
+class VerifySteps(MoverParts):
+    """Mixed into Mover."""
 
     def _verify(self) -> None:
         snapshot = self._target_snapshot
