@@ -130,6 +130,10 @@ class CutoverStage(MoverParts):
         self._report(cutover_failures=[*self.job.report.get("cutover_failures", []), str(exc)])
         attempts = self.settings.cutover_attempts
         if self._cutovers_failed >= attempts:
+            if attempts > 1:
+                raise MoveError(f"{exc} (cutover attempt {attempts}/{attempts}; job "
+                                f"{self.job.pk} stays at catching_up: rerun the same "
+                                "move_tenant later, or --abort)") from exc
             return False
         self.progress(f"cutover attempt {self._cutovers_failed}/{attempts} gave up ({exc}); "
                       f"writes unfenced, trying again in {self.settings.cutover_retry_pause:g} s")

@@ -6,7 +6,7 @@ exists) buys it nothing: here every table, index and constraint is created in on
 one commit, and the indexes 0001 made and 0002 dropped are never built. A shard that has some of
 0001-0004 applied goes on with those (Django uses a squashed migration only where none or all of
 what it replaces is applied). Each object has the name and definition 0001-0004 give it, so a
-shard migrated either way has the same schema (`migrate_shards --check-drift` compares them).
+shard migrated either way has the same schema (`check_shard_schema` compares them).
 """
 
 import django.db.models.deletion

@@ -35,8 +35,11 @@ class Command(BaseCommand):
         parser.add_argument("--grace", type=float, default=2.0,
                             help="seconds to keep the source rows after the flip (default 2)")
         parser.add_argument("--cutover-timeout", type=float, default=10.0,
-                            help="longest write pause to accept before retrying later "
-                                 "(default 10 s)")
+                            help="longest write pause to accept: a cutover that reaches it "
+                                 "lifts the fence and tries again (default 10 s)")
+        parser.add_argument("--cutover-attempts", type=int, default=3,
+                            help="cutovers to try before the command fails, leaving the job "
+                                 "to a rerun (default 3)")
         parser.add_argument("--accept-unverified", action="store_true",
                             help="finish a move left unverified (resumed after the flip, copy "
                                  "not provable): delete the kept source rows anyway")
@@ -64,6 +67,7 @@ class Command(BaseCommand):
             return
         settings = MoveSettings(grace_seconds=options["grace"],
                                 cutover_timeout=options["cutover_timeout"],
+                                cutover_attempts=max(1, options["cutover_attempts"]),
                                 accept_unverified=options["accept_unverified"])
         with cluster_lock(f"move_tenant {entry.slug}") as lock:
             try:
