@@ -19,7 +19,8 @@ for its answer (reads are not held: what they measure is what the service answer
 
 Each round reports acknowledged comments against what the new leader holds, errors per kind and
 shard, when shard_0's writes succeeded again, and the write pause its clients saw. Last, the
-targets of issue 12 with PASS/FAIL, the rates achieved and the load average. Exits 1 only when
+targets of issue 12 with PASS/FAIL, the rates achieved, where the box's CPU went while the load
+ran (tests/benchmarks/cpu_split.py) and the load average. Exits 1 only when
 requests failed unexpectedly: a lost acknowledged write, an error of shard_1 or of a read, a
 shard_0 write refused before the hold bound, or any error in a switchover or etcd round.
 A target is claimed only when the clients reached 95% of both rates asked ("load short"
@@ -42,6 +43,7 @@ from pathlib import Path
 from deploy.topology import LocalTopology
 from migrations_tools.switchover import switchover
 from shards.topology import load_shard_map
+from tests.benchmarks.cpu_split import CpuSplit, snapshot
 from tests.benchmarks.move_report import gated
 from tests.benchmarks.perf_report import Target, loadavg_text, parse_loadavg
 from tests.ha_cluster import (
@@ -125,12 +127,13 @@ class Round:
 
 
 def one_round(topo: LocalTopology, users: list[SiteUser], kind: str,
-              args: argparse.Namespace) -> Round:
+              args: argparse.Namespace, cpu: CpuSplit) -> Round:
     topo.wait_cluster_streaming(FAILING, timeout=120)
     topo.wait_etcd_healthy(timeout=30)
     old = topo.leader(FAILING)
     load = ServiceLoad(users, args.writes, args.reads, write_threads=args.write_threads,
                        read_threads=args.read_threads, open_writes=args.open_writes)
+    before, started = snapshot(), time.monotonic()
     with load:
         time.sleep(2)  # steady state first
         at = time.monotonic()
@@ -150,6 +153,7 @@ def one_round(topo: LocalTopology, users: list[SiteUser], kind: str,
                 load.succeeded_after("write", FAILING, max(at, settled - 0.5))) < 20:
             time.sleep(0.1)
         time.sleep(2)
+    cpu.add(before, snapshot(), time.monotonic() - started)
     if kind == "member":
         topo.start_member(old.alias)
     elif kind == "etcd":
@@ -199,12 +203,13 @@ def main(argv: list[str] | None = None) -> int:
     start_port = int(os.environ.get("SHARDSVC_TEST_BASE_PORT", "26900"))
     load_before = load_average()
     rounds: list[Round] = []
+    cpu = CpuSplit()
     with ha_service_topology("shardsvc-bench-failover-", start_port=start_port,
                              durable=args.durable) as (topo, service):
         users = [SiteUser(service, topo, shard) for shard in (FAILING, OTHER)
                  for _ in range(SITES_PER_SHARD)]
         for kind in kinds:
-            rounds.append(one_round(topo, users, kind, args))
+            rounds.append(one_round(topo, users, kind, args, cpu))
             print(report(rounds[-1]), flush=True)
         load_after = load_average()
 
@@ -222,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         # The other shard's own rate: its tenants kept theirs while shard_0's writes were held.
         print(f"  {shard}: {answered['write', shard] / seconds:.0f} writes/s + "
               f"{answered['read', shard] / seconds:.0f} reads/s")
+    print(cpu.line())
     print(f"load average at the start: {load_before}; at the end: {load_after}")
     for target in targets(rounds):
         # Claimed only under the load the targets name; below it the line says "load short".

@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Protocol
 
+from tests.benchmarks.cpu_split import CpuSplit
 from tests.benchmarks.perf_phases import Measured
 from tests.benchmarks.perf_report import (
     Target,
@@ -127,6 +128,11 @@ def report(phases: PhaseRuns, decisions: list[Decision], setup: Setup,
         f"(no write, transaction or unreached position), {all_share:.1f}% of all")
     out(f"  comment pages: X-Cache {dict(sorted(cache.items()))}, hit rate {hit_rate(cache):.1f}%;"
         f" statuses {dict(sorted(statuses.items()))}; requests with a causal token {tokened:,}")
+    cpu = CpuSplit()
+    for r in mix:
+        if r.cpu is not None:
+            cpu.merge(r.cpu)
+    out(f"  {cpu.line()}")
 
     out()
     out(f"Pool tails: single-row reads, {args.connections} connections, pool cap "
