@@ -152,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"CPU per shard past the first (--jobs {SHARDS}): the command "
           f"{(many[1] - one_shard[1]) / (SHARDS - 1) * 1000:.0f} ms, PostgreSQL "
           f"{(many[2] - one_shard[2]) / (SHARDS - 1) * 1000:.0f} ms")
+    # The command and the shard servers share the cores: their CPU over the cores is the
+    # least time any schedule needs, whatever overlaps.
+    cores = os.cpu_count() or 1
+    floor = (many[1] + many[2]) / cores
+    print(f"{SHARDS} shards used {many[1] + many[2]:.2f} s of CPU (the command and PostgreSQL): "
+          f"on {cores} core(s) at least {floor:.2f} s, {floor / one:.2f}x the time of 1 shard")
     print(f"load average at the start: {load_before}; at the end: {load_after}")
     print(Target(f"{SHARDS} shards --jobs {SHARDS} / 1 shard (shard phase)", parallel / one, "x",
                  at_most=RATIO_TARGET, note=f"{parallel:.2f}s / {one:.2f}s").line())
