@@ -1,5 +1,5 @@
-"""A comment page read from its shard with statements written once: the root comments of the
-page, then their replies, as the dicts the page is made of.
+"""A comment page read from its shard with statements written once: whether the tenant has the
+thread, the root comments of the page, and their replies, as the dicts the page is made of.
 
 Through the ORM a page build made two querysets (their filters, ordering and slice), compiled
 their SQL and built a model instance per row, on every build: py-spy put the ORM's query
@@ -9,6 +9,11 @@ statements are the ones the ORM sent, written out once per order (the same condi
 same indexes serve them: (tenant_id, thread, id) and (tenant_id, thread, score, id) for the
 roots, (tenant_id, root) for the replies, whose id list is one array parameter instead of an
 IN list). Rows become the page's dicts directly.
+
+The three statements go in one message, one round trip (the replies' statement finds the page's
+roots again itself): as three round trips, with the thread read through its own routing and
+retries, the reads cost a page build two more psycopg executions, PgBouncer and PostgreSQL
+turns, and a router decision.
 
 What the ORM's reads did around the statements is kept: the current tenant's scope, the
 router's choice of server (causal minimum and lag rules), `retrying_read`'s retries on a
@@ -25,7 +30,7 @@ from django.db import connections, router
 from django.db.models import Field
 
 from comments import cursors
-from comments.models import Comment
+from comments.models import Comment, Thread
 from comments.schemas import Order
 from shards.errors import NoTenantContext
 from shards.sharded import retrying_read
@@ -45,7 +50,6 @@ _AFTER = {
 }
 
 _statements: dict[tuple[str, bool], str] = {}
-_replies: str | None = None
 
 
 def _column(name: str) -> str:
@@ -62,28 +66,38 @@ def _names(alias: str) -> dict[str, str]:
     return names
 
 
-def _roots_sql(alias: str, order: str, after: bool) -> str:
+def _page_sql(alias: str, order: str, after: bool) -> str:
+    """The page's three statements. Parameters: tenant, thread; then the roots' (tenant,
+    thread, the cursor's values, limit + 1); then the replies' (tenant, and the roots' again
+    with limit, then the replies' limit)."""
     sql = _statements.get((order, after))
     if sql is None:
         n = _names(alias)
+        quote = connections[alias].ops.quote_name
         condition, ordering = _AFTER[order]
-        sql = (f"SELECT {n['columns']} FROM {n['table']} "
-               f"WHERE {n['tenant_id']} = %s AND {n['thread_id']} = %s "
-               f"AND {n['parent_id']} IS NULL "
-               + (condition.format(**n) + " " if after else "")
-               + f"ORDER BY {ordering.format(**n)} LIMIT %s")
+
+        def roots(columns: str) -> str:
+            return (f"SELECT {columns} FROM {n['table']} "
+                    f"WHERE {n['tenant_id']} = %s AND {n['thread_id']} = %s "
+                    f"AND {n['parent_id']} IS NULL "
+                    + (condition.format(**n) + " " if after else "")
+                    + f"ORDER BY {ordering.format(**n)} LIMIT %s")
+
+        thread = (f"SELECT EXISTS (SELECT 1 FROM {quote(Thread._meta.db_table)} "
+                  f"WHERE {quote(_thread_column('tenant_id'))} = %s "
+                  f"AND {quote(_thread_column('id'))} = %s)")
+        replies = (f"SELECT {n['columns']} FROM {n['table']} "
+                   f"WHERE {n['tenant_id']} = %s AND {n['root_id']} = ANY(ARRAY("
+                   + roots(n["id"]) + f")) ORDER BY {n['id']} LIMIT %s")
+        sql = f"{thread}; {roots(n['columns'])}; {replies}"
         _statements[(order, after)] = sql
     return sql
 
 
-def _replies_sql(alias: str) -> str:
-    global _replies
-    if _replies is None:
-        n = _names(alias)
-        _replies = (f"SELECT {n['columns']} FROM {n['table']} "
-                    f"WHERE {n['tenant_id']} = %s AND {n['root_id']} = ANY(%s) "
-                    f"ORDER BY {n['id']} LIMIT %s")
-    return _replies
+def _thread_column(name: str) -> str:
+    field = Thread._meta.get_field(name)
+    assert isinstance(field, Field)
+    return str(field.column)
 
 
 def comment_item(row: Sequence[Any]) -> dict[str, Any]:
@@ -99,9 +113,10 @@ def comment_item(row: Sequence[Any]) -> dict[str, Any]:
 
 
 def comment_page(thread_id: int, order: Order, cursor: str | None,
-                 limit: int) -> dict[str, Any]:
+                 limit: int) -> dict[str, Any] | None:
     """One page of the current tenant's top-level comments of the thread, with their whole
-    reply trees (replies oldest first): {"items": [...], "next_cursor": ... or None}."""
+    reply trees (replies oldest first): {"items": [...], "next_cursor": ... or None}; None
+    when the tenant has no such thread."""
     entry = current_tenant()
     if entry is None:
         raise NoTenantContext(Comment._meta.label)
@@ -109,18 +124,22 @@ def comment_page(thread_id: int, order: Order, cursor: str | None,
     if after is not None and order == "top":
         after = [after[0], after[0], after[1]]  # score, score, id
 
-    def read(alias: str) -> tuple[list[Any], list[Any]]:
-        roots_sql = _roots_sql(alias, order, after is not None)
-        with connections[alias].cursor() as db:
-            db.execute(roots_sql, [entry.id, thread_id, *(after or ()), limit + 1])
-            roots = db.fetchall()
-            if not roots:
-                return roots, []
-            shown = [row[0] for row in roots[:limit]]
-            db.execute(_replies_sql(alias), [entry.id, shown, MAX_REPLIES_PER_PAGE])
-            return roots, db.fetchall()
+    roots_params = [entry.id, thread_id, *(after or ())]
+    params = [entry.id, thread_id, *roots_params, limit + 1,
+              entry.id, *roots_params, limit, MAX_REPLIES_PER_PAGE]
 
-    roots, replies = retrying_read(lambda: router.db_for_read(Comment), read)
+    def read(alias: str) -> tuple[bool, list[Any], list[Any]]:
+        with connections[alias].cursor() as db:
+            db.execute(_page_sql(alias, order, after is not None), params)
+            (found,) = db.fetchone()
+            db.nextset()
+            roots = db.fetchall()
+            db.nextset()
+            return found, roots, db.fetchall()
+
+    found, roots, replies = retrying_read(lambda: router.db_for_read(Comment), read)
+    if not found:
+        return None
     more = len(roots) > limit
     page = roots[:limit]
     items = [comment_item(row) for row in page]

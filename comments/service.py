@@ -102,8 +102,10 @@ def cached_comment_page(thread_id: int, order: Order, cursor: str | None, limit:
         cursors.decode(cursor, order)  # refuse garbage before it becomes a cache key
 
     def fill() -> bytes:
-        get_thread(thread_id)  # from the same fresh-enough database as the page
-        return page_json(page_reads.comment_page(thread_id, order, cursor, limit))
+        page = page_reads.comment_page(thread_id, order, cursor, limit)
+        if page is None:
+            raise NotFound(f"no thread {thread_id} on this site")
+        return page_json(page)
 
     return cache.cached_page(entry, thread_id, f"{order}:{cursor or ''}:{limit}", fill,
                              also=throttle_check)
