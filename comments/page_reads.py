@@ -52,8 +52,8 @@ _AFTER = {
 _statements: dict[tuple[str, bool], str] = {}
 
 
-def _column(name: str) -> str:
-    field = Comment._meta.get_field(name)
+def _column(name: str, model: type[Comment] | type[Thread] = Comment) -> str:
+    field = model._meta.get_field(name)
     assert isinstance(field, Field)
     return str(field.column)
 
@@ -84,20 +84,14 @@ def _page_sql(alias: str, order: str, after: bool) -> str:
                     + f"ORDER BY {ordering.format(**n)} LIMIT %s")
 
         thread = (f"SELECT EXISTS (SELECT 1 FROM {quote(Thread._meta.db_table)} "
-                  f"WHERE {quote(_thread_column('tenant_id'))} = %s "
-                  f"AND {quote(_thread_column('id'))} = %s)")
+                  f"WHERE {quote(_column('tenant_id', Thread))} = %s "
+                  f"AND {quote(_column('id', Thread))} = %s)")
         replies = (f"SELECT {n['columns']} FROM {n['table']} "
                    f"WHERE {n['tenant_id']} = %s AND {n['root_id']} = ANY(ARRAY("
                    + roots(n["id"]) + f")) ORDER BY {n['id']} LIMIT %s")
         sql = f"{thread}; {roots(n['columns'])}; {replies}"
         _statements[(order, after)] = sql
     return sql
-
-
-def _thread_column(name: str) -> str:
-    field = Thread._meta.get_field(name)
-    assert isinstance(field, Field)
-    return str(field.column)
 
 
 def comment_item(row: Sequence[Any]) -> dict[str, Any]:
