@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -53,32 +54,36 @@ def prefix(alias: str, aliases: list[str] = ALIASES) -> str:
     return f"[{aliases.index(alias) + 1}/{len(aliases)} {alias}]"
 
 
+REAL_MIGRATIONS = PROJECT_DIR / "comments" / "migrations"
+
+
+def comments_release(root: Path, name: str, migrations: Iterable[Path],
+                     extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Under `root`, a settings module selecting a comments migrations package `name` made of
+    copies of `migrations` and of `extra` (file name -> source); the environment overrides
+    that select it."""
+    package = root / name / "comments"
+    package.mkdir(parents=True)
+    (package.parent / "__init__.py").write_text("")
+    for source in migrations:
+        shutil.copy(source, package / source.name)
+    for filename, text in (extra or {}).items():
+        (package / filename).write_text(text)
+    (root / f"{name}_settings.py").write_text(
+        "from project.settings import *  # noqa: F403\n"
+        f'MIGRATION_MODULES = {{"comments": "{name}.comments"}}\n'
+    )
+    return {"DJANGO_SETTINGS_MODULE": f"{name}_settings",
+            "PYTHONPATH": f"{root}{os.pathsep}{PROJECT_DIR}"}
+
+
 def write_versions(root: Path, comments_leaf: str) -> dict[str, dict[str, str]]:
     """Under `root`, settings modules selecting comments migrations v2 (real + 9001_dba_columns)
     or v3 (+ 9002_dba_unsafe); returns each version's environment overrides."""
-    real = PROJECT_DIR / "comments" / "migrations"
-    envs = {}
-    for version, extra in (("v2", ["9001"]), ("v3", ["9001", "9002"])):
-        package = root / f"dba_{version}" / "comments"
-        package.mkdir(parents=True)
-        (package.parent / "__init__.py").write_text("")
-        for source in real.glob("*.py"):
-            shutil.copy(source, package / source.name)
-        if "9001" in extra:
-            (package / "9001_dba_columns.py").write_text(
-                V2_MIGRATION.format(leaf=comments_leaf)
-            )
-        if "9002" in extra:
-            (package / "9002_dba_unsafe.py").write_text(V3_MIGRATION)
-        (root / f"dba_settings_{version}.py").write_text(
-            "from project.settings import *  # noqa: F403\n"
-            f'MIGRATION_MODULES = {{"comments": "dba_{version}.comments"}}\n'
-        )
-        envs[version] = {
-            "DJANGO_SETTINGS_MODULE": f"dba_settings_{version}",
-            "PYTHONPATH": f"{root}{os.pathsep}{PROJECT_DIR}",
-        }
-    return envs
+    v2 = {"9001_dba_columns.py": V2_MIGRATION.format(leaf=comments_leaf)}
+    v3 = {**v2, "9002_dba_unsafe.py": V3_MIGRATION}
+    return {version: comments_release(root, f"dba_{version}", REAL_MIGRATIONS.glob("*.py"), extra)
+            for version, extra in (("v2", v2), ("v3", v3))}
 
 
 def row(output: str, alias: str) -> str:

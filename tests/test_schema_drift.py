@@ -7,17 +7,16 @@ pytest process's own Django settings belong to the session topology.
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from deploy.topology import PROJECT_DIR, LocalTopology
+from deploy.topology import LocalTopology
 from migrations_tools.drift import Fingerprint, compare
 from tests.commands import manage
 from tests.conftest import make_topology
+from tests.dba_migrations import REAL_MIGRATIONS, comments_release
 
 pytestmark = pytest.mark.slow
 
@@ -84,19 +83,11 @@ def test_a_clean_fleet_is_reported_clean(fleet: LocalTopology) -> None:
 
 def older_release(root: Path, upto: str) -> dict[str, str]:
     """The environment of a release whose comments migrations ended at `upto`, before they
-    were squashed: a settings module selecting a copy of them."""
-    package = root / "older" / "comments"
-    package.mkdir(parents=True)
-    (package.parent / "__init__.py").write_text("")
-    for source in sorted((PROJECT_DIR / "comments" / "migrations").glob("*.py")):
+    were squashed."""
+    return comments_release(root, "older", [
+        source for source in REAL_MIGRATIONS.glob("*.py")
         if source.name == "__init__.py" or (source.name[:4].isdigit() and "squashed" not in
-                                            source.name and source.name <= f"{upto}~"):
-            shutil.copy(source, package / source.name)
-    (root / "older_settings.py").write_text(
-        "from project.settings import *  # noqa: F403\n"
-        'MIGRATION_MODULES = {"comments": "older.comments"}\n')
-    return {"DJANGO_SETTINGS_MODULE": "older_settings",
-            "PYTHONPATH": f"{root}{os.pathsep}{PROJECT_DIR}"}
+                                            source.name and source.name <= f"{upto}~")])
 
 
 def test_a_shard_partway_through_the_squashed_migrations_finishes_them_one_by_one(
