@@ -231,14 +231,15 @@ def stop_all(pidfiles: Sequence[Path], *, timeout: float = 60.0) -> bool:
 def children(pid: int) -> list[int]:
     """The direct children of a process, from /proc."""
     found = []
-    for entry in _proc_stats():
+    for entry in proc_stats():
         fields = entry[1].rsplit(")", 1)[-1].split()
         if len(fields) > 2 and fields[1] == str(pid):
             found.append(entry[0])
     return found
 
 
-def _proc_stats() -> Iterator[tuple[int, str]]:
+def proc_stats() -> Iterator[tuple[int, str]]:
+    """(pid, the text of /proc/<pid>/stat) of every process, skipping those that exit meanwhile."""
     for path in Path("/proc").glob("[0-9]*/stat"):
         try:
             yield int(path.parent.name), path.read_text()

@@ -14,6 +14,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from deploy.processes import proc_stats
+
 # By the executable's name, which setproctitle does not change (a PostgreSQL backend's command
 # line does change, and paths in command lines may hold any of these words).
 BY_NAME = {"postgres": "PostgreSQL", "etcd": "etcd", "pgbouncer": "PgBouncer",
@@ -48,15 +50,11 @@ def snapshot() -> Snapshot:
     busy = user + nice + system + irq + softirq + steal
     own: dict[int, tuple[str, int]] = {}
     me = os.getpid()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
+    for pid, raw in proc_stats():
         try:
-            raw = Path(f"/proc/{pid}/stat").read_text()
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
                 errors="replace")
-        except (FileNotFoundError, ProcessLookupError):
+        except OSError:
             continue  # exited while listed
         comm = raw[raw.index("(") + 1:raw.rindex(")")]
         fields = raw.rsplit(")", 1)[1].split()
