@@ -33,8 +33,8 @@ State = MoveJob.State
 class CutoverStage(MoverParts):
     """Mixed into Mover."""
 
-    _cutovers_failed: int
-    _cutover_gave_up: BaseException | None
+    _cutovers_failed: int = 0
+    _cutover_gave_up: BaseException | None = None  # the error this command's last cutover raised
 
     def _wait_applied(self, lsn: int, deadline: float) -> None:
         while (replication.confirmed_lsn(self.source, self.name) or 0) < lsn:

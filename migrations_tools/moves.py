@@ -72,8 +72,6 @@ class Mover(CutoverStage, VerifySteps, FailoverSteps):
         self._target: psycopg.Connection[Any] | None = None
         self._target_snapshot: psycopg.Connection[Any] | None = None
         self._continuous_deadline: float | None = None
-        self._cutovers_failed = 0
-        self._cutover_gave_up: BaseException | None = None
 
     # --- connections
     @property
