@@ -12,7 +12,7 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from shards.runtime import environ_overrides
-from shards.topology import databases_setting, load_shard_map
+from shards.topology import RoleOptions, databases_setting, load_shard_map
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -138,6 +138,27 @@ TRUSTED_PROXIES = _env_networks("SHARDSVC_TRUSTED_PROXIES", "", example="10.91.0
 # 50 ms a query), and 2 x 40 stays below PgBouncer's default_pool_size (90, deploy/
 # pgbouncer.ini.template), so the waits are never queued in PgBouncer instead.
 DB_POOL_MAX_CONNS = int(_env_float("SHARDSVC_POOL_MAX_CONNS", 40))
+# A primary's aliases (every cluster's, the control database's too) get a lower cap, at most
+# the one above: a worker starts at most this many transactions on one primary at once, and the
+# requests past it wait in the pool's queue, in order. A comment write is two messages in one
+# transaction (comments/new_comment.py), so it needs two turns of its worker's loop; with every
+# request of the worker inside a transaction at once, each turn is shared by all of them and
+# every write finishes late. Measured at 64 connections writing comments on one primary (both
+# caps in one run, alternating, 2 workers): 540-698 writes/s at cap 40 and 578-722 at 16, p99
+# 253-270 ms -> 171-214 ms; PostgreSQL was no busier either way (pg_stat_activity sampled:
+# 0.3 backends active on average, and 21 against 12 idle in transaction, waiting for their
+# worker's next message). Replicas keep the higher cap: a read is one message, and reads from a
+# slow database need the room (the 50 ms case above). A shard without replicas reads from its
+# primary, under this cap: raise it for a primary far away (16 per worker at 50 ms a query
+# is at most 320 queries/s per worker).
+DB_POOL_MAX_CONNS_PRIMARY = min(DB_POOL_MAX_CONNS,
+                                int(_env_float("SHARDSVC_POOL_MAX_CONNS_PRIMARY", 16)))
+# OPTIONS by server role, over the common ones below (shards.topology.databases_setting; also
+# for servers added while the service runs, shards.live_topology).
+DATABASE_ROLE_OPTIONS: RoleOptions = {
+    "primary": {"MAX_CONNS": DB_POOL_MAX_CONNS_PRIMARY},
+    "replica": {"MAX_CONNS": DB_POOL_MAX_CONNS},
+}
 DB_POOL_TIMEOUT = _env_float("SHARDSVC_POOL_TIMEOUT", 5.0)
 
 # Server-side bounds on every query of the service (seconds, 0 = none), set with SET LOCAL in
@@ -170,6 +191,7 @@ DATABASES = databases_setting(
         "keepalives_interval": 10,
         "keepalives_count": 3,
     },
+    role_options=DATABASE_ROLE_OPTIONS,
     use_direct=DIRECT_DB,
 )
 for _entry in DATABASES.values():

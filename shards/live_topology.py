@@ -33,7 +33,13 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, connections
 
 from shards.shardmap import Server, ShardMap
-from shards.topology import database_like, get_shard_map, load_shard_map, replace_shard_map
+from shards.topology import (
+    database_like,
+    get_shard_map,
+    load_shard_map,
+    replace_shard_map,
+    role_options_of,
+)
 
 logger = logging.getLogger("shardsvc.topology")
 
@@ -127,14 +133,17 @@ def apply_shard_map(new: ShardMap, listeners: list[Listener] | tuple[Listener, .
 
 def register_databases(new: ShardMap) -> None:
     """Django's database settings for every server of `new` that is new or whose DSN changed,
-    built like the existing ones (same engine, pool and timeout options). Entries of removed
-    servers stay: a request that chose one just before the change still finishes on it."""
+    built like the existing ones (same engine, pool and timeout options, and those of the
+    server's role). Entries of removed servers stay: a request that chose one just before the
+    change still finishes on it."""
     databases: dict[str, Any] = settings.DATABASES
     template = databases[DEFAULT_DB_ALIAS]
     direct = bool(getattr(settings, "DIRECT_DB", False))
+    by_role = getattr(settings, "DATABASE_ROLE_OPTIONS", None)
     entries = {}
     for server in new.servers():
         entry = database_like(template, _dsn(server, direct))
+        entry["OPTIONS"].update(role_options_of(by_role, server))
         current = databases.get(server.alias)
         if current is None or _target(current) != _target(entry):
             entries[server.alias] = entry

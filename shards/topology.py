@@ -10,20 +10,21 @@ result; nothing else reads the file. Everyone else asks ``get_shard_map()``, whi
 from __future__ import annotations
 
 import copy
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from psycopg.conninfo import conninfo_to_dict
 
 from shards.runtime import Conf, Slot, runtime
-from shards.shardmap import Cluster, Server, ShardMap
+from shards.shardmap import Cluster, Role, Server, ShardMap
 from shards.topology_file import load_shard_map
 
 # The map's types and the file's loader live in their own modules; this is where callers find
 # them next to the settings helpers and the process-wide accessor.
 __all__ = [
     "Cluster",
+    "RoleOptions",
     "Server",
     "ShardMap",
     "database_like",
@@ -31,7 +32,11 @@ __all__ = [
     "get_shard_map",
     "load_shard_map",
     "replace_shard_map",
+    "role_options_of",
 ]
+
+# Per role, OPTIONS that differ from the common ones (settings.DATABASE_ROLE_OPTIONS).
+RoleOptions = Mapping[Role, Mapping[str, Any]]
 
 
 # --- Django settings -------------------------------------------------------------------------
@@ -42,15 +47,22 @@ def databases_setting(
     *,
     engine: str = "project.pgpool",
     options: dict[str, Any] | None = None,
+    role_options: RoleOptions | None = None,
     use_direct: bool = False,
     only: Collection[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Django ``DATABASES``: one entry per alias (or per alias in `only`), from the pooled DSNs
-    (or the direct ones)."""
+    (or the direct ones); each gets `options`, then what `role_options` gives its role."""
     return {
-        server.alias: _database(server.direct_dsn if use_direct else server.dsn, engine, options)
+        server.alias: _database(server.direct_dsn if use_direct else server.dsn, engine,
+                                {**(options or {}), **role_options_of(role_options, server)})
         for server in shard_map.servers() if only is None or server.alias in only
     }
+
+
+def role_options_of(role_options: RoleOptions | None, server: Server) -> dict[str, Any]:
+    """What `role_options` sets for `server`'s role (a copy)."""
+    return dict((role_options or {}).get(server.role, {}))
 
 
 def database_like(template: dict[str, Any], dsn: str) -> dict[str, Any]:

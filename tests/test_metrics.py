@@ -124,9 +124,9 @@ def test_gauges_come_from_every_worker_and_metrics_is_not_counted(service, tenan
 
     def gauges_ready() -> Scrape | None:
         s = scrape(service)
-        # livesum: both workers' caps (SHARDSVC_POOL_MAX_CONNS, 40 by default) add up. Each
-        # worker samples its gauges every second.
-        if s.value("shardsvc_pool_max_connections", alias="shard_1") != 80:
+        # livesum: both workers' caps (a primary's: SHARDSVC_POOL_MAX_CONNS_PRIMARY, 16 by
+        # default) add up. Each worker samples its gauges every second.
+        if s.value("shardsvc_pool_max_connections", alias="shard_1") != 32:
             return None
         return s if len(s.labelsets("shardsvc_replica_lag_seconds")) == 3 else None
 

@@ -49,7 +49,16 @@ def one_worker(topology: LocalTopology) -> Iterator[ServiceProcess]:
     svc = topology.start_service(
         name="one-worker", port=topology.layout.http_port + 1,
         SHARDSVC_WORKERS="1", SHARDSVC_URLCONF="tests.urls", SHARDSVC_POOL_MAX_CONNS="40",
+        SHARDSVC_POOL_MAX_CONNS_PRIMARY="40",
     )
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="module")
+def default_caps(topology: LocalTopology) -> Iterator[ServiceProcess]:
+    svc = topology.start_service(name="default-caps", port=topology.layout.http_port + 3,
+                                 SHARDSVC_WORKERS="1", SHARDSVC_URLCONF="tests.urls")
     yield svc
     svc.stop()
 
@@ -63,6 +72,22 @@ def capped(topology: LocalTopology) -> Iterator[ServiceProcess]:
     )
     yield svc
     svc.stop()
+
+
+def test_a_worker_holds_fewer_connections_to_a_primary_than_to_a_replica(
+        topology, default_caps) -> None:
+    from django.conf import settings
+
+    primary_cap, replica_cap = settings.DB_POOL_MAX_CONNS_PRIMARY, settings.DB_POOL_MAX_CONNS
+    # Two requests more than a primary's cap: those wait in the pool's queue and get their turn.
+    wanted = primary_cap + 2
+    for alias, peak in (("shard_0", primary_cap), ("shard_0_replica_1", wanted)):
+        urls = [f"{default_caps.url}/_diag/sleep?alias={alias}&seconds=1"] * wanted
+        with ActiveBackendSampler(topology, alias) as sampler:
+            answers = get_many(urls)
+        assert [a.status for a in answers] == [200] * wanted, alias
+        assert sampler.peak == peak, (alias, sampler.peak)
+    assert wanted <= replica_cap
 
 
 def test_one_gevent_worker_overlaps_database_waits(topology, one_worker) -> None:

@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         plain = start_plain(topology, alias=ab_site["shard"], port=base + 3, max_conns=cap,
                             workers=topology.layout.workers)
         setup = Setup(workers=topology.layout.workers, cap=cap,
+                      primary_cap=int(settings.DB_POOL_MAX_CONNS_PRIMARY),
                       pgbouncer=pgbouncer_sizes(topology.pgbouncer_config()),
                       latency_cap=args.latency_pool_cap or cap, plain_dsn=plain.dsn)
         decisions = router_costs(ab_site["slug"], n=args.decisions, repeats=args.repeats)

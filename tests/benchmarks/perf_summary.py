@@ -33,6 +33,7 @@ class PhaseRuns(Protocol):
 class Setup:
     workers: int
     cap: int
+    primary_cap: int
     pgbouncer: dict[str, int]
     latency_cap: int
     plain_dsn: str
@@ -81,7 +82,8 @@ def report(phases: PhaseRuns, decisions: list[Decision], setup: Setup,
     out()
     out(f"A/B: wrk {args.threads} threads, {args.connections} connections, {args.duration:g} s "
         f"per run, {args.rounds} round(s) alternating; service and plain: {setup.workers} "
-        f"gevent workers, pool cap {setup.cap} per alias per worker; plain on "
+        f"gevent workers, pool cap {setup.cap} per alias per worker (the service's primaries "
+        f"{setup.primary_cap}); plain on "
         f"{setup.plain_dsn.rsplit('/', 1)[-1]} (primary), service reads on its replica")
     for line in table(headers, run_rows(phases.ab)):
         out("  " + line)

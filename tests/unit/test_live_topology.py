@@ -12,7 +12,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 
 from routers.replica_checker import ReplicaHealth
-from shards.live_topology import TopologyFollower, check_live_change
+from shards.live_topology import TopologyFollower, check_live_change, register_databases
 from shards.topology import database_like, databases_setting, get_shard_map, load_shard_map
 from tests.unit.test_topology_file import GOOD
 
@@ -82,6 +82,43 @@ def test_a_new_aliass_settings_are_made_like_the_existing_ones(tmp_path: Path) -
     assert entry["DISABLE_SERVER_SIDE_CURSORS"] is True
     assert entry["TEST"] == {"NAME": "shard_2"}
     assert template["HOST"] == "127.0.0.1"  # the template is not changed
+
+
+def test_each_role_gets_its_own_options_over_the_common_ones(tmp_path: Path) -> None:
+    shard_map = load_shard_map(write(tmp_path, GOOD))
+    entries = databases_setting(
+        shard_map, options={"MAX_CONNS": 40, "connect_timeout": 3},
+        role_options={"primary": {"MAX_CONNS": 16}})
+    assert entries["shard_0"]["OPTIONS"] == {"MAX_CONNS": 16, "connect_timeout": 3}
+    assert entries["default"]["OPTIONS"]["MAX_CONNS"] == 16  # the control primary too
+    assert entries["shard_0_replica_1"]["OPTIONS"] == {"MAX_CONNS": 40, "connect_timeout": 3}
+
+
+def test_the_settings_cap_primaries_lower_than_replicas() -> None:
+    from django.conf import settings
+
+    primary, replica = (settings.DATABASES[a]["OPTIONS"]["MAX_CONNS"]
+                        for a in ("shard_0", "shard_0_replica_1"))
+    assert (primary, replica) == (settings.DB_POOL_MAX_CONNS_PRIMARY, settings.DB_POOL_MAX_CONNS)
+    assert primary < replica
+
+
+def test_servers_added_live_get_their_roles_options(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import copy
+
+    from django.conf import settings
+    from django.db import connections
+
+    # On copies: the process's own settings and connections stay as they are.
+    databases = copy.deepcopy(settings.DATABASES)
+    monkeypatch.setattr(settings, "DATABASES", databases)
+    monkeypatch.setattr(connections, "settings", databases)
+    current = get_shard_map().source.read_text()
+    register_databases(load_shard_map(write(tmp_path, grown(current))))
+    # Made from the control primary's entry, whose cap is the primaries' one.
+    assert databases["shard_2"]["OPTIONS"]["MAX_CONNS"] == settings.DB_POOL_MAX_CONNS_PRIMARY
+    assert databases["shard_2_replica_1"]["OPTIONS"]["MAX_CONNS"] == settings.DB_POOL_MAX_CONNS
 
 
 def test_the_replica_checker_moves_to_a_new_map(tmp_path: Path) -> None:
