@@ -4,12 +4,15 @@ bad or merely touched file changes nothing. tests/test_live_topology.py does it 
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
 
 import pytest
+from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
 
 from routers.replica_checker import ReplicaHealth
 from shards.live_topology import TopologyFollower, check_live_change, register_databases
@@ -95,8 +98,6 @@ def test_each_role_gets_its_own_options_over_the_common_ones(tmp_path: Path) -> 
 
 
 def test_the_settings_cap_primaries_lower_than_replicas() -> None:
-    from django.conf import settings
-
     primary, replica = (settings.DATABASES[a]["OPTIONS"]["MAX_CONNS"]
                         for a in ("shard_0", "shard_0_replica_1"))
     assert (primary, replica) == (settings.DB_POOL_MAX_CONNS_PRIMARY, settings.DB_POOL_MAX_CONNS)
@@ -105,11 +106,6 @@ def test_the_settings_cap_primaries_lower_than_replicas() -> None:
 
 def test_servers_added_live_get_their_roles_options(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    import copy
-
-    from django.conf import settings
-    from django.db import connections
-
     # On copies: the process's own settings and connections stay as they are.
     databases = copy.deepcopy(settings.DATABASES)
     monkeypatch.setattr(settings, "DATABASES", databases)
