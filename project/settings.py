@@ -150,7 +150,9 @@ DB_POOL_MAX_CONNS = int(_env_float("SHARDSVC_POOL_MAX_CONNS", 40))
 # worker's next message). Replicas keep the higher cap: a read is one message, and reads from a
 # slow database need the room (the 50 ms case above). A shard without replicas reads from its
 # primary, under this cap: raise it for a primary far away (16 per worker at 50 ms a query
-# is at most 320 queries/s per worker).
+# is at most 320 queries/s per worker). After a switchover the writes held meanwhile drain
+# through this cap too: bench_failover's switchover pause p99 was 2.96-3.78 s at 16 against
+# 2.96-3.18 s at 40 (3 and 2 runs, reads 220-497/s against 284-406/s: within the runs' spread).
 DB_POOL_MAX_CONNS_PRIMARY = min(DB_POOL_MAX_CONNS,
                                 int(_env_float("SHARDSVC_POOL_MAX_CONNS_PRIMARY", 16)))
 # OPTIONS by server role, over the common ones below (shards.topology.databases_setting; also
