@@ -195,7 +195,7 @@ def alive(pid: int) -> bool:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    return stat_fields(stat)[0] != "Z"
 
 
 def spawn(argv: Sequence[str], *, pidfile: Path, log: Path, cwd: Path,
@@ -232,10 +232,17 @@ def children(pid: int) -> list[int]:
     """The direct children of a process, from /proc."""
     found = []
     for entry in proc_stats():
-        fields = entry[1].rsplit(")", 1)[-1].split()
+        fields = stat_fields(entry[1])
         if len(fields) > 2 and fields[1] == str(pid):
             found.append(entry[0])
     return found
+
+
+def stat_fields(stat: str) -> list[str]:
+    """The fields of a /proc/<pid>/stat text after the command name (which may hold spaces and
+    parentheses): state [0], parent pid [1], user and system time [11] [12], and those of the
+    reaped children [13] [14], in clock ticks."""
+    return stat.rsplit(")", 1)[-1].split()
 
 
 def proc_stats() -> Iterator[tuple[int, str]]:

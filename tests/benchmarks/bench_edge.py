@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from deploy.processes import children, read_pid
+from deploy.processes import children, read_pid, stat_fields
 from deploy.topology import LocalTopology
 from tests.benchmarks.perf_report import table
 from tests.benchmarks.wrk import BenchmarkFailed, WrkResult, run_wrk
@@ -44,10 +44,9 @@ def cpu_seconds(pid: int) -> float:
     """User + system time of a process and of its children it has reaped, plus (recursively)
     of its living children: a whole process tree's CPU, before or after a run."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = stat_fields(Path(f"/proc/{pid}/stat").read_text())
     except OSError:
         return 0.0
-    # Fields after the command: state is [0], utime [11], stime [12], cutime [13], cstime [14].
     own = sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
     return own + sum(cpu_seconds(child) for child in children(pid))
 

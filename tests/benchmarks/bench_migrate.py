@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from deploy.processes import children
+from deploy.processes import children, stat_fields
 from deploy.topology import LocalTopology
 from tests.benchmarks.perf_report import Target, loadavg_text, parse_loadavg
 from tests.conftest import make_topology
@@ -83,9 +83,8 @@ def servers_cpu(topo: LocalTopology) -> float:
 
 
 def _proc_times(pid: int, fields: int) -> list[int]:
-    # /proc/<pid>/stat after the command name: utime, stime, cutime, cstime are fields 11-14.
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        stat = stat_fields(Path(f"/proc/{pid}/stat").read_text())
     except FileNotFoundError:  # exited since it was listed
         return []
     return [int(value) for value in stat[11:11 + fields]]

@@ -14,7 +14,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from deploy.processes import proc_stats
+from deploy.processes import proc_stats, stat_fields
 
 # By the executable's name, which setproctitle does not change (a PostgreSQL backend's command
 # line does change, and paths in command lines may hold any of these words).
@@ -57,7 +57,7 @@ def snapshot() -> Snapshot:
         except OSError:
             continue  # exited while listed
         comm = raw[raw.index("(") + 1:raw.rindex(")")]
-        fields = raw.rsplit(")", 1)[1].split()
+        fields = stat_fields(raw)
         own[pid] = (group_of(pid, comm, cmdline, me=me), int(fields[11]) + int(fields[12]))
     return Snapshot(busy=busy, total=busy + idle + iowait, own=own)
 
