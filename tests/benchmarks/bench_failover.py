@@ -43,7 +43,7 @@ from pathlib import Path
 from deploy.topology import LocalTopology
 from migrations_tools.switchover import switchover
 from shards.topology import load_shard_map
-from tests.benchmarks.cpu_split import CpuSplit, snapshot
+from tests.benchmarks.cpu_split import CpuSplit
 from tests.benchmarks.move_report import gated
 from tests.benchmarks.perf_report import Target, loadavg_text, parse_loadavg
 from tests.ha_cluster import (
@@ -133,8 +133,7 @@ def one_round(topo: LocalTopology, users: list[SiteUser], kind: str,
     old = topo.leader(FAILING)
     load = ServiceLoad(users, args.writes, args.reads, write_threads=args.write_threads,
                        read_threads=args.read_threads, open_writes=args.open_writes)
-    before, started = snapshot(), time.monotonic()
-    with load:
+    with cpu.window(), load:
         time.sleep(2)  # steady state first
         at = time.monotonic()
         if kind == "kill":
@@ -153,7 +152,6 @@ def one_round(topo: LocalTopology, users: list[SiteUser], kind: str,
                 load.succeeded_after("write", FAILING, max(at, settled - 0.5))) < 20:
             time.sleep(0.1)
         time.sleep(2)
-    cpu.add(before, snapshot(), time.monotonic() - started)
     if kind == "member":
         topo.start_member(old.alias)
     elif kind == "etcd":

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from deploy.processes import proc_stats, stat_fields
@@ -84,6 +87,13 @@ class CpuSplit:
         self.busy += busy / tick
         self.total += (after.total - before.total) / tick
         self.wall += wall
+
+    @contextmanager
+    def window(self) -> Iterator[None]:
+        """Adds what the box's CPU did while the block ran."""
+        before, started = snapshot(), time.monotonic()
+        yield
+        self.add(before, snapshot(), time.monotonic() - started)
 
     def merge(self, other: CpuSplit) -> None:
         self.seconds.update(other.seconds)

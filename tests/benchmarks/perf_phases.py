@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tests.benchmarks import mixed
-from tests.benchmarks.cpu_split import CpuSplit, snapshot
+from tests.benchmarks.cpu_split import CpuSplit
 from tests.benchmarks.wrk import BenchmarkFailed, WrkResult, run_wrk
 
 REQUESTS_LUA = Path(__file__).resolve().parent / "requests.lua"
@@ -164,13 +163,12 @@ def mixed_phase(service: str, data: Path, args: argparse.Namespace) -> list[Meas
     runs = []
     for round_ in range(0, args.mixed_rounds + 1):  # round 0: warm-up
         before = mixed.read_routing(service)
-        cpu_before, started = snapshot(), time.monotonic()
-        result = run_wrk("mixed 90/10", service, mixed.LUA, str(data),
-                         duration=args.warmup if round_ == 0 else args.mixed_duration,
-                         threads=args.threads, connections=args.connections,
-                         counters="LOADMIX")
         cpu = CpuSplit()
-        cpu.add(cpu_before, snapshot(), time.monotonic() - started)
+        with cpu.window():
+            result = run_wrk("mixed 90/10", service, mixed.LUA, str(data),
+                             duration=args.warmup if round_ == 0 else args.mixed_duration,
+                             threads=args.threads, connections=args.connections,
+                             counters="LOADMIX")
         measured = Measured("mixed", round_, result,
                             mixed.delta(mixed.read_routing(service), before), cpu)
         runs.append(measured)
