@@ -81,10 +81,15 @@ def get_or_create_thread(url: str, title: str) -> tuple[Thread, bool]:
 _THREAD_BY_ID = RowById(Thread)
 
 
+def no_thread(thread_id: int) -> NotFound:
+    """What a request naming a thread the current site does not have is answered with."""
+    return NotFound(f"no thread {thread_id} on this site")
+
+
 def get_thread(thread_id: int) -> Thread:
     thread = _THREAD_BY_ID.get(thread_id)
     if thread is None:
-        raise NotFound(f"no thread {thread_id} on this site")
+        raise no_thread(thread_id)
     return thread
 
 
@@ -104,7 +109,7 @@ def cached_comment_page(thread_id: int, order: Order, cursor: str | None, limit:
     def fill() -> bytes:
         page = page_reads.comment_page(thread_id, order, cursor, limit)
         if page is None:
-            raise NotFound(f"no thread {thread_id} on this site")
+            raise no_thread(thread_id)
         return page_json(page)
 
     return cache.cached_page(entry, thread_id, f"{order}:{cursor or ''}:{limit}", fill,
@@ -119,14 +124,14 @@ def post_comment(thread_id: int, *, author: str, author_name: str, body: str,
         created = new_comment.post_top_level(_shard(), thread_id, author=author,
                                              author_name=author_name, body=body)
         if created is None:
-            raise NotFound(f"no thread {thread_id} on this site")
+            raise no_thread(thread_id)
         _after_write("created", created)
         return created
     with causal.write_transaction(_shard()):
         # The count first: the UPDATE finds the thread and locks its row (as SELECT FOR
         # UPDATE did) in one statement; a missing thread updates nothing.
         if not _THREAD_BY_ID.add(thread_id, "comment_count", 1):
-            raise NotFound(f"no thread {thread_id} on this site")
+            raise no_thread(thread_id)
         parent = Comment.objects.filter(id=parent_id, thread_id=thread_id).first()
         if parent is None:
             raise NotFound(f"no comment {parent_id} in thread {thread_id}")
