@@ -26,23 +26,9 @@ from shards import patroni
 PATRONI_VENV = Path(os.environ.get("SHARDSVC_PATRONI_VENV", "/opt/shardsvc-patroni"))
 PATRONI_BIN = PATRONI_VENV / "bin" / "patroni"
 PATRONI_PYTHON = PATRONI_VENV / "bin" / "python"
-# Patroni, started with one of its module constants changed. Stopping a leader (a switchover),
-# Patroni reads pg_controldata every STOP_POLLING_INTERVAL (1 s, not a setting) until the
-# cluster reads "shut down", and only then releases the leader key to the standby: measured
-# with tests/benchmarks/bench_switchover.py, that poll is most of a second of a switchover's
-# write pause. At 0.1 s it runs pg_controldata ten times a second for the second or so a
-# shutdown takes. The pinned Patroni (pyproject's `ha` extra) has the constant
-# (tests/unit/test_patroni_launcher.py checks it); a release without it runs unchanged.
-STOP_POLLING_INTERVAL = 0.1
-PATRONI_LAUNCHER = (
-    "import sys\n"
-    "import patroni.postgresql\n"
-    "if hasattr(patroni.postgresql, 'STOP_POLLING_INTERVAL'):\n"
-    f"    patroni.postgresql.STOP_POLLING_INTERVAL = {STOP_POLLING_INTERVAL}\n"
-    "from patroni.__main__ import main\n"
-    "sys.argv[0] = 'patroni'\n"
-    "sys.exit(main())\n"
-)
+# Patroni, started with two of its waits in a switchover shortened (deploy/patroni_launch.py,
+# which says why): the launcher's text, run with `python -c` by the database user.
+PATRONI_LAUNCHER = (PROJECT_DIR / "deploy" / "patroni_launch.py").read_text()
 
 
 class PatroniControl:
