@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from comments import live
 from comments.metrics import record_cache
+from routers.router import position_out_of_reach
 from routers.state import current_state
 from shards import redisguard
 from shards.directory import TenantEntry
@@ -190,6 +191,14 @@ def _miss(client: Any, entry: TenantEntry, key: str, mark: int,
     the elected filler's page."""
     state = current_state()
     if state is not None and mark:
+        if position_out_of_reach(entry.shard, mark):
+            # The primary is failing over or gone, and no replica has the mark: the last
+            # positions of a primary that died may never reach one. The page comes from a
+            # replica for this reader (who carries no position of its own past it, or the
+            # router sends the read to the primary), and is not stored: a page that may miss a
+            # write is never cached.
+            _record("bypass")
+            return fill(), "bypass"
         state.require_position(entry.shard, mark)
     lock = f"{key}:{mark}:fill"
     try:

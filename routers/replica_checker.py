@@ -91,6 +91,8 @@ class ReplicaHealth(CheckerThread):
         self._timelines: dict[str, WalTimeline] = {}
         # cluster -> the highest PostgreSQL timeline seen on its primary or a replica.
         self._newest_tli: dict[str, int] = {}
+        # cluster -> when its primary last answered a sample (time.monotonic()).
+        self._primary_seen: dict[str, float] = {}
         self._set_servers(shard_map)
         # alias -> monotonic time of the last mark_failed(): checks begun before it cannot
         # restore the replica, since they may have read it just before the failure.
@@ -193,6 +195,21 @@ class ReplicaHealth(CheckerThread):
                 usable.append(server.alias)
         return usable
 
+    def out_of_reach(self, cluster: str, position: int) -> bool:
+        """True when no usable replica of `cluster` has replayed `position` and its primary has
+        not answered a sample for stale_after seconds (failing over, or gone): no server can
+        serve a read that must see it now. The last positions of a primary that died may never
+        reach a replica: WAL written after the last bytes its replicas received."""
+        if not position or not self.usable_replicas(cluster):
+            return False
+        if self.usable_replicas(cluster, min_lsn=position):
+            return False
+        return not self._primary_answering(cluster, time.monotonic())
+
+    def _primary_answering(self, cluster: str, now: float) -> bool:
+        seen = self._primary_seen.get(cluster)
+        return seen is not None and now - seen <= self.stale_after
+
     def mark_failed(self, alias: str, error: str) -> None:
         """A request saw a connection error on `alias`: skip it until a check started later passes.
 
@@ -276,10 +293,11 @@ class ReplicaHealth(CheckerThread):
         finally:
             self._finish(check)
         if found is not None and check.pid == os.getpid():
+            now = time.monotonic()
             with self._lock:
-                self._timelines[check.cluster].observe(found.lsn, time.monotonic(),
-                                                       authoritative=True)
+                self._timelines[check.cluster].observe(found.lsn, now, authoritative=True)
                 self._saw_timeline(check.cluster, found.timeline)
+                self._primary_seen[check.cluster] = now
 
     def _saw_timeline(self, cluster: str, timeline: int) -> None:
         # Called with self._lock held.
@@ -302,9 +320,18 @@ class ReplicaHealth(CheckerThread):
             previous = self._states.get(check.server.alias)
             if found.timeline is not None:
                 self._saw_timeline(check.cluster, found.timeline)
+            as_of = found.answered_at
+            seen = self._primary_seen.get(check.cluster)
+            if found.timeline is None and seen is not None:
+                # A replica that receives nothing (no WAL receiver): its lag is taken as of when
+                # its primary last answered us. While that primary answers, that is within an
+                # interval of now; once it is gone (failing over, or dead), what it wrote after
+                # the replica's last bytes may never arrive, and the lag must not grow with a
+                # position no server will ever replay.
+                as_of = min(as_of, seen)
             return state_from_positions(
                 check.server.alias, check.cluster, found, timeline,
-                known_timeline=previous.timeline if previous is not None else 0)
+                known_timeline=previous.timeline if previous is not None else 0, as_of=as_of)
 
     def _give_up(self, check: Check) -> None:
         """The check outlived check_timeout: report the replica unreachable and unstick it.

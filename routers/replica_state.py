@@ -45,16 +45,18 @@ class ReplicaState:
 
 
 def state_from_positions(alias: str, cluster: str, found: ReplicaPositions,
-                         timeline: WalTimeline, *, known_timeline: int = 0) -> ReplicaState:
+                         timeline: WalTimeline, *, known_timeline: int = 0,
+                         as_of: float | None = None) -> ReplicaState:
     """A reachable replica's state: lag measured against its cluster's WAL timeline (of
     positions over time), which already holds the replica's own receive position.
     `known_timeline`: the PostgreSQL timeline it was last seen receiving, kept while it does
-    not stream (only streaming moves a standby to another timeline)."""
+    not stream (only streaming moves a standby to another timeline). `as_of`: the moment its
+    lag is taken at (default: when it answered)."""
     replay = found.replay_lsn
     if replay is None:
         lag, behind = math.inf, 0  # nothing replayed since startup: cannot tell
     else:
-        lag = timeline.lag_seconds(replay, found.answered_at)
+        lag = timeline.lag_seconds(replay, found.answered_at if as_of is None else as_of)
         reference = timeline.latest
         behind = bytes_behind(reference, replay) if reference is not None else 0
     return ReplicaState(

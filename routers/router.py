@@ -95,6 +95,12 @@ def choose_read_alias(cluster: str, *, min_lsn: int = 0) -> str:
     return alias
 
 
+def position_out_of_reach(cluster: str, position: int) -> bool:
+    """No server of `cluster` can serve a read that must see `position` now: no usable replica
+    has replayed it and the primary is not answering (failing over, or gone)."""
+    return replica_health().out_of_reach(cluster, position)
+
+
 def explain_read_choice(cluster: str, *, min_lsn: int = 0) -> tuple[str, str]:
     if primary_pinned():
         return cluster, "pinned"

@@ -149,6 +149,9 @@ class ReplicaHealthSource(Protocol):
 
     def mark_failed(self, alias: str, error: str) -> None: ...
 
+    def out_of_reach(self, cluster: str, position: int) -> bool:
+        """No usable replica has replayed `position` and the primary is not answering."""
+
     def states(self) -> Mapping[str, Any]: ...
 
     def check_once(self) -> None:

@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import itertools
 import os
+import re
 import signal
 import statistics
 import sys
@@ -76,6 +77,8 @@ class Round:
     settled: float  # when the switchover returned, or the event was over
     acked: int
     lost: int
+    # The service's log lines of its 503 answers in the round, when errors were unexpected.
+    logged: Counter[str] = dataclasses.field(default_factory=Counter)
 
     def failing_writes(self) -> list[Call]:
         return [c for c in self.calls if c.kind == "write" and c.shard == FAILING]
@@ -117,8 +120,12 @@ class Round:
         return sum(1 for c in self.failing_writes() if c.code == "write_outcome_unknown")
 
     def errors(self) -> Counter[str]:
-        return Counter(f"{c.kind} {c.shard} {c.status} {c.code}".strip()
-                       for c in self.calls if not c.ok)
+        return Counter(error_kind(c) for c in self.calls if not c.ok)
+
+    def answered_span(self, kind: str) -> str:
+        """When the errors of this kind were answered, in seconds from the event."""
+        times = [c.answered - self.at for c in self.calls if not c.ok and error_kind(c) == kind]
+        return f"answered {min(times):.2f} to {max(times):.2f} s after the event"
 
     def unexpected(self) -> bool:
         if self.lost or self.other_errors() or self.read_errors() or self.early_errors():
@@ -126,8 +133,13 @@ class Round:
         return self.kind in ("switchover", "etcd") and bool(self.errors())
 
 
-def one_round(topo: LocalTopology, users: list[SiteUser], kind: str,
+def error_kind(call: Call) -> str:
+    return f"{call.kind} {call.shard} {call.status} {call.code}".strip()
+
+
+def one_round(topo: LocalTopology, service_log: Path, users: list[SiteUser], kind: str,
               args: argparse.Namespace, cpu: CpuSplit) -> Round:
+    log_from = service_log.stat().st_size
     topo.wait_cluster_streaming(FAILING, timeout=120)
     topo.wait_etcd_healthy(timeout=30)
     old = topo.leader(FAILING)
@@ -159,15 +171,35 @@ def one_round(topo: LocalTopology, users: list[SiteUser], kind: str,
     calls = load.calls
     acked = acked_ids(calls, FAILING)
     lost = len(acked - present_ids(topo, FAILING, acked))
-    return Round(kind, calls, at, settled, len(acked), lost)
+    done = Round(kind, calls, at, settled, len(acked), lost)
+    if done.unexpected():
+        done.logged = logged_503s(service_log, log_from)
+    return done
+
+
+def logged_503s(log: Path, offset: int) -> Counter[str]:
+    """Why the service answered 503, as its log says from `offset` on: each distinct reason
+    (ids and site names in the path left out) and how often."""
+    with log.open("rb") as file:
+        file.seek(offset)
+        text = file.read().decode(errors="replace")
+    reasons: Counter[str] = Counter()
+    for line in text.splitlines():
+        found = re.search(r"503 for (\S+): (.*)", line)
+        if found:
+            path = re.sub(r"/\d+", "/*", re.sub(r"/sites/[^/]+", "/sites/*", found[1]))
+            reasons[f"{path}: {found[2][:200]}"] += 1
+    return reasons
 
 
 def report(done: Round) -> str:
     back = f"{done.back:.2f} s" if done.back is not None else "never"
-    errors = ", ".join(f"{text}: {n}" for text, n in sorted(done.errors().items())) or "none"
+    errors = ", ".join(f"{text}: {n} ({done.answered_span(text)})"
+                       for text, n in sorted(done.errors().items())) or "none"
+    logged = "".join(f"\n    logged {n} x {reason}" for reason, n in done.logged.most_common(8))
     return (f"{done.kind:<10} writes back after {back}, pause {done.pause:.2f} s; "
             f"{done.acked} acked, {done.lost} lost; errors: {errors} ({done.early_errors()} "
-            "before the hold bound)")
+            f"before the hold bound){logged}")
 
 
 def p99(values: list[float]) -> float | None:
@@ -207,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         users = [SiteUser(service, topo, shard) for shard in (FAILING, OTHER)
                  for _ in range(SITES_PER_SHARD)]
         for kind in kinds:
-            rounds.append(one_round(topo, users, kind, args, cpu))
+            rounds.append(one_round(topo, service.log, users, kind, args, cpu))
             print(report(rounds[-1]), flush=True)
         load_after = load_average()
 

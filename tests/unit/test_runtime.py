@@ -251,6 +251,9 @@ class FakeHealth:
     def mark_failed(self, alias: str, error: str) -> None:
         self.failed.append((alias, error))
 
+    def out_of_reach(self, cluster: str, position: int) -> bool:
+        return False
+
     def states(self) -> dict[str, Any]:
         return {}
 
