@@ -30,8 +30,10 @@ otherwise).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
+import json
 import os
 import re
 import signal
@@ -185,6 +187,9 @@ def logged_503s(log: Path, offset: int) -> Counter[str]:
         text = file.read().decode(errors="replace")
     reasons: Counter[str] = Counter()
     for line in text.splitlines():
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)  # the service logs JSON lines: their message
+            line = record.get("message", "") if isinstance(record, dict) else line
         found = re.search(r"503 for (\S+): (.*)", line)
         if found:
             path = re.sub(r"/\d+", "/*", re.sub(r"/sites/[^/]+", "/sites/*", found[1]))
