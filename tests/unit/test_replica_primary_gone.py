@@ -16,8 +16,8 @@ from routers.replica_state import ReplicaPositions, ReplicaState
 from shards.topology import get_shard_map
 
 REPLICA = "shard_0_replica_1"
-MAX_LAG = 0.2
-STALE_AFTER = 0.3
+MAX_LAG = 0.5
+STALE_AFTER = 1.0
 
 
 class Scripted(ReplicaHealth):
