@@ -55,9 +55,12 @@ def polled(check: Any) -> Any:
         deadline = time.monotonic() + CATCH_UP_WAIT
         while not check(self, cluster_lsn=cluster_lsn,
                         exclude_failover_candidate=exclude_failover_candidate):
-            if time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 return False
-            time.sleep(CATCH_UP_POLL)
+            # The last check starts at the deadline at the latest: when Patroni's own, after
+            # its sleep, would have started.
+            time.sleep(min(CATCH_UP_POLL, left))
         return True
 
     return polled_failover_check
