@@ -49,7 +49,7 @@ def test_a_replica_serves_reads_after_its_primary_died_ahead_of_it(
         thread = Thread.objects.create(url=f"/primary-gone/{uuid.uuid4()}", title="gone")
         Comment.objects.create(thread=thread, author="u1", author_name="U", body="before")
     primary = admin(PRIMARY)
-    before = current_lsn(primary)
+    before = insert_lsn(primary)  # past the comment's commit, written out or not yet
     wait_until(lambda: health.check_once() or health.usable_replicas(
         PRIMARY, min_lsn=before) == [STOPPED], timeout=20, what="the replica caught up")
 
