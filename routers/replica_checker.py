@@ -200,10 +200,11 @@ class ReplicaHealth(CheckerThread):
         not answered a sample for stale_after seconds (failing over, or gone): no server can
         serve a read that must see it now. The last positions of a primary that died may never
         reach a replica: WAL written after the last bytes its replicas received."""
-        if not position or not self.usable_replicas(cluster):
+        if not position:
             return False
-        if self.usable_replicas(cluster, min_lsn=position):
-            return False
+        usable = [self._states.get(alias) for alias in self.usable_replicas(cluster)]
+        if not usable or any(s is not None and s.replay_lsn >= position for s in usable):
+            return False  # no replica to read instead, or one that has it
         return not self._primary_answering(cluster, time.monotonic())
 
     def _primary_answering(self, cluster: str, now: float) -> bool:
