@@ -1,5 +1,6 @@
-"""The Gunicorn worker of the service: gevent, with Gunicorn's own error pages in JSON, and
-keep-alive connections evened out between workers (deploy.accept_balance).
+"""The Gunicorn worker of the service: gevent, with Gunicorn's own error pages in JSON,
+keep-alive connections evened out between workers (deploy.accept_balance), and each answer's
+head and body written in one send (deploy.one_write_response).
 
 Gunicorn answers requests it cannot parse (a request line over `limit_request_line`, too many or
 too large headers, a malformed request) itself, before Django sees them, with an HTML page.
@@ -21,6 +22,7 @@ from gunicorn import util
 from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
+from deploy import one_write_response
 from deploy.accept_balance import RECHECK_SECONDS, AcceptBalance
 from project.errors import ErrorAnswer, code_for_status
 
@@ -107,6 +109,7 @@ class JsonErrorGeventWorker(GeventWorker):
     accept_slot: int | None = None
 
     def init_process(self) -> None:
+        one_write_response.install()
         if self.accept_balance is not None and self.accept_slot is not None:
             self.accept_balance.attach(self.accept_slot)
             _BalancedStreamServer.balance = self.accept_balance

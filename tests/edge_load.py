@@ -41,7 +41,10 @@ class Load:
             try:
                 answer = self.call()
                 good, detail = self.ok(answer), f"{answer.status} {str(answer.body)[:200]}"
-            except OSError as exc:  # refused, reset, timed out: a failed request too
+            except Exception as exc:
+                # Refused, reset, timed out, cut short after its headers (http.client's
+                # IncompleteRead), a body that does not parse: each a failed request too, and
+                # none may end this thread uncounted.
                 good, detail = False, f"{type(exc).__name__}: {exc}"
             with self._lock:
                 self.outcomes["ok" if good else "failed"] += 1
